@@ -1,0 +1,494 @@
+//! The public config model: what users write in YAML or JSON (and, one resource per key,
+//! in etcd). Every struct rejects unknown fields, and every field states its default.
+//!
+//! This model is the user-facing API. It is validated by [`crate::validate`] and then
+//! compiled by the gateway into an immutable snapshot; the request path never reads it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resilience::{BreakerConfig, HealthCheckConfig, OutlierDetectionConfig, RetryConfig};
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Process-wide settings. Default: see [`ServerConfig`].
+    pub server: ServerConfig,
+    /// The admin listener (health, metrics, admin API). Default: `127.0.0.1:9900`.
+    pub admin: AdminConfig,
+    /// Proxy listeners. Default: none (a config without listeners serves nothing and is
+    /// rejected by validation).
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream clusters that routes forward to. Default: none.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, matched by specificity (see `docs/config.md`, "Route precedence").
+    /// Default: none.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Process-wide settings. Changing these needs a restart (or a graceful upgrade).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads for the proxy. Default: the number of CPU cores.
+    pub threads: Option<usize>,
+    /// After SIGTERM, how long to keep accepting connections (so load balancers can
+    /// notice the instance going away) before closing the listeners. Default: `0s`.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// After the listeners close, how long in-flight requests may take to finish before
+    /// the process exits anyway. Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Unix socket used to hand listening sockets to a new process during a graceful
+    /// upgrade (`sluice run --upgrade` then SIGQUIT to the old one).
+    /// Default: `/tmp/sluice_upgrade.sock`.
+    pub upgrade_sock: String,
+    /// Where the PID file is written. Default: `/tmp/sluice.pid`.
+    pub pid_file: String,
+    /// Peers whose `X-Forwarded-*` headers are trusted. A request from any other address
+    /// gets its `X-Forwarded-For` replaced by its own address rather than appended to.
+    /// Default: none (no peer is trusted).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Name of the request id header, generated when absent and propagated upstream and
+    /// back to the client. Default: `x-request-id`.
+    pub request_id_header: String,
+    /// Whether to write one JSON access-log line per request to stdout. Default: `false`.
+    pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            grace_period: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+            upgrade_sock: "/tmp/sluice_upgrade.sock".into(),
+            pid_file: "/tmp/sluice.pid".into(),
+            trusted_proxies: Vec::new(),
+            request_id_header: "x-request-id".into(),
+            access_log: false,
+        }
+    }
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics` and `/api/v1/*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to bind. Keep it on loopback or a private interface: the admin API can
+    /// change breaker states. Default: `127.0.0.1:9900`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9900)),
+        }
+    }
+}
+
+/// One proxy listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics. Required.
+    pub name: String,
+    /// Address to bind, e.g. `0.0.0.0:8080` or `[::]:8443`. Required.
+    pub listen: SocketAddr,
+    /// TLS settings; when present the listener speaks HTTPS. Default: none (plain HTTP).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accept HTTP/2: through ALPN on TLS listeners, and as h2c with prior knowledge on
+    /// plain ones (HTTP/1.1 still works on both). Default: `true`.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+/// Server-side TLS for a listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates, chosen by the SNI the client sends. The first certificate is also
+    /// served to clients that send no SNI or an unknown name. At least one is required.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate and key pair, and the names it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Path to the PEM certificate chain. Required.
+    pub cert: String,
+    /// Path to the PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: String,
+    /// SNI names this certificate serves: exact (`api.example.com`) or a wildcard
+    /// (`*.example.com`). Default: none (served only as the default certificate).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// An upstream cluster: a set of endpoints and how to reach them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Unique, stable id. Routes refer to it; health, outlier and breaker state are keyed
+    /// by it so that they survive reloads. Required.
+    pub id: String,
+    /// The endpoints. At least one is required.
+    pub endpoints: Vec<EndpointConfig>,
+    /// How an endpoint is chosen. Default: `round_robin`.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Protocol spoken to the endpoints. Default: `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints. Default: none (plain text).
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Connection timeouts, overridable per route. Default: see [`Timeouts`].
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Keepalive pooling. Default: see [`KeepaliveConfig`].
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+    /// Retries for requests to this upstream. Default: see [`RetryConfig`].
+    #[serde(default)]
+    pub retries: RetryConfig,
+    /// Passive per-endpoint health (outlier ejection). Default: see
+    /// [`OutlierDetectionConfig`].
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionConfig,
+    /// Active health checks. Default: none (endpoints are assumed healthy).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `host:port`; the host is an IP address or a name resolved at compile time.
+    /// Required.
+    pub address: String,
+    /// Relative weight for weighted algorithms. Default: `1`. `0` drains the endpoint.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// Load-balancing algorithms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Each endpoint in turn, ignoring weights. The default.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm): exact shares over short runs.
+    WeightedRoundRobin,
+    /// Power of two random choices, picking the one with fewer requests in flight.
+    LeastRequest,
+    /// Consistent hashing (a ring with virtual nodes), so a key keeps its endpoint while
+    /// the endpoint set changes little.
+    ConsistentHash(HashOn),
+}
+
+/// What a consistent hash is computed from. A request with no such value falls back to
+/// the client IP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum HashOn {
+    /// The value of this request header.
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The client IP (after trusted-proxy resolution).
+    ClientIp,
+}
+
+/// Protocol spoken to upstream endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1. The default.
+    #[default]
+    Http1,
+    /// HTTP/2: over TLS when `tls` is set, otherwise h2c with prior knowledge. Needed for
+    /// gRPC.
+    H2,
+}
+
+/// TLS towards upstream endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// SNI and certificate name to expect. Default: the endpoint host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the upstream certificate. Default: `true`.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+/// Timeouts, all optional. A route's values override its upstream's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect timeout. Default: `5s`.
+    #[serde(with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Longest wait between two reads from the upstream. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub read: Option<Duration>,
+    /// Longest wait between two writes to the upstream. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub write: Option<Duration>,
+    /// Longest time from the request's arrival to the upstream's response headers,
+    /// retries included. Default: none.
+    #[serde(with = "humantime_serde")]
+    pub total: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Default connect timeout: 5 s.
+    pub const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+    /// Default read and write timeout: 60 s.
+    pub const DEFAULT_IO: Duration = Duration::from_secs(60);
+
+    /// These timeouts with unset fields taken from `fallback`.
+    #[must_use]
+    pub fn or(&self, fallback: &Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.or(fallback.connect),
+            read: self.read.or(fallback.read),
+            write: self.write.or(fallback.write),
+            total: self.total.or(fallback.total),
+        }
+    }
+}
+
+/// Upstream keepalive pooling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeepaliveConfig {
+    /// Reuse connections to endpoints. Default: `true`.
+    pub enabled: bool,
+    /// How long an idle pooled connection is kept. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A route: what to match, where to send it, and what to do on the way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique, stable id, used in metrics, logs and breaker state. Required.
+    pub id: String,
+    /// Tie-breaker between routes that are equally specific: higher first. Default: `0`.
+    #[serde(default)]
+    pub priority: i32,
+    /// Match conditions; all must hold. Default: match everything.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// Upstream id to forward to. Default: none; then a filter must answer every request
+    /// (for example `direct_response` or `redirect`), or the client gets a 500.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Timeouts for this route, overriding the upstream's. Default: the upstream's.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Path rewriting before forwarding. Default: none.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// Header changes on the request and on the response. Applied before `filters`.
+    /// Default: none.
+    #[serde(default)]
+    pub headers: HeaderRules,
+    /// Filters, run in order. Default: none.
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+    /// Circuit breaker for this route's upstream (and its fallback). Default: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// Retry settings for this route, overriding the upstream's. Default: the upstream's.
+    #[serde(default)]
+    pub retries: Option<RetryConfig>,
+}
+
+/// Route match conditions. All present conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteMatch {
+    /// Hosts: exact (`api.example.com`) or a leading wildcard (`*.example.com`, matching
+    /// any name with at least one more label). Compared case-insensitively, port
+    /// ignored. Default: any host.
+    pub hosts: Vec<String>,
+    /// Path condition. Default: any path.
+    pub path: Option<PathMatch>,
+    /// Methods, e.g. `[GET, HEAD]`. Default: any method.
+    pub methods: Vec<String>,
+    /// Header conditions. Default: none.
+    pub headers: Vec<ValueMatch>,
+    /// Query parameter conditions. Default: none.
+    pub query: Vec<ValueMatch>,
+}
+
+/// A path condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path equals this.
+    Exact(String),
+    /// The path starts with this, on a segment boundary: `/api` matches `/api` and
+    /// `/api/x`, not `/apix`.
+    Prefix(String),
+    /// The path matches this regular expression (Rust `regex` syntax), anchored at both
+    /// ends.
+    Regex(String),
+}
+
+/// A condition on a named header or query parameter. Give exactly one of `exact`,
+/// `regex` or `present`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    /// Header name (case-insensitive) or query parameter name (case-sensitive). Required.
+    pub name: String,
+    /// The value equals this. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The value matches this regular expression, anchored at both ends. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: present with any value; `false`: absent. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Path rewriting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Strip the matched path prefix (only for `prefix` path matches); `/api/users` on
+    /// prefix `/api` becomes `/users`. Default: `false`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched prefix with this (after stripping when both are set, this is
+    /// prepended). Default: none.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Replace the whole path with this. Default: none.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Regex substitution on the path: `pattern` and `replacement` (`$1` references
+    /// groups). Default: none.
+    #[serde(default)]
+    pub regex: Option<RegexRewrite>,
+}
+
+/// A regex substitution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// The regular expression. Required.
+    pub pattern: String,
+    /// The replacement, with `$1`, `$name` group references. Required.
+    pub replacement: String,
+}
+
+/// Header changes for the request (towards the upstream) and the response (towards the
+/// client).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRules {
+    /// Changes to the request. Default: none.
+    pub request: HeaderOps,
+    /// Changes to the response. Default: none.
+    pub response: HeaderOps,
+}
+
+/// Header operations, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderOps {
+    /// Append these headers (keeping existing values). Default: none.
+    pub add: BTreeMap<String, String>,
+    /// Set these headers, replacing existing values. Default: none.
+    pub set: BTreeMap<String, String>,
+    /// Remove these headers. Default: none.
+    pub remove: Vec<String>,
+}
+
+/// One filter in a route's chain. Written as a single-key map: `- redirect: {...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum FilterConfig {
+    /// Change request and response headers.
+    Headers(HeaderRules),
+    /// Answer with a redirect instead of proxying.
+    Redirect(RedirectConfig),
+    /// Answer with a fixed response instead of proxying.
+    DirectResponse(DirectResponseConfig),
+}
+
+/// A redirect. Unset parts keep the request's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Status: 301, 302, 303, 307 or 308. Default: `302`.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// Scheme, `http` or `https`. Default: the request's.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Host. Default: the request's.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port. Default: none (the scheme's default port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Path. Default: the request's (query kept).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    /// Status code. Default: `200`.
+    #[serde(default = "default_ok")]
+    pub status: u16,
+    /// Response headers. Default: none.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response body. Default: empty.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_redirect_status() -> u16 {
+    302
+}
+fn default_ok() -> u16 {
+    200
+}

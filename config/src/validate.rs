@@ -1,0 +1,602 @@
+//! Parsing and validation. Every error names the field path it is about, such as
+//! `routes[2].match.path.regex: invalid regex …`, and validation reports every error it
+//! finds rather than the first.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use sha2::{Digest, Sha256};
+
+use crate::model::{
+    Config, FilterConfig, HashOn, HeaderOps, HeaderRules, LoadBalancing, PathMatch, RouteConfig,
+    UpstreamConfig, UpstreamProtocol, ValueMatch,
+};
+
+/// One problem in a config, with the path of the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path, e.g. `routes[2].match.path.regex`. Empty for a whole-document error.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config. Displays one error per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// A single error.
+    pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// The same errors with `prefix` put in front of every path (for example the etcd key
+    /// or file a resource came from).
+    #[must_use]
+    pub fn prefixed(self, prefix: &str) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|e| ConfigError {
+                    path: if e.path.is_empty() {
+                        prefix.to_string()
+                    } else {
+                        format!("{prefix}.{}", e.path)
+                    },
+                    message: e.message,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Deserializes one value from YAML or JSON (JSON when the text starts with `{` or `[`),
+/// reporting the path of the first field that does not fit the model.
+///
+/// Both formats are first read into a JSON value, so they follow the same rules: an enum
+/// is written as a string (`round_robin`) or a single-key map (`{prefix: /api}`).
+pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
+    let trimmed = text.trim_start();
+    let value: serde_json::Value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid JSON: {e}")))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid YAML: {e}")))?
+    };
+    from_value(value)
+}
+
+/// Deserializes a value already parsed, reporting the path of the first field that does
+/// not fit the model.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
+    let value = if value.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        value
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigErrors::one(path, e.inner().to_string())
+    })
+}
+
+impl Config {
+    /// Parses and validates a YAML or JSON config.
+    pub fn from_text(text: &str) -> Result<Config, ConfigErrors> {
+        let config: Config = parse_document(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_text(&text)
+    }
+
+    /// SHA-256 of the canonical JSON form, hex encoded. Two configs with the same hash
+    /// behave the same.
+    pub fn content_hash(&self) -> String {
+        hash_of(self)
+    }
+
+    /// Checks everything the types cannot: references, uniqueness, regexes, header names,
+    /// ranges. Returns every error found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut v = Validator::default();
+        v.config(self);
+        if v.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+/// SHA-256 of a value's canonical JSON form, hex encoded.
+pub fn hash_of<T: serde::Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Whether `id` is usable as a stable id: 1–128 of `[A-Za-z0-9._-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `pattern` is a valid host pattern: a DNS name, or `*.` followed by one.
+pub fn is_valid_host_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) {
+        if let Err(e) = Regex::new(pattern) {
+            self.err(path, format!("invalid regex: {e}"));
+        }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.err(path, format!("invalid header name {name:?}"));
+        }
+    }
+
+    fn header_value(&mut self, path: &str, value: &str) {
+        if HeaderValue::from_str(value).is_err() {
+            self.err(path, format!("invalid header value {value:?}"));
+        }
+    }
+
+    fn id(&mut self, path: &str, id: &str, seen: &mut HashSet<String>) {
+        if !is_valid_id(id) {
+            self.err(path, format!("invalid id {id:?}: use 1-128 of [A-Za-z0-9._-]"));
+        } else if !seen.insert(id.to_string()) {
+            self.err(path, format!("duplicate id {id:?}"));
+        }
+    }
+
+    fn config(&mut self, c: &Config) {
+        if c.listeners.is_empty() {
+            self.err("listeners", "at least one listener is required");
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        addrs.insert(c.admin.listen);
+        for (i, l) in c.listeners.iter().enumerate() {
+            let p = format!("listeners[{i}]");
+            self.id(&format!("{p}.name"), &l.name, &mut names);
+            if !addrs.insert(l.listen) {
+                self.err(
+                    format!("{p}.listen"),
+                    format!(
+                        "{} is already used by another listener or the admin API",
+                        l.listen
+                    ),
+                );
+            }
+            if let Some(tls) = &l.tls {
+                if tls.certificates.is_empty() {
+                    self.err(
+                        format!("{p}.tls.certificates"),
+                        "at least one certificate is required",
+                    );
+                }
+                for (j, cert) in tls.certificates.iter().enumerate() {
+                    let cp = format!("{p}.tls.certificates[{j}]");
+                    self.pem_file(&format!("{cp}.cert"), &cert.cert, "CERTIFICATE");
+                    self.pem_file(&format!("{cp}.key"), &cert.key, "PRIVATE KEY");
+                    for (k, n) in cert.server_names.iter().enumerate() {
+                        if !is_valid_host_pattern(n) {
+                            self.err(
+                                format!("{cp}.server_names[{k}]"),
+                                format!("invalid server name {n:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if c.server.threads == Some(0) {
+            self.err("server.threads", "must be at least 1");
+        }
+        self.header_name("server.request_id_header", &c.server.request_id_header);
+
+        let mut upstream_ids = HashSet::new();
+        for (i, u) in c.upstreams.iter().enumerate() {
+            self.upstream(&format!("upstreams[{i}]"), u, &mut upstream_ids);
+        }
+        let mut route_ids = HashSet::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            self.route(&format!("routes[{i}]"), r, &mut route_ids, &upstream_ids);
+        }
+    }
+
+    fn pem_file(&mut self, path: &str, file: &str, kind: &str) {
+        match std::fs::read_to_string(file) {
+            Ok(text) if text.contains("-----BEGIN") && text.contains(kind) => {}
+            Ok(_) => self.err(path, format!("{file}: no PEM {kind} found")),
+            Err(e) => self.err(path, format!("cannot read {file}: {e}")),
+        }
+    }
+
+    fn upstream(&mut self, p: &str, u: &UpstreamConfig, ids: &mut HashSet<String>) {
+        self.id(&format!("{p}.id"), &u.id, ids);
+        if u.endpoints.is_empty() {
+            self.err(format!("{p}.endpoints"), "at least one endpoint is required");
+        }
+        let mut seen = HashSet::new();
+        for (j, e) in u.endpoints.iter().enumerate() {
+            let ep = format!("{p}.endpoints[{j}].address");
+            match e.address.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => self.err(&ep, format!("{:?} is not host:port", e.address)),
+            }
+            if !seen.insert(e.address.as_str()) {
+                self.err(&ep, format!("duplicate endpoint {:?}", e.address));
+            }
+        }
+        if !u.endpoints.is_empty() && u.endpoints.iter().all(|e| e.weight == 0) {
+            self.err(
+                format!("{p}.endpoints"),
+                "at least one endpoint needs a weight above 0",
+            );
+        }
+        if let LoadBalancing::ConsistentHash(HashOn::Header(h)) = &u.load_balancing {
+            self.header_name(&format!("{p}.load_balancing.consistent_hash.header"), h);
+        }
+        if u.protocol == UpstreamProtocol::H2 && !u.keepalive.enabled {
+            self.err(
+                format!("{p}.keepalive.enabled"),
+                "h2 upstreams always pool connections",
+            );
+        }
+        let mut raw = Vec::new();
+        u.retries.validate(&format!("{p}.retries"), &mut raw);
+        u.outlier_detection
+            .validate(&format!("{p}.outlier_detection"), &mut raw);
+        if let Some(hc) = &u.health_check {
+            hc.validate(&format!("{p}.health_check"), &mut raw);
+        }
+        for (path, message) in raw {
+            self.err(path, message);
+        }
+    }
+
+    fn route(&mut self, p: &str, r: &RouteConfig, ids: &mut HashSet<String>, upstreams: &HashSet<String>) {
+        self.id(&format!("{p}.id"), &r.id, ids);
+        let m = &r.matches;
+        for (i, h) in m.hosts.iter().enumerate() {
+            if !is_valid_host_pattern(h) {
+                self.err(
+                    format!("{p}.match.hosts[{i}]"),
+                    format!("invalid host {h:?}: use a DNS name or *.name"),
+                );
+            }
+        }
+        match &m.path {
+            Some(PathMatch::Exact(s)) | Some(PathMatch::Prefix(s)) if !s.starts_with('/') => {
+                let kind = if matches!(m.path, Some(PathMatch::Exact(_))) {
+                    "exact"
+                } else {
+                    "prefix"
+                };
+                self.err(
+                    format!("{p}.match.path.{kind}"),
+                    format!("{s:?} must start with '/'"),
+                );
+            }
+            Some(PathMatch::Regex(re)) => self.regex(&format!("{p}.match.path.regex"), re),
+            _ => {}
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            if Method::from_bytes(method.as_bytes()).is_err()
+                || method.chars().any(|c| c.is_ascii_lowercase())
+            {
+                self.err(
+                    format!("{p}.match.methods[{i}]"),
+                    format!("invalid method {method:?} (use upper case, e.g. GET)"),
+                );
+            }
+        }
+        for (i, h) in m.headers.iter().enumerate() {
+            let hp = format!("{p}.match.headers[{i}]");
+            self.header_name(&format!("{hp}.name"), &h.name);
+            self.value_match(&hp, h);
+        }
+        for (i, q) in m.query.iter().enumerate() {
+            let qp = format!("{p}.match.query[{i}]");
+            if q.name.is_empty() {
+                self.err(format!("{qp}.name"), "must not be empty");
+            }
+            self.value_match(&qp, q);
+        }
+        if let Some(u) = &r.upstream {
+            if !upstreams.contains(u) {
+                self.err(format!("{p}.upstream"), format!("unknown upstream {u:?}"));
+            }
+        }
+        if let Some(rw) = &r.rewrite {
+            if rw.strip_prefix && !matches!(m.path, Some(PathMatch::Prefix(_))) {
+                self.err(format!("{p}.rewrite.strip_prefix"), "needs a `prefix` path match");
+            }
+            if rw.prefix.is_some() && !matches!(m.path, Some(PathMatch::Prefix(_))) {
+                self.err(format!("{p}.rewrite.prefix"), "needs a `prefix` path match");
+            }
+            for (field, value) in [("prefix", &rw.prefix), ("path", &rw.path)] {
+                if let Some(v) = value {
+                    if !v.starts_with('/') {
+                        self.err(
+                            format!("{p}.rewrite.{field}"),
+                            format!("{v:?} must start with '/'"),
+                        );
+                    }
+                }
+            }
+            let set = [
+                rw.path.is_some(),
+                rw.regex.is_some(),
+                rw.strip_prefix || rw.prefix.is_some(),
+            ];
+            if set.iter().filter(|b| **b).count() > 1 {
+                self.err(
+                    format!("{p}.rewrite"),
+                    "use only one of `path`, `regex`, or `strip_prefix`/`prefix`",
+                );
+            }
+            if let Some(re) = &rw.regex {
+                self.regex(&format!("{p}.rewrite.regex.pattern"), &re.pattern);
+            }
+        }
+        self.header_rules(&format!("{p}.headers"), &r.headers);
+        for (i, f) in r.filters.iter().enumerate() {
+            let fp = format!("{p}.filters[{i}]");
+            match f {
+                FilterConfig::Headers(h) => self.header_rules(&format!("{fp}.headers"), h),
+                FilterConfig::Redirect(rd) => {
+                    let rp = format!("{fp}.redirect");
+                    if ![301, 302, 303, 307, 308].contains(&rd.status) {
+                        self.err(
+                            format!("{rp}.status"),
+                            format!("{} is not a redirect status (301, 302, 303, 307, 308)", rd.status),
+                        );
+                    }
+                    if let Some(s) = &rd.scheme {
+                        if s != "http" && s != "https" {
+                            self.err(format!("{rp}.scheme"), format!("{s:?} must be http or https"));
+                        }
+                    }
+                    if let Some(h) = &rd.host {
+                        if !is_valid_host_pattern(h) || h.starts_with("*.") {
+                            self.err(format!("{rp}.host"), format!("invalid host {h:?}"));
+                        }
+                    }
+                    if let Some(path) = &rd.path {
+                        if !path.starts_with('/') {
+                            self.err(format!("{rp}.path"), format!("{path:?} must start with '/'"));
+                        }
+                    }
+                }
+                FilterConfig::DirectResponse(d) => {
+                    let dp = format!("{fp}.direct_response");
+                    if !(100..=599).contains(&d.status) {
+                        self.err(
+                            format!("{dp}.status"),
+                            format!("{} is not an HTTP status", d.status),
+                        );
+                    }
+                    for (k, v) in &d.headers {
+                        self.header_name(&format!("{dp}.headers.{k}"), k);
+                        self.header_value(&format!("{dp}.headers.{k}"), v);
+                    }
+                }
+            }
+        }
+        let answers_itself = r
+            .filters
+            .iter()
+            .any(|f| matches!(f, FilterConfig::Redirect(_) | FilterConfig::DirectResponse(_)));
+        if r.upstream.is_none() && !answers_itself {
+            self.err(
+                format!("{p}.upstream"),
+                "required unless a redirect or direct_response filter answers",
+            );
+        }
+        let mut raw = Vec::new();
+        if let Some(b) = &r.circuit_breaker {
+            b.validate(&format!("{p}.circuit_breaker"), &mut raw);
+            if let Some(fb) = &b.fallback_upstream {
+                if !upstreams.contains(fb) {
+                    raw.push((
+                        format!("{p}.circuit_breaker.fallback_upstream"),
+                        format!("unknown upstream {fb:?}"),
+                    ));
+                }
+            }
+            if r.upstream.is_none() {
+                raw.push((
+                    format!("{p}.circuit_breaker"),
+                    "needs an `upstream` on the route".into(),
+                ));
+            }
+        }
+        if let Some(rt) = &r.retries {
+            rt.validate(&format!("{p}.retries"), &mut raw);
+        }
+        for (path, message) in raw {
+            self.err(path, message);
+        }
+    }
+
+    fn value_match(&mut self, p: &str, v: &ValueMatch) {
+        let n = usize::from(v.exact.is_some())
+            + usize::from(v.regex.is_some())
+            + usize::from(v.present.is_some());
+        if n != 1 {
+            self.err(p, "give exactly one of `exact`, `regex` or `present`");
+        }
+        if let Some(re) = &v.regex {
+            self.regex(&format!("{p}.regex"), re);
+        }
+    }
+
+    fn header_rules(&mut self, p: &str, rules: &HeaderRules) {
+        self.header_ops(&format!("{p}.request"), &rules.request);
+        self.header_ops(&format!("{p}.response"), &rules.response);
+    }
+
+    fn header_ops(&mut self, p: &str, ops: &HeaderOps) {
+        for (kind, map) in [("add", &ops.add), ("set", &ops.set)] {
+            for (k, v) in map {
+                self.header_name(&format!("{p}.{kind}.{k}"), k);
+                self.header_value(&format!("{p}.{kind}.{k}"), v);
+            }
+        }
+        for (i, k) in ops.remove.iter().enumerate() {
+            self.header_name(&format!("{p}.remove[{i}]"), k);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listeners: [{name: web, listen: '127.0.0.1:8080'}]\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\n";
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match Config::from_text(yaml) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_minimal_config() {
+        let text = format!("{BASE}routes: [{{id: r, upstream: u}}]");
+        assert_eq!(errors(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let text = format!(
+            "{BASE}routes: [{{id: r, upstream: u}}, {{id: s, upstream: u, match: {{pth: {{prefix: /a}}}}}}]"
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("routes[1].match: unknown field `pth`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn reports_every_semantic_error_with_its_path() {
+        let text = format!(
+            "{BASE}routes:\n- {{id: a, upstream: nope}}\n- {{id: b, upstream: u, match: {{path: {{regex: '(['}}}}}}\n- {{id: b, upstream: u, match: {{headers: [{{name: x, exact: a, regex: b}}]}}}}\n"
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[0].upstream: unknown upstream \"nope\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[1].match.path.regex: invalid regex")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e == "routes[2].id: duplicate id \"b\""),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[2].match.headers[0]: give exactly one")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn json_is_accepted_too() {
+        let text = r#"{"listeners":[{"name":"web","listen":"127.0.0.1:8080"}],"routes":[{"id":"r","filters":[{"direct_response":{"status":204}}]}]}"#;
+        assert_eq!(errors(text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn route_without_upstream_or_answering_filter_is_rejected() {
+        let text = format!("{BASE}routes: [{{id: r}}]");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "routes[0].upstream: required unless a redirect or direct_response filter answers"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn content_hash_changes_with_content() {
+        let a = Config::from_text(&format!("{BASE}routes: [{{id: r, upstream: u}}]")).unwrap();
+        let b = Config::from_text(&format!("{BASE}routes: [{{id: r2, upstream: u}}]")).unwrap();
+        assert_ne!(a.content_hash(), b.content_hash());
+        assert_eq!(a.content_hash(), a.clone().content_hash());
+    }
+}

@@ -1,0 +1,128 @@
+//! The admin listener (axum on its own thread and runtime, apart from the proxy's):
+//! `/healthz`, `/readyz`, `/metrics` and the read-only `/api/v1/*` views.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::gateway::Gateway;
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The admin API's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/config", get(config))
+        .route("/api/v1/routes", get(routes))
+        .route("/api/v1/upstreams", get(upstreams))
+        .with_state(gateway)
+}
+
+async fn readyz(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
+    if g.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config loaded yet\n",
+        )
+    }
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        g.metrics.render(),
+    )
+}
+
+async fn config(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    let s = g.snapshot();
+    Json(json!({
+        "version": s.version,
+        "hash": s.hash,
+        "source": s.provenance.source,
+        "revision": s.provenance.revision,
+        "loaded_at": rfc3339(s.loaded_at),
+        "last_rejected": g.last_rejection().map(|r| json!({
+            "at": rfc3339(r.at),
+            "source": r.source,
+            "errors": r.errors,
+        })),
+    }))
+}
+
+async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    let s = g.snapshot();
+    let list: Vec<Value> = s
+        .config
+        .routes
+        .iter()
+        .zip(&s.routes)
+        .map(|(cfg, r)| {
+            json!({
+                "id": r.id,
+                "priority": cfg.priority,
+                "match": cfg.matches,
+                "upstream": cfg.upstream,
+                "filters": r.chain.kinds(),
+                "timeouts": r.timeouts,
+            })
+        })
+        .collect();
+    Json(json!({ "version": s.version, "routes": list }))
+}
+
+async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    let s = g.snapshot();
+    let mut list: Vec<Value> = s
+        .config
+        .upstreams
+        .iter()
+        .filter_map(|cfg| s.upstreams.get(&cfg.id))
+        .map(|u| {
+            json!({
+                "id": u.id,
+                "load_balancing": u.config.load_balancing,
+                "protocol": u.config.protocol,
+                "endpoints": u.endpoints.iter().map(|e| json!({
+                    "address": e.address,
+                    "resolved": e.addr.to_string(),
+                    "weight": e.weight,
+                    "healthy": e.state.healthy.load(Ordering::Relaxed),
+                    "inflight": e.state.inflight.load(Ordering::Relaxed),
+                    "requests": e.state.requests.load(Ordering::Relaxed),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Json(json!({ "version": s.version, "upstreams": list }))
+}
+
+/// Binds the admin listener with `SO_REUSEPORT`, so that during a graceful upgrade the
+/// new process can bind it while the old one drains.
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}

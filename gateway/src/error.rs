@@ -1,0 +1,150 @@
+//! The gateway's one error-to-status mapping.
+//!
+//! Every response the gateway produces itself because something went wrong goes through
+//! [`ErrorKind::status`] and [`error_response`], so the status and the JSON body shape are
+//! decided in exactly one place.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora::{Error, ErrorSource, ErrorType};
+use sluice_filters::Response;
+
+/// Why the gateway answered with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matched the request.
+    NoRoute,
+    /// The upstream refused or did not accept the connection.
+    UpstreamConnect,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection mid-request.
+    UpstreamReset,
+    /// The upstream spoke broken HTTP, or TLS to it failed.
+    UpstreamProtocol,
+    /// No endpoint of the upstream is available (all ejected, unhealthy or drained).
+    NoHealthyEndpoint,
+    /// The config is not loaded yet.
+    NotReady,
+    /// The client went away or sent something we could not read.
+    Downstream,
+    /// A bug or resource problem inside the gateway.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status for this kind. The only place statuses for errors are chosen.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Downstream => StatusCode::BAD_REQUEST,
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NoHealthyEndpoint | ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code, also the `kind` label of `sluice_upstream_errors_total`.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamReset => "upstream_reset",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
+            ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::NotReady => "not_ready",
+            ErrorKind::Downstream => "downstream",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// A message for the client. It never names upstream addresses or internals; the
+    /// details go to the log under the request id.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::UpstreamConnect => "could not connect to the upstream",
+            ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::UpstreamReset => "the upstream closed the connection",
+            ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
+            ErrorKind::NoHealthyEndpoint => "no healthy upstream endpoint is available",
+            ErrorKind::NotReady => "the gateway has no configuration yet",
+            ErrorKind::Downstream => "the request could not be read",
+            ErrorKind::Internal => "internal gateway error",
+        }
+    }
+
+    /// Whether this is an upstream failure (counted in upstream error metrics).
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UpstreamConnect
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamReset
+                | ErrorKind::UpstreamProtocol
+                | ErrorKind::NoHealthyEndpoint
+        )
+    }
+
+    /// Classifies a pingora error.
+    pub fn of(e: &Error) -> ErrorKind {
+        use ErrorType::*;
+        match e.esource() {
+            ErrorSource::Downstream => return ErrorKind::Downstream,
+            ErrorSource::Internal | ErrorSource::Unset => {
+                if let HTTPStatus(code) = e.etype() {
+                    return if *code == 404 {
+                        ErrorKind::NoRoute
+                    } else {
+                        ErrorKind::Internal
+                    };
+                }
+            }
+            ErrorSource::Upstream => {}
+        }
+        match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                ErrorKind::UpstreamTimeout
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError => {
+                ErrorKind::UpstreamConnect
+            }
+            ConnectionClosed | ReadError | WriteError | H2Error | H2Downgrade => ErrorKind::UpstreamReset,
+            TLSHandshakeFailure | InvalidCert | HandshakeError | InvalidHTTPHeader | H1Error => {
+                ErrorKind::UpstreamProtocol
+            }
+            InvalidH2 => ErrorKind::UpstreamProtocol,
+            _ => match e.esource() {
+                ErrorSource::Upstream => ErrorKind::UpstreamProtocol,
+                _ => ErrorKind::Internal,
+            },
+        }
+    }
+}
+
+/// The JSON error response: `{"error": code, "message": …, "request_id": …}`, with the
+/// request id also in its header.
+pub fn error_response(kind: ErrorKind, message: &str, request_id: &str, id_header: &HeaderName) -> Response {
+    let body = serde_json::json!({
+        "error": kind.code(),
+        "status": kind.status().as_u16(),
+        "message": message,
+        "request_id": request_id,
+    });
+    let mut headers = vec![(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )];
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.push((id_header.clone(), v));
+    }
+    Response {
+        status: kind.status(),
+        headers,
+        body: Bytes::from(body.to_string()),
+    }
+}

@@ -1,0 +1,138 @@
+//! The gateway's shared core: the published snapshot, long-lived state, metrics and the
+//! record of config updates. The proxy, the admin API and the config sources all hold an
+//! `Arc<Gateway>`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_config::{Config, ConfigErrors};
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Provenance, Snapshot};
+use crate::state::SharedState;
+
+/// A rejected config update, kept for `/api/v1/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// When it was rejected.
+    pub at: SystemTime,
+    /// Where it came from.
+    pub source: String,
+    /// Every error, as `path: message`.
+    pub errors: Vec<String>,
+}
+
+/// What happened to an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    /// A new snapshot is serving.
+    Applied,
+    /// Same content as the serving snapshot; nothing changed.
+    Unchanged,
+}
+
+/// The gateway's shared core.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    /// State that survives reloads.
+    pub state: SharedState,
+    /// Metrics.
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    next_version: AtomicU64,
+    last_rejection: Mutex<Option<Rejection>>,
+    apply_lock: Mutex<()>,
+}
+
+impl Gateway {
+    /// A gateway serving `config`. With `ready` false it answers 503 (and `/readyz` says
+    /// not ready) until the first [`Gateway::apply`] publishes a config: used when the
+    /// routes come from a config center that has not answered yet.
+    pub fn new(config: Config, provenance: Provenance, ready: bool) -> Result<Arc<Gateway>, ConfigErrors> {
+        let state = SharedState::default();
+        let snapshot = Snapshot::compile(config, 1, provenance, &state, None)?;
+        let metrics = Metrics::new();
+        metrics.config_version.set(1);
+        metrics.reloads.with_label_values(&["applied"]).inc();
+        Ok(Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            state,
+            metrics,
+            ready: AtomicBool::new(ready),
+            next_version: AtomicU64::new(2),
+            last_rejection: Mutex::new(None),
+            apply_lock: Mutex::new(()),
+        }))
+    }
+
+    /// The serving snapshot. Load it once per request and keep the `Arc`.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Whether a config has been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The last rejected update, if any.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection.lock().clone()
+    }
+
+    /// Validates and compiles `config`, then publishes it with one store. On error the
+    /// serving snapshot stays, and the rejection is recorded.
+    pub fn apply(
+        &self,
+        config: Result<Config, ConfigErrors>,
+        provenance: Provenance,
+    ) -> Result<ApplyOutcome, ConfigErrors> {
+        let started = Instant::now();
+        let _one_at_a_time = self.apply_lock.lock();
+        let result = config.and_then(|c| {
+            c.validate()?;
+            if self.is_ready() && c.content_hash() == self.snapshot.load().hash {
+                return Ok(None);
+            }
+            let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+            let previous = self.snapshot.load();
+            Snapshot::compile(c, version, provenance.clone(), &self.state, Some(&previous)).map(Some)
+        });
+        match result {
+            Ok(None) => {
+                self.metrics.reloads.with_label_values(&["unchanged"]).inc();
+                Ok(ApplyOutcome::Unchanged)
+            }
+            Ok(Some(snapshot)) => {
+                let version = snapshot.version;
+                self.snapshot.store(Arc::new(snapshot));
+                self.ready.store(true, Ordering::Release);
+                self.state.collect_garbage();
+                self.metrics.reloads.with_label_values(&["applied"]).inc();
+                self.metrics
+                    .config_version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                self.metrics
+                    .apply_latency
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(version, source = %provenance.source, "config applied");
+                Ok(ApplyOutcome::Applied)
+            }
+            Err(errors) => {
+                self.metrics.reloads.with_label_values(&["rejected"]).inc();
+                tracing::warn!(source = %provenance.source, "config rejected:\n{errors}");
+                *self.last_rejection.lock() = Some(Rejection {
+                    at: SystemTime::now(),
+                    source: provenance.source,
+                    errors: errors.0.iter().map(ToString::to_string).collect(),
+                });
+                Err(errors)
+            }
+        }
+    }
+}

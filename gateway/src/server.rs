@@ -1,0 +1,116 @@
+//! Process wiring: the pingora server, one proxy service per listener, the admin thread,
+//! and SIGHUP reloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use sluice_config::Config;
+
+use crate::gateway::Gateway;
+use crate::proxy::SluiceProxy;
+use crate::snapshot::Provenance;
+
+fn secs_ceil(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Runs the gateway until it is told to stop.
+pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
+    let provenance = Provenance {
+        source: format!("file:{}", path.display()),
+        revision: None,
+    };
+    let gateway =
+        Gateway::new(config.clone(), provenance, true).map_err(|e| format!("invalid config:\n{e}"))?;
+
+    let mut conf = ServerConf::default();
+    conf.threads = config
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    conf.grace_period_seconds = Some(secs_ceil(config.server.grace_period));
+    conf.graceful_shutdown_timeout_seconds = Some(secs_ceil(config.server.shutdown_timeout));
+    conf.upgrade_sock.clone_from(&config.server.upgrade_sock);
+    conf.pid_file.clone_from(&config.server.pid_file);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    for l in &config.listeners {
+        let proxy = SluiceProxy::new(gateway.clone(), l.tls.is_some());
+        let mut options = HttpServerOptions::default();
+        options.h2c = l.http2 && l.tls.is_none();
+        let mut svc = ProxyServiceBuilder::new(&server.configuration, proxy)
+            .name(format!("listener {}", l.name))
+            .server_options(options)
+            .build();
+        let addr = l.listen.to_string();
+        match &l.tls {
+            None => svc.add_tcp(&addr),
+            Some(tls) => {
+                let resolver =
+                    crate::tls::SniResolver::new(tls).map_err(|e| format!("listener {}: {e}", l.name))?;
+                let mut settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+                settings.set_cert_resolver(Arc::new(resolver));
+                if l.http2 {
+                    settings.enable_h2();
+                }
+                svc.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+        server.add_service(svc);
+    }
+
+    let admin_addr = config.admin.listen;
+    let admin_gateway = gateway.clone();
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || admin_thread(admin_gateway, admin_addr, path))
+        .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+
+    tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
+    server.run_forever();
+}
+
+fn admin_thread(gateway: Arc<Gateway>, addr: std::net::SocketAddr, path: PathBuf) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("admin runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let reload_gateway = gateway.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let provenance = Provenance {
+                    source: format!("file:{}", path.display()),
+                    revision: None,
+                };
+                let _ = reload_gateway.apply(Config::from_file(&path), provenance);
+            }
+        });
+        let listener = match crate::admin::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("admin listener {addr}: {e}");
+                return;
+            }
+        };
+        if let Err(e) = axum::serve(listener, crate::admin::router(gateway)).await {
+            tracing::error!("admin server: {e}");
+        }
+    });
+}

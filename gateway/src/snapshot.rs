@@ -1,0 +1,179 @@
+//! The compiled, immutable snapshot the request path reads.
+//!
+//! A snapshot is built from a validated [`Config`] off the request path and published
+//! with one `ArcSwap::store` (see [`crate::gateway::Gateway::apply`]). A request loads it
+//! once and keeps that `Arc` until it ends, so it never sees half of one config and half
+//! of another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use sluice_config::model::{RouteConfig, Timeouts};
+use sluice_config::validate::hash_of;
+use sluice_config::{Config, ConfigErrors};
+use sluice_filters::rewrite::PathRewrite;
+use sluice_filters::router::Router;
+use sluice_filters::Chain;
+
+use crate::state::SharedState;
+use crate::upstream::Upstream;
+
+/// One compiled route.
+pub struct Route {
+    /// Stable id (metrics label).
+    pub id: String,
+    /// Content hash of the route's config; an unchanged route reuses its compiled parts.
+    pub hash: String,
+    /// The route's filters.
+    pub chain: Arc<Chain>,
+    /// Where it forwards, if anywhere.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Route timeouts over the upstream's.
+    pub timeouts: Timeouts,
+    /// Path rewrite.
+    pub rewrite: Option<Arc<PathRewrite>>,
+}
+
+/// Where a snapshot came from, for `/api/v1/config`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Provenance {
+    /// Source kind and location, e.g. `file:/etc/sluice.yaml`.
+    pub source: String,
+    /// Source revision (etcd revision), if the source has one.
+    pub revision: Option<i64>,
+}
+
+/// An immutable compiled config.
+pub struct Snapshot {
+    /// Monotonic version, bumped on every publish in this process.
+    pub version: u64,
+    /// Content hash of the config.
+    pub hash: String,
+    /// When it was published.
+    pub loaded_at: SystemTime,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The config it was compiled from.
+    pub config: Arc<Config>,
+    /// The router; indexes into `routes`. Shared with the previous snapshot when no route
+    /// changed (an endpoint-only change does not recompile it).
+    pub router: Arc<Router>,
+    /// Content hash of all routes, to tell whether the router can be reused.
+    pub routes_hash: String,
+    /// Routes in config order.
+    pub routes: Vec<Route>,
+    /// Upstreams by id.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request id header.
+    pub request_id_header: HeaderName,
+}
+
+impl Snapshot {
+    /// Compiles a validated config, reusing from `previous` every compiled part whose
+    /// config did not change: the router when no route changed, a route's filters when
+    /// that route did not change, an upstream (with its balancer state) when it did not
+    /// change. Fails only on what validation cannot see (a host name that does not
+    /// resolve).
+    pub fn compile(
+        config: Config,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut upstreams = HashMap::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            if let Some(old) = previous
+                .and_then(|p| p.upstreams.get(&u.id))
+                .filter(|old| old.config == *u)
+            {
+                upstreams.insert(u.id.clone(), old.clone());
+                continue;
+            }
+            match Upstream::new(u, state) {
+                Ok(up) => {
+                    upstreams.insert(u.id.clone(), Arc::new(up));
+                }
+                Err(e) => errors.push(sluice_config::ConfigError {
+                    path: format!("upstreams[{i}].endpoints"),
+                    message: e,
+                }),
+            }
+        }
+        let routes_hash = hash_of(&config.routes);
+        let router = match previous.filter(|p| p.routes_hash == routes_hash) {
+            Some(p) => p.router.clone(),
+            None => {
+                Arc::new(Router::new(&config.routes).map_err(|e| ConfigErrors::one("routes", e.to_string()))?)
+            }
+        };
+        let old_routes: HashMap<&str, &Route> = previous
+            .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
+            .unwrap_or_default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            match compile_route(r, &upstreams, old_routes.get(r.id.as_str()).copied()) {
+                Ok(route) => routes.push(route),
+                Err(e) => errors.push(sluice_config::ConfigError {
+                    path: format!("routes[{i}]"),
+                    message: e,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
+            .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
+        Ok(Snapshot {
+            version,
+            hash: config.content_hash(),
+            loaded_at: SystemTime::now(),
+            provenance,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            request_id_header,
+            router,
+            routes_hash,
+            routes,
+            upstreams,
+            config: Arc::new(config),
+        })
+    }
+}
+
+fn compile_route(
+    r: &RouteConfig,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    old: Option<&Route>,
+) -> Result<Route, String> {
+    let hash = hash_of(r);
+    let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned());
+    let timeouts = match &upstream {
+        Some(u) => r.timeouts.or(&u.config.timeouts),
+        None => r.timeouts.clone(),
+    };
+    let (chain, rewrite) = match old.filter(|o| o.hash == hash) {
+        Some(o) => (o.chain.clone(), o.rewrite.clone()),
+        None => (
+            Arc::new(sluice_filters::build_chain(r).map_err(|e| e.to_string())?),
+            match &r.rewrite {
+                Some(rw) => PathRewrite::new(rw).map_err(|e| e.to_string())?.map(Arc::new),
+                None => None,
+            },
+        ),
+    };
+    Ok(Route {
+        id: r.id.clone(),
+        hash,
+        chain,
+        upstream,
+        timeouts,
+        rewrite,
+    })
+}

@@ -1,0 +1,151 @@
+//! Resolved upstreams: endpoints with their live state, the balancer, and how to build
+//! a pingora peer for one endpoint.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use sluice_config::model::{HashOn, LoadBalancing, Timeouts, UpstreamConfig, UpstreamProtocol};
+
+use crate::balancer::Balancer;
+use crate::state::SharedState;
+
+/// Live state of one endpoint, keyed by (upstream id, address) so it survives reloads.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Requests in flight.
+    pub inflight: AtomicUsize,
+    /// Requests sent, ever.
+    pub requests: AtomicU64,
+    /// Result of active health checks (`true` until a check says otherwise).
+    pub healthy: AtomicBool,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+}
+
+/// One resolved endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address as configured (`host:port`), the stable key.
+    pub address: String,
+    /// Resolved socket address.
+    pub addr: SocketAddr,
+    /// Weight; 0 means drained.
+    pub weight: u32,
+    /// Live state shared across snapshots.
+    pub state: Arc<EndpointState>,
+}
+
+/// A resolved upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Stable id.
+    pub id: String,
+    /// Endpoints in config order.
+    pub endpoints: Vec<Endpoint>,
+    /// Weights, parallel to `endpoints`.
+    pub weights: Vec<u32>,
+    /// The balancer.
+    pub balancer: Balancer,
+    /// What the consistent hash is computed from, for `consistent_hash`.
+    pub hash_on: Option<HashOn>,
+    /// The config it came from.
+    pub config: UpstreamConfig,
+}
+
+/// Resolves `host:port`.
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to no address"))
+}
+
+impl Upstream {
+    /// Builds an upstream, taking endpoint state from `state` so it carries over.
+    pub fn new(config: &UpstreamConfig, state: &SharedState) -> Result<Upstream, String> {
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for e in &config.endpoints {
+            endpoints.push(Endpoint {
+                address: e.address.clone(),
+                addr: resolve(&e.address)?,
+                weight: e.weight,
+                state: state.endpoint(&config.id, &e.address),
+            });
+        }
+        let pairs: Vec<(&str, u32)> = config
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.weight))
+            .collect();
+        let hash_on = match &config.load_balancing {
+            LoadBalancing::ConsistentHash(h) => Some(h.clone()),
+            _ => None,
+        };
+        Ok(Upstream {
+            id: config.id.clone(),
+            weights: config.endpoints.iter().map(|e| e.weight).collect(),
+            balancer: Balancer::new(&config.load_balancing, &pairs),
+            endpoints,
+            hash_on,
+            config: config.clone(),
+        })
+    }
+
+    /// Picks an endpoint that `usable` allows, among those with weight and passing health
+    /// checks.
+    pub fn pick(&self, usable: impl Fn(usize) -> bool, key: Option<u64>) -> Option<usize> {
+        let eps = &self.endpoints;
+        self.balancer.pick(
+            &self.weights,
+            |i| eps[i].weight > 0 && eps[i].state.healthy.load(Ordering::Relaxed) && usable(i),
+            |i| eps[i].state.inflight.load(Ordering::Relaxed),
+            key,
+        )
+    }
+
+    /// A pingora peer for endpoint `index`, with `timeouts` (route over upstream) applied.
+    pub fn peer(&self, index: usize, timeouts: &Timeouts, deadline_left: Option<Duration>) -> HttpPeer {
+        let ep = &self.endpoints[index];
+        let c = &self.config;
+        let tls = c.tls.is_some();
+        let sni = c.tls.as_ref().and_then(|t| t.sni.clone()).unwrap_or_else(|| {
+            ep.address
+                .rsplit_once(':')
+                .map_or(ep.address.clone(), |(h, _)| h.to_string())
+        });
+        let mut peer = HttpPeer::new(ep.addr, tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(timeouts.connect.unwrap_or(Timeouts::DEFAULT_CONNECT));
+        let read = timeouts.read.unwrap_or(Timeouts::DEFAULT_IO);
+        o.read_timeout = Some(deadline_left.map_or(read, |d| d.min(read)));
+        o.write_timeout = Some(timeouts.write.unwrap_or(Timeouts::DEFAULT_IO));
+        o.idle_timeout = Some(if c.keepalive.enabled {
+            c.keepalive.idle_timeout
+        } else {
+            Duration::ZERO
+        });
+        if let Some(t) = &c.tls {
+            o.verify_cert = t.verify;
+            o.verify_hostname = t.verify;
+        }
+        match (c.protocol, tls) {
+            (UpstreamProtocol::H2, true) => o.alpn = ALPN::H2,
+            (UpstreamProtocol::H2, false) => o.set_http_version(2, 2),
+            (UpstreamProtocol::Http1, _) => o.alpn = ALPN::H1,
+        }
+        peer
+    }
+}

@@ -1,0 +1,19 @@
+//! Black-box integration tests for the `sluice` binary.
+//!
+//! Every test starts the real binary (see [`support::Gateway`]) in front of real upstream
+//! servers ([`support::TestUpstream`]) on `127.0.0.1`, and checks behaviour over the
+//! wire. Tests are grouped by feature, one module each; shared helpers live in
+//! `support/`, config fixtures in `fixtures/`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod admin;
+mod errors;
+mod lifecycle;
+mod load_balancing;
+mod protocols;
+mod routing;
+mod transforms;
+mod validate;
