@@ -86,13 +86,105 @@ impl ConfigErrors {
 /// Both formats are first read into a JSON value, so they follow the same rules: an enum
 /// is written as a string (`round_robin`) or a single-key map (`{prefix: /api}`).
 pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
+    from_value(parse_value(text)?)
+}
+
+/// Parses YAML or JSON text (JSON when it starts with `{` or `[`) into a JSON value.
+pub fn parse_value(text: &str) -> Result<serde_json::Value, ConfigErrors> {
     let trimmed = text.trim_start();
-    let value: serde_json::Value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        serde_json::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid JSON: {e}")))?
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid JSON: {e}")))
     } else {
-        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid YAML: {e}")))?
-    };
-    from_value(value)
+        serde_yaml::from_str(text).map_err(|e| ConfigErrors::one("", format!("invalid YAML: {e}")))
+    }
+}
+
+/// One step of a field path: a map key, optionally indexed (`routes[2]`).
+fn path_steps(path: &str) -> Vec<(String, Option<usize>)> {
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .map(|seg| match seg.split_once('[') {
+            Some((name, rest)) => (name.to_string(), rest.trim_end_matches(']').parse().ok()),
+            None => (seg.to_string(), None),
+        })
+        .collect()
+}
+
+/// For each top-level list, the original index of every element still present.
+#[derive(Default)]
+struct IndexRemap {
+    lists: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl IndexRemap {
+    /// `path` with its top-level list index turned back into the input's index.
+    fn original(&self, path: &str) -> String {
+        let steps = path_steps(path);
+        match steps.first() {
+            Some((name, Some(i))) => match self.lists.get(name).and_then(|l| l.get(*i)) {
+                Some(orig) => {
+                    let prefix = format!("{name}[{i}]");
+                    format!("{name}[{orig}]{}", &path[prefix.len().min(path.len())..])
+                }
+                None => path.to_string(),
+            },
+            _ => path.to_string(),
+        }
+    }
+}
+
+/// Sets aside the element an error is about, so the rest can be checked: removes the
+/// top-level list item containing `path`, or else removes the field itself (its default
+/// applies). Returns the original path of what was set aside, or `None` when nothing can
+/// be (an error about the whole document).
+fn set_aside(
+    value: &mut serde_json::Value,
+    path: &str,
+    remap: &mut IndexRemap,
+    broken_ids: &mut HashSet<String>,
+) -> Option<String> {
+    let steps = path_steps(path);
+    let (first, index) = steps.first()?;
+    if let Some(i) = index {
+        let original = remap.original(&format!("{first}[{i}]"));
+        let list = value.get_mut(first.as_str())?.as_array_mut()?;
+        if *i >= list.len() {
+            return None;
+        }
+        let item = list.remove(*i);
+        if first == "upstreams" {
+            if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+                broken_ids.insert(id.to_string());
+            }
+        }
+        let len = list.len() + 1;
+        let orig = remap.lists.entry(first.clone()).or_insert_with(|| (0..len).collect());
+        if *i < orig.len() {
+            orig.remove(*i);
+        }
+        return Some(original);
+    }
+    let mut cur = value;
+    for (n, (key, idx)) in steps.iter().enumerate() {
+        let last = n + 1 == steps.len();
+        if last && idx.is_none() {
+            cur.as_object_mut()?.remove(key.as_str())?;
+            return Some(path.to_string());
+        }
+        cur = cur.get_mut(key.as_str())?;
+        if let Some(i) = idx {
+            if last {
+                let arr = cur.as_array_mut()?;
+                if *i >= arr.len() {
+                    return None;
+                }
+                arr.remove(*i);
+                return Some(path.to_string());
+            }
+            cur = cur.get_mut(*i)?;
+        }
+    }
+    None
 }
 
 /// Deserializes a value already parsed, reporting the path of the first field that does
@@ -111,11 +203,61 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> R
 }
 
 impl Config {
-    /// Parses and validates a YAML or JSON config.
+    /// Parses and validates a YAML or JSON config, reporting every error found: a field
+    /// that does not fit the model does not hide the problems elsewhere in the file.
     pub fn from_text(text: &str) -> Result<Config, ConfigErrors> {
-        let config: Config = parse_document(text)?;
-        config.validate()?;
-        Ok(config)
+        Self::from_json_value(parse_value(text)?)
+    }
+
+    /// Deserializes and validates a config already parsed into a JSON value (YAML and
+    /// etcd values are read this way too).
+    ///
+    /// When an element does not fit the model, its error is recorded and the element is
+    /// set aside (a list item is removed, another field is reset to its default), and
+    /// deserialization is tried again; once the rest fits, the semantic checks run on it.
+    /// Paths always name the element as it stands in the input, and references to an
+    /// element that was set aside are not reported twice.
+    pub fn from_json_value(mut value: serde_json::Value) -> Result<Config, ConfigErrors> {
+        const MAX_ROUNDS: usize = 64;
+        let mut errors = Vec::new();
+        let mut remap = IndexRemap::default();
+        let mut removed_paths = Vec::new();
+        let mut broken_ids = HashSet::new();
+        let mut parsed = None;
+        for _ in 0..MAX_ROUNDS {
+            match from_value::<Config>(value.clone()) {
+                Ok(c) => {
+                    parsed = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    let Some(err) = e.0.into_iter().next() else { break };
+                    let original = remap.original(&err.path);
+                    let set_aside = set_aside(&mut value, &err.path, &mut remap, &mut broken_ids);
+                    errors.push(ConfigError { path: original.clone(), message: err.message });
+                    match set_aside {
+                        Some(removed) => removed_paths.push(removed),
+                        None => break,
+                    }
+                }
+            }
+        }
+        if let Some(config) = &parsed {
+            if let Err(semantic) = config.validate() {
+                for e in semantic.0 {
+                    let path = remap.original(&e.path);
+                    let about_broken = broken_ids.iter().any(|id| e.message.ends_with(&format!("unknown upstream {id:?}")));
+                    let about_removed = removed_paths.iter().any(|r| *r == path);
+                    if !about_broken && !about_removed {
+                        errors.push(ConfigError { path, message: e.message });
+                    }
+                }
+            }
+        }
+        match parsed {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(errors)),
+        }
     }
 
     /// Reads, parses and validates a config file.
@@ -542,7 +684,7 @@ mod tests {
         let errs = errors(&text);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].starts_with("routes[1].match: unknown field `pth`"),
+            errs[0].starts_with("routes[1].match.pth: unknown field `pth`"),
             "{errs:?}"
         );
     }
@@ -572,6 +714,20 @@ mod tests {
                 .any(|e| e.starts_with("routes[2].match.headers[0]: give exactly one")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn structural_and_semantic_errors_are_reported_together() {
+        let text = format!(
+            "listeners: [{{name: web, listen: '127.0.0.1:8080'}}]\nupstreams:\n  - {{id: u, endpoints: [{{address: '127.0.0.1:9000'}}]}}\n  - {{id: broken, endpoints: oops}}\nroutes:\n- {{id: a, upstream: broken}}\n- {{id: b, upstream: u, match: {{pth: x}}}}\n- {{id: c, upstream: nope, match: {{path: {{regex: '(['}}}}}}\n"
+        );
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.starts_with("upstreams[1].endpoints: invalid type")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("routes[1].match.pth: unknown field")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("routes[2].upstream: unknown upstream \"nope\"")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("routes[2].match.path.regex: invalid regex")), "{errs:?}");
+        assert!(!errs.iter().any(|e| e.contains("\"broken\"")), "a set-aside upstream is not reported again: {errs:?}");
+        assert_eq!(errs.len(), 4, "{errs:?}");
     }
 
     #[test]

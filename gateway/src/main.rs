@@ -9,18 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice_config::Config;
 
-mod admin;
-mod balancer;
-mod echo;
-mod error;
-mod gateway;
-mod metrics;
-mod proxy;
-mod server;
-mod snapshot;
-mod state;
-mod tls;
-mod upstream;
+use sluice_gateway::{echo, server};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -71,6 +71,7 @@ pub struct Ctx {
     tried: Vec<usize>,
     inflight: Option<InFlight>,
     error: Option<ErrorKind>,
+    _request: crate::shutdown::RequestGuard,
 }
 
 /// Pingora's request header as a [`HeaderEdit`].
@@ -201,6 +202,7 @@ impl Ctx {
             tried: Vec::new(),
             inflight: None,
             error: None,
+            _request: crate::shutdown::RequestGuard::new(),
         }
     }
 }
@@ -454,6 +456,9 @@ impl ProxyHttp for SluiceProxy {
         } else {
             kind.status().as_u16()
         };
+        // Pingora does not reuse a client connection after a failed proxy attempt, so say
+        // `Connection: close` rather than promise a keep-alive that will not happen.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             tracing::debug!(request_id = %ctx.filter.request_id, "proxy error: {e}");
             if let Err(err) = self.send_error(session, ctx, kind, kind.describe()).await {

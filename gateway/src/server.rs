@@ -28,15 +28,19 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     let gateway =
         Gateway::new(config.clone(), provenance, true).map_err(|e| format!("invalid config:\n{e}"))?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = config
-        .server
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    conf.grace_period_seconds = Some(secs_ceil(config.server.grace_period));
-    conf.graceful_shutdown_timeout_seconds = Some(secs_ceil(config.server.shutdown_timeout));
-    conf.upgrade_sock.clone_from(&config.server.upgrade_sock);
-    conf.pid_file.clone_from(&config.server.pid_file);
+    let conf = ServerConf {
+        threads: config
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // Sluice keeps accepting during `grace_period` itself (see `shutdown`); pingora's
+        // grace period is the drain budget, and the process exits earlier once drained.
+        grace_period_seconds: Some(secs_ceil(config.server.shutdown_timeout)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        pid_file: config.server.pid_file.clone(),
+        ..ServerConf::default()
+    };
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -77,7 +81,10 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
 
     tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
-    server.run_forever();
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::shutdown::Signals { grace_period: config.server.grace_period }),
+    });
+    Ok(())
 }
 
 fn admin_thread(gateway: Arc<Gateway>, addr: std::net::SocketAddr, path: PathBuf) {

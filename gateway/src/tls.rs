@@ -55,7 +55,7 @@ impl SniResolver {
                 }
             }
         }
-        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         let default = default.ok_or("no certificate")?;
         Ok(SniResolver {
             exact,

@@ -11,7 +11,7 @@
 //! Nothing here sleeps for a fixed time to wait for a condition: waits poll the condition
 //! ([`eventually`]) and panic with a message after a bound.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod gateway;
@@ -23,7 +23,10 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-pub use client::{h2c_client, h2c_request, http_client, tls_client, tls_handshake, H2Response, Handshake};
+pub use client::{
+    h2c_client, h2c_request, http_client, http_client_unpooled, tls_client, tls_handshake, H2Response,
+    Handshake, RawHttp1, RawResponse,
+};
 pub use gateway::{Gateway, GatewayBuilder, Signal};
 pub use metrics::Metrics;
 pub use tls::{TestCa, TestCert};
@@ -35,7 +38,10 @@ pub use upstream::{Mode, TestUpstream};
 /// the tests run in-process bind `127.0.0.1:0` themselves instead.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address of a bound listener").port()
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
@@ -49,7 +55,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,4 +78,18 @@ pub fn upstream_of(resp: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("<none>")
         .to_string()
+}
+
+/// YAML list items declaring one single-endpoint upstream per test upstream, with the
+/// upstream's name as its id: `- {id: a, endpoints: [{address: "{{a}}"}]}`. Use under
+/// `upstreams:`, with the same upstreams given to the [`Gateway`].
+pub fn upstream_entries(ups: &[&TestUpstream]) -> String {
+    ups.iter()
+        .map(|u| {
+            format!(
+                "- {{id: {0}, endpoints: [{{address: \"{{{{{0}}}}}\"}}]}}\n",
+                u.name()
+            )
+        })
+        .collect()
 }

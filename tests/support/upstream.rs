@@ -88,7 +88,12 @@ impl TestUpstream {
         });
         let (listening_tx, listening) = watch::channel(true);
         let task = tokio::spawn(accept_loop(shared.clone(), addr, listener, listening_tx));
-        TestUpstream { shared, addr, listening, task }
+        TestUpstream {
+            shared,
+            addr,
+            listening,
+            task,
+        }
     }
 
     /// Starts one upstream per name.
@@ -141,10 +146,13 @@ impl TestUpstream {
         let want_listening = mode != Mode::Refuse;
         self.shared.mode.send_replace(mode);
         let mut listening = self.listening.clone();
-        tokio::time::timeout(Duration::from_secs(10), listening.wait_for(|l| *l == want_listening))
-            .await
-            .expect("test upstream changed its listener within 10 s")
-            .expect("test upstream task is running");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            listening.wait_for(|l| *l == want_listening),
+        )
+        .await
+        .expect("test upstream changed its listener within 10 s")
+        .expect("test upstream task is running");
     }
 }
 
@@ -162,7 +170,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(shared: Arc<Shared>, addr: SocketAddr, listener: TcpListener, listening: watch::Sender<bool>) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    listener: TcpListener,
+    listening: watch::Sender<bool>,
+) {
     let mut mode = shared.mode.subscribe();
     let mut listener = Some(listener);
     loop {
@@ -204,7 +217,11 @@ async fn accept_loop(shared: Arc<Shared>, addr: SocketAddr, listener: TcpListene
                 Ok(l) => break Some(l),
                 Err(e) => {
                     attempts += 1;
-                    assert!(attempts < 100, "test upstream {} cannot bind {addr} again: {e}", shared.name);
+                    assert!(
+                        attempts < 100,
+                        "test upstream {} cannot bind {addr} again: {e}",
+                        shared.name
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -243,7 +260,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let mode = shared.mode.borrow().clone();
     match mode {
         Mode::Healthy | Mode::Refuse => {}
-        Mode::Status(code) => status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Mode::Status(code) => {
+            status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
         Mode::Delay(d) => tokio::time::sleep(d).await,
         Mode::Hang => std::future::pending::<()>().await,
     }
@@ -306,12 +325,16 @@ async fn with_trailers(name: &str, req: Request<Incoming>) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(name) {
         trailers.insert("x-upstream-trailer", v);
     }
-    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
-        vec![Ok(Frame::data(Bytes::from_static(b"ok"))), Ok(Frame::trailers(trailers))];
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"ok"))),
+        Ok(Frame::trailers(trailers)),
+    ];
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header("x-upstream", name)
-        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            frames,
+        ))))
         .expect("static response parts are valid")
 }
 
@@ -330,17 +353,18 @@ fn websocket_echo(name: &str, req: Request<Incoming>) -> Response<Body> {
         .map(|k| derive_accept_key(k.as_bytes()))
         .unwrap_or_default();
     tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
         let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
-            match msg {
-                Message::Text(_) | Message::Binary(_) => {
-                    if ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
+            let echo = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
                 Message::Close(_) => return,
-                _ => {}
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                return;
             }
         }
     });

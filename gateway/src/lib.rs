@@ -1,0 +1,20 @@
+//! The Sluice gateway: everything the `sluice` binary runs.
+//!
+//! This crate owns the compiled [`snapshot`], upstreams and [`balancer`]s, the pingora
+//! glue ([`proxy`]), the admin API ([`admin`]), [`metrics`], and process wiring
+//! ([`server`]). The pure request-path cores live in `sluice-filters`; the config model
+//! and its sources in `sluice-config`.
+
+pub mod admin;
+pub mod balancer;
+pub mod echo;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod state;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,139 @@
+//! `sluice validate`: exit status and error report, on the files in `tests/fixtures/`.
+//! Also: `sluice run` refuses to start on an invalid file.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn sluice(args: &[&str], config: &PathBuf) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn valid_file_exits_zero() {
+    let out = sluice(&["validate"], &fixture("valid.yaml"));
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("valid"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_field_path() {
+    let path = fixture("invalid_semantics.yaml");
+    let out = sluice(&["validate"], &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("{}: 3 error(s)", path.display()).as_str()),
+        "{stderr}"
+    );
+    for expected in [
+        "  routes[1].match.path.regex: invalid regex",
+        "  routes[2].upstream: unknown upstream \"nowhere\"",
+        "  routes[3].match.methods[0]: invalid method \"get\"",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unknown_field_is_an_error_naming_its_path() {
+    let path = fixture("invalid_unknown_field.yaml");
+    let out = sluice(&["validate"], &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}: 1 error(s)\n", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("  routes[1].match") && l.contains("unknown field `pth`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+
+fn unknown_field_and_semantic_errors_are_all_reported_together() {
+    let path = fixture("invalid_mixed.yaml");
+    let out = sluice(&["validate"], &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "  routes[0].match.pth: unknown field `pth`",
+        "  routes[1].match.path.regex: invalid regex",
+        "  routes[2].upstream: unknown upstream \"nowhere\"",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let out = sluice(&["validate"], &fixture("does-not-exist.yaml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_refuses_to_start_on_an_invalid_file() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg("--config")
+        .arg(fixture("invalid_semantics.yaml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("create stderr.log"))
+        .spawn()
+        .expect("start sluice");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll sluice") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sluice run kept running on an invalid config");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("routes[2].upstream: unknown upstream \"nowhere\""),
+        "{stderr}"
+    );
+}
