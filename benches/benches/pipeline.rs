@@ -18,7 +18,11 @@ use sluice_gateway::snapshot::Provenance;
 pub fn config_with_routes(n: usize) -> String {
     let mut y = String::from("listeners: [{name: w, listen: '127.0.0.1:1'}]\nupstreams:\n");
     for u in 0..10 {
-        y.push_str(&format!("  - {{id: u{u}, endpoints: [{{address: '127.0.0.1:{}'}}, {{address: '127.0.0.1:{}'}}]}}\n", 9000 + u, 9100 + u));
+        y.push_str(&format!(
+            "  - {{id: u{u}, endpoints: [{{address: '127.0.0.1:{}'}}, {{address: '127.0.0.1:{}'}}]}}\n",
+            9000 + u,
+            9100 + u
+        ));
     }
     y.push_str("routes:\n");
     for i in 0..n {
@@ -29,7 +33,10 @@ pub fn config_with_routes(n: usize) -> String {
             3 => format!("{{path: {{regex: '/items/{i}/[0-9]+'}}}}"),
             _ => format!("{{path: {{prefix: /p{i}}}, headers: [{{name: x-tenant, exact: t{i}}}]}}"),
         };
-        y.push_str(&format!("  - {{id: r{i}, upstream: u{}, match: {m}, headers: {{request: {{set: {{x-route: r{i}}}}}}}}}\n", i % 10));
+        y.push_str(&format!(
+            "  - {{id: r{i}, upstream: u{}, match: {m}, headers: {{request: {{set: {{x-route: r{i}}}}}}}}}\n",
+            i % 10
+        ));
     }
     y
 }
@@ -74,8 +81,18 @@ fn compile_and_swap(c: &mut Criterion) {
     g.sample_size(10);
     let text = config_with_routes(10_000);
     let base = Config::from_text(&config_with_routes(10)).expect("valid");
-    let gateway = Gateway::new(base, Provenance { source: "bench".into(), revision: None }, true).expect("gateway");
-    g.bench_function("parse_validate_10000_routes", |b| b.iter(|| black_box(Config::from_text(&text).expect("valid"))));
+    let gateway = Gateway::new(
+        base,
+        Provenance {
+            source: "bench".into(),
+            revision: None,
+        },
+        true,
+    )
+    .expect("gateway");
+    g.bench_function("parse_validate_10000_routes", |b| {
+        b.iter(|| black_box(Config::from_text(&text).expect("valid")))
+    });
     let parsed = Config::from_text(&text).expect("valid");
     let mut flip = false;
     g.bench_function("validate_compile_swap_10000_routes", |b| {
@@ -86,7 +103,15 @@ fn compile_and_swap(c: &mut Criterion) {
             if flip {
                 cfg.routes[0].priority = 1;
             }
-            gateway.apply(Ok(cfg), Provenance { source: "bench".into(), revision: None }).expect("applies")
+            gateway
+                .apply(
+                    Ok(cfg),
+                    Provenance {
+                        source: "bench".into(),
+                        revision: None,
+                    },
+                )
+                .expect("applies")
         })
     });
     g.finish();

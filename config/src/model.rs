@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub request_id_header: String,
     /// Whether to write one JSON access-log line per request to stdout. Default: `false`.
     pub access_log: bool,
+    /// Let idle worker threads take tasks from busy ones. Off, each thread runs its own
+    /// single-threaded runtime and keeps its connections (nginx's model), which is faster
+    /// for short requests; on suits a few heavy long-lived streams. Default: `false`.
+    pub work_stealing: bool,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             request_id_header: "x-request-id".into(),
             access_log: false,
+            work_stealing: false,
         }
     }
 }

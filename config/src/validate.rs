@@ -158,7 +158,10 @@ fn set_aside(
             }
         }
         let len = list.len() + 1;
-        let orig = remap.lists.entry(first.clone()).or_insert_with(|| (0..len).collect());
+        let orig = remap
+            .lists
+            .entry(first.clone())
+            .or_insert_with(|| (0..len).collect());
         if *i < orig.len() {
             orig.remove(*i);
         }
@@ -234,7 +237,10 @@ impl Config {
                     let Some(err) = e.0.into_iter().next() else { break };
                     let original = remap.original(&err.path);
                     let set_aside = set_aside(&mut value, &err.path, &mut remap, &mut broken_ids);
-                    errors.push(ConfigError { path: original.clone(), message: err.message });
+                    errors.push(ConfigError {
+                        path: original.clone(),
+                        message: err.message,
+                    });
                     match set_aside {
                         Some(removed) => removed_paths.push(removed),
                         None => break,
@@ -246,10 +252,15 @@ impl Config {
             if let Err(semantic) = config.validate() {
                 for e in semantic.0 {
                     let path = remap.original(&e.path);
-                    let about_broken = broken_ids.iter().any(|id| e.message.ends_with(&format!("unknown upstream {id:?}")));
+                    let about_broken = broken_ids
+                        .iter()
+                        .any(|id| e.message.ends_with(&format!("unknown upstream {id:?}")));
                     let about_removed = removed_paths.iter().any(|r| *r == path);
                     if !about_broken && !about_removed {
-                        errors.push(ConfigError { path, message: e.message });
+                        errors.push(ConfigError {
+                            path,
+                            message: e.message,
+                        });
                     }
                 }
             }
@@ -722,11 +733,30 @@ mod tests {
             "listeners: [{{name: web, listen: '127.0.0.1:8080'}}]\nupstreams:\n  - {{id: u, endpoints: [{{address: '127.0.0.1:9000'}}]}}\n  - {{id: broken, endpoints: oops}}\nroutes:\n- {{id: a, upstream: broken}}\n- {{id: b, upstream: u, match: {{pth: x}}}}\n- {{id: c, upstream: nope, match: {{path: {{regex: '(['}}}}}}\n"
         );
         let errs = errors(&text);
-        assert!(errs.iter().any(|e| e.starts_with("upstreams[1].endpoints: invalid type")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("routes[1].match.pth: unknown field")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("routes[2].upstream: unknown upstream \"nope\"")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("routes[2].match.path.regex: invalid regex")), "{errs:?}");
-        assert!(!errs.iter().any(|e| e.contains("\"broken\"")), "a set-aside upstream is not reported again: {errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("upstreams[1].endpoints: invalid type")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[1].match.pth: unknown field")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[2].upstream: unknown upstream \"nope\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[2].match.path.regex: invalid regex")),
+            "{errs:?}"
+        );
+        assert!(
+            !errs.iter().any(|e| e.contains("\"broken\"")),
+            "a set-aside upstream is not reported again: {errs:?}"
+        );
         assert_eq!(errs.len(), 4, "{errs:?}");
     }
 

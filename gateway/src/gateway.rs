@@ -42,7 +42,7 @@ pub struct Gateway {
     /// State that survives reloads.
     pub state: SharedState,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
@@ -54,9 +54,9 @@ impl Gateway {
     /// not ready) until the first [`Gateway::apply`] publishes a config: used when the
     /// routes come from a config center that has not answered yet.
     pub fn new(config: Config, provenance: Provenance, ready: bool) -> Result<Arc<Gateway>, ConfigErrors> {
-        let state = SharedState::default();
+        let metrics = Arc::new(Metrics::new());
+        let state = SharedState::new(metrics.clone());
         let snapshot = Snapshot::compile(config, 1, provenance, &state, None)?;
-        let metrics = Metrics::new();
         metrics.config_version.set(1);
         metrics.reloads.with_label_values(&["applied"]).inc();
         Ok(Arc::new(Gateway {

@@ -2,7 +2,8 @@
 //! config, status classes, and error kinds from [`crate::error::ErrorKind::code`].
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Route label for requests no route matched.
@@ -23,6 +24,14 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     /// `sluice_config_version`: the version of the published snapshot.
     pub config_version: IntGauge,
+    unrouted: RouteMetrics,
+}
+
+fn route_handles(requests: &IntCounterVec, latency: &HistogramVec, route: &str) -> RouteMetrics {
+    RouteMetrics {
+        by_class: CLASSES.map(|c| requests.with_label_values(&[route, c])),
+        latency: latency.with_label_values(&[route]),
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -82,6 +91,7 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        let unrouted = route_handles(&requests, &latency, NO_ROUTE);
         Metrics {
             registry,
             requests,
@@ -90,7 +100,18 @@ impl Metrics {
             reloads,
             apply_latency,
             config_version,
+            unrouted,
         }
+    }
+
+    /// Handles for route `id` (resolved once per snapshot compile).
+    pub fn route(&self, id: &str) -> RouteMetrics {
+        route_handles(&self.requests, &self.latency, id)
+    }
+
+    /// Handles for requests no route matched.
+    pub fn unrouted(&self) -> &RouteMetrics {
+        &self.unrouted
     }
 
     /// Registers another collector (used by subsystems that own their metrics).
@@ -112,13 +133,33 @@ impl Default for Metrics {
     }
 }
 
-/// `1xx` … `5xx` for a status code.
+/// Pre-resolved metric handles for one route, so the request path does no label lookup.
+pub struct RouteMetrics {
+    by_class: [IntCounter; 6],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one finished request.
+    pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        self.by_class[class_index(status)].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// `1xx` … `5xx` for a status code, `none` when no response was sent.
 pub fn status_class(status: u16) -> &'static str {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=599 => CLASSES[class_index(status)],
+        _ => "none",
     }
 }

@@ -26,7 +26,7 @@ use sluice_filters::{Chain, FilterCtx, Flow, HeaderEdit, RequestView, Response};
 
 use crate::error::{error_response, ErrorKind};
 use crate::gateway::Gateway;
-use crate::metrics::{status_class, NO_ROUTE};
+use crate::metrics::NO_ROUTE;
 use crate::snapshot::Snapshot;
 use crate::upstream::EndpointState;
 
@@ -66,7 +66,9 @@ pub struct Ctx {
     prefix_len: Option<usize>,
     filter: FilterCtx,
     client_ip: Option<IpAddr>,
+    peer_ip: Option<IpAddr>,
     peer_trusted: bool,
+    request_id_value: Option<HeaderValue>,
     started: Instant,
     tried: Vec<usize>,
     inflight: Option<InFlight>,
@@ -99,6 +101,13 @@ macro_rules! header_edit {
 }
 header_edit!(ReqEdit);
 header_edit!(RespEdit);
+
+/// A new request id: 128 random bits from the thread-local generator (no system call),
+/// as 32 hex digits.
+fn new_request_id() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::rng().random::<u128>())
+}
 
 fn is_valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -136,6 +145,16 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
 }
 
 impl Ctx {
+    /// The request id as a header value, built once and then shared (cheap clones).
+    fn request_id_value(&mut self) -> HeaderValue {
+        if self.request_id_value.is_none() {
+            self.request_id_value = HeaderValue::from_str(&self.filter.request_id).ok();
+        }
+        self.request_id_value
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("-"))
+    }
+
     fn snapshot(&self) -> Result<&Arc<Snapshot>> {
         self.snapshot
             .as_ref()
@@ -197,7 +216,9 @@ impl Ctx {
             prefix_len: None,
             filter: FilterCtx::default(),
             client_ip: None,
+            peer_ip: None,
             peer_trusted: false,
+            request_id_value: None,
             started: Instant::now(),
             tried: Vec::new(),
             inflight: None,
@@ -219,17 +240,18 @@ impl ProxyHttp for SluiceProxy {
         let snap = self.gateway.snapshot();
         if !self.gateway.is_ready() {
             ctx.snapshot = Some(snap);
-            ctx.filter.request_id = uuid::Uuid::new_v4().simple().to_string();
+            ctx.filter.request_id = new_request_id();
             self.send_error(session, ctx, ErrorKind::NotReady, ErrorKind::NotReady.describe())
                 .await?;
             return Ok(true);
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.peer_ip = peer;
         let flow = {
             let req = session.req_header();
             ctx.filter.request_id = match req.headers.get(&snap.request_id_header) {
                 Some(v) if is_valid_request_id(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                _ => uuid::Uuid::new_v4().simple().to_string(),
+                _ => new_request_id(),
             };
             (ctx.client_ip, ctx.peer_trusted) = client_ip(peer, &req.headers, &snap);
             let host = request_host(req);
@@ -368,11 +390,7 @@ impl ProxyHttp for SluiceProxy {
                 .map_err(|e| Error::because(InternalError, "rewritten path is not a valid URI", e))?;
             upstream.set_uri(uri);
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(peer) = peer {
+        if let Some(peer) = ctx.peer_ip.map(|ip| ip.to_string()) {
             let xff = match upstream
                 .headers
                 .get(&X_FORWARDED_FOR)
@@ -384,14 +402,14 @@ impl ProxyHttp for SluiceProxy {
             upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
         if !(ctx.peer_trusted && upstream.headers.contains_key(&X_FORWARDED_PROTO)) {
-            upstream.insert_header(X_FORWARDED_PROTO, self.scheme)?;
+            upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme))?;
         }
         if !(ctx.peer_trusted && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
             if let Some(host) = request_host(session.req_header()).map(str::to_string) {
                 upstream.insert_header(X_FORWARDED_HOST, host)?;
             }
         }
-        upstream.insert_header(snap.request_id_header.clone(), ctx.filter.request_id.as_str())?;
+        upstream.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
         route
             .chain
             .on_upstream_request(&mut ReqEdit(upstream), &ctx.filter);
@@ -405,7 +423,7 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let snap = ctx.snapshot()?.clone();
-        resp.insert_header(snap.request_id_header.clone(), ctx.filter.request_id.as_str())?;
+        resp.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
         if let Some(route) = ctx.route.map(|i| &snap.routes[i]) {
             route
                 .chain
@@ -478,12 +496,12 @@ impl ProxyHttp for SluiceProxy {
             .as_ref()
             .zip(ctx.route)
             .map_or(NO_ROUTE, |(s, r)| s.routes[r].id.as_str());
-        let m = &self.gateway.metrics;
-        m.requests.with_label_values(&[route, status_class(status)]).inc();
         let elapsed = ctx.started.elapsed();
-        m.latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let handles = match ctx.snapshot.as_ref().zip(ctx.route) {
+            Some((s, r)) => &s.routes[r].metrics,
+            None => self.gateway.metrics.unrouted(),
+        };
+        handles.observe(status, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log) {
             let req = session.req_header();
             let line = serde_json::json!({

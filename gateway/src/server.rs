@@ -39,6 +39,7 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.server.upgrade_sock.clone(),
         pid_file: config.server.pid_file.clone(),
+        work_stealing: config.server.work_stealing,
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -82,7 +83,9 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
 
     tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
     server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(crate::shutdown::Signals { grace_period: config.server.grace_period }),
+        shutdown_signal: Box::new(crate::shutdown::Signals {
+            grace_period: config.server.grace_period,
+        }),
     });
     Ok(())
 }

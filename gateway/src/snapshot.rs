@@ -18,6 +18,7 @@ use sluice_filters::rewrite::PathRewrite;
 use sluice_filters::router::Router;
 use sluice_filters::Chain;
 
+use crate::metrics::RouteMetrics;
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -35,6 +36,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Path rewrite.
     pub rewrite: Option<Arc<PathRewrite>>,
+    /// The route's metric handles.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Where a snapshot came from, for `/api/v1/config`.
@@ -118,7 +121,7 @@ impl Snapshot {
             .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            match compile_route(r, &upstreams, old_routes.get(r.id.as_str()).copied()) {
+            match compile_route(r, &upstreams, old_routes.get(r.id.as_str()).copied(), state) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.push(sluice_config::ConfigError {
                     path: format!("routes[{i}]"),
@@ -151,6 +154,7 @@ fn compile_route(
     r: &RouteConfig,
     upstreams: &HashMap<String, Arc<Upstream>>,
     old: Option<&Route>,
+    state: &SharedState,
 ) -> Result<Route, String> {
     let hash = hash_of(r);
     let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned());
@@ -175,5 +179,6 @@ fn compile_route(
         upstream,
         timeouts,
         rewrite,
+        metrics: state.route_metrics(&r.id),
     })
 }

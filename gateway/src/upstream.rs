@@ -43,6 +43,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Weight; 0 means drained.
     pub weight: u32,
+    /// TLS server name for this endpoint (the upstream's `tls.sni`, else the host).
+    pub sni: String,
     /// Live state shared across snapshots.
     pub state: Arc<EndpointState>,
 }
@@ -78,7 +80,14 @@ impl Upstream {
     pub fn new(config: &UpstreamConfig, state: &SharedState) -> Result<Upstream, String> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
+            let host = e.address.rsplit_once(':').map_or(e.address.as_str(), |(h, _)| h);
+            let sni = config
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.clone())
+                .unwrap_or_else(|| host.to_string());
             endpoints.push(Endpoint {
+                sni,
                 address: e.address.clone(),
                 addr: resolve(&e.address)?,
                 weight: e.weight,
@@ -121,12 +130,7 @@ impl Upstream {
         let ep = &self.endpoints[index];
         let c = &self.config;
         let tls = c.tls.is_some();
-        let sni = c.tls.as_ref().and_then(|t| t.sni.clone()).unwrap_or_else(|| {
-            ep.address
-                .rsplit_once(':')
-                .map_or(ep.address.clone(), |(h, _)| h.to_string())
-        });
-        let mut peer = HttpPeer::new(ep.addr, tls, sni);
+        let mut peer = HttpPeer::new(ep.addr, tls, ep.sni.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(timeouts.connect.unwrap_or(Timeouts::DEFAULT_CONNECT));
         let read = timeouts.read.unwrap_or(Timeouts::DEFAULT_IO);
