@@ -10,8 +10,8 @@
 //! Routes are bucketed by host so a request only tests the routes that can match its
 //! host, in precedence order; the first that matches wins.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
@@ -76,12 +76,87 @@ struct Matcher {
 #[derive(Default)]
 pub struct Router {
     matchers: Vec<Matcher>,
-    /// Exact host (lower case) → matcher indexes in precedence order.
+    /// Exact host (lower case) → its routes.
+    exact: HashMap<String, Bucket>,
+    /// Wildcard suffix (`.example.com`, lower case) → its routes. Looked up label by
+    /// label from the longest suffix of the request host.
+    wildcard: HashMap<String, Bucket>,
+    /// Routes with no host condition.
+    any_host: Bucket,
+}
+
+/// The routes of one host bucket, indexed by path kind so that a lookup costs a few hash
+/// probes rather than a scan. Every list is in precedence order.
+#[derive(Default)]
+struct Bucket {
+    /// Exact path → slots.
     exact: HashMap<String, Vec<usize>>,
-    /// Wildcard suffix (`.example.com`, lower case) → matchers, longest suffix first.
-    wildcard: Vec<(String, Vec<usize>)>,
-    /// Routes with no host condition, in precedence order.
-    any_host: Vec<usize>,
+    /// Regex routes, tested in order (through a `RegexSet` first when there are many).
+    regex: Vec<usize>,
+    regex_set: Option<regex::RegexSet>,
+    /// Prefix (without trailing `/`; empty for `/`) → slots.
+    prefix: HashMap<String, Vec<usize>>,
+    /// Routes with no path condition.
+    any_path: Vec<usize>,
+}
+
+/// Above this many regex routes in a bucket, one `RegexSet` pass picks the candidates.
+const REGEX_SET_THRESHOLD: usize = 4;
+
+impl Bucket {
+    fn new(slots: &[usize], matchers: &[Matcher]) -> Bucket {
+        let mut b = Bucket::default();
+        for &s in slots {
+            match &matchers[s].path {
+                PathCond::Exact(p) => b.exact.entry(p.clone()).or_default().push(s),
+                PathCond::Regex(_) => b.regex.push(s),
+                PathCond::Prefix(p) => b.prefix.entry(p.clone()).or_default().push(s),
+                PathCond::Any => b.any_path.push(s),
+            }
+        }
+        if b.regex.len() > REGEX_SET_THRESHOLD {
+            let patterns = b.regex.iter().filter_map(|&s| match &matchers[s].path {
+                PathCond::Regex(r) => Some(r.as_str().to_string()),
+                _ => None,
+            });
+            b.regex_set = regex::RegexSet::new(patterns).ok();
+        }
+        b
+    }
+
+    fn find(&self, matchers: &[Matcher], input: &MatchInput<'_>) -> Option<RouteMatch> {
+        let first = |slots: &[usize]| slots.iter().find_map(|&s| matchers[s].test(input));
+        if let Some(m) = self.exact.get(input.path).and_then(|slots| first(slots)) {
+            return Some(m);
+        }
+        if !self.regex.is_empty() {
+            let found = match &self.regex_set {
+                Some(set) => {
+                    let hits = set.matches(input.path);
+                    hits.iter().find_map(|i| matchers[self.regex[i]].test(input))
+                }
+                None => first(&self.regex),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        if !self.prefix.is_empty() {
+            // Candidate prefixes on segment boundaries, longest first:
+            // "/a/b/c" → "/a/b/c", "/a/b", "/a", "".
+            let mut candidate = input.path;
+            loop {
+                if let Some(m) = self.prefix.get(candidate).and_then(|slots| first(slots)) {
+                    return Some(m);
+                }
+                if candidate.is_empty() {
+                    break;
+                }
+                candidate = candidate.rsplit_once('/').map_or("", |(head, _)| head);
+            }
+        }
+        first(&self.any_path)
+    }
 }
 
 /// Errors the router can meet compiling a route the validator let through.
@@ -159,7 +234,9 @@ impl Router {
         let mut order: Vec<usize> = (0..routes.len()).collect();
         order.sort_by_key(|&i| precedence(&routes[i], i));
         let mut router = Router::default();
-        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::default();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::default();
+        let mut any_host = Vec::new();
         for &i in &order {
             let r = &routes[i];
             let m = &r.matches;
@@ -201,19 +278,26 @@ impl Router {
                 query,
             });
             if m.hosts.is_empty() {
-                router.any_host.push(slot);
+                any_host.push(slot);
             }
             for h in &m.hosts {
                 let h = h.to_ascii_lowercase();
                 match h.strip_prefix('*') {
                     Some(suffix) => wildcard.entry(suffix.to_string()).or_default().push(slot),
-                    None => router.exact.entry(h).or_default().push(slot),
+                    None => exact.entry(h).or_default().push(slot),
                 }
             }
         }
-        let mut wildcard: Vec<(String, Vec<usize>)> = wildcard.into_iter().collect();
-        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        router.wildcard = wildcard;
+        let m = &router.matchers;
+        router.exact = exact
+            .into_iter()
+            .map(|(h, slots)| (h, Bucket::new(&slots, m)))
+            .collect();
+        router.wildcard = wildcard
+            .into_iter()
+            .map(|(h, slots)| (h, Bucket::new(&slots, m)))
+            .collect();
+        router.any_host = Bucket::new(&any_host, m);
         Ok(router)
     }
 
@@ -238,24 +322,27 @@ impl Router {
             } else {
                 host
             };
-            if let Some(slots) = self.exact.get(host) {
-                if let Some(m) = self.first(slots, input) {
-                    return Some(m);
-                }
+            if let Some(m) = self.exact.get(host).and_then(|b| b.find(&self.matchers, input)) {
+                return Some(m);
             }
-            for (suffix, slots) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                    if let Some(m) = self.first(slots, input) {
+            if !self.wildcard.is_empty() {
+                // ".b.example.com", ".example.com", ".com" for "a.b.example.com": longest
+                // suffix first, at least one label left in front.
+                let mut rest = host;
+                while let Some(dot) = rest.find('.') {
+                    let suffix = &rest[dot..];
+                    if let Some(m) = self
+                        .wildcard
+                        .get(suffix)
+                        .and_then(|b| b.find(&self.matchers, input))
+                    {
                         return Some(m);
                     }
+                    rest = &rest[dot + 1..];
                 }
             }
         }
-        self.first(&self.any_host, input)
-    }
-
-    fn first(&self, slots: &[usize], input: &MatchInput<'_>) -> Option<RouteMatch> {
-        slots.iter().find_map(|&s| self.matchers[s].test(input))
+        self.any_host.find(&self.matchers, input)
     }
 }
 
