@@ -70,8 +70,11 @@ impl Balancer {
         }
         match self {
             Balancer::RoundRobin(next) => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+                // Take a fresh turn for every skipped endpoint, so an unusable endpoint's
+                // share spreads evenly instead of going to its neighbour.
+                (0..n)
+                    .map(|_| next.fetch_add(1, Ordering::Relaxed) % n)
+                    .find(|&i| usable(i))
             }
             Balancer::Weighted(current) => {
                 let mut current = current.lock();
