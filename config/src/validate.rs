@@ -255,7 +255,7 @@ impl Config {
                     let about_broken = broken_ids
                         .iter()
                         .any(|id| e.message.ends_with(&format!("unknown upstream {id:?}")));
-                    let about_removed = removed_paths.iter().any(|r| *r == path);
+                    let about_removed = removed_paths.contains(&path);
                     if !about_broken && !about_removed {
                         errors.push(ConfigError {
                             path,

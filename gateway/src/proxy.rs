@@ -145,6 +145,11 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
 }
 
 impl Ctx {
+    /// The matched route in the request's snapshot, if any.
+    fn route_entry(&self) -> Option<&crate::snapshot::Route> {
+        self.snapshot.as_ref().zip(self.route).map(|(s, r)| &s.routes[r])
+    }
+
     /// The request id as a header value, built once and then shared (cheap clones).
     fn request_id_value(&mut self) -> HeaderValue {
         if self.request_id_value.is_none() {
@@ -199,12 +204,8 @@ impl SluiceProxy {
             |s| s.request_id_header.clone(),
         );
         let resp = error_response(kind, message, &ctx.filter.request_id, &header);
-        let mut plain = Ctx {
-            snapshot: None,
-            ..Ctx::blank()
-        };
-        plain.filter.request_id.clone_from(&ctx.filter.request_id);
-        send(session, resp, &plain, None).await
+        // `send` sets the request id header again (replacing, not adding a second one).
+        send(session, resp, ctx, None).await
     }
 }
 
@@ -441,10 +442,8 @@ impl ProxyHttp for SluiceProxy {
     ) -> Box<Error> {
         // Nothing reached the upstream, so trying another endpoint is safe for any method.
         let attempts = ctx
-            .snapshot
-            .as_ref()
-            .zip(ctx.route)
-            .and_then(|(s, r)| s.routes[r].upstream.as_ref().map(|u| u.endpoints.len()))
+            .route_entry()
+            .and_then(|r| r.upstream.as_ref().map(|u| u.endpoints.len()))
             .unwrap_or(1);
         if ctx.tried.len() < attempts.min(3) {
             e.set_retry(true);
@@ -457,10 +456,8 @@ impl ProxyHttp for SluiceProxy {
         ctx.error = Some(kind);
         if kind.is_upstream() {
             let up = ctx
-                .snapshot
-                .as_ref()
-                .zip(ctx.route)
-                .and_then(|(s, r)| s.routes[r].upstream.as_ref().map(|u| u.id.clone()));
+                .route_entry()
+                .and_then(|r| r.upstream.as_ref().map(|u| u.id.clone()));
             if let Some(up) = up {
                 self.gateway
                     .metrics
@@ -491,16 +488,11 @@ impl ProxyHttp for SluiceProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx
-            .snapshot
-            .as_ref()
-            .zip(ctx.route)
-            .map_or(NO_ROUTE, |(s, r)| s.routes[r].id.as_str());
+        let route = ctx.route_entry().map_or(NO_ROUTE, |r| r.id.as_str());
         let elapsed = ctx.started.elapsed();
-        let handles = match ctx.snapshot.as_ref().zip(ctx.route) {
-            Some((s, r)) => &s.routes[r].metrics,
-            None => self.gateway.metrics.unrouted(),
-        };
+        let handles = ctx
+            .route_entry()
+            .map_or(self.gateway.metrics.unrouted(), |r| &*r.metrics);
         handles.observe(status, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log) {
             let req = session.req_header();
