@@ -4,7 +4,7 @@
 #   test:  build + etcd, Redis, curl, wrk, h2load (the integration tests start real ones)
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
-want=(cmake protobuf-compiler build-essential pkg-config curl)
+want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
 case "${1:-build}" in
   build) ;;
   test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client) ;;

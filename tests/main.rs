@@ -14,6 +14,7 @@ mod errors;
 mod lifecycle;
 mod load_balancing;
 mod protocols;
+mod resilience;
 mod routing;
 mod transforms;
 mod validate;

@@ -4,12 +4,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use axum::extract::State;
+use sluice_filters::resilience::{CircuitBreaker, Forced};
+
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -28,6 +30,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/config", get(config))
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/upstreams", get(upstreams))
+        .route("/api/v1/breakers", get(breakers))
+        .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .with_state(gateway)
 }
 
@@ -94,15 +98,28 @@ async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
         .iter()
         .filter_map(|cfg| s.upstreams.get(&cfg.id))
         .map(|u| {
+            let outlier = u.outlier.snapshot(Instant::now());
+            let checked = u.config.health_check.is_some();
             json!({
                 "id": u.id,
                 "load_balancing": u.config.load_balancing,
                 "protocol": u.config.protocol,
-                "endpoints": u.endpoints.iter().map(|e| json!({
+                "ejected": outlier.ejected,
+                "max_ejected": outlier.max_ejected,
+                "retry_budget": u.budget.stats(),
+                "endpoints": u.endpoints.iter().enumerate().map(|(i, e)| json!({
                     "address": e.address,
                     "resolved": e.addr.to_string(),
                     "weight": e.weight,
                     "healthy": e.state.healthy.load(Ordering::Relaxed),
+                    "active_health": if !checked {
+                        "unchecked"
+                    } else if e.state.healthy.load(Ordering::Relaxed) {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    },
+                    "outlier": outlier.endpoints.get(i),
                     "inflight": e.state.inflight.load(Ordering::Relaxed),
                     "requests": e.state.requests.load(Ordering::Relaxed),
                 })).collect::<Vec<_>>(),
@@ -111,6 +128,71 @@ async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
         .collect();
     list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Json(json!({ "version": s.version, "upstreams": list }))
+}
+
+fn breaker_json(route: &str, upstream: &str, b: &CircuitBreaker) -> Value {
+    json!({
+        "route": route,
+        "upstream": upstream,
+        "breaker": b.snapshot(Instant::now()),
+    })
+}
+
+async fn breakers(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    let list: Vec<Value> = g
+        .state
+        .breakers()
+        .iter()
+        .map(|b| breaker_json(&b.route, &b.upstream, &b.breaker))
+        .collect();
+    Json(json!({ "breakers": list }))
+}
+
+/// Body of `POST /api/v1/breakers/{route}/{upstream}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceRequest {
+    /// `forced_open`, `disabled`, or `auto` (clear the force).
+    state: String,
+}
+
+async fn force_breaker(
+    State(g): State<Arc<Gateway>>,
+    Path((route, upstream)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<Value>) {
+    let bad = |status: StatusCode, msg: String| (status, Json(json!({ "error": msg })));
+    let Some(b) = g.state.find_breaker(&route, &upstream) else {
+        return bad(
+            StatusCode::NOT_FOUND,
+            format!("no circuit breaker for route {route:?} and upstream {upstream:?}"),
+        );
+    };
+    let req: ForceRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("body: {e}; expected {{\"state\": \"forced_open\" | \"disabled\" | \"auto\"}}"),
+            )
+        }
+    };
+    let forced = match req.state.as_str() {
+        "forced_open" => Some(Forced::Open),
+        "disabled" => Some(Forced::Disabled),
+        "auto" => None,
+        other => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("state: unknown value {other:?}; expected forced_open, disabled or auto"),
+            )
+        }
+    };
+    b.observe(b.breaker.force(forced, Instant::now()));
+    (
+        StatusCode::OK,
+        Json(breaker_json(&b.route, &b.upstream, &b.breaker)),
+    )
 }
 
 /// Binds the admin listener with `SO_REUSEPORT`, so that during a graceful upgrade the

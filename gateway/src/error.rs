@@ -26,6 +26,9 @@ pub enum ErrorKind {
     NoHealthyEndpoint,
     /// The config is not loaded yet.
     NotReady,
+    /// The route's circuit breaker is open (the configured short-circuit response was
+    /// sent; its status is the configured one, 503 by default).
+    CircuitOpen,
     /// The client went away or sent something we could not read.
     Downstream,
     /// A bug or resource problem inside the gateway.
@@ -42,7 +45,9 @@ impl ErrorKind {
                 StatusCode::BAD_GATEWAY
             }
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoHealthyEndpoint | ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyEndpoint | ErrorKind::NotReady | ErrorKind::CircuitOpen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +62,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
             ErrorKind::NotReady => "not_ready",
+            ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Downstream => "downstream",
             ErrorKind::Internal => "internal",
         }
@@ -73,6 +79,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
             ErrorKind::NoHealthyEndpoint => "no healthy upstream endpoint is available",
             ErrorKind::NotReady => "the gateway has no configuration yet",
+            ErrorKind::CircuitOpen => "the upstream's circuit breaker is open",
             ErrorKind::Downstream => "the request could not be read",
             ErrorKind::Internal => "internal gateway error",
         }

@@ -2,8 +2,8 @@
 //! config, status classes, and error kinds from [`crate::error::ErrorKind::code`].
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Route label for requests no route matched.
@@ -24,6 +24,24 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     /// `sluice_config_version`: the version of the published snapshot.
     pub config_version: IntGauge,
+    /// `sluice_breaker_state{route, upstream}`: 0 closed, 1 open, 2 half_open,
+    /// 3 forced_open, 4 disabled.
+    pub breaker_state: IntGaugeVec,
+    /// `sluice_breaker_transitions_total{route, upstream, from, to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `sluice_breaker_short_circuited_total{route, upstream, action}`: `response` or
+    /// `fallback`.
+    pub short_circuited: IntCounterVec,
+    /// `sluice_outlier_ejections_total{upstream, reason}`.
+    pub ejections: IntCounterVec,
+    /// `sluice_endpoints_ejected{upstream}`: endpoints ejected now.
+    pub ejected: IntGaugeVec,
+    /// `sluice_retries_total{route, upstream, reason}`.
+    pub retries: IntCounterVec,
+    /// `sluice_retry_budget_exhausted_total{upstream}`: retries refused by the budget.
+    pub budget_exhausted: IntCounterVec,
+    /// `sluice_endpoint_healthy{upstream, endpoint}`: 1 or 0, from active checks.
+    pub endpoint_healthy: IntGaugeVec,
     unrouted: RouteMetrics,
 }
 
@@ -81,8 +99,60 @@ impl Metrics {
             "sluice_config_version",
             "Version of the published config snapshot.",
         ));
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| must(IntCounterVec::new(Opts::new(name, help), labels));
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| must(IntGaugeVec::new(Opts::new(name, help), labels));
+        let breaker_state = gauge(
+            "sluice_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled.",
+            &["route", "upstream"],
+        );
+        let breaker_transitions = counter(
+            "sluice_breaker_transitions_total",
+            "Circuit breaker state changes.",
+            &["route", "upstream", "from", "to"],
+        );
+        let short_circuited = counter(
+            "sluice_breaker_short_circuited_total",
+            "Requests answered without calling the upstream because its breaker was open.",
+            &["route", "upstream", "action"],
+        );
+        let ejections = counter(
+            "sluice_outlier_ejections_total",
+            "Endpoints ejected by outlier detection.",
+            &["upstream", "reason"],
+        );
+        let ejected = gauge(
+            "sluice_endpoints_ejected",
+            "Endpoints ejected by outlier detection now.",
+            &["upstream"],
+        );
+        let retries = counter(
+            "sluice_retries_total",
+            "Upstream retries started.",
+            &["route", "upstream", "reason"],
+        );
+        let budget_exhausted = counter(
+            "sluice_retry_budget_exhausted_total",
+            "Retries refused because the upstream's retry budget was spent.",
+            &["upstream"],
+        );
+        let endpoint_healthy = gauge(
+            "sluice_endpoint_healthy",
+            "Active health check result: 1 healthy, 0 unhealthy.",
+            &["upstream", "endpoint"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
+            Box::new(short_circuited.clone()),
+            Box::new(ejections.clone()),
+            Box::new(ejected.clone()),
+            Box::new(retries.clone()),
+            Box::new(budget_exhausted.clone()),
+            Box::new(endpoint_healthy.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(reloads.clone()),
@@ -100,6 +170,14 @@ impl Metrics {
             reloads,
             apply_latency,
             config_version,
+            breaker_state,
+            breaker_transitions,
+            short_circuited,
+            ejections,
+            ejected,
+            retries,
+            budget_exhausted,
+            endpoint_healthy,
             unrouted,
         }
     }

@@ -4,12 +4,15 @@
 //! | pingora phase             | what runs                                                   |
 //! |---------------------------|-------------------------------------------------------------|
 //! | `request_filter`          | load snapshot, request id, client IP, route, chain request  |
-//! | `upstream_peer`           | pick an endpoint (balancer, skipping tried/unhealthy)       |
+//! | `request_filter` (cont.)  | breaker admission: short-circuit response or fallback       |
+//! | `upstream_peer`           | pick an endpoint (untried, not ejected, healthy); back-off  |
 //! | `upstream_request_filter` | rewrite, `X-Forwarded-*`, request id, chain upstream-request |
-//! | `response_filter`         | request id, chain response                                  |
-//! | `fail_to_connect`         | decide whether to retry on another endpoint                 |
+//! | `upstream_response_filter`| outlier record; retry a retryable status                    |
+//! | `response_filter`         | request id, breaker header, chain response                  |
+//! | `fail_to_connect`         | outlier record; retry policy and budget                     |
+//! | `error_while_proxy`       | outlier record; retry policy and budget                     |
 //! | `fail_to_proxy`           | the JSON error response ([`crate::error`])                  |
-//! | `logging`                 | metrics, access log                                         |
+//! | `logging`                 | breaker outcome, metrics, access log                        |
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -21,14 +24,16 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
+use sluice_filters::resilience::{Admission, CallOutcome, Permit, RequestGuard, RetryGuard, UpstreamOutcome};
 use sluice_filters::router::MatchInput;
 use sluice_filters::{Chain, FilterCtx, Flow, HeaderEdit, RequestView, Response};
 
 use crate::error::{error_response, ErrorKind};
 use crate::gateway::Gateway;
 use crate::metrics::NO_ROUTE;
+use crate::resilience::{BreakerBinding, BREAKER_HEADER};
 use crate::snapshot::Snapshot;
-use crate::upstream::EndpointState;
+use crate::upstream::{EndpointState, Upstream};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -73,6 +78,20 @@ pub struct Ctx {
     tried: Vec<usize>,
     inflight: Option<InFlight>,
     error: Option<ErrorKind>,
+    /// The breaker's leave for this request, handed back in `logging`.
+    permit: Option<(Arc<BreakerBinding>, Permit)>,
+    /// Set when the breaker sent the request to its fallback upstream: the header value.
+    fallback: Option<HeaderValue>,
+    /// How the last try ended, and when.
+    outcome: Option<(UpstreamOutcome, Instant)>,
+    /// Retries started so far.
+    retries: u32,
+    /// The wait before the next try.
+    backoff: Option<std::time::Duration>,
+    /// Counts this request in the upstream's retry budget.
+    budget_request: Option<RequestGuard>,
+    /// Counts the retry in flight in the budget.
+    retry_guard: Option<RetryGuard>,
     _request: crate::shutdown::RequestGuard,
 }
 
@@ -150,6 +169,16 @@ impl Ctx {
         self.snapshot.as_ref().zip(self.route).map(|(s, r)| &s.routes[r])
     }
 
+    /// The upstream this request goes to: the route's, or its breaker's fallback.
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        let route = self.route_entry()?;
+        if self.fallback.is_some() {
+            route.breaker.as_ref()?.fallback.as_ref()
+        } else {
+            route.upstream.as_ref()
+        }
+    }
+
     /// The request id as a header value, built once and then shared (cheap clones).
     fn request_id_value(&mut self) -> HeaderValue {
         if self.request_id_value.is_none() {
@@ -224,6 +253,13 @@ impl Ctx {
             tried: Vec::new(),
             inflight: None,
             error: None,
+            permit: None,
+            fallback: None,
+            outcome: None,
+            retries: 0,
+            backoff: None,
+            budget_request: None,
+            retry_guard: None,
             _request: crate::shutdown::RequestGuard::new(),
         }
     }
@@ -302,11 +338,35 @@ impl ProxyHttp for SluiceProxy {
                 Ok(true)
             }
             Ok(Flow::Continue) => {
-                let route = ctx.route.map(|i| &snap.routes[i]);
-                if route.is_some_and(|r| r.upstream.is_none()) {
+                let Some(route) = ctx.route.map(|i| &snap.routes[i]) else {
+                    return Ok(false);
+                };
+                if route.upstream.is_none() {
                     self.send_error(session, ctx, ErrorKind::Internal, "route has no upstream")
                         .await?;
                     return Ok(true);
+                }
+                if let Some(b) = &route.breaker {
+                    let acquired = b.breaker.breaker.try_acquire(Instant::now());
+                    b.breaker.observe(acquired.transition);
+                    match acquired.admission {
+                        Admission::Permitted(permit) => ctx.permit = Some((b.clone(), permit)),
+                        Admission::Rejected { retry_after, state } => {
+                            if b.fallback.is_some() {
+                                b.breaker.short_fallback.inc();
+                                ctx.fallback = Some(b.breaker.header(state));
+                            } else {
+                                b.breaker.short_response.inc();
+                                ctx.error = Some(ErrorKind::CircuitOpen);
+                                let resp = b.short_circuit(retry_after, state);
+                                send(session, resp, ctx, Some(&route.chain)).await?;
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                if route.retry.max_retries() > 0 {
+                    ctx.budget_request = ctx.upstream().map(|u| u.budget.request_started());
                 }
                 Ok(false)
             }
@@ -314,15 +374,18 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(wait) = ctx.backoff.take() {
+            tokio::time::sleep(wait).await;
+        }
         let snap = ctx.snapshot()?.clone();
         let route_idx = ctx
             .route
             .ok_or_else(|| Error::explain(InternalError, "no route"))?;
         let route = &snap.routes[route_idx];
-        let up = route
-            .upstream
-            .as_ref()
-            .ok_or_else(|| Error::explain(InternalError, "no upstream"))?;
+        let up = ctx
+            .upstream()
+            .ok_or_else(|| Error::explain(InternalError, "no upstream"))?
+            .clone();
         let key = up.hash_on.as_ref().map(|h| {
             let req = session.req_header();
             let value = match h {
@@ -339,11 +402,7 @@ impl ProxyHttp for SluiceProxy {
                 .unwrap_or_default();
             crate::balancer::hash_key(&value)
         });
-        let tried = &ctx.tried;
-        let pick = up
-            .pick(|i| !tried.contains(&i), key)
-            .or_else(|| up.pick(|_| true, key));
-        let Some(idx) = pick else {
+        let Some(idx) = up.pick_for_try(&ctx.tried, key, Instant::now()) else {
             ctx.error = Some(ErrorKind::NoHealthyEndpoint);
             return Err(Error::explain(
                 HTTPStatus(503),
@@ -361,12 +420,16 @@ impl ProxyHttp for SluiceProxy {
             }
             None => None,
         };
+        let limit = match (deadline_left, route.retry.per_try_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let state = up.endpoints[idx].state.clone();
         state.inflight.fetch_add(1, Ordering::Relaxed);
         state.requests.fetch_add(1, Ordering::Relaxed);
         ctx.inflight = Some(InFlight(state));
         ctx.tried.push(idx);
-        Ok(Box::new(up.peer(idx, &route.timeouts, deadline_left)))
+        Ok(Box::new(up.peer(idx, &route.timeouts, limit)))
     }
 
     async fn upstream_request_filter(
@@ -425,6 +488,9 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<()> {
         let snap = ctx.snapshot()?.clone();
         resp.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
+        if let Some(v) = &ctx.fallback {
+            resp.insert_header(BREAKER_HEADER, v.clone())?;
+        }
         if let Some(route) = ctx.route.map(|i| &snap.routes[i]) {
             route
                 .chain
@@ -433,21 +499,75 @@ impl ProxyHttp for SluiceProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if status < 200 {
+            return Ok(());
+        }
+        let outcome = UpstreamOutcome::Response(status);
+        self.record_try(ctx, outcome);
+        if self.start_retry(session, ctx, outcome) {
+            // Nothing has been sent to the client: fail this try, and pingora asks
+            // `upstream_peer` for another endpoint.
+            let mut e = Error::explain(HTTPStatus(status), "retrying a retryable status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream, so trying another endpoint is safe for any method.
-        let attempts = ctx
-            .route_entry()
-            .and_then(|r| r.upstream.as_ref().map(|u| u.endpoints.len()))
-            .unwrap_or(1);
-        if ctx.tried.len() < attempts.min(3) {
-            e.set_retry(true);
+        let outcome = UpstreamOutcome::ConnectFailure;
+        self.record_try(ctx, outcome);
+        e.set_retry(self.start_retry(session, ctx, outcome));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if matches!(e.etype(), HTTPStatus(_)) && e.retry() {
+            // A retryable status: `upstream_response_filter` decided and counted it.
+            return e;
         }
+        if *e.esource() == ErrorSource::Downstream || session.response_written().is_some() {
+            // The client went away, or the answer has begun: nothing can be retried.
+            e.set_retry(false);
+            return e;
+        }
+        let outcome = match e.etype() {
+            ReadTimedout | WriteTimedout => UpstreamOutcome::Timeout,
+            _ => UpstreamOutcome::Reset,
+        };
+        // A pooled connection the endpoint had already closed is pingora's to retry
+        // (once the request is safe to replay); that says nothing about the endpoint.
+        let stale_reused = client_reused
+            && e.retry()
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if stale_reused {
+            return e;
+        }
+        self.record_try(ctx, outcome);
+        let retry = self.start_retry(session, ctx, outcome);
+        e.set_retry(retry);
         e
     }
 
@@ -488,6 +608,18 @@ impl ProxyHttp for SluiceProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some((b, permit)) = ctx.permit.take() {
+            match ctx.outcome {
+                // The call's duration is up to the upstream's answer (or failure) that
+                // decided it, retries included, and not the time spent streaming a body.
+                Some((outcome, at)) => {
+                    let call = CallOutcome::classify(&b.failure_on, outcome, at - ctx.started);
+                    b.breaker
+                        .observe(b.breaker.breaker.record(permit, call, Instant::now()));
+                }
+                None => b.breaker.breaker.release(permit),
+            }
+        }
         let route = ctx.route_entry().map_or(NO_ROUTE, |r| r.id.as_str());
         let elapsed = ctx.started.elapsed();
         let handles = ctx
@@ -513,6 +645,78 @@ impl ProxyHttp for SluiceProxy {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
         matches!(ctx.error, Some(ErrorKind::NoRoute))
+    }
+}
+
+impl SluiceProxy {
+    /// Reports how the current try ended to the upstream's outlier detector.
+    fn record_try(&self, ctx: &mut Ctx, outcome: UpstreamOutcome) {
+        let now = Instant::now();
+        ctx.outcome = Some((outcome, now));
+        let (Some(up), Some(&idx)) = (ctx.upstream(), ctx.tried.last()) else {
+            return;
+        };
+        if let Some(ev) = up.outlier.record(idx, outcome, now) {
+            if ev.enforced {
+                self.gateway
+                    .metrics
+                    .ejections
+                    .with_label_values(&[up.id.as_str(), ev.reason.as_str()])
+                    .inc();
+            }
+            up.ejected_gauge
+                .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
+            tracing::warn!(
+                upstream = %up.id,
+                endpoint = %ev.address,
+                reason = ev.reason.as_str(),
+                detail = %ev.detail,
+                duration_ms = ev.duration.as_millis() as u64,
+                enforced = ev.enforced,
+                "outlier detection ejected an endpoint"
+            );
+        }
+    }
+
+    /// Whether the try that ended with `outcome` is retried: the route's policy allows
+    /// it (condition, method, replayable body, count) and the upstream's budget has room.
+    /// Counts the retry and sets the back-off before the next try.
+    fn start_retry(&self, session: &Session, ctx: &mut Ctx, outcome: UpstreamOutcome) -> bool {
+        let (guard, backoff) = {
+            let Some(route) = ctx.route_entry() else {
+                return false;
+            };
+            let policy = &route.retry;
+            if !policy.retries_on(outcome) {
+                return false;
+            }
+            let replayable = !session.as_ref().retry_buffer_truncated()
+                && session.as_ref().body_bytes_read() as u64 <= policy.max_buffered_body();
+            if !policy.may_retry(outcome, &session.req_header().method, replayable, ctx.retries) {
+                return false;
+            }
+            let Some(up) = ctx.upstream() else { return false };
+            let Some(guard) = up.budget.try_start_retry() else {
+                up.budget_exhausted.inc();
+                return false;
+            };
+            let reason = match outcome {
+                UpstreamOutcome::Response(_) => "status",
+                UpstreamOutcome::ConnectFailure => "connect_failure",
+                UpstreamOutcome::Timeout => "timeout",
+                UpstreamOutcome::Reset => "reset",
+            };
+            self.gateway
+                .metrics
+                .retries
+                .with_label_values(&[route.id.as_str(), up.id.as_str(), reason])
+                .inc();
+            (guard, policy.backoff(ctx.retries + 1, rand::random()))
+        };
+        ctx.retries += 1;
+        ctx.retry_guard = Some(guard);
+        ctx.backoff = Some(backoff);
+        true
     }
 }
 

@@ -112,6 +112,7 @@ fn admin_thread(gateway: Arc<Gateway>, addr: std::net::SocketAddr, path: PathBuf
                 let _ = reload_gateway.apply(Config::from_file(&path), provenance);
             }
         });
+        tokio::spawn(crate::health::run(gateway.clone()));
         let listener = match crate::admin::bind(addr) {
             Ok(l) => l,
             Err(e) => {

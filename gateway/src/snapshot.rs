@@ -18,7 +18,10 @@ use sluice_filters::rewrite::PathRewrite;
 use sluice_filters::router::Router;
 use sluice_filters::Chain;
 
+use sluice_filters::resilience::RetryPolicy;
+
 use crate::metrics::RouteMetrics;
+use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
 
@@ -38,6 +41,10 @@ pub struct Route {
     pub rewrite: Option<Arc<PathRewrite>>,
     /// The route's metric handles.
     pub metrics: Arc<RouteMetrics>,
+    /// The route's circuit breaker (for its upstream), if it has one.
+    pub breaker: Option<Arc<BreakerBinding>>,
+    /// When a failed try is retried: the route's `retries`, else its upstream's.
+    pub retry: Arc<RetryPolicy>,
 }
 
 /// Where a snapshot came from, for `/api/v1/config`.
@@ -172,13 +179,30 @@ fn compile_route(
             },
         ),
     };
+    let breaker =
+        match (&r.circuit_breaker, &upstream) {
+            (Some(cfg), Some(up)) => {
+                let fallback =
+                    match &cfg.fallback_upstream {
+                        Some(id) => Some(upstreams.get(id).cloned().ok_or_else(|| {
+                            format!("circuit_breaker.fallback_upstream: no upstream {id:?}")
+                        })?),
+                        None => None,
+                    };
+                let b = state.breaker(&r.id, &up.id, cfg);
+                Some(Arc::new(BreakerBinding::new(b, cfg, fallback)))
+            }
+            _ => None,
+        };
     Ok(Route {
         id: r.id.clone(),
         hash,
         chain,
+        retry: route_retry_policy(r, upstream.as_ref()),
         upstream,
         timeouts,
         rewrite,
         metrics: state.route_metrics(&r.id),
+        breaker,
     })
 }

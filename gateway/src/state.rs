@@ -1,14 +1,22 @@
 //! State that outlives snapshots, keyed by stable ids: endpoint state (in-flight counts,
-//! health) by (upstream id, address). A reload takes the entries of unchanged objects
-//! over and drops the entries nothing refers to any more.
+//! health) by (upstream id, address), circuit breakers by (route id, upstream id),
+//! outlier detectors and retry budgets by upstream id. A reload takes the entries of
+//! unchanged objects over (reconfiguring them in place where their config changed) and
+//! drops the entries nothing refers to any more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
+use sluice_config::resilience::{BreakerConfig, OutlierDetectionConfig, RetryBudgetConfig};
+use sluice_filters::resilience::{OutlierDetector, RetryBudget};
 
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::resilience::RouteBreaker;
 use crate::upstream::EndpointState;
+
+type BreakerKey = (String, String);
 
 /// Long-lived state shared by every snapshot.
 pub struct SharedState {
@@ -16,6 +24,9 @@ pub struct SharedState {
     pub metrics: Arc<Metrics>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
+    outliers: Mutex<HashMap<String, Arc<OutlierDetector>>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
 }
 
 impl SharedState {
@@ -25,6 +36,9 @@ impl SharedState {
             metrics,
             endpoints: Mutex::default(),
             routes: Mutex::default(),
+            breakers: Mutex::default(),
+            outliers: Mutex::default(),
+            budgets: Mutex::default(),
         }
     }
 
@@ -46,9 +60,81 @@ impl SharedState {
             .clone()
     }
 
-    /// Drops state that no live snapshot refers to (only this map holds it).
+    /// The breaker of `route` × `upstream`: the existing one, reconfigured to `config`
+    /// (keeping its state), or a new closed one.
+    pub fn breaker(&self, route: &str, upstream: &str, config: &BreakerConfig) -> Arc<RouteBreaker> {
+        let mut map = self.breakers.lock();
+        if let Some(b) = map.get(&(route.to_string(), upstream.to_string())) {
+            b.observe(b.breaker.reconfigure(config, Instant::now()));
+            return b.clone();
+        }
+        let b = Arc::new(RouteBreaker::new(route, upstream, config, &self.metrics));
+        map.insert((route.to_string(), upstream.to_string()), b.clone());
+        b
+    }
+
+    /// Every live breaker, sorted by route then upstream.
+    pub fn breakers(&self) -> Vec<Arc<RouteBreaker>> {
+        let mut list: Vec<_> = self.breakers.lock().values().cloned().collect();
+        list.sort_by(|a, b| (&a.route, &a.upstream).cmp(&(&b.route, &b.upstream)));
+        list
+    }
+
+    /// The breaker of `route` × `upstream`, if it exists.
+    pub fn find_breaker(&self, route: &str, upstream: &str) -> Option<Arc<RouteBreaker>> {
+        self.breakers
+            .lock()
+            .get(&(route.to_string(), upstream.to_string()))
+            .cloned()
+    }
+
+    /// The outlier detector of upstream `id` for this config and endpoint list: the
+    /// previous one rebuilt (ejections and counters of endpoints that stay are kept), or
+    /// a new one.
+    pub fn outlier(
+        &self,
+        id: &str,
+        config: &OutlierDetectionConfig,
+        addresses: &[&str],
+    ) -> Arc<OutlierDetector> {
+        let now = Instant::now();
+        let mut map = self.outliers.lock();
+        let detector = match map.get(id) {
+            Some(old) => Arc::new(old.rebuild(config, addresses.iter().copied(), now)),
+            None => Arc::new(OutlierDetector::new(config, addresses.iter().copied(), now)),
+        };
+        map.insert(id.to_string(), detector.clone());
+        detector
+    }
+
+    /// The retry budget of upstream `id`, reconfigured to `config`, or a new one.
+    pub fn budget(&self, id: &str, config: &RetryBudgetConfig) -> Arc<RetryBudget> {
+        let mut map = self.budgets.lock();
+        if let Some(b) = map.get(id) {
+            b.reconfigure(config);
+            return b.clone();
+        }
+        let b = RetryBudget::new(config);
+        map.insert(id.to_string(), b.clone());
+        b
+    }
+
+    /// Drops state that no live snapshot refers to (only this map holds it), with the
+    /// metric series of dropped breakers.
     pub fn collect_garbage(&self) {
         self.endpoints.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.routes.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.outliers.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.budgets.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.breakers.lock().retain(|(route, upstream), v| {
+            let keep = Arc::strong_count(v) > 1;
+            if !keep {
+                let _ = self
+                    .metrics
+                    .breaker_state
+                    .remove_label_values(&[route.as_str(), upstream.as_str()]);
+            }
+            keep
+        });
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::{IntCounter, IntGauge};
 use sluice_config::model::{HashOn, LoadBalancing, Timeouts, UpstreamConfig, UpstreamProtocol};
+use sluice_filters::resilience::{OutlierDetector, RetryBudget, RetryPolicy};
 
 use crate::balancer::Balancer;
 use crate::state::SharedState;
@@ -64,6 +66,16 @@ pub struct Upstream {
     pub hash_on: Option<HashOn>,
     /// The config it came from.
     pub config: UpstreamConfig,
+    /// Passive health: outlier ejection of endpoints (state kept across reloads).
+    pub outlier: Arc<OutlierDetector>,
+    /// Caps retries in flight (state kept across reloads).
+    pub budget: Arc<RetryBudget>,
+    /// The upstream's retry policy (a route's `retries` overrides it).
+    pub retry: Arc<RetryPolicy>,
+    /// `sluice_endpoints_ejected{upstream}`.
+    pub ejected_gauge: IntGauge,
+    /// `sluice_retry_budget_exhausted_total{upstream}`.
+    pub budget_exhausted: IntCounter,
 }
 
 /// Resolves `host:port`.
@@ -103,7 +115,14 @@ impl Upstream {
             LoadBalancing::ConsistentHash(h) => Some(h.clone()),
             _ => None,
         };
+        let addresses: Vec<&str> = pairs.iter().map(|(a, _)| *a).collect();
+        let metrics = &state.metrics;
         Ok(Upstream {
+            outlier: state.outlier(&config.id, &config.outlier_detection, &addresses),
+            budget: state.budget(&config.id, &config.retries.budget),
+            retry: Arc::new(RetryPolicy::new(&config.retries)),
+            ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
+            budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
             id: config.id.clone(),
             weights: config.endpoints.iter().map(|e| e.weight).collect(),
             balancer: Balancer::new(&config.load_balancing, &pairs),
@@ -125,17 +144,29 @@ impl Upstream {
         )
     }
 
-    /// A pingora peer for endpoint `index`, with `timeouts` (route over upstream) applied.
-    pub fn peer(&self, index: usize, timeouts: &Timeouts, deadline_left: Option<Duration>) -> HttpPeer {
+    /// Picks the endpoint for one try: one not tried yet and not ejected by outlier
+    /// detection, else one not ejected, else any. Ejection is ignored when it would
+    /// leave nothing to pick (as `max_ejection_percent` 100 can).
+    pub fn pick_for_try(&self, tried: &[usize], key: Option<u64>, now: std::time::Instant) -> Option<usize> {
+        let out = &self.outlier;
+        self.pick(|i| !tried.contains(&i) && !out.is_ejected(i, now), key)
+            .or_else(|| self.pick(|i| !out.is_ejected(i, now), key))
+            .or_else(|| self.pick(|i| !tried.contains(&i), key))
+            .or_else(|| self.pick(|_| true, key))
+    }
+
+    /// A pingora peer for endpoint `index`, with `timeouts` (route over upstream) applied,
+    /// each cut to `limit` (the per-try timeout, or what is left of the total).
+    pub fn peer(&self, index: usize, timeouts: &Timeouts, limit: Option<Duration>) -> HttpPeer {
         let ep = &self.endpoints[index];
         let c = &self.config;
         let tls = c.tls.is_some();
         let mut peer = HttpPeer::new(ep.addr, tls, ep.sni.clone());
         let o = &mut peer.options;
-        o.connection_timeout = Some(timeouts.connect.unwrap_or(Timeouts::DEFAULT_CONNECT));
-        let read = timeouts.read.unwrap_or(Timeouts::DEFAULT_IO);
-        o.read_timeout = Some(deadline_left.map_or(read, |d| d.min(read)));
-        o.write_timeout = Some(timeouts.write.unwrap_or(Timeouts::DEFAULT_IO));
+        let cap = |d: Duration| limit.map_or(d, |l| l.min(d));
+        o.connection_timeout = Some(cap(timeouts.connect.unwrap_or(Timeouts::DEFAULT_CONNECT)));
+        o.read_timeout = Some(cap(timeouts.read.unwrap_or(Timeouts::DEFAULT_IO)));
+        o.write_timeout = Some(cap(timeouts.write.unwrap_or(Timeouts::DEFAULT_IO)));
         o.idle_timeout = Some(if c.keepalive.enabled {
             c.keepalive.idle_timeout
         } else {
