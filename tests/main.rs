@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod chaos;
 mod errors;
 mod lifecycle;
 mod load_balancing;

@@ -696,9 +696,16 @@ impl SluiceProxy {
                 return false;
             }
             let Some(up) = ctx.upstream() else { return false };
-            let Some(guard) = up.budget.try_start_retry() else {
-                up.budget_exhausted.inc();
-                return false;
+            // A try that could not connect put no load on the upstream, so retrying it
+            // elsewhere cannot feed a retry storm: it does not draw on the budget.
+            let guard = if outcome == UpstreamOutcome::ConnectFailure {
+                None
+            } else {
+                let Some(guard) = up.budget.try_start_retry() else {
+                    up.budget_exhausted.inc();
+                    return false;
+                };
+                Some(guard)
             };
             let reason = match outcome {
                 UpstreamOutcome::Response(_) => "status",
@@ -714,7 +721,7 @@ impl SluiceProxy {
             (guard, policy.backoff(ctx.retries + 1, rand::random()))
         };
         ctx.retries += 1;
-        ctx.retry_guard = Some(guard);
+        ctx.retry_guard = guard;
         ctx.backoff = Some(backoff);
         true
     }
