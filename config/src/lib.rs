@@ -7,6 +7,7 @@
 
 pub mod model;
 pub mod resilience;
+pub mod source;
 pub mod validate;
 
 pub use model::Config;

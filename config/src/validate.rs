@@ -729,10 +729,8 @@ mod tests {
 
     #[test]
     fn structural_and_semantic_errors_are_reported_together() {
-        let text = format!(
-            "listeners: [{{name: web, listen: '127.0.0.1:8080'}}]\nupstreams:\n  - {{id: u, endpoints: [{{address: '127.0.0.1:9000'}}]}}\n  - {{id: broken, endpoints: oops}}\nroutes:\n- {{id: a, upstream: broken}}\n- {{id: b, upstream: u, match: {{pth: x}}}}\n- {{id: c, upstream: nope, match: {{path: {{regex: '(['}}}}}}\n"
-        );
-        let errs = errors(&text);
+        let text = "listeners: [{name: web, listen: '127.0.0.1:8080'}]\nupstreams:\n  - {id: u, endpoints: [{address: '127.0.0.1:9000'}]}\n  - {id: broken, endpoints: oops}\nroutes:\n- {id: a, upstream: broken}\n- {id: b, upstream: u, match: {pth: x}}\n- {id: c, upstream: nope, match: {path: {regex: '(['}}}\n";
+        let errs = errors(text);
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("upstreams[1].endpoints: invalid type")),

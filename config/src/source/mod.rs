@@ -1,0 +1,409 @@
+//! Config sources: where the document that becomes a [`Config`] comes from.
+//!
+//! - [`file`](mod@file): a YAML/JSON file or a directory of them (a Kubernetes ConfigMap mount
+//!   works), and a watcher that says when to re-read.
+//! - [`etcd`](mod@etcd): routes and upstreams, one per key, kept current with an etcd watch.
+//!
+//! [`compose`] joins the two: the file gives the base document (listeners, server, admin
+//! and any routes/upstreams written there), etcd adds its routes and upstreams, and every
+//! error names where the faulty element came from (`sluice.yaml: routes[2].match` or
+//! `/sluice/routes/api.match.path`).
+//!
+//! This module does not decide when to reload or publish a snapshot; that is the
+//! gateway's job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{ConfigError, ConfigErrors};
+use crate::Config;
+
+pub mod etcd;
+pub mod file;
+
+/// The objects etcd provides, as read from one revision of the store.
+///
+/// Values are kept as JSON values (not yet [`crate::model`] types) so that a value that
+/// does not fit the model is reported by [`compose`] with the key it came from, alongside
+/// every other error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Routes by id (the last segment of `{prefix}/routes/{id}`). Default: none.
+    pub routes: BTreeMap<String, serde_json::Value>,
+    /// Upstreams by id (the last segment of `{prefix}/upstreams/{id}`). Default: none.
+    pub upstreams: BTreeMap<String, serde_json::Value>,
+    /// Keys that could not be read: the value is neither JSON nor YAML, the key is of an
+    /// unknown or unsupported kind, or its id is invalid. The path of each error is the
+    /// full etcd key (`/sluice/routes/foo`). Default: none.
+    #[serde(with = "error_list")]
+    pub errors: Vec<ConfigError>,
+    /// The etcd revision these objects were read at. Default: `0` (nothing read yet).
+    pub revision: i64,
+}
+
+/// The two kinds of resource etcd holds, in the order they are composed.
+const KINDS: [&str; 2] = ["upstreams", "routes"];
+
+impl Resources {
+    fn kind(&self, kind: &str) -> &BTreeMap<String, serde_json::Value> {
+        if kind == "routes" {
+            &self.routes
+        } else {
+            &self.upstreams
+        }
+    }
+}
+
+/// Where an element of the composed document came from.
+enum Origin {
+    /// The base document, at this index of its list.
+    Base(usize),
+    /// An etcd key.
+    Key(String),
+}
+
+/// Builds and validates the config from the base document and, when given, the etcd
+/// resources under `prefix` (e.g. `/sluice`).
+///
+/// Etcd's routes and upstreams are appended after the base document's. An etcd object
+/// without an `id` takes the id from its key; one whose `id` differs from its key's is an
+/// error at `<key>.id`. An id defined both in the base document and in etcd is an error
+/// naming both places. The errors in [`Resources::errors`] are reported too.
+///
+/// Every error path names where the element came from: `<base_origin>: routes[2].match`
+/// for the base document (`routes[2]` is the index in the base document itself) and
+/// `<prefix>/routes/<id>.match.path` for etcd objects. With an empty `base_origin` the
+/// base document's paths are given bare (`routes[2].match`).
+pub fn compose(
+    base: serde_json::Value,
+    base_origin: &str,
+    etcd: Option<(&str, &Resources)>,
+) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut doc = match base {
+        serde_json::Value::Null => serde_json::Map::new(),
+        serde_json::Value::Object(map) => map,
+        other => {
+            return Err(ConfigErrors::one(
+                base_origin,
+                format!("expected a map at the top level, found {}", kind_name(&other)),
+            ))
+        }
+    };
+    // For each kind, the origin of every element of the composed list, by index.
+    let mut origins: BTreeMap<&str, Vec<Origin>> = BTreeMap::new();
+    for kind in KINDS {
+        let base_len = doc.get(kind).and_then(|v| v.as_array()).map_or(0, Vec::len);
+        origins.insert(kind, (0..base_len).map(Origin::Base).collect());
+    }
+    if let Some((prefix, res)) = etcd {
+        let prefix = prefix.trim_end_matches('/');
+        errors.extend(res.errors.iter().cloned());
+        for kind in KINDS {
+            let mut base_ids = BTreeMap::new();
+            let list = match doc.get_mut(kind) {
+                Some(serde_json::Value::Array(list)) => list,
+                // Not a list: the model reports it; etcd objects are not added to it.
+                Some(_) => continue,
+                None => {
+                    doc.insert(kind.to_string(), serde_json::Value::Array(Vec::new()));
+                    match doc.get_mut(kind) {
+                        Some(serde_json::Value::Array(list)) => list,
+                        _ => continue,
+                    }
+                }
+            };
+            for (i, item) in list.iter().enumerate() {
+                if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+                    base_ids.entry(id.to_string()).or_insert(i);
+                }
+            }
+            let kind_origins = origins.entry(kind).or_default();
+            for (id, value) in res.kind(kind) {
+                let key = format!("{prefix}/{kind}/{id}");
+                let mut value = value.clone();
+                let Some(obj) = value.as_object_mut() else {
+                    errors.push(ConfigError {
+                        path: key,
+                        message: format!("expected a map, found {}", kind_name(&value)),
+                    });
+                    continue;
+                };
+                match obj.get("id") {
+                    None => {
+                        obj.insert("id".into(), serde_json::Value::String(id.clone()));
+                    }
+                    Some(serde_json::Value::String(given)) if given == id => {}
+                    Some(given) => {
+                        errors.push(ConfigError {
+                            path: format!("{key}.id"),
+                            message: format!("id {given} does not match the key's id {id:?}"),
+                        });
+                        continue;
+                    }
+                }
+                if let Some(i) = base_ids.get(id) {
+                    errors.push(ConfigError {
+                        path: format!("{key}.id"),
+                        message: format!(
+                            "duplicate id {id:?}: also defined at {}",
+                            base_path(base_origin, &format!("{kind}[{i}]"))
+                        ),
+                    });
+                    continue;
+                }
+                list.push(value);
+                kind_origins.push(Origin::Key(key));
+            }
+        }
+    }
+    match Config::from_json_value(serde_json::Value::Object(doc)) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(found) => {
+            errors.extend(found.0.into_iter().map(|e| ConfigError {
+                path: origin_path(&origins, base_origin, &e.path),
+                message: e.message,
+            }));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// `path` of the composed document as the path of where its element came from.
+fn origin_path(origins: &BTreeMap<&str, Vec<Origin>>, base_origin: &str, path: &str) -> String {
+    let head_end = path.find('.').unwrap_or(path.len());
+    let (head, rest) = path.split_at(head_end);
+    if let Some((name, index)) = head.split_once('[') {
+        let index = index.trim_end_matches(']').parse::<usize>().ok();
+        let origin = origins.get(name).and_then(|list| index.and_then(|i| list.get(i)));
+        match origin {
+            Some(Origin::Key(key)) => return format!("{key}{rest}"),
+            Some(Origin::Base(i)) => return base_path(base_origin, &format!("{name}[{i}]{rest}")),
+            None => {}
+        }
+    }
+    base_path(base_origin, path)
+}
+
+/// A path of the base document, prefixed with where that document came from.
+fn base_path(base_origin: &str, path: &str) -> String {
+    match (base_origin.is_empty(), path.is_empty()) {
+        (true, _) => path.to_string(),
+        (false, true) => base_origin.to_string(),
+        (false, false) => format!("{base_origin}: {path}"),
+    }
+}
+
+/// The JSON type of a value, for error messages.
+fn kind_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a map",
+    }
+}
+
+/// A value with every map's keys in sorted order, so equal values print equally.
+pub(crate) fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, serde_json::Value> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+        }
+        serde_json::Value::Array(list) => serde_json::Value::Array(list.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// (De)serializes `Vec<ConfigError>` as a list of `{path, message}` maps, for the etcd
+/// cache file.
+mod error_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::validate::ConfigError;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        path: String,
+        message: String,
+    }
+
+    pub(super) fn serialize<S: Serializer>(errors: &[ConfigError], s: S) -> Result<S::Ok, S::Error> {
+        errors
+            .iter()
+            .map(|e| Entry {
+                path: e.path.clone(),
+                message: e.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ConfigError>, D::Error> {
+        Ok(Vec::<Entry>::deserialize(d)?
+            .into_iter()
+            .map(|e| ConfigError {
+                path: e.path,
+                message: e.message,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::validate::parse_value;
+
+    const BASE: &str = "listeners: [{name: web, listen: '127.0.0.1:8080'}]\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\nroutes:\n- {id: a, upstream: u}\n- {id: b, upstream: u}\n";
+
+    fn resources(routes: &[(&str, &str)], upstreams: &[(&str, &str)]) -> Resources {
+        let map = |items: &[(&str, &str)]| {
+            items
+                .iter()
+                .map(|(id, text)| (id.to_string(), serde_yaml::from_str(text).unwrap()))
+                .collect()
+        };
+        Resources {
+            routes: map(routes),
+            upstreams: map(upstreams),
+            errors: Vec::new(),
+            revision: 7,
+        }
+    }
+
+    fn errors(base: &str, res: &Resources) -> Vec<String> {
+        match compose(parse_value(base).unwrap(), "sluice.yaml", Some(("/sluice", res))) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn etcd_objects_are_added_and_take_their_id_from_the_key() {
+        let res = resources(
+            &[("api", "{upstream: eu, match: {path: {prefix: /api}}}")],
+            &[("eu", "{endpoints: [{address: '127.0.0.1:9001'}]}")],
+        );
+        let config = compose(
+            parse_value(BASE).unwrap(),
+            "sluice.yaml",
+            Some(("/sluice/", &res)),
+        )
+        .unwrap();
+        let ids: Vec<_> = config.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "api"]);
+        assert_eq!(config.upstreams[1].id, "eu");
+    }
+
+    #[test]
+    fn etcd_error_paths_name_the_key() {
+        let res = resources(
+            &[
+                ("ok", "{upstream: u}"),
+                ("bad", "{upstream: u, match: {path: {regex: '(['}}}"),
+                ("typo", "{upstream: u, match: {pth: x}}"),
+            ],
+            &[],
+        );
+        let errs = errors(BASE, &res);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("/sluice/routes/bad.match.path.regex: invalid regex")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("/sluice/routes/typo.match.pth: unknown field")),
+            "{errs:?}"
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn base_error_paths_keep_their_index_after_a_set_aside_element() {
+        // routes[0] does not fit the model and is set aside before validation; the
+        // semantic error in routes[2] must still be reported at index 2.
+        let base = "listeners: [{name: web, listen: '127.0.0.1:8080'}]\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\nroutes:\n- {id: a, upstream: u, nope: 1}\n- {id: b, upstream: u}\n- {id: c, upstream: u, match: {path: {prefix: api}}}\n";
+        let res = resources(&[("e", "{upstream: u, match: {path: {regex: '(['}}}")], &[]);
+        let errs = errors(base, &res);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("sluice.yaml: routes[0].nope: unknown field")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("sluice.yaml: routes[2].match.path.prefix: \"api\" must start")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("/sluice/routes/e.match.path.regex: invalid regex")),
+            "{errs:?}"
+        );
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn an_id_that_differs_from_the_key_is_an_error() {
+        let res = resources(&[("api", "{id: other, upstream: u}")], &[]);
+        assert_eq!(
+            errors(BASE, &res),
+            ["/sluice/routes/api.id: id \"other\" does not match the key's id \"api\""]
+        );
+    }
+
+    #[test]
+    fn an_id_in_both_file_and_etcd_names_both() {
+        let res = resources(&[("b", "{upstream: u}")], &[]);
+        assert_eq!(
+            errors(BASE, &res),
+            ["/sluice/routes/b.id: duplicate id \"b\": also defined at sluice.yaml: routes[1]"]
+        );
+    }
+
+    #[test]
+    fn unreadable_keys_are_reported_with_the_rest() {
+        let mut res = resources(&[("x", "{upstream: nope}")], &[]);
+        res.errors.push(ConfigError {
+            path: "/sluice/routes/y".into(),
+            message: "invalid JSON".into(),
+        });
+        let errs = errors(BASE, &res);
+        assert_eq!(
+            errs,
+            [
+                "/sluice/routes/y: invalid JSON",
+                "/sluice/routes/x.upstream: unknown upstream \"nope\""
+            ]
+        );
+    }
+
+    #[test]
+    fn document_level_errors_name_the_base_origin() {
+        let errs = errors("routes: []", &Resources::default());
+        assert_eq!(
+            errs,
+            ["sluice.yaml: listeners: at least one listener is required"]
+        );
+    }
+
+    #[test]
+    fn resources_round_trip_through_json() {
+        let mut res = resources(&[("x", "{upstream: u}")], &[]);
+        res.errors.push(ConfigError {
+            path: "/sluice/foo/x".into(),
+            message: "unknown".into(),
+        });
+        let text = serde_json::to_string(&res).unwrap();
+        assert_eq!(serde_json::from_str::<Resources>(&text).unwrap(), res);
+    }
+}
