@@ -206,9 +206,10 @@ async fn invalid_config_on_sighup_is_rejected_and_the_old_routes_keep_serving() 
         .filter_map(|e| e.as_str())
         .collect();
     assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("routes[2].match.path.regex: invalid regex")),
+        errors.iter().any(|e| e.starts_with(&format!(
+            "{}: routes[2].match.path.regex: invalid regex",
+            gw.config_path().display()
+        ))),
         "the rejection names the field: {errors:?}"
     );
     assert_eq!(upstream_of(&gw.get("/one").await), "a", "old routes keep serving");

@@ -61,6 +61,7 @@ async fn config(State(g): State<Arc<Gateway>>) -> Json<Value> {
         "source": s.provenance.source,
         "revision": s.provenance.revision,
         "loaded_at": rfc3339(s.loaded_at),
+        "sources": g.source_status(),
         "last_rejected": g.last_rejection().map(|r| json!({
             "at": rfc3339(r.at),
             "source": r.source,

@@ -47,6 +47,7 @@ pub struct Gateway {
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
     apply_lock: Mutex<()>,
+    source_status: Mutex<serde_json::Value>,
 }
 
 impl Gateway {
@@ -67,6 +68,7 @@ impl Gateway {
             next_version: AtomicU64::new(2),
             last_rejection: Mutex::new(None),
             apply_lock: Mutex::new(()),
+            source_status: Mutex::new(serde_json::Value::Null),
         }))
     }
 
@@ -78,6 +80,16 @@ impl Gateway {
     /// Whether a config has been loaded.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// What the config sources report (for `/api/v1/config`).
+    pub fn source_status(&self) -> serde_json::Value {
+        self.source_status.lock().clone()
+    }
+
+    /// Replaces what the config sources report.
+    pub fn set_source_status(&self, status: serde_json::Value) {
+        *self.source_status.lock() = status;
     }
 
     /// The last rejected update, if any.

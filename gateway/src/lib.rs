@@ -17,6 +17,7 @@ pub mod resilience;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod sources;
 pub mod state;
 pub mod tls;
 pub mod upstream;

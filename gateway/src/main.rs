@@ -1,15 +1,22 @@
 //! `sluice`: the gateway binary.
 //!
-//! `sluice run --config FILE` serves a config; `sluice validate --config FILE` checks one
-//! and prints every error with its field path.
+//! - `sluice run --config PATH [--etcd URL,...]` serves a config file or directory, and
+//!   routes and upstreams from etcd, reloading on every change.
+//! - `sluice validate --config PATH` checks a config and prints every error with its
+//!   field path.
+//! - `sluice apply|get|diff --etcd URL,...` manage the routes and upstreams kept in etcd.
+//! - `sluice echo` runs a demo backend.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use sluice_config::Config;
+use clap::{Args, Parser, Subcommand};
+use sluice_config::source::etcd::{self, ChangeKind, EtcdOptions, EtcdTls};
+use sluice_config::source::{compose, file};
 
-use sluice_gateway::{echo, server};
+use sluice_gateway::sources::Sources;
+use sluice_gateway::{echo, server, sources};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -22,13 +29,85 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach etcd.
+#[derive(Args, Clone)]
+struct EtcdArgs {
+    /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`).
+    #[arg(long = "etcd", env = "SLUICE_ETCD", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Key prefix: keys are `{prefix}/routes/{id}` and `{prefix}/upstreams/{id}`.
+    #[arg(long = "etcd-prefix", env = "SLUICE_ETCD_PREFIX", default_value = "/sluice")]
+    prefix: String,
+    /// etcd user name (with `--etcd-password`).
+    #[arg(long = "etcd-user", env = "SLUICE_ETCD_USER")]
+    user: Option<String>,
+    /// etcd password. Prefer the environment variable to the flag.
+    #[arg(long = "etcd-password", env = "SLUICE_ETCD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// CA certificate (PEM) to verify etcd with; turns TLS on.
+    #[arg(long = "etcd-ca")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long = "etcd-cert")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long = "etcd-key")]
+    key: Option<PathBuf>,
+    /// Timeout for connecting to etcd; at start, how long to wait before serving the cache.
+    #[arg(long = "etcd-connect-timeout", default_value = "3s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+}
+
+impl EtcdArgs {
+    fn options(&self, cache: Option<PathBuf>) -> Result<Option<EtcdOptions>, String> {
+        if self.endpoints.is_empty() {
+            return Ok(None);
+        }
+        let user = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => return Err("--etcd-user and --etcd-password go together".into()),
+        };
+        let tls = (self.ca.is_some() || self.cert.is_some()).then(|| EtcdTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            domain: None,
+        });
+        Ok(Some(EtcdOptions {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            user,
+            tls,
+            connect_timeout: self.connect_timeout,
+            cache,
+            ..EtcdOptions::default()
+        }))
+    }
+
+    fn required(&self) -> Result<EtcdOptions, String> {
+        self.options(None)?
+            .ok_or_else(|| "--etcd (or SLUICE_ETCD) is required".to_string())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a config.
+    /// Serve a config, reloading it when the file or etcd changes.
     Run {
-        /// Config file (YAML or JSON). SIGHUP re-reads it.
+        /// Config file or directory (YAML or JSON). Watched for changes; SIGHUP re-reads
+        /// it too.
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
+        /// Do not watch the config file (SIGHUP still re-reads it).
+        #[arg(long)]
+        no_watch: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Keep the last routes and upstreams read from etcd in this file, and serve them
+        /// when etcd cannot be reached at start.
+        #[arg(long = "etcd-cache", env = "SLUICE_ETCD_CACHE")]
+        etcd_cache: Option<PathBuf>,
         /// Take the listening sockets over from a running sluice (graceful upgrade): start
         /// the new process with this flag, then send SIGQUIT to the old one.
         #[arg(long)]
@@ -45,10 +124,42 @@ enum Command {
     },
     /// Check a config; print every error with its field path and exit non-zero on any.
     Validate {
-        /// Config file (YAML or JSON).
+        /// Config file or directory (YAML or JSON).
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Validate routes and upstreams locally, then write them to etcd in one transaction.
+    Apply {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// File with `routes:` and `upstreams:` (YAML or JSON).
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Also delete the routes and upstreams in etcd that the file does not have.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print the routes and upstreams kept in etcd, as YAML.
+    Get {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Show what `apply` would change in etcd; exit 1 when there are changes.
+    Diff {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// File with `routes:` and `upstreams:` (YAML or JSON).
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Include the deletions `apply --prune` would make.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sluice: {message}");
+    ExitCode::from(1)
 }
 
 fn main() -> ExitCode {
@@ -56,46 +167,126 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Echo { listen, name } => match echo::run(listen, name) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice echo: {e}");
-                ExitCode::from(1)
-            }
+            Err(e) => fail(format!("echo: {e}")),
         },
-        Command::Validate { config } => match Config::from_file(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: valid ({} listeners, {} upstreams, {} routes)",
-                    config.display(),
-                    c.listeners.len(),
-                    c.upstreams.len(),
-                    c.routes.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
-                for e in &errors.0 {
-                    eprintln!("  {e}");
-                }
-                ExitCode::from(1)
-            }
-        },
-        Command::Run { config, upgrade } => {
+        Command::Validate { config } => validate(&config),
+        Command::Run {
+            config,
+            no_watch,
+            etcd,
+            etcd_cache,
+            upgrade,
+        } => {
             init_tracing();
-            let parsed = match Config::from_file(&config) {
-                Ok(c) => c,
+            let sources = match etcd.options(etcd_cache) {
+                Ok(etcd) => Sources {
+                    file: config,
+                    watch: !no_watch,
+                    etcd,
+                },
+                Err(e) => return fail(e),
+            };
+            let (parsed, base, hash) = match sources::initial(&sources) {
+                Ok(x) => x,
                 Err(errors) => {
-                    eprintln!("{}: invalid config:\n{errors}", config.display());
+                    eprintln!("{}: invalid config:\n{errors}", sources.file.display());
                     return ExitCode::from(1);
                 }
             };
-            match server::run(parsed, config, upgrade) {
+            match server::run(parsed, sources, base, hash, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sluice: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(e),
             }
+        }
+        Command::Apply { etcd, file, prune } => etcd_command(&etcd, |opts| async move {
+            let text = read(&file)?;
+            let s = etcd::apply(&opts, &text, prune)
+                .await
+                .map_err(|e| e.to_string())?;
+            for k in &s.created {
+                println!("created {k}");
+            }
+            for k in &s.updated {
+                println!("updated {k}");
+            }
+            for k in &s.deleted {
+                println!("deleted {k}");
+            }
+            match s.revision {
+                Some(rev) => println!("applied at revision {rev}; {} unchanged", s.unchanged),
+                None => println!("nothing to change; {} unchanged", s.unchanged),
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Get { etcd } => etcd_command(&etcd, |opts| async move {
+            print!("{}", etcd::get(&opts).await.map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Diff { etcd, file, prune } => etcd_command(&etcd, |opts| async move {
+            let text = read(&file)?;
+            let changes = etcd::diff(&opts, &text, prune).await.map_err(|e| e.to_string())?;
+            for c in &changes {
+                let verb = match c.kind {
+                    ChangeKind::Create => "create",
+                    ChangeKind::Update => "update",
+                    ChangeKind::Delete => "delete",
+                };
+                println!("{verb} {}", c.key);
+                print!("{}", c.diff);
+            }
+            Ok(if changes.is_empty() {
+                println!("no changes");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Runs `f` with the etcd options on a small runtime, printing its error.
+fn etcd_command<F, Fut>(args: &EtcdArgs, f: F) -> ExitCode
+where
+    F: FnOnce(EtcdOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+{
+    let opts = match args.required() {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(f(opts)) {
+        Ok(code) => code,
+        Err(e) => fail(e),
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    let result = file::load(path).and_then(|(base, _)| compose(base, "", None));
+    match result {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} listeners, {} upstreams, {} routes)",
+                path.display(),
+                c.listeners.len(),
+                c.upstreams.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(1)
         }
     }
 }

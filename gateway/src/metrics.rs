@@ -42,6 +42,10 @@ pub struct Metrics {
     pub budget_exhausted: IntCounterVec,
     /// `sluice_endpoint_healthy{upstream, endpoint}`: 1 or 0, from active checks.
     pub endpoint_healthy: IntGaugeVec,
+    /// `sluice_config_source_connected{source}`: 1 while the source (`etcd`) is connected.
+    pub source_connected: IntGaugeVec,
+    /// `sluice_config_source_revision`: the newest etcd revision seen.
+    pub source_revision: IntGauge,
     unrouted: RouteMetrics,
 }
 
@@ -143,8 +147,19 @@ impl Metrics {
             "Active health check result: 1 healthy, 0 unhealthy.",
             &["upstream", "endpoint"],
         );
+        let source_connected = gauge(
+            "sluice_config_source_connected",
+            "Whether the config source is connected (1) or not (0).",
+            &["source"],
+        );
+        let source_revision = must(IntGauge::new(
+            "sluice_config_source_revision",
+            "The newest etcd revision the config watch has seen.",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_connected.clone()),
+            Box::new(source_revision.clone()),
             Box::new(breaker_state.clone()),
             Box::new(breaker_transitions.clone()),
             Box::new(short_circuited.clone()),
@@ -178,6 +193,8 @@ impl Metrics {
             retries,
             budget_exhausted,
             endpoint_healthy,
+            source_connected,
+            source_revision,
             unrouted,
         }
     }

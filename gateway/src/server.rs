@@ -1,7 +1,6 @@
 //! Process wiring: the pingora server, one proxy service per listener, the admin thread,
 //! and SIGHUP reloads.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
@@ -14,19 +13,29 @@ use sluice_config::Config;
 use crate::gateway::Gateway;
 use crate::proxy::SluiceProxy;
 use crate::snapshot::Provenance;
+use crate::sources::Sources;
 
 fn secs_ceil(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Runs the gateway until it is told to stop.
-pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
+/// Runs the gateway until it is told to stop: serves `config` (the file alone, see
+/// [`crate::sources::initial`]) and follows `sources` from then on. With etcd the gateway
+/// is not ready until etcd (or its cache) has answered.
+pub fn run(
+    config: Config,
+    sources: Sources,
+    base: serde_json::Value,
+    base_hash: String,
+    upgrade: bool,
+) -> Result<(), String> {
     let provenance = Provenance {
-        source: format!("file:{}", path.display()),
+        source: sources.describe(),
         revision: None,
     };
+    let ready = sources.etcd.is_none();
     let gateway =
-        Gateway::new(config.clone(), provenance, true).map_err(|e| format!("invalid config:\n{e}"))?;
+        Gateway::new(config.clone(), provenance, ready).map_err(|e| format!("invalid config:\n{e}"))?;
 
     let conf = ServerConf {
         threads: config
@@ -78,7 +87,7 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     let admin_gateway = gateway.clone();
     std::thread::Builder::new()
         .name("sluice-admin".into())
-        .spawn(move || admin_thread(admin_gateway, admin_addr, path))
+        .spawn(move || admin_thread(admin_gateway, admin_addr, sources, base, base_hash))
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
 
     tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
@@ -90,7 +99,13 @@ pub fn run(config: Config, path: PathBuf, upgrade: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn admin_thread(gateway: Arc<Gateway>, addr: std::net::SocketAddr, path: PathBuf) {
+fn admin_thread(
+    gateway: Arc<Gateway>,
+    addr: std::net::SocketAddr,
+    sources: Sources,
+    base: serde_json::Value,
+    base_hash: String,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -99,19 +114,7 @@ fn admin_thread(gateway: Arc<Gateway>, addr: std::net::SocketAddr, path: PathBuf
         }
     };
     rt.block_on(async move {
-        let reload_gateway = gateway.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                let provenance = Provenance {
-                    source: format!("file:{}", path.display()),
-                    revision: None,
-                };
-                let _ = reload_gateway.apply(Config::from_file(&path), provenance);
-            }
-        });
+        tokio::spawn(crate::sources::run(gateway.clone(), sources, base, base_hash));
         tokio::spawn(crate::health::run(gateway.clone()));
         let listener = match crate::admin::bind(addr) {
             Ok(l) => l,
