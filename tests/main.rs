@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod chaos;
+mod config_center;
 mod errors;
 mod lifecycle;
 mod load_balancing;

@@ -92,6 +92,7 @@ pub struct GatewayBuilder {
     template: String,
     vars: BTreeMap<String, String>,
     files: Vec<(String, Vec<u8>)>,
+    args: Vec<String>,
 }
 
 /// A running `sluice run` process with its own temporary directory. Killed (SIGKILL) on
@@ -119,7 +120,14 @@ impl GatewayBuilder {
             template: yaml.to_string(),
             vars: BTreeMap::new(),
             files: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// Adds a command-line argument after `run --config <file>`.
+    pub fn arg(mut self, arg: impl Into<String>) -> GatewayBuilder {
+        self.args.push(arg.into());
+        self
     }
 
     /// Makes `{{<name>}}` stand for the upstream's address.
@@ -197,6 +205,7 @@ impl GatewayBuilder {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(&self.args)
             .env("SLUICE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
@@ -303,11 +312,17 @@ impl Gateway {
     /// Renders `yaml` (see [`Gateway::render`]) over the config file, then sends SIGHUP.
     /// Does not wait for the reload: see [`Gateway::reload`].
     pub fn rewrite_config(&self, yaml: &str) {
+        self.write_config(yaml);
+        self.signal(Signal::Hup);
+    }
+
+    /// Renders `yaml` over the config file as an editor does (write a temporary file,
+    /// rename it over), without a signal: the gateway's file watcher sees it.
+    pub fn write_config(&self, yaml: &str) {
         let text = self.render(yaml);
-        let tmp = self.dir.path().join("sluice.yaml.tmp");
+        let tmp = self.dir.path().join(".sluice.yaml.tmp");
         std::fs::write(&tmp, text).expect("write the new config");
         std::fs::rename(&tmp, &self.config_path).expect("replace the config file");
-        self.signal(Signal::Hup);
     }
 
     /// [`Gateway::rewrite_config`], then waits until the gateway has processed it

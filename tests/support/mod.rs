@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod etcd;
 pub mod gateway;
 pub mod metrics;
 pub mod tls;
@@ -27,6 +28,7 @@ pub use client::{
     h2c_client, h2c_request, http_client, http_client_unpooled, tls_client, tls_handshake, H2Response,
     Handshake, RawHttp1, RawResponse,
 };
+pub use etcd::Etcd;
 pub use gateway::{Gateway, GatewayBuilder, Signal};
 pub use metrics::Metrics;
 pub use tls::{TestCa, TestCert};
