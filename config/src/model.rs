@@ -328,7 +328,10 @@ pub struct RouteConfig {
     /// Circuit breaker for this route's upstream (and its fallback). Default: none.
     #[serde(default)]
     pub circuit_breaker: Option<BreakerConfig>,
-    /// Retry settings for this route, overriding the upstream's. Default: the upstream's.
+    /// Retry settings for this route, replacing the upstream's whole `retries` block
+    /// (fields left out take their defaults, not the upstream's). The retry budget is
+    /// always the upstream's (`upstreams[].retries.budget`): it caps retries to the
+    /// upstream from all routes together. Default: the upstream's.
     #[serde(default)]
     pub retries: Option<RetryConfig>,
 }

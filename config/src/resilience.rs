@@ -415,8 +415,9 @@ impl FailureConditions {
 pub struct ShortCircuitResponse {
     /// Status code, `200..=599`. Default: `503`.
     pub status: u16,
-    /// Response headers. Default: none (the default body is JSON, so set
-    /// `content-type` when you change it to something else).
+    /// Response headers. The gateway adds `retry-after` (seconds until the breaker may
+    /// let a probe through) unless set here, and `x-sluice-breaker`. Default: none, and
+    /// with the default response, `content-type: application/json`.
     pub headers: BTreeMap<String, String>,
     /// Response body. Default: `{"error":"circuit_open"}`.
     pub body: String,
@@ -610,7 +611,8 @@ pub struct RetryConfig {
     /// failure is retried whatever the method, since the request was never sent.
     /// Default: `true`.
     pub idempotent_only: bool,
-    /// Timeout for each try, on top of the route's timeouts. Default: none.
+    /// Timeout for each try: it caps that try's connect, read (time to the response and
+    /// between bytes) and write timeouts, on top of the route's timeouts. Default: none.
     #[serde(with = "humantime_serde")]
     pub per_try_timeout: Option<Duration>,
     /// Caps the retries in flight for the upstream. Default: see [`RetryBudgetConfig`].

@@ -620,6 +620,11 @@ impl Validator {
                         format!("{p}.circuit_breaker.fallback_upstream"),
                         format!("unknown upstream {fb:?}"),
                     ));
+                } else if r.upstream.as_ref() == Some(fb) {
+                    raw.push((
+                        format!("{p}.circuit_breaker.fallback_upstream"),
+                        format!("is the route's own upstream {fb:?}; name another upstream or leave it out"),
+                    ));
                 }
             }
             if r.upstream.is_none() {
@@ -723,6 +728,25 @@ mod tests {
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("routes[2].match.headers[0]: give exactly one")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn breaker_fallback_must_be_another_known_upstream() {
+        let text = format!(
+            "{BASE}routes:\n- {{id: a, upstream: u, circuit_breaker: {{fallback_upstream: u}}}}\n- {{id: b, upstream: u, circuit_breaker: {{fallback_upstream: gone}}}}\n"
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "routes[0].circuit_breaker.fallback_upstream: is the route's own upstream \"u\""
+            )),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e == "routes[1].circuit_breaker.fallback_upstream: unknown upstream \"gone\""),
             "{errs:?}"
         );
     }

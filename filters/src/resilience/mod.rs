@@ -7,17 +7,19 @@
 //! State changes are *returned* (a breaker [`Transition`], an [`EjectionEvent`]) for the
 //! caller to count in metrics and log; nothing here calls back.
 //!
-//! What the proxy does with them, per upstream attempt:
+//! What the proxy does with them:
 //!
-//! 1. [`CircuitBreaker::try_acquire`] — on `Rejected`, answer with the short-circuit
-//!    response (or go to the fallback upstream) instead of calling.
-//! 2. Pick an endpoint, skipping those for which [`OutlierDetector::is_ejected`].
-//! 3. After the attempt, classify it as an [`UpstreamOutcome`] and report it to the
-//!    breaker ([`CallOutcome::classify`], then [`CircuitBreaker::record`]; or
-//!    [`CircuitBreaker::release`] if the client went away) and to the detector
-//!    ([`OutlierDetector::record`]).
-//! 4. If it failed, [`RetryPolicy::may_retry`] and [`RetryBudget::try_start_retry`]
+//! 1. Once per request, [`CircuitBreaker::try_acquire`] — on `Rejected`, answer with
+//!    the short-circuit response (or go to the fallback upstream) instead of calling.
+//! 2. For each try, pick an endpoint, skipping those for which
+//!    [`OutlierDetector::is_ejected`], and report how the try ended (an
+//!    [`UpstreamOutcome`]) to the detector ([`OutlierDetector::record`]).
+//! 3. If a try failed, [`RetryPolicy::may_retry`] and [`RetryBudget::try_start_retry`]
 //!    decide whether to try again, after [`RetryPolicy::backoff`].
+//! 4. When the request ends, report the last try's outcome to the breaker
+//!    ([`CallOutcome::classify`], then [`CircuitBreaker::record`]; or
+//!    [`CircuitBreaker::release`] if no try got an answer). The breaker thus judges
+//!    what the client saw from the upstream, after retries.
 //!
 //! State is keyed by stable ids (route, upstream, endpoint address) by the caller, and
 //! survives reloads through [`CircuitBreaker::reconfigure`], [`OutlierDetector::rebuild`]
