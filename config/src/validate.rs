@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use http::{HeaderName, HeaderValue, Method};
-use regex::Regex;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::model::{
     Config, FilterConfig, HashOn, HeaderOps, HeaderRules, LoadBalancing, PathMatch, RouteConfig,
@@ -279,9 +278,29 @@ impl Config {
     }
 
     /// SHA-256 of the canonical JSON form, hex encoded. Two configs with the same hash
-    /// behave the same.
+    /// behave the same. (The same as [`Config::digest`]`().content`.)
     pub fn content_hash(&self) -> String {
-        hash_of(self)
+        self.digest().content
+    }
+
+    /// The content hash with the hashes of its parts, computed in one pass over the
+    /// config: each route is serialized once, and the whole-config hash is taken over
+    /// the other sections and the route hashes.
+    pub fn digest(&self) -> Digest {
+        let route_hashes: Vec<String> = self.routes.iter().map(hash_of).collect();
+        let routes = hash_of(&route_hashes);
+        let content = hash_of(&(
+            &self.server,
+            &self.admin,
+            &self.listeners,
+            &self.upstreams,
+            &routes,
+        ));
+        Digest {
+            content,
+            routes,
+            route_hashes,
+        }
     }
 
     /// Checks everything the types cannot: references, uniqueness, regexes, header names,
@@ -295,6 +314,17 @@ impl Config {
             Err(ConfigErrors(v.errors))
         }
     }
+}
+
+/// Content hashes of a config and its routes ([`Config::digest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// The whole config.
+    pub content: String,
+    /// All routes, in order.
+    pub routes: String,
+    /// Each route, parallel to `routes`.
+    pub route_hashes: Vec<String>,
 }
 
 /// SHA-256 of a value's canonical JSON form, hex encoded.
@@ -339,8 +369,10 @@ impl Validator {
         });
     }
 
+    /// Checks the regex's syntax only (parsing is cheap; building the automata is left
+    /// to the router, which caches them across reloads).
     fn regex(&mut self, path: &str, pattern: &str) {
-        if let Err(e) = Regex::new(pattern) {
+        if let Err(e) = regex_syntax::Parser::new().parse(pattern) {
             self.err(path, format!("invalid regex: {e}"));
         }
     }

@@ -94,6 +94,8 @@ struct Bucket {
     /// Regex routes, tested in order (through a `RegexSet` first when there are many).
     regex: Vec<usize>,
     regex_set: Option<regex::RegexSet>,
+    /// The set's patterns, one per line: the key under which a rebuild reuses the set.
+    regex_key: String,
     /// Prefix (without trailing `/`; empty for `/`) → slots.
     prefix: HashMap<String, Vec<usize>>,
     /// Routes with no path condition.
@@ -103,8 +105,57 @@ struct Bucket {
 /// Above this many regex routes in a bucket, one `RegexSet` pass picks the candidates.
 const REGEX_SET_THRESHOLD: usize = 4;
 
+/// Compiled regexes and regex sets of a previous router, by pattern, for a rebuild to
+/// reuse: compiling them is most of the cost of building a router.
+#[derive(Default)]
+struct RegexCache {
+    regexes: HashMap<String, Regex>,
+    sets: HashMap<String, regex::RegexSet>,
+}
+
+impl RegexCache {
+    fn of(router: &Router) -> RegexCache {
+        let mut cache = RegexCache::default();
+        for m in &router.matchers {
+            let conds = m
+                .headers
+                .iter()
+                .map(|h| &h.cond)
+                .chain(m.query.iter().map(|q| &q.cond));
+            for c in conds {
+                if let ValueCond::Regex(r) = c {
+                    cache.regexes.insert(r.as_str().to_string(), r.clone());
+                }
+            }
+            if let PathCond::Regex(r) = &m.path {
+                cache.regexes.insert(r.as_str().to_string(), r.clone());
+            }
+        }
+        let buckets = router
+            .exact
+            .values()
+            .chain(router.wildcard.values())
+            .chain(std::iter::once(&router.any_host));
+        for b in buckets {
+            if let Some(set) = &b.regex_set {
+                cache.sets.insert(b.regex_key.clone(), set.clone());
+            }
+        }
+        cache
+    }
+
+    /// `^(?:re)$`, compiled or reused.
+    fn anchored(&self, re: &str) -> Result<Regex, RouterError> {
+        let full = format!("^(?:{re})$");
+        if let Some(r) = self.regexes.get(&full) {
+            return Ok(r.clone());
+        }
+        Regex::new(&full).map_err(|e| RouterError(format!("invalid regex {re:?}: {e}")))
+    }
+}
+
 impl Bucket {
-    fn new(slots: &[usize], matchers: &[Matcher]) -> Bucket {
+    fn new(slots: &[usize], matchers: &[Matcher], cache: &RegexCache) -> Bucket {
         let mut b = Bucket::default();
         for &s in slots {
             match &matchers[s].path {
@@ -115,11 +166,19 @@ impl Bucket {
             }
         }
         if b.regex.len() > REGEX_SET_THRESHOLD {
-            let patterns = b.regex.iter().filter_map(|&s| match &matchers[s].path {
-                PathCond::Regex(r) => Some(r.as_str().to_string()),
-                _ => None,
-            });
-            b.regex_set = regex::RegexSet::new(patterns).ok();
+            let patterns: Vec<&str> = b
+                .regex
+                .iter()
+                .filter_map(|&s| match &matchers[s].path {
+                    PathCond::Regex(r) => Some(r.as_str()),
+                    _ => None,
+                })
+                .collect();
+            b.regex_key = patterns.join("\n");
+            b.regex_set = match cache.sets.get(&b.regex_key) {
+                Some(set) => Some(set.clone()),
+                None => regex::RegexSet::new(patterns).ok(),
+            };
         }
         b
     }
@@ -171,15 +230,11 @@ impl std::fmt::Display for RouterError {
 
 impl std::error::Error for RouterError {}
 
-fn anchored(re: &str) -> Result<Regex, RouterError> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| RouterError(format!("invalid regex {re:?}: {e}")))
-}
-
-fn value_cond(v: &ValueMatch) -> Result<ValueCond, RouterError> {
+fn value_cond(v: &ValueMatch, cache: &RegexCache) -> Result<ValueCond, RouterError> {
     if let Some(e) = &v.exact {
         Ok(ValueCond::Exact(e.clone()))
     } else if let Some(r) = &v.regex {
-        Ok(ValueCond::Regex(anchored(r)?))
+        Ok(ValueCond::Regex(cache.anchored(r)?))
     } else {
         Ok(ValueCond::Present(v.present.unwrap_or(true)))
     }
@@ -231,6 +286,17 @@ impl Router {
     /// Compiles the routes. The config must have been validated; a regex that does not
     /// compile is still reported rather than panicking.
     pub fn new(routes: &[RouteConfig]) -> Result<Router, RouterError> {
+        Self::build(routes, &RegexCache::default())
+    }
+
+    /// [`Router::new`], reusing the compiled regexes and regex sets of `previous` for
+    /// patterns that did not change, so that a reload that changes a few routes of many
+    /// does not compile every regex again.
+    pub fn rebuild(routes: &[RouteConfig], previous: &Router) -> Result<Router, RouterError> {
+        Self::build(routes, &RegexCache::of(previous))
+    }
+
+    fn build(routes: &[RouteConfig], cache: &RegexCache) -> Result<Router, RouterError> {
         let mut order: Vec<usize> = (0..routes.len()).collect();
         order.sort_by_key(|&i| precedence(&routes[i], i));
         let mut router = Router::default();
@@ -244,7 +310,7 @@ impl Router {
                 None => PathCond::Any,
                 Some(PathMatch::Exact(p)) => PathCond::Exact(p.clone()),
                 Some(PathMatch::Prefix(p)) => PathCond::Prefix(p.trim_end_matches('/').to_string()),
-                Some(PathMatch::Regex(re)) => PathCond::Regex(anchored(re)?),
+                Some(PathMatch::Regex(re)) => PathCond::Regex(cache.anchored(re)?),
             };
             let mut methods = Vec::new();
             for meth in &m.methods {
@@ -259,14 +325,14 @@ impl Router {
                     .map_err(|e| RouterError(format!("header {:?}: {e}", h.name)))?;
                 headers.push(HeaderCond {
                     name,
-                    cond: value_cond(h)?,
+                    cond: value_cond(h, cache)?,
                 });
             }
             let mut query = Vec::new();
             for q in &m.query {
                 query.push(QueryCond {
                     name: q.name.clone(),
-                    cond: value_cond(q)?,
+                    cond: value_cond(q, cache)?,
                 });
             }
             let slot = router.matchers.len();
@@ -291,13 +357,13 @@ impl Router {
         let m = &router.matchers;
         router.exact = exact
             .into_iter()
-            .map(|(h, slots)| (h, Bucket::new(&slots, m)))
+            .map(|(h, slots)| (h, Bucket::new(&slots, m, cache)))
             .collect();
         router.wildcard = wildcard
             .into_iter()
-            .map(|(h, slots)| (h, Bucket::new(&slots, m)))
+            .map(|(h, slots)| (h, Bucket::new(&slots, m, cache)))
             .collect();
-        router.any_host = Bucket::new(&any_host, m);
+        router.any_host = Bucket::new(&any_host, m, cache);
         Ok(router)
     }
 
@@ -452,6 +518,37 @@ mod tests {
         let text = format!("listeners: [{{name: w, listen: '127.0.0.1:1'}}]\nupstreams: [{{id: u, endpoints: [{{address: '127.0.0.1:2'}}]}}]\nroutes:\n{routes_yaml}");
         let c = Config::from_text(&text).unwrap();
         Router::new(&c.routes).unwrap()
+    }
+
+    fn routes(routes_yaml: &str) -> Vec<RouteConfig> {
+        let text = format!("listeners: [{{name: w, listen: '127.0.0.1:1'}}]\nupstreams: [{{id: u, endpoints: [{{address: '127.0.0.1:2'}}]}}]\nroutes:\n{routes_yaml}");
+        Config::from_text(&text).unwrap().routes
+    }
+
+    #[test]
+    fn rebuild_reuses_unchanged_regexes_and_compiles_changed_ones() {
+        let mut yaml: String = (0..8)
+            .map(|i| format!("- {{id: r{i}, upstream: u, match: {{path: {{regex: '/r{i}/[0-9]+'}}}}}}\n"))
+            .collect();
+        yaml.push_str("- {id: h, upstream: u, match: {headers: [{name: x-t, regex: 'a+'}]}}\n");
+        let first = Router::new(&routes(&yaml)).unwrap();
+        let changed = yaml.replace("/r3/[0-9]+", "/r3/[a-z]+");
+        let second = Router::rebuild(&routes(&changed), &first).unwrap();
+        // The unchanged pattern is the same compiled regex (shared), the changed one new.
+        let regex_of = |r: &Router, i: usize| match &r.matchers.iter().find(|m| m.index == i).unwrap().path {
+            PathCond::Regex(re) => re.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(regex_of(&second, 0).as_str(), regex_of(&first, 0).as_str());
+        assert_eq!(regex_of(&second, 3).as_str(), "^(?:/r3/[a-z]+)$");
+        assert_eq!(find(&second, "GET", "", "/r3/abc", &[]), Some(3));
+        assert_eq!(find(&second, "GET", "", "/r3/123", &[]), None);
+        assert_eq!(find(&second, "GET", "", "/r5/123", &[]), Some(5));
+        assert_eq!(find(&second, "GET", "", "/x", &[("x-t", "aaa")]), Some(8));
+        // An identical route list reuses the whole regex set.
+        let third = Router::rebuild(&routes(&changed), &second).unwrap();
+        assert_eq!(third.any_host.regex_key, second.any_host.regex_key);
+        assert_eq!(find(&third, "GET", "", "/r7/9", &[]), Some(7));
     }
 
     fn find(r: &Router, method: &str, host: &str, uri: &str, headers: &[(&str, &str)]) -> Option<usize> {

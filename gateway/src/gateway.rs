@@ -36,6 +36,19 @@ pub enum ApplyOutcome {
     Unchanged,
 }
 
+/// Logs the settings of `next` that a reload does not apply: listeners and the admin
+/// listener are bound at start.
+fn warn_restart_only(current: &Config, next: &Config) {
+    if current.listeners != next.listeners {
+        tracing::warn!(
+            "listeners changed; they are bound at start, so the change takes effect after a restart or graceful upgrade"
+        );
+    }
+    if current.admin != next.admin {
+        tracing::warn!("admin.listen changed; it takes effect after a restart or graceful upgrade");
+    }
+}
+
 /// The gateway's shared core.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
@@ -108,12 +121,22 @@ impl Gateway {
         let _one_at_a_time = self.apply_lock.lock();
         let result = config.and_then(|c| {
             c.validate()?;
-            if self.is_ready() && c.content_hash() == self.snapshot.load().hash {
+            let digest = c.digest();
+            let previous = self.snapshot.load();
+            if self.is_ready() && digest.content == previous.hash {
                 return Ok(None);
             }
+            warn_restart_only(&previous.config, &c);
             let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-            let previous = self.snapshot.load();
-            Snapshot::compile(c, version, provenance.clone(), &self.state, Some(&previous)).map(Some)
+            Snapshot::compile_with(
+                c,
+                digest,
+                version,
+                provenance.clone(),
+                &self.state,
+                Some(&previous),
+            )
+            .map(Some)
         });
         match result {
             Ok(None) => {

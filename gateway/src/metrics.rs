@@ -20,7 +20,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `sluice_config_reloads_total{outcome}`: `applied`, `rejected`, `unchanged`.
     pub reloads: IntCounterVec,
-    /// `sluice_config_apply_seconds`: from a change arriving to its snapshot published.
+    /// `sluice_config_apply_seconds`: validating, compiling and publishing an applied
+    /// update (reading and composing the sources come before).
     pub apply_latency: Histogram,
     /// `sluice_config_version`: the version of the published snapshot.
     pub config_version: IntGauge,

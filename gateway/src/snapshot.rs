@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use http::HeaderName;
 use ipnet::IpNet;
 use sluice_config::model::{RouteConfig, Timeouts};
-use sluice_config::validate::hash_of;
+use sluice_config::validate::Digest;
 use sluice_config::{Config, ConfigErrors};
 use sluice_filters::rewrite::PathRewrite;
 use sluice_filters::router::Router;
@@ -96,6 +96,19 @@ impl Snapshot {
         state: &SharedState,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
+        let digest = config.digest();
+        Self::compile_with(config, digest, version, provenance, state, previous)
+    }
+
+    /// [`Snapshot::compile`] with the config's [`Digest`] already computed.
+    pub fn compile_with(
+        config: Config,
+        digest: Digest,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = HashMap::new();
         for (i, u) in config.upstreams.iter().enumerate() {
@@ -116,19 +129,23 @@ impl Snapshot {
                 }),
             }
         }
-        let routes_hash = hash_of(&config.routes);
-        let router = match previous.filter(|p| p.routes_hash == routes_hash) {
-            Some(p) => p.router.clone(),
-            None => {
-                Arc::new(Router::new(&config.routes).map_err(|e| ConfigErrors::one("routes", e.to_string()))?)
+        let routes_hash = digest.routes;
+        let router = match previous {
+            Some(p) if p.routes_hash == routes_hash => p.router.clone(),
+            _ => {
+                let built = match previous {
+                    Some(p) => Router::rebuild(&config.routes, &p.router),
+                    None => Router::new(&config.routes),
+                };
+                Arc::new(built.map_err(|e| ConfigErrors::one("routes", e.to_string()))?)
             }
         };
         let old_routes: HashMap<&str, &Route> = previous
             .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
             .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, r) in config.routes.iter().enumerate() {
-            match compile_route(r, &upstreams, old_routes.get(r.id.as_str()).copied(), state) {
+        for (i, (r, hash)) in config.routes.iter().zip(digest.route_hashes).enumerate() {
+            match compile_route(r, hash, &upstreams, old_routes.get(r.id.as_str()).copied(), state) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.push(sluice_config::ConfigError {
                     path: format!("routes[{i}]"),
@@ -143,7 +160,7 @@ impl Snapshot {
             .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
         Ok(Snapshot {
             version,
-            hash: config.content_hash(),
+            hash: digest.content,
             loaded_at: SystemTime::now(),
             provenance,
             trusted_proxies: config.server.trusted_proxies.clone(),
@@ -159,11 +176,11 @@ impl Snapshot {
 
 fn compile_route(
     r: &RouteConfig,
+    hash: String,
     upstreams: &HashMap<String, Arc<Upstream>>,
     old: Option<&Route>,
     state: &SharedState,
 ) -> Result<Route, String> {
-    let hash = hash_of(r);
     let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned());
     let timeouts = match &upstream {
         Some(u) => r.timeouts.or(&u.config.timeouts),

@@ -112,22 +112,43 @@ impl State {
         }
     }
 
-    fn compose(&self) -> Result<Config, ConfigErrors> {
-        let base = self.base.clone()?;
-        let prefix = self.sources.etcd.as_ref().map(|e| e.prefix.trim_end_matches('/'));
-        let etcd = prefix.zip(self.resources.as_deref());
-        compose(base, &self.sources.origin(), etcd)
+    /// What composing needs, owned, for a blocking thread.
+    fn inputs(&self) -> ComposeInputs {
+        ComposeInputs {
+            base: self.base.clone(),
+            origin: self.sources.origin(),
+            prefix: self
+                .sources
+                .etcd
+                .as_ref()
+                .map(|e| e.prefix.trim_end_matches('/').to_string()),
+            resources: self.resources.clone(),
+        }
     }
 }
 
-/// Composes and applies on a blocking thread, so the admin API keeps answering while a
-/// large config compiles.
+struct ComposeInputs {
+    base: Result<Value, ConfigErrors>,
+    origin: String,
+    prefix: Option<String>,
+    resources: Option<Arc<Resources>>,
+}
+
+impl ComposeInputs {
+    fn compose(self) -> Result<Config, ConfigErrors> {
+        let etcd = self.prefix.as_deref().zip(self.resources.as_deref());
+        compose(self.base?, &self.origin, etcd)
+    }
+}
+
+/// Composes, validates, compiles and publishes on a blocking thread, so the admin API
+/// keeps answering while a large config compiles.
 async fn apply(gateway: &Arc<Gateway>, state: &State) {
     if state.sources.etcd.is_some() && state.resources.is_none() {
         return;
     }
-    let (g, config, provenance) = (gateway.clone(), state.compose(), state.provenance());
-    let _ = tokio::task::spawn_blocking(move || g.apply(config, provenance)).await;
+    let (g, inputs, provenance) = (gateway.clone(), state.inputs(), state.provenance());
+    let _ = tokio::task::spawn_blocking(move || g.apply(inputs.compose(), provenance)).await;
 }
 
 fn status(state: &State, watch: Option<&EtcdWatch>) -> Value {

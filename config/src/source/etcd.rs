@@ -1,5 +1,5 @@
 //! The etcd source: routes and upstreams stored one per key, kept current with a watch,
-//! and the library side of the `sluice etcd apply|get|diff` commands.
+//! and the library side of the `sluice apply|get|diff` commands.
 //!
 //! Key layout under a prefix (default `/sluice`):
 //!
