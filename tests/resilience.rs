@@ -567,3 +567,67 @@ async fn breaker_state_survives_a_reload_of_an_unrelated_route() {
         "the new route serves"
     );
 }
+
+#[tokio::test]
+async fn a_hanging_endpoint_times_out_per_try_and_the_retry_goes_elsewhere() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let yaml = pool_config(
+        &[&a, &b],
+        "  retries: {attempts: 1, on: [timeout], per_try_timeout: 300ms}\n  outlier_detection: {enabled: false}",
+    );
+    let gw = Gateway::start(&yaml, &[&a, &b]).await;
+    a.set_mode(Mode::Hang).await;
+    for i in 0..4 {
+        let started = Instant::now();
+        let resp = gw.get("/h").await;
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        assert_eq!(upstream_of(&resp), "b");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value(
+            "sluice_retries_total",
+            &[("upstream", "pool"), ("reason", "timeout")]
+        ),
+        a.requests() as f64,
+        "each try on the hanging endpoint timed out and was retried"
+    );
+    assert!(a.requests() >= 1);
+}
+
+#[tokio::test]
+async fn slow_calls_open_the_breaker_at_the_slow_call_rate() {
+    let svc = TestUpstream::start("svc").await;
+    let gw = Gateway::start(
+        &breaker_config(
+            "{window: {count: 10}, minimum_calls: 4, failure_rate_threshold: 100, \
+             slow_call_rate_threshold: 50, slow_call_duration: 150ms, open_duration: 60s}",
+        ),
+        &[&svc],
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(status_of(&gw, "/fast").await, StatusCode::OK);
+    }
+    assert_eq!(breaker_state(&gw, "api").await, "closed");
+    svc.set_mode(Mode::Delay(Duration::from_millis(300))).await;
+    for _ in 0..4 {
+        assert_eq!(
+            status_of(&gw, "/slow").await,
+            StatusCode::OK,
+            "slow calls still succeed"
+        );
+    }
+    eventually(
+        Duration::from_secs(5),
+        "4 slow of 8 calls open the breaker",
+        || async { breaker_state(&gw, "api").await == "open" },
+    )
+    .await;
+    let b = breaker(&gw, "api").await;
+    assert_eq!(b["breaker"]["slow_calls"], 4, "{b}");
+    assert_eq!(b["breaker"]["failures"], 0, "{b}");
+    assert_eq!(status_of(&gw, "/x").await, StatusCode::SERVICE_UNAVAILABLE);
+}
