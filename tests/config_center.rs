@@ -564,4 +564,11 @@ async fn sluice_apply_get_and_diff_manage_etcd_in_one_transaction() {
         .unwrap()
         .kvs()
         .is_empty());
+
+    // Pruning with a file that declares nothing would wipe the prefix: refused.
+    let empty = write("empty.yaml", "routes: []\n");
+    let (code, _, err) = sluice(&["apply", "--etcd", &endpoint, "-f", &empty, "--prune"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--allow-empty"), "{err}");
+    assert_eq!(kv.get("/sluice/routes/hello", None).await.unwrap().kvs().len(), 1);
 }

@@ -68,6 +68,14 @@ impl EtcdArgs {
             (None, None) => None,
             _ => return Err("--etcd-user and --etcd-password go together".into()),
         };
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
+        }
+        for f in [&self.ca, &self.cert, &self.key].into_iter().flatten() {
+            if let Err(e) = std::fs::metadata(f) {
+                return Err(format!("{}: {e}", f.display()));
+            }
+        }
         let tls = (self.ca.is_some() || self.cert.is_some()).then(|| EtcdTls {
             ca: self.ca.clone(),
             cert: self.cert.clone(),
@@ -138,6 +146,10 @@ enum Command {
         /// Also delete the routes and upstreams in etcd that the file does not have.
         #[arg(long)]
         prune: bool,
+        /// With `--prune`, accept a file with no routes and no upstreams (which deletes
+        /// everything under the prefix).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Print the routes and upstreams kept in etcd, as YAML.
     Get {
@@ -198,8 +210,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Apply { etcd, file, prune } => etcd_command(&etcd, |opts| async move {
+        Command::Apply {
+            etcd,
+            file,
+            prune,
+            allow_empty,
+        } => etcd_command(&etcd, |opts| async move {
             let text = read(&file)?;
+            if prune && !allow_empty && declares_nothing(&text) {
+                return Err(format!(
+                    "{}: no routes and no upstreams; with --prune this would delete everything under {}. \
+                     Add --allow-empty if that is what you want",
+                    file.display(),
+                    opts.prefix
+                ));
+            }
             let s = etcd::apply(&opts, &text, prune)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -242,6 +267,16 @@ fn main() -> ExitCode {
             })
         }),
     }
+}
+
+/// Whether a document has no routes and no upstreams (an unparsable one is left to
+/// `apply` to report).
+fn declares_nothing(text: &str) -> bool {
+    let Ok(doc) = sluice_config::validate::parse_value(text) else {
+        return false;
+    };
+    let empty = |k: &str| doc.get(k).and_then(|v| v.as_array()).is_none_or(Vec::is_empty);
+    empty("routes") && empty("upstreams")
 }
 
 fn read(path: &std::path::Path) -> Result<String, String> {
