@@ -137,3 +137,38 @@ fn run_refuses_to_start_on_an_invalid_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_bundled_example_is_valid() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/examples") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            // Paths inside the examples (certificates) are relative to the repository root.
+            let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["validate", "--config"])
+                .arg(&path)
+                .current_dir(dir.join("../.."))
+                .output()
+                .expect("run sluice");
+            assert!(out.status.success(), "{}: {}", path.display(), text(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} examples found");
+
+    // The etcd pair: the bootstrap file with the resources `sluice apply` would write,
+    // as one directory (files merge), is a valid config.
+    let merged = tempfile::tempdir().expect("temporary directory");
+    for (name, src) in [("a.yaml", "etcd-bootstrap.yaml"), ("b.yaml", "etcd/catalog.yaml")] {
+        std::fs::copy(dir.join(src), merged.path().join(name)).expect("copy an example");
+    }
+    let out = sluice(&["validate"], &merged.path().to_path_buf());
+    assert!(out.status.success(), "etcd example pair: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 upstreams, 2 routes"),
+        "{}",
+        text(&out.stdout)
+    );
+}
