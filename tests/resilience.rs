@@ -171,7 +171,7 @@ async fn half_open_admits_exactly_the_permitted_probes_then_recovers() {
 
     // After the open time, a burst of 10 concurrent calls against a slow upstream: the
     // first 3 are probes and reach it, the other 7 are turned away at once.
-    svc.set_mode(Mode::Delay(Duration::from_millis(800))).await;
+    svc.set_mode(Mode::Delay(Duration::from_millis(2000))).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     svc.reset_requests();
     let statuses = concurrent_gets(&gw, "/probe", 10).await;

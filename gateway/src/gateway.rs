@@ -171,3 +171,93 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint_port: u16, route_path: &str) -> Config {
+        Config::from_text(&format!(
+            "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\n\
+             upstreams: [{{id: u, endpoints: [{{address: '127.0.0.1:{endpoint_port}'}}]}}]\n\
+             routes:\n\
+             - {{id: a, upstream: u, match: {{path: {{prefix: {route_path}}}}}, circuit_breaker: {{}}}}\n\
+             - {{id: b, upstream: u, match: {{path: {{regex: '/b/[0-9]+'}}}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn source() -> Provenance {
+        Provenance {
+            source: "test".into(),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn an_endpoint_only_change_keeps_the_router_routes_and_breaker_state() {
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let before = g.snapshot();
+        assert_eq!(
+            g.apply(Ok(config(9002, "/a")), source()).unwrap(),
+            ApplyOutcome::Applied
+        );
+        let after = g.snapshot();
+        assert!(after.version > before.version);
+        assert_ne!(after.hash, before.hash);
+        assert!(
+            Arc::ptr_eq(&after.router, &before.router),
+            "router not recompiled"
+        );
+        for (old, new) in before.routes.iter().zip(&after.routes) {
+            assert!(
+                Arc::ptr_eq(&old.chain, &new.chain),
+                "route {} chain reused",
+                old.id
+            );
+        }
+        let (b0, b1) = (
+            before.routes[0].breaker.as_ref().unwrap(),
+            after.routes[0].breaker.as_ref().unwrap(),
+        );
+        assert!(
+            Arc::ptr_eq(&b0.breaker, &b1.breaker),
+            "the breaker (and its state) carries over"
+        );
+        assert_eq!(after.upstreams["u"].endpoints[0].address, "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn a_route_change_rebuilds_the_router_but_keeps_state_of_unchanged_objects() {
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let before = g.snapshot();
+        g.apply(Ok(config(9001, "/c")), source()).unwrap();
+        let after = g.snapshot();
+        assert!(!Arc::ptr_eq(&after.router, &before.router));
+        assert!(Arc::ptr_eq(&before.routes[1].chain, &after.routes[1].chain));
+        assert!(Arc::ptr_eq(&before.upstreams["u"], &after.upstreams["u"]));
+        assert!(Arc::ptr_eq(
+            &before.routes[0].breaker.as_ref().unwrap().breaker,
+            &after.routes[0].breaker.as_ref().unwrap().breaker
+        ));
+    }
+
+    #[test]
+    fn same_content_is_unchanged_and_an_invalid_update_keeps_the_last_good_snapshot() {
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let v = g.snapshot().version;
+        assert_eq!(
+            g.apply(Ok(config(9001, "/a")), source()).unwrap(),
+            ApplyOutcome::Unchanged
+        );
+        assert_eq!(g.snapshot().version, v);
+        let mut bad = config(9001, "/a");
+        bad.routes[1].upstream = Some("missing".into());
+        let errors = g.apply(Ok(bad), source()).unwrap_err();
+        assert!(errors.to_string().contains("routes[1].upstream"), "{errors}");
+        assert_eq!(g.snapshot().version, v, "the last good snapshot keeps serving");
+        let rejected = g.last_rejection().unwrap();
+        assert!(rejected.errors[0].contains("missing"), "{:?}", rejected.errors);
+    }
+}
