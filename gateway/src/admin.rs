@@ -55,11 +55,12 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
 
 async fn config(State(g): State<Arc<Gateway>>) -> Json<Value> {
     let s = g.snapshot();
+    let p = g.provenance();
     Json(json!({
         "version": s.version,
         "hash": s.hash,
-        "source": s.provenance.source,
-        "revision": s.provenance.revision,
+        "source": p.source,
+        "revision": p.revision,
         "loaded_at": rfc3339(s.loaded_at),
         "sources": g.source_status(),
         "last_rejected": g.last_rejection().map(|r| json!({

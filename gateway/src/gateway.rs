@@ -61,6 +61,10 @@ pub struct Gateway {
     last_rejection: Mutex<Option<Rejection>>,
     apply_lock: Mutex<()>,
     source_status: Mutex<serde_json::Value>,
+    /// Where the serving content last came from: the provenance of the last applied or
+    /// unchanged update (an update with the same content, e.g. from a newer etcd
+    /// revision, does not publish a snapshot but does say where the content now stands).
+    provenance: Mutex<Provenance>,
 }
 
 impl Gateway {
@@ -70,7 +74,7 @@ impl Gateway {
     pub fn new(config: Config, provenance: Provenance, ready: bool) -> Result<Arc<Gateway>, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
         let state = SharedState::new(metrics.clone());
-        let snapshot = Snapshot::compile(config, 1, provenance, &state, None)?;
+        let snapshot = Snapshot::compile(config, 1, provenance.clone(), &state, None)?;
         metrics.config_version.set(1);
         metrics.reloads.with_label_values(&["applied"]).inc();
         Ok(Arc::new(Gateway {
@@ -82,6 +86,7 @@ impl Gateway {
             last_rejection: Mutex::new(None),
             apply_lock: Mutex::new(()),
             source_status: Mutex::new(serde_json::Value::Null),
+            provenance: Mutex::new(provenance),
         }))
     }
 
@@ -93,6 +98,12 @@ impl Gateway {
     /// Whether a config has been loaded.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Where the serving content last came from (source and revision), updated by every
+    /// applied or unchanged update.
+    pub fn provenance(&self) -> Provenance {
+        self.provenance.lock().clone()
     }
 
     /// What the config sources report (for `/api/v1/config`).
@@ -141,9 +152,11 @@ impl Gateway {
         match result {
             Ok(None) => {
                 self.metrics.reloads.with_label_values(&["unchanged"]).inc();
+                *self.provenance.lock() = provenance;
                 Ok(ApplyOutcome::Unchanged)
             }
             Ok(Some(snapshot)) => {
+                *self.provenance.lock() = provenance.clone();
                 let version = snapshot.version;
                 self.snapshot.store(Arc::new(snapshot));
                 self.ready.store(true, Ordering::Release);
@@ -247,11 +260,20 @@ mod tests {
     fn same_content_is_unchanged_and_an_invalid_update_keeps_the_last_good_snapshot() {
         let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
         let v = g.snapshot().version;
+        let newer = Provenance {
+            source: "etcd".into(),
+            revision: Some(42),
+        };
         assert_eq!(
-            g.apply(Ok(config(9001, "/a")), source()).unwrap(),
+            g.apply(Ok(config(9001, "/a")), newer).unwrap(),
             ApplyOutcome::Unchanged
         );
         assert_eq!(g.snapshot().version, v);
+        assert_eq!(
+            g.provenance().revision,
+            Some(42),
+            "the content now stands at the newer revision"
+        );
         let mut bad = config(9001, "/a");
         bad.routes[1].upstream = Some("missing".into());
         let errors = g.apply(Ok(bad), source()).unwrap_err();
