@@ -498,6 +498,14 @@ impl Validator {
             .validate(&format!("{p}.outlier_detection"), &mut raw);
         if let Some(hc) = &u.health_check {
             hc.validate(&format!("{p}.health_check"), &mut raw);
+            if u.tls.is_some() && matches!(hc.kind, crate::resilience::HealthCheckKind::Http(_)) {
+                raw.push((
+                    format!("{p}.health_check.kind"),
+                    "HTTP checks speak plain HTTP and this upstream uses TLS: every check would \
+                     fail; use `kind: tcp` (HTTPS checks are not supported yet)"
+                        .into(),
+                ));
+            }
         }
         for (path, message) in raw {
             self.err(path, message);
@@ -760,6 +768,17 @@ mod tests {
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("routes[2].match.headers[0]: give exactly one")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn http_health_checks_are_refused_on_tls_upstreams() {
+        let text = "listeners: [{name: w, listen: '127.0.0.1:1'}]\nupstreams:\n- {id: s, tls: {}, endpoints: [{address: '127.0.0.1:2'}], health_check: {kind: {http: {path: /h}}}}\n- {id: t, tls: {}, endpoints: [{address: '127.0.0.1:3'}], health_check: {kind: tcp}}\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("upstreams[0].health_check.kind: HTTP checks speak plain HTTP"),
             "{errs:?}"
         );
     }
