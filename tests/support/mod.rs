@@ -14,6 +14,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+/// The real-etcd helper, shared with the config crate's tests.
+#[path = "../../config/tests/support/mod.rs"]
 pub mod etcd;
 pub mod gateway;
 pub mod metrics;
