@@ -140,12 +140,8 @@ enum Command {
     Apply {
         #[command(flatten)]
         etcd: EtcdArgs,
-        /// File with `routes:` and `upstreams:` (YAML or JSON).
-        #[arg(short, long)]
-        file: PathBuf,
-        /// Also delete the routes and upstreams in etcd that the file does not have.
-        #[arg(long)]
-        prune: bool,
+        #[command(flatten)]
+        change: ChangeArgs,
         /// With `--prune`, accept a file with no routes and no upstreams (which deletes
         /// everything under the prefix).
         #[arg(long)]
@@ -160,13 +156,21 @@ enum Command {
     Diff {
         #[command(flatten)]
         etcd: EtcdArgs,
-        /// File with `routes:` and `upstreams:` (YAML or JSON).
-        #[arg(short, long)]
-        file: PathBuf,
-        /// Include the deletions `apply --prune` would make.
-        #[arg(long)]
-        prune: bool,
+        #[command(flatten)]
+        change: ChangeArgs,
     },
+}
+
+/// The file `apply` and `diff` compare with etcd.
+#[derive(Args)]
+struct ChangeArgs {
+    /// File with `routes:` and `upstreams:` (YAML or JSON).
+    #[arg(short, long)]
+    file: PathBuf,
+    /// Also delete (for `diff`: show the deletion of) the routes and upstreams in etcd
+    /// that the file does not have.
+    #[arg(long)]
+    prune: bool,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -212,8 +216,7 @@ fn main() -> ExitCode {
         }
         Command::Apply {
             etcd,
-            file,
-            prune,
+            change: ChangeArgs { file, prune },
             allow_empty,
         } => etcd_command(&etcd, |opts| async move {
             let text = read(&file)?;
@@ -247,7 +250,10 @@ fn main() -> ExitCode {
             print!("{}", etcd::get(&opts).await.map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Diff { etcd, file, prune } => etcd_command(&etcd, |opts| async move {
+        Command::Diff {
+            etcd,
+            change: ChangeArgs { file, prune },
+        } => etcd_command(&etcd, |opts| async move {
             let text = read(&file)?;
             let changes = etcd::diff(&opts, &text, prune).await.map_err(|e| e.to_string())?;
             for c in &changes {

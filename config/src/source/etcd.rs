@@ -724,10 +724,7 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
         match store.entries.get(key) {
             Some(Entry { value: Ok(old), .. }) if canonical(old) == *value => plan.unchanged += 1,
             Some(entry) => {
-                let old_yaml = entry
-                    .value
-                    .as_ref()
-                    .map_or_else(|e| format!("# unreadable: {e}\n"), to_yaml);
+                let old_yaml = entry_yaml(entry);
                 plan.touched.push((key.clone(), entry.mod_revision));
                 plan.changes.push((
                     Change {
@@ -753,10 +750,7 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
             if wanted.contains_key(key) {
                 continue;
             }
-            let old_yaml = entry
-                .value
-                .as_ref()
-                .map_or_else(|e| format!("# unreadable: {e}\n"), to_yaml);
+            let old_yaml = entry_yaml(entry);
             plan.touched.push((key.clone(), entry.mod_revision));
             plan.changes.push((
                 Change {
@@ -875,6 +869,14 @@ pub async fn get(opts: &EtcdOptions) -> Result<String, EtcdError> {
 }
 
 /// A value as YAML text.
+/// An entry's value as YAML, or a comment saying why it cannot be read.
+fn entry_yaml(entry: &Entry) -> String {
+    entry
+        .value
+        .as_ref()
+        .map_or_else(|e| format!("# unreadable: {e}\n"), to_yaml)
+}
+
 fn to_yaml(value: &serde_json::Value) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot print as YAML: {e}\n"))
 }
