@@ -14,7 +14,7 @@ use crate::model::{
 };
 
 /// One problem in a config, with the path of the field it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigError {
     /// Field path, e.g. `routes[2].match.path.regex`. Empty for a whole-document error.
     pub path: String,

@@ -59,11 +59,7 @@ fn load_file(path: &Path) -> Result<serde_json::Value, ConfigErrors> {
         ConfigErrors(
             e.0.into_iter()
                 .map(|err| ConfigError {
-                    path: if err.path.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{name}: {}", err.path)
-                    },
+                    path: super::base_path(&name, &err.path),
                     message: err.message,
                 })
                 .collect(),

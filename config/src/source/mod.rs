@@ -36,7 +36,6 @@ pub struct Resources {
     /// Keys that could not be read: the value is neither JSON nor YAML, the key is of an
     /// unknown or unsupported kind, or its id is invalid. The path of each error is the
     /// full etcd key (`/sluice/routes/foo`). Default: none.
-    #[serde(with = "error_list")]
     pub errors: Vec<ConfigError>,
     /// The etcd revision these objects were read at. Default: `0` (nothing read yet).
     pub revision: i64,
@@ -188,7 +187,7 @@ fn origin_path(origins: &BTreeMap<&str, Vec<Origin>>, base_origin: &str, path: &
 }
 
 /// A path of the base document, prefixed with where that document came from.
-fn base_path(base_origin: &str, path: &str) -> String {
+pub(crate) fn base_path(base_origin: &str, path: &str) -> String {
     match (base_origin.is_empty(), path.is_empty()) {
         (true, _) => path.to_string(),
         (false, true) => base_origin.to_string(),
@@ -218,41 +217,6 @@ pub(crate) fn canonical(value: &serde_json::Value) -> serde_json::Value {
         }
         serde_json::Value::Array(list) => serde_json::Value::Array(list.iter().map(canonical).collect()),
         other => other.clone(),
-    }
-}
-
-/// (De)serializes `Vec<ConfigError>` as a list of `{path, message}` maps, for the etcd
-/// cache file.
-mod error_list {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use crate::validate::ConfigError;
-
-    #[derive(Serialize, Deserialize)]
-    struct Entry {
-        path: String,
-        message: String,
-    }
-
-    pub(super) fn serialize<S: Serializer>(errors: &[ConfigError], s: S) -> Result<S::Ok, S::Error> {
-        errors
-            .iter()
-            .map(|e| Entry {
-                path: e.path.clone(),
-                message: e.message.clone(),
-            })
-            .collect::<Vec<_>>()
-            .serialize(s)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ConfigError>, D::Error> {
-        Ok(Vec::<Entry>::deserialize(d)?
-            .into_iter()
-            .map(|e| ConfigError {
-                path: e.path,
-                message: e.message,
-            })
-            .collect())
     }
 }
 
