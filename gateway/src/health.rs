@@ -9,7 +9,7 @@
 //! endpoints healthy. The same tick refreshes the gauge of ejected endpoints, since an
 //! ejection ends with time rather than with an event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub async fn run(gateway: Arc<Gateway>) {
         tick.tick().await;
         let now = Instant::now();
         let snap = gateway.snapshot();
-        let mut live = Vec::new();
+        let mut live = HashSet::new();
         for up in snap.upstreams.values() {
             up.ejected_gauge
                 .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
@@ -60,7 +60,7 @@ pub async fn run(gateway: Arc<Gateway>) {
             };
             for ep in &up.endpoints {
                 let key = (up.id.clone(), ep.address.clone());
-                live.push(key.clone());
+                live.insert(key.clone());
                 let mut map = probes.lock();
                 let probe = map.entry(key.clone()).or_default();
                 if probe.running || probe.next_due.is_some_and(|due| due > now) {

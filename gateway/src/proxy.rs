@@ -722,9 +722,6 @@ impl SluiceProxy {
                 return false;
             };
             let policy = &route.retry;
-            if !policy.retries_on(outcome) {
-                return false;
-            }
             let replayable = !session.as_ref().retry_buffer_truncated()
                 && session.as_ref().body_bytes_read() as u64 <= policy.max_buffered_body();
             if !policy.may_retry(outcome, &session.req_header().method, replayable, ctx.retries) {

@@ -132,13 +132,14 @@ impl Snapshot {
         let routes_hash = digest.routes;
         let router = match previous {
             Some(p) if p.routes_hash == routes_hash => p.router.clone(),
-            _ => {
-                let built = match previous {
-                    Some(p) => Router::rebuild(&config.routes, &p.router),
-                    None => Router::new(&config.routes),
-                };
-                Arc::new(built.map_err(|e| ConfigErrors::one("routes", e.to_string()))?)
-            }
+            _ => Arc::new(
+                previous
+                    .map_or_else(
+                        || Router::new(&config.routes),
+                        |p| Router::rebuild(&config.routes, &p.router),
+                    )
+                    .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
+            ),
         };
         let old_routes: HashMap<&str, &Route> = previous
             .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
