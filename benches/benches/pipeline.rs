@@ -65,7 +65,7 @@ fn route_match(c: &mut Criterion) {
 
 fn chain(c: &mut Criterion) {
     let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
-    let chain = sluice_filters::build_chain(&cfg.routes[0]).expect("builds");
+    let chain = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None).expect("builds");
     let ctx = FilterCtx::default();
     c.bench_function("chain/upstream_request_headers", |b| {
         b.iter(|| {

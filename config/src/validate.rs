@@ -9,8 +9,8 @@ use http::{HeaderName, HeaderValue, Method};
 use sha2::{Digest as _, Sha256};
 
 use crate::model::{
-    Config, FilterConfig, HashOn, HeaderOps, HeaderRules, LoadBalancing, PathMatch, RouteConfig,
-    UpstreamConfig, UpstreamProtocol, ValueMatch,
+    Config, HashOn, HeaderOps, HeaderRules, LoadBalancing, PathMatch, RouteConfig, UpstreamConfig,
+    UpstreamProtocol, ValueMatch,
 };
 
 /// One problem in a config, with the path of the field it is about.
@@ -564,6 +564,42 @@ impl Validator {
             if !upstreams.contains(u) {
                 self.err(format!("{p}.upstream"), format!("unknown upstream {u:?}"));
             }
+            if !r.backends.is_empty() {
+                self.err(
+                    format!("{p}.backends"),
+                    "give `upstream` (one backend) or `backends`, not both",
+                );
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, b) in r.backends.iter().enumerate() {
+            if !upstreams.contains(&b.upstream) {
+                self.err(
+                    format!("{p}.backends[{i}].upstream"),
+                    format!("unknown upstream {:?}", b.upstream),
+                );
+            }
+            if !seen.insert(b.upstream.as_str()) {
+                self.err(
+                    format!("{p}.backends[{i}].upstream"),
+                    format!(
+                        "upstream {:?} is listed twice; give it one backend with the summed weight",
+                        b.upstream
+                    ),
+                );
+            }
+            if b.weight > 1_000_000 {
+                self.err(
+                    format!("{p}.backends[{i}].weight"),
+                    format!("{} is above the maximum of 1000000", b.weight),
+                );
+            }
+        }
+        if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
+            self.err(
+                format!("{p}.backends"),
+                "at least one backend needs a weight above 0",
+            );
         }
         if let Some(rw) = &r.rewrite {
             if rw.strip_prefix && !matches!(m.path, Some(PathMatch::Prefix(_))) {
@@ -598,59 +634,6 @@ impl Validator {
             }
         }
         self.header_rules(&format!("{p}.headers"), &r.headers);
-        for (i, f) in r.filters.iter().enumerate() {
-            let fp = format!("{p}.filters[{i}]");
-            match f {
-                FilterConfig::Headers(h) => self.header_rules(&format!("{fp}.headers"), h),
-                FilterConfig::Redirect(rd) => {
-                    let rp = format!("{fp}.redirect");
-                    if ![301, 302, 303, 307, 308].contains(&rd.status) {
-                        self.err(
-                            format!("{rp}.status"),
-                            format!("{} is not a redirect status (301, 302, 303, 307, 308)", rd.status),
-                        );
-                    }
-                    if let Some(s) = &rd.scheme {
-                        if s != "http" && s != "https" {
-                            self.err(format!("{rp}.scheme"), format!("{s:?} must be http or https"));
-                        }
-                    }
-                    if let Some(h) = &rd.host {
-                        if !is_valid_host_pattern(h) || h.starts_with("*.") {
-                            self.err(format!("{rp}.host"), format!("invalid host {h:?}"));
-                        }
-                    }
-                    if let Some(path) = &rd.path {
-                        if !path.starts_with('/') {
-                            self.err(format!("{rp}.path"), format!("{path:?} must start with '/'"));
-                        }
-                    }
-                }
-                FilterConfig::DirectResponse(d) => {
-                    let dp = format!("{fp}.direct_response");
-                    if !(100..=599).contains(&d.status) {
-                        self.err(
-                            format!("{dp}.status"),
-                            format!("{} is not an HTTP status", d.status),
-                        );
-                    }
-                    for (k, v) in &d.headers {
-                        self.header_name(&format!("{dp}.headers.{k}"), k);
-                        self.header_value(&format!("{dp}.headers.{k}"), v);
-                    }
-                }
-            }
-        }
-        let answers_itself = r
-            .filters
-            .iter()
-            .any(|f| matches!(f, FilterConfig::Redirect(_) | FilterConfig::DirectResponse(_)));
-        if r.upstream.is_none() && !answers_itself {
-            self.err(
-                format!("{p}.upstream"),
-                "required unless a redirect or direct_response filter answers",
-            );
-        }
         let mut raw = Vec::new();
         if let Some(b) = &r.circuit_breaker {
             b.validate(&format!("{p}.circuit_breaker"), &mut raw);
@@ -660,17 +643,17 @@ impl Validator {
                         format!("{p}.circuit_breaker.fallback_upstream"),
                         format!("unknown upstream {fb:?}"),
                     ));
-                } else if r.upstream.as_ref() == Some(fb) {
+                } else if r.backend_list().iter().any(|b| &b.upstream == fb) {
                     raw.push((
                         format!("{p}.circuit_breaker.fallback_upstream"),
                         format!("is the route's own upstream {fb:?}; name another upstream or leave it out"),
                     ));
                 }
             }
-            if r.upstream.is_none() {
+            if !r.forwards() {
                 raw.push((
                     format!("{p}.circuit_breaker"),
-                    "needs an `upstream` on the route".into(),
+                    "needs an `upstream` or `backends` on the route".into(),
                 ));
             }
         }
@@ -840,15 +823,30 @@ mod tests {
     }
 
     #[test]
-    fn route_without_upstream_or_answering_filter_is_rejected() {
-        let text = format!("{BASE}routes: [{{id: r}}]");
-        assert_eq!(
-            errors(&text),
-            vec![
-                "routes[0].upstream: required unless a redirect or direct_response filter answers"
-                    .to_string()
-            ]
+    fn backends_are_checked_with_their_paths() {
+        let text = format!(
+            "{BASE}routes:\n- {{id: a, upstream: u, backends: [{{upstream: u}}]}}\n- {{id: b, backends: [{{upstream: u, weight: 0}}, {{upstream: nope}}, {{upstream: u}}]}}\n- {{id: c, backends: [{{upstream: u, weight: 0}}]}}\n- {{id: d, backends: [{{upstream: u, wieght: 1}}]}}\n"
         );
+        let errs = errors(&text);
+        for want in [
+            "routes[0].backends: give `upstream` (one backend) or `backends`, not both",
+            "routes[1].backends[1].upstream: unknown upstream \"nope\"",
+            "routes[1].backends[2].upstream: upstream \"u\" is listed twice",
+            "routes[2].backends: at least one backend needs a weight above 0",
+            "routes[3].backends[0].wieght: unknown field `wieght`",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want} not in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_is_the_shorthand_for_one_backend() {
+        let c = Config::from_text(&format!("{BASE}routes: [{{id: r, upstream: u}}]")).unwrap();
+        let b = c.routes[0].backend_list();
+        assert_eq!((b.len(), b[0].upstream.as_str(), b[0].weight), (1, "u", 1));
     }
 
     #[test]

@@ -4,17 +4,20 @@
 //! those, in the route's order. The gateway's pingora glue hands each pingora phase to
 //! the chain and does nothing else with filters:
 //!
-//! | filter phase              | pingora phase              | typical use                        |
-//! |---------------------------|----------------------------|------------------------------------|
-//! | [`Filter::on_request`]    | `request_filter`           | auth, rate limit, redirect, answer |
-//! | [`Filter::on_upstream_request`] | `upstream_request_filter` | request header changes     |
-//! | [`Filter::on_response`]   | `response_filter`          | response header changes            |
+//! | filter phase                      | pingora phase              | typical use                        |
+//! |-----------------------------------|----------------------------|------------------------------------|
+//! | [`Filter::on_request`]            | `request_filter`           | auth, rate limit, redirect, answer, pick a backend |
+//! | [`Filter::on_upstream_request`]   | `upstream_request_filter`  | request header changes             |
+//! | [`Filter::on_upstream_response`]  | `upstream_response_filter` | look at or change what the upstream said |
+//! | [`Filter::on_response`]           | `response_filter`          | response header changes            |
+//! | [`Filter::on_complete`]           | `logging`                  | counters, logs, learning (sees the whole request) |
 //!
 //! `on_request` is async so that filters which call out (forward auth, a shared rate
 //! limit in Redis) fit the same seam as the ones that do not.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,8 +30,12 @@ pub struct Phases {
     pub request: bool,
     /// Runs [`Filter::on_upstream_request`].
     pub upstream_request: bool,
+    /// Runs [`Filter::on_upstream_response`].
+    pub upstream_response: bool,
     /// Runs [`Filter::on_response`].
     pub response: bool,
+    /// Runs [`Filter::on_complete`].
+    pub complete: bool,
 }
 
 /// What a request-phase filter decided.
@@ -38,6 +45,67 @@ pub enum Flow {
     Continue,
     /// Stop here and send this response; nothing is proxied.
     Respond(Response),
+    /// Stop here and refuse the request with a typed error; the gateway turns it into a
+    /// status and its JSON error body through its one error-to-status mapping.
+    Reject(Reject),
+}
+
+/// Why a filter refused a request. The gateway maps each kind to one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// The request is malformed for this filter (400).
+    BadRequest,
+    /// No valid credentials (401).
+    Unauthenticated,
+    /// Credentials are valid but not allowed here (403).
+    Forbidden,
+    /// The body is larger than allowed (413).
+    PayloadTooLarge,
+    /// A rate limit or quota is exhausted (429).
+    RateLimited,
+    /// The filter cannot decide now, e.g. a dependency is down (503).
+    Unavailable,
+}
+
+impl RejectKind {
+    /// Every kind, for metric handles resolved once.
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::BadRequest,
+        RejectKind::Unauthenticated,
+        RejectKind::Forbidden,
+        RejectKind::PayloadTooLarge,
+        RejectKind::RateLimited,
+        RejectKind::Unavailable,
+    ];
+}
+
+/// A filter's refusal: the kind, a message for the client, and extra headers (such as
+/// `Retry-After` or `WWW-Authenticate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    /// Why.
+    pub kind: RejectKind,
+    /// A message for the client; it must not leak secrets.
+    pub message: String,
+    /// Headers added to the error response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reject {
+    /// A refusal of `kind` with `message` and no extra headers.
+    pub fn new(kind: RejectKind, message: impl Into<String>) -> Reject {
+        Reject {
+            kind,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header to the error response.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Reject {
+        self.headers.push((name, value));
+        self
+    }
 }
 
 /// A response produced by the gateway itself (a filter's answer, or an error).
@@ -72,11 +140,80 @@ pub struct RequestView<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// Per-request state the filters share. Later filters (auth) put the consumer here.
+/// Who the request is from, as an authentication filter established it. Later filters
+/// (rate limits, canary rules), the backend choice, the upstream request headers and the
+/// access log read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The consumer's stable id.
+    pub consumer: Arc<str>,
+    /// Groups the consumer belongs to (for canary cohorts, limits per group).
+    pub groups: Vec<Arc<str>>,
+    /// Chosen claims or attributes, as name and value (e.g. a JWT's `sub`, `tenant`).
+    pub claims: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl Identity {
+    /// The value of claim `name`, if present.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.iter().find(|(k, _)| &**k == name).map(|(_, v)| &**v)
+    }
+}
+
+/// A request-phase filter's say in which backend serves the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BackendHint {
+    /// The route's weighted split decides. The default.
+    #[default]
+    Split,
+    /// The backend whose upstream has this id (ignored, and counted, when the route has
+    /// no such backend).
+    Upstream(Arc<str>),
+}
+
+/// Per-request state the filters share: set by one filter, read by later ones and by
+/// the gateway's later phases.
 #[derive(Debug, Default)]
 pub struct FilterCtx {
     /// Request id (generated or propagated).
     pub request_id: String,
+    /// Client address after trusted-proxy resolution.
+    pub client_ip: Option<IpAddr>,
+    /// The identified consumer, once an authentication filter set it.
+    pub identity: Option<Identity>,
+    /// Which backend should serve the request. Default: [`BackendHint::Split`].
+    pub backend: BackendHint,
+}
+
+/// The finished request, as the completion phase sees it.
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The route's id, if one matched.
+    pub route: Option<&'a str>,
+    /// The upstream id of the backend that served, if any.
+    pub backend: Option<&'a str>,
+    /// The endpoint address of the last try, if any.
+    pub endpoint: Option<&'a str>,
+    /// The status sent to the client (0 if none was sent).
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// From the request's arrival to its end.
+    pub duration: Duration,
+    /// From the request's arrival to the upstream's response header, if one came.
+    pub upstream_time: Option<Duration>,
+    /// Retries made.
+    pub retries: u32,
+    /// The breaker's state when it admitted or shaped the request, if the backend has one.
+    pub breaker_state: Option<&'static str>,
+    /// The identified consumer, if any.
+    pub identity: Option<&'a Identity>,
+    /// The gateway's error code, if the gateway answered with an error.
+    pub error: Option<&'static str>,
 }
 
 /// Write access to a header block, implemented for [`HeaderMap`] here and for pingora's
@@ -126,9 +263,30 @@ pub trait Filter: Send + Sync {
     /// Runs on the request about to be sent upstream. Default: no change.
     fn on_upstream_request(&self, _headers: &mut dyn HeaderEdit, _ctx: &FilterCtx) {}
 
+    /// Runs on the upstream's response header as it arrives, once per try, before the
+    /// gateway decides on a retry. Default: no change.
+    fn on_upstream_response(&self, _status: StatusCode, _headers: &mut dyn HeaderEdit, _ctx: &FilterCtx) {}
+
     /// Runs on the response headers about to be sent to the client (from the upstream or
     /// from a filter). Default: no change.
     fn on_response(&self, _status: StatusCode, _headers: &mut dyn HeaderEdit, _ctx: &FilterCtx) {}
+
+    /// Runs once the request has ended, whatever the outcome. It must not block: hand
+    /// slow work to another thread. Default: nothing.
+    fn on_complete(&self, _done: &Completion<'_>) {}
+}
+
+/// One built filter of a chain, with what it was built from, so a reload can keep it
+/// (and its state: buckets, caches, counters) when its own spec did not change.
+#[derive(Clone)]
+pub struct Built {
+    /// The filter's stable key within its route: kind and position among filters of that
+    /// kind (`rate_limit#0`), or `route.headers` for the route's own header rules.
+    pub key: String,
+    /// The spec it was built from.
+    pub spec: serde_json::Value,
+    /// The filter.
+    pub filter: Arc<dyn Filter>,
 }
 
 /// A route's filters, split by phase at build time so each phase is a plain loop.
@@ -136,46 +294,73 @@ pub trait Filter: Send + Sync {
 pub struct Chain {
     request: Vec<Arc<dyn Filter>>,
     upstream_request: Vec<Arc<dyn Filter>>,
+    upstream_response: Vec<Arc<dyn Filter>>,
     response: Vec<Arc<dyn Filter>>,
-    kinds: Vec<&'static str>,
+    complete: Vec<Arc<dyn Filter>>,
+    built: Vec<Built>,
 }
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chain").field("filters", &self.kinds).finish()
+        f.debug_struct("Chain").field("filters", &self.kinds()).finish()
     }
 }
 
 impl Chain {
-    /// Builds a chain; each filter is registered for the phases it declares.
+    /// Builds a chain of anonymous filters (no reuse key); each is registered for the
+    /// phases it declares.
     pub fn new(filters: Vec<Arc<dyn Filter>>) -> Chain {
+        Chain::from_built(
+            filters
+                .into_iter()
+                .enumerate()
+                .map(|(i, filter)| Built {
+                    key: format!("{}#{i}", filter.kind()),
+                    spec: serde_json::Value::Null,
+                    filter,
+                })
+                .collect(),
+        )
+    }
+
+    /// Builds a chain from built filters, in order.
+    pub fn from_built(built: Vec<Built>) -> Chain {
         let mut chain = Chain::default();
-        for f in filters {
-            let p = f.phases();
-            chain.kinds.push(f.kind());
-            if p.request {
-                chain.request.push(f.clone());
-            }
-            if p.upstream_request {
-                chain.upstream_request.push(f.clone());
-            }
-            if p.response {
-                chain.response.push(f);
+        for b in &built {
+            let p = b.filter.phases();
+            let f = &b.filter;
+            for (on, list) in [
+                (p.request, &mut chain.request),
+                (p.upstream_request, &mut chain.upstream_request),
+                (p.upstream_response, &mut chain.upstream_response),
+                (p.response, &mut chain.response),
+                (p.complete, &mut chain.complete),
+            ] {
+                if on {
+                    list.push(f.clone());
+                }
             }
         }
+        chain.built = built;
         chain
     }
 
-    /// The filter kinds, in order.
-    pub fn kinds(&self) -> &[&'static str] {
-        &self.kinds
+    /// The built filters, in order (for reuse on reload).
+    pub fn built(&self) -> &[Built] {
+        &self.built
     }
 
-    /// Runs the request phase; the first filter that answers stops the chain.
+    /// The filter kinds, in order.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.built.iter().map(|b| b.filter.kind()).collect()
+    }
+
+    /// Runs the request phase; the first filter that answers or rejects stops the chain.
     pub async fn on_request(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> Flow {
         for f in &self.request {
-            if let Flow::Respond(r) = f.on_request(req, ctx).await {
-                return Flow::Respond(r);
+            match f.on_request(req, ctx).await {
+                Flow::Continue => {}
+                stop => return stop,
             }
         }
         Flow::Continue
@@ -188,6 +373,13 @@ impl Chain {
         }
     }
 
+    /// Runs the upstream-response phase.
+    pub fn on_upstream_response(&self, status: StatusCode, headers: &mut dyn HeaderEdit, ctx: &FilterCtx) {
+        for f in &self.upstream_response {
+            f.on_upstream_response(status, headers, ctx);
+        }
+    }
+
     /// Runs the response phase.
     pub fn on_response(&self, status: StatusCode, headers: &mut dyn HeaderEdit, ctx: &FilterCtx) {
         for f in &self.response {
@@ -195,8 +387,25 @@ impl Chain {
         }
     }
 
+    /// Runs the completion phase.
+    pub fn on_complete(&self, done: &Completion<'_>) {
+        for f in &self.complete {
+            f.on_complete(done);
+        }
+    }
+
     /// Whether any filter takes part in the request phase.
     pub fn has_request_phase(&self) -> bool {
         !self.request.is_empty()
+    }
+
+    /// Whether any filter takes part in the upstream-response phase.
+    pub fn has_upstream_response_phase(&self) -> bool {
+        !self.upstream_response.is_empty()
+    }
+
+    /// Whether any filter takes part in the completion phase.
+    pub fn has_complete_phase(&self) -> bool {
+        !self.complete.is_empty()
     }
 }

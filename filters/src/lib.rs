@@ -1,22 +1,26 @@
 //! Sluice's request pipeline.
 //!
 //! This crate owns the pure cores of the pipeline: the [`router`], the [`Filter`] trait
-//! and [`Chain`], the filters themselves, path rewriting, and the resilience state
-//! machines (circuit breaker, outlier detection, retry budget). Nothing here touches a
-//! socket or pingora; the `sluice-gateway` crate wraps these cores in pingora phases.
+//! and [`Chain`], the filter kinds ([`kinds`], one module each, and their registry), the
+//! weighted split between a route's backends ([`weighted`]), path rewriting, and the
+//! resilience state machines (circuit breaker, outlier detection, retry budget). Nothing
+//! here touches a socket, pingora or an async runtime; the `sluice-gateway` crate wraps
+//! these cores in pingora phases.
 
-use std::sync::Arc;
-
-use sluice_config::model::{FilterConfig, RouteConfig};
+use sluice_config::model::{Config, RouteConfig};
+use sluice_config::ConfigError;
 
 pub mod filter;
-pub mod headers;
+pub mod kinds;
 pub mod resilience;
-pub mod respond;
 pub mod rewrite;
 pub mod router;
+pub mod weighted;
 
-pub use filter::{Chain, Filter, FilterCtx, Flow, HeaderEdit, Phases, RequestView, Response};
+pub use filter::{
+    BackendHint, Built, Chain, Completion, Filter, FilterCtx, Flow, HeaderEdit, Identity, Phases, Reject,
+    RejectKind, RequestView, Response,
+};
 
 /// A filter or router could not be built from a config that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,25 +34,195 @@ impl std::fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-/// Builds one filter from its config.
-pub fn build_filter(config: &FilterConfig) -> Result<Arc<dyn Filter>, BuildError> {
-    Ok(match config {
-        FilterConfig::Headers(h) => Arc::new(headers::HeaderTransform::new(h)?),
-        FilterConfig::Redirect(r) => Arc::new(respond::Redirect::new(r)?),
-        FilterConfig::DirectResponse(d) => Arc::new(respond::DirectResponse::new(d)?),
-    })
+/// The reuse key of a route's own `headers` rules.
+const ROUTE_HEADERS_KEY: &str = "route.headers";
+
+/// Builds the chain of route `route` (at config path `path`, e.g. `routes[3]`): the
+/// route's own `headers` rules first, then its `filters` in order.
+///
+/// A filter of `previous` (the same route's chain in the serving snapshot) is reused,
+/// with its state, when its key (kind and position among filters of that kind) and its
+/// spec are unchanged, whatever else changed in the route. Every spec error is reported
+/// with its full path, e.g. `routes[3].filters[1].rate_limit.per: unknown field "pre"`.
+pub fn build_chain(
+    route: &RouteConfig,
+    path: &str,
+    previous: Option<&Chain>,
+) -> Result<Chain, Vec<ConfigError>> {
+    let reuse = |key: &str, spec: &serde_json::Value| {
+        previous?
+            .built()
+            .iter()
+            .find(|b| b.key == key && b.spec == *spec)
+            .cloned()
+    };
+    let mut built = Vec::new();
+    let mut errors = Vec::new();
+    if route.headers != Default::default() {
+        let spec = serde_json::to_value(&route.headers).unwrap_or_default();
+        match reuse(ROUTE_HEADERS_KEY, &spec) {
+            Some(b) => built.push(b),
+            None => match kinds::headers::HeaderTransform::new(&route.headers) {
+                Ok(f) if !f.is_empty() => built.push(Built {
+                    key: ROUTE_HEADERS_KEY.into(),
+                    spec,
+                    filter: std::sync::Arc::new(f),
+                }),
+                Ok(_) => {}
+                Err(es) => errors.extend(es.into_iter().map(|e| ConfigError {
+                    path: join(&format!("{path}.headers"), &e.path),
+                    message: e.message,
+                })),
+            },
+        }
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, f) in route.filters.iter().enumerate() {
+        let at = format!("{path}.filters[{i}]");
+        let Some(kind) = kinds::find(&f.kind) else {
+            errors.push(ConfigError {
+                path: at,
+                message: format!("unknown filter kind {:?} (known: {})", f.kind, kinds::names()),
+            });
+            continue;
+        };
+        let n = seen.iter().filter(|k| **k == kind.name).count();
+        seen.push(kind.name);
+        let key = format!("{}#{n}", kind.name);
+        if let Some(b) = reuse(&key, &f.spec) {
+            built.push(b);
+            continue;
+        }
+        match (kind.build)(&f.spec) {
+            Ok(filter) => built.push(Built {
+                key,
+                spec: f.spec.clone(),
+                filter,
+            }),
+            Err(es) => errors.extend(es.into_iter().map(|e| ConfigError {
+                path: join(&format!("{at}.{}", kind.name), &e.path),
+                message: e.message,
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Chain::from_built(built))
+    } else {
+        Err(errors)
+    }
 }
 
-/// Builds a route's chain: the route's own `headers` rules first, then its `filters` in
-/// order.
-pub fn build_chain(route: &RouteConfig) -> Result<Chain, BuildError> {
-    let mut filters: Vec<Arc<dyn Filter>> = Vec::new();
-    let own = headers::HeaderTransform::new(&route.headers)?;
-    if !own.is_empty() {
-        filters.push(Arc::new(own));
+fn join(base: &str, sub: &str) -> String {
+    if sub.is_empty() {
+        base.to_string()
+    } else if sub.starts_with('[') {
+        format!("{base}{sub}")
+    } else {
+        format!("{base}.{sub}")
     }
-    for f in &route.filters {
-        filters.push(build_filter(f)?);
+}
+
+/// Whether one of the route's filters answers every request itself (a `redirect` or a
+/// `direct_response`), so the route needs no backend.
+pub fn answers_itself(route: &RouteConfig) -> bool {
+    route
+        .filters
+        .iter()
+        .any(|f| kinds::find(&f.kind).is_some_and(|k| k.answers))
+}
+
+/// Checks every route's filters (the part of validation the config model leaves to the
+/// filter kinds): each spec, and that a route without backends has a filter that
+/// answers. Returns every error, with its path.
+pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if let Err(es) = build_chain(r, &path, None) {
+            errors.extend(es);
+        }
+        if !r.forwards() && !answers_itself(r) {
+            errors.push(ConfigError {
+                path: format!("{path}.upstream"),
+                message: "required unless a redirect or direct_response filter answers".into(),
+            });
+        }
     }
-    Ok(Chain::new(filters))
+    errors
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Polls a future that never waits (the filters here answer at once) to its end.
+    pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn route(yaml: &str) -> RouteConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_filter_is_kept_when_its_own_spec_is_unchanged() {
+        let a = route("{id: r, upstream: u, filters: [{rate_limit: {requests: 5, per: 1m}}, {headers: {request: {set: {x-a: '1'}}}}]}");
+        let first = build_chain(&a, "routes[0]", None).unwrap();
+        // Another field of the route and another filter's spec change.
+        let b = route("{id: r, upstream: u, timeouts: {connect: 1s}, filters: [{rate_limit: {requests: 5, per: 1m}}, {headers: {request: {set: {x-a: '2'}}}}]}");
+        let second = build_chain(&b, "routes[0]", Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.built()[0].filter, &second.built()[0].filter));
+        assert!(!Arc::ptr_eq(&first.built()[1].filter, &second.built()[1].filter));
+        // Its own spec changes: rebuilt.
+        let c = route("{id: r, upstream: u, filters: [{rate_limit: {requests: 6, per: 1m}}]}");
+        let third = build_chain(&c, "routes[0]", Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&second.built()[0].filter, &third.built()[0].filter));
+    }
+
+    #[test]
+    fn spec_errors_name_the_full_path() {
+        let r = route("{id: r, upstream: u, headers: {request: {set: {'bad h': x}}}, filters: [{redirect: {status: 301}}, {rate_limit: {requests: 1, pre: 1s}}, {nope: {}}]}");
+        let errs: Vec<String> = build_chain(&r, "routes[3]", None)
+            .err()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errs[0].starts_with("routes[3].headers.request.set.bad h: invalid header name"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("routes[3].filters[1].rate_limit.pre: unknown field `pre`"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("routes[3].filters[2]: unknown filter kind \"nope\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_route_needs_a_backend_or_an_answering_filter() {
+        let c: Config = serde_yaml::from_str(
+            "routes: [{id: a}, {id: b, filters: [{direct_response: {}}]}, {id: c, backends: [{upstream: u}]}]",
+        )
+        .unwrap();
+        let errs: Vec<String> = validate_filters(&c).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errs,
+            ["routes[0].upstream: required unless a redirect or direct_response filter answers"]
+        );
+    }
 }

@@ -84,8 +84,16 @@ async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
                 "priority": cfg.priority,
                 "match": cfg.matches,
                 "upstream": cfg.upstream,
+                "backends": r.backends.iter().map(|b| json!({
+                    "upstream": b.upstream.id,
+                    "weight": b.weight,
+                    "served": b.served.get(),
+                    "timeouts": b.timeouts,
+                    "breaker": b.breaker.as_ref().map(|br| br.breaker.breaker.state().as_str()),
+                    "fallback": b.breaker.as_ref().and_then(|br| br.fallback.as_ref().map(|f| f.id.clone())),
+                    "served_by_fallback": b.served_by_fallback.as_ref().map(prometheus::IntCounter::get),
+                })).collect::<Vec<_>>(),
                 "filters": r.chain.kinds(),
-                "timeouts": r.timeouts,
             })
         })
         .collect();

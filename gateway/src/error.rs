@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
-use sluice_filters::Response;
+use sluice_filters::{RejectKind, Response};
 
 /// Why the gateway answered with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The client went away or sent something we could not read.
     Downstream,
+    /// A filter refused the request (authentication, authorization, a rate limit, ...).
+    Rejected(RejectKind),
     /// A bug or resource problem inside the gateway.
     Internal,
 }
@@ -49,6 +51,14 @@ impl ErrorKind {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Rejected(k) => match k {
+                RejectKind::BadRequest => StatusCode::BAD_REQUEST,
+                RejectKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+                RejectKind::Forbidden => StatusCode::FORBIDDEN,
+                RejectKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                RejectKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                RejectKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
         }
     }
 
@@ -65,6 +75,14 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Downstream => "downstream",
             ErrorKind::Internal => "internal",
+            ErrorKind::Rejected(k) => match k {
+                RejectKind::BadRequest => "bad_request",
+                RejectKind::Unauthenticated => "unauthenticated",
+                RejectKind::Forbidden => "forbidden",
+                RejectKind::PayloadTooLarge => "payload_too_large",
+                RejectKind::RateLimited => "rate_limited",
+                RejectKind::Unavailable => "unavailable",
+            },
         }
     }
 
@@ -82,6 +100,14 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "the upstream's circuit breaker is open",
             ErrorKind::Downstream => "the request could not be read",
             ErrorKind::Internal => "internal gateway error",
+            ErrorKind::Rejected(k) => match k {
+                RejectKind::BadRequest => "the request is not acceptable here",
+                RejectKind::Unauthenticated => "authentication is required",
+                RejectKind::Forbidden => "access is denied",
+                RejectKind::PayloadTooLarge => "the request body is too large",
+                RejectKind::RateLimited => "rate limit exceeded",
+                RejectKind::Unavailable => "the request cannot be admitted now",
+            },
         }
     }
 

@@ -132,6 +132,10 @@ impl Gateway {
         let _one_at_a_time = self.apply_lock.lock();
         let result = config.and_then(|c| {
             c.validate()?;
+            let filter_errors = sluice_filters::validate_filters(&c);
+            if !filter_errors.is_empty() {
+                return Err(ConfigErrors(filter_errors));
+            }
             let digest = c.digest();
             let previous = self.snapshot.load();
             if self.is_ready() && digest.content == previous.hash {
@@ -231,8 +235,8 @@ mod tests {
             );
         }
         let (b0, b1) = (
-            before.routes[0].breaker.as_ref().unwrap(),
-            after.routes[0].breaker.as_ref().unwrap(),
+            before.routes[0].backends[0].breaker.as_ref().unwrap(),
+            after.routes[0].backends[0].breaker.as_ref().unwrap(),
         );
         assert!(
             Arc::ptr_eq(&b0.breaker, &b1.breaker),
@@ -251,8 +255,8 @@ mod tests {
         assert!(Arc::ptr_eq(&before.routes[1].chain, &after.routes[1].chain));
         assert!(Arc::ptr_eq(&before.upstreams["u"], &after.upstreams["u"]));
         assert!(Arc::ptr_eq(
-            &before.routes[0].breaker.as_ref().unwrap().breaker,
-            &after.routes[0].breaker.as_ref().unwrap().breaker
+            &before.routes[0].backends[0].breaker.as_ref().unwrap().breaker,
+            &after.routes[0].backends[0].breaker.as_ref().unwrap().breaker
         ));
     }
 

@@ -1,7 +1,7 @@
 //! The Sluice gateway: everything the `sluice` binary runs.
 //!
 //! This crate owns the compiled [`snapshot`], upstreams and [`balancer`]s, the pingora
-//! glue ([`proxy`]), the admin API ([`admin`]), [`metrics`], and process wiring
+//! glue ([`proxy`], a list of calls into the phase modules of [`pipeline`]), the admin API ([`admin`]), [`metrics`], and process wiring
 //! ([`server`]). The pure request-path cores live in `sluice-filters`; the config model
 //! and its sources in `sluice-config`.
 
@@ -12,6 +12,7 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod resilience;
 pub mod server;

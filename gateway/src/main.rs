@@ -310,7 +310,16 @@ where
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    let result = file::load(path).and_then(|(base, _)| compose(base, "", None));
+    let result = file::load(path)
+        .and_then(|(base, _)| compose(base, "", None))
+        .and_then(|c| {
+            let errors = sluice_filters::validate_filters(&c);
+            if errors.is_empty() {
+                Ok(c)
+            } else {
+                Err(sluice_config::ConfigErrors(errors))
+            }
+        });
     match result {
         Ok(c) => {
             println!(

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub ejected: IntGaugeVec,
     /// `sluice_retries_total{route, upstream, reason}`.
     pub retries: IntCounterVec,
+    /// `sluice_backend_requests_total{route, backend}`.
+    pub backend_requests: IntCounterVec,
     /// `sluice_retry_budget_exhausted_total{upstream}`: retries refused by the budget.
     pub budget_exhausted: IntCounterVec,
     /// `sluice_endpoint_healthy{upstream, endpoint}`: 1 or 0, from active checks.
@@ -133,6 +135,11 @@ impl Metrics {
             "Endpoints ejected by outlier detection now.",
             &["upstream"],
         );
+        let backend_requests = counter(
+            "sluice_backend_requests_total",
+            "Requests a route sent to each of its backends (the upstream that served, fallback included).",
+            &["route", "backend"],
+        );
         let retries = counter(
             "sluice_retries_total",
             "Upstream retries started.",
@@ -167,6 +174,7 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(ejected.clone()),
             Box::new(retries.clone()),
+            Box::new(backend_requests.clone()),
             Box::new(budget_exhausted.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(latency.clone()),
@@ -192,6 +200,7 @@ impl Metrics {
             ejections,
             ejected,
             retries,
+            backend_requests,
             budget_exhausted,
             endpoint_healthy,
             source_connected,

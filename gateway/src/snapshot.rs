@@ -11,19 +11,38 @@ use std::time::SystemTime;
 
 use http::HeaderName;
 use ipnet::IpNet;
+use prometheus::IntCounter;
 use sluice_config::model::{RouteConfig, Timeouts};
 use sluice_config::validate::Digest;
-use sluice_config::{Config, ConfigErrors};
+use sluice_config::{Config, ConfigError, ConfigErrors};
+use sluice_filters::resilience::RetryPolicy;
 use sluice_filters::rewrite::PathRewrite;
 use sluice_filters::router::Router;
+use sluice_filters::weighted::WeightedSequence;
 use sluice_filters::Chain;
-
-use sluice_filters::resilience::RetryPolicy;
 
 use crate::metrics::RouteMetrics;
 use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
+
+/// One weighted backend of a compiled route.
+pub struct Backend {
+    /// The upstream it forwards to.
+    pub upstream: Arc<Upstream>,
+    /// Its share of the route's traffic.
+    pub weight: u32,
+    /// Route timeouts over this upstream's.
+    pub timeouts: Timeouts,
+    /// When a failed try is retried: the route's `retries`, else this upstream's.
+    pub retry: Arc<RetryPolicy>,
+    /// The circuit breaker of (route, this upstream), if the route has one.
+    pub breaker: Option<Arc<BreakerBinding>>,
+    /// `sluice_backend_requests_total{route, backend}` for this backend.
+    pub served: IntCounter,
+    /// The same counter for the breaker's fallback, when it serves instead.
+    pub served_by_fallback: Option<IntCounter>,
+}
 
 /// One compiled route.
 pub struct Route {
@@ -33,18 +52,22 @@ pub struct Route {
     pub hash: String,
     /// The route's filters.
     pub chain: Arc<Chain>,
-    /// Where it forwards, if anywhere.
-    pub upstream: Option<Arc<Upstream>>,
-    /// Route timeouts over the upstream's.
-    pub timeouts: Timeouts,
+    /// Where it forwards: none when its filters answer every request.
+    pub backends: Vec<Backend>,
+    /// The weighted split between `backends` (kept across reloads that leave the
+    /// weights as they are, so the order goes on where it was).
+    pub split: Arc<WeightedSequence>,
     /// Path rewrite.
     pub rewrite: Option<Arc<PathRewrite>>,
     /// The route's metric handles.
     pub metrics: Arc<RouteMetrics>,
-    /// The route's circuit breaker (for its upstream), if it has one.
-    pub breaker: Option<Arc<BreakerBinding>>,
-    /// When a failed try is retried: the route's `retries`, else its upstream's.
-    pub retry: Arc<RetryPolicy>,
+}
+
+impl Route {
+    /// The backend whose upstream is `id`.
+    pub fn backend_of(&self, id: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.upstream.id == id)
+    }
 }
 
 /// Where a snapshot came from, for `/api/v1/config`.
@@ -146,12 +169,17 @@ impl Snapshot {
             .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, (r, hash)) in config.routes.iter().zip(digest.route_hashes).enumerate() {
-            match compile_route(r, hash, &upstreams, old_routes.get(r.id.as_str()).copied(), state) {
+            let path = format!("routes[{i}]");
+            match compile_route(
+                r,
+                &path,
+                hash,
+                &upstreams,
+                old_routes.get(r.id.as_str()).copied(),
+                state,
+            ) {
                 Ok(route) => routes.push(route),
-                Err(e) => errors.push(sluice_config::ConfigError {
-                    path: format!("routes[{i}]"),
-                    message: e,
-                }),
+                Err(e) => errors.extend(e),
             }
         }
         if !errors.is_empty() {
@@ -177,50 +205,79 @@ impl Snapshot {
 
 fn compile_route(
     r: &RouteConfig,
+    path: &str,
     hash: String,
     upstreams: &HashMap<String, Arc<Upstream>>,
     old: Option<&Route>,
     state: &SharedState,
-) -> Result<Route, String> {
-    let upstream = r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned());
-    let timeouts = match &upstream {
-        Some(u) => r.timeouts.or(&u.config.timeouts),
-        None => r.timeouts.clone(),
-    };
+) -> Result<Route, Vec<ConfigError>> {
+    let one = |path: String, message: String| vec![ConfigError { path, message }];
     let (chain, rewrite) = match old.filter(|o| o.hash == hash) {
         Some(o) => (o.chain.clone(), o.rewrite.clone()),
         None => (
-            Arc::new(sluice_filters::build_chain(r).map_err(|e| e.to_string())?),
+            Arc::new(sluice_filters::build_chain(r, path, old.map(|o| &*o.chain))?),
             match &r.rewrite {
-                Some(rw) => PathRewrite::new(rw).map_err(|e| e.to_string())?.map(Arc::new),
+                Some(rw) => PathRewrite::new(rw)
+                    .map_err(|e| one(format!("{path}.rewrite"), e.to_string()))?
+                    .map(Arc::new),
                 None => None,
             },
         ),
     };
-    let breaker =
-        match (&r.circuit_breaker, &upstream) {
-            (Some(cfg), Some(up)) => {
-                let fallback =
-                    match &cfg.fallback_upstream {
-                        Some(id) => Some(upstreams.get(id).cloned().ok_or_else(|| {
-                            format!("circuit_breaker.fallback_upstream: no upstream {id:?}")
-                        })?),
-                        None => None,
-                    };
-                let b = state.breaker(&r.id, &up.id, cfg);
-                Some(Arc::new(BreakerBinding::new(b, cfg, fallback)))
-            }
-            _ => None,
-        };
+    let fallback = match r
+        .circuit_breaker
+        .as_ref()
+        .and_then(|c| c.fallback_upstream.as_ref())
+    {
+        Some(id) => Some(upstreams.get(id).cloned().ok_or_else(|| {
+            one(
+                format!("{path}.circuit_breaker.fallback_upstream"),
+                format!("no upstream {id:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let metrics = &state.metrics;
+    let mut backends = Vec::new();
+    for (i, b) in r.backend_list().iter().enumerate() {
+        let up = upstreams.get(&b.upstream).cloned().ok_or_else(|| {
+            one(
+                format!("{path}.backends[{i}].upstream"),
+                format!("no upstream {:?}", b.upstream),
+            )
+        })?;
+        let breaker = r.circuit_breaker.as_ref().map(|cfg| {
+            let rb = state.breaker(&r.id, &up.id, cfg);
+            Arc::new(BreakerBinding::new(rb, cfg, fallback.clone()))
+        });
+        backends.push(Backend {
+            timeouts: r.timeouts.or(&up.config.timeouts),
+            retry: route_retry_policy(r, Some(&up)),
+            breaker,
+            weight: b.weight,
+            served: metrics
+                .backend_requests
+                .with_label_values(&[r.id.as_str(), up.id.as_str()]),
+            served_by_fallback: fallback.as_ref().map(|f| {
+                metrics
+                    .backend_requests
+                    .with_label_values(&[r.id.as_str(), f.id.as_str()])
+            }),
+            upstream: up,
+        });
+    }
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    let split = match old {
+        Some(o) if o.backends.iter().map(|b| b.weight).eq(weights.iter().copied()) => o.split.clone(),
+        _ => Arc::new(WeightedSequence::new(&weights)),
+    };
     Ok(Route {
         id: r.id.clone(),
         hash,
         chain,
-        retry: route_retry_policy(r, upstream.as_ref()),
-        upstream,
-        timeouts,
+        backends,
+        split,
         rewrite,
         metrics: state.route_metrics(&r.id),
-        breaker,
     })
 }

@@ -1,0 +1,75 @@
+//! The filter kinds, one module each with its spec, validation, build and tests, and the
+//! registry: one line per kind. Adding a filter means a new module here, a line in
+//! [`REGISTRY`] and its section in `docs/config.md`; the gateway's glue does not change.
+//!
+//! A spec is parsed from the route's config with `deny_unknown_fields`, so a misspelt
+//! key is an error naming its path (`routes[0].filters[1].rate_limit.per: unknown field
+//! "pre"`), never a silent default.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::filter::Filter;
+
+pub mod direct_response;
+pub mod headers;
+pub mod rate_limit;
+pub mod redirect;
+
+/// A spec error: the path inside the filter's spec (empty for the spec as a whole) and
+/// what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// Path below the filter's kind, e.g. `per` or `headers.x-a`; empty for the spec.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error at `path` inside the spec.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One filter kind.
+pub struct Kind {
+    /// The name written in config, e.g. `redirect`.
+    pub name: &'static str,
+    /// Whether the filter answers every request itself, so its route needs no backend.
+    pub answers: bool,
+    /// Parses, validates and builds the filter from its spec.
+    pub build: fn(&serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>>,
+}
+
+/// Every filter kind, one line each.
+pub static REGISTRY: &[Kind] = &[
+    headers::KIND,
+    redirect::KIND,
+    direct_response::KIND,
+    rate_limit::KIND,
+];
+
+/// The kind called `name`.
+pub fn find(name: &str) -> Option<&'static Kind> {
+    REGISTRY.iter().find(|k| k.name == name)
+}
+
+/// The names of every kind, for error messages.
+pub fn names() -> String {
+    REGISTRY.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Deserializes a spec with the path of the first error.
+pub(crate) fn parse<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, Vec<SpecError>> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![SpecError::at(path, e.into_inner().to_string())]
+    })
+}

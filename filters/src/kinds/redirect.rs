@@ -1,0 +1,188 @@
+//! The `redirect` filter: answers with a redirect instead of proxying.
+//!
+//! ```yaml
+//! filters:
+//!   - redirect: {status: 301, scheme: https}
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{parse, Kind, SpecError};
+use crate::filter::{Filter, FilterCtx, Flow, Phases, RequestView, Response};
+
+/// The registry entry.
+pub const KIND: Kind = Kind {
+    name: "redirect",
+    answers: true,
+    build,
+};
+
+/// A redirect. Unset parts keep the request's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// Status: 301, 302, 303, 307 or 308. Default: `302`.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Scheme, `http` or `https`. Default: the request's.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Host. Default: the request's.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port. Default: none (the scheme's default port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Path. Default: the request's (query kept).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn default_status() -> u16 {
+    302
+}
+
+fn build(spec: &serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
+    let spec: RedirectSpec = parse(spec)?;
+    Ok(Arc::new(Redirect::new(&spec)?))
+}
+
+/// The `redirect` filter.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    status: StatusCode,
+    config: RedirectSpec,
+}
+
+impl Redirect {
+    /// Validates the spec and builds the filter; every error names its field.
+    pub fn new(c: &RedirectSpec) -> Result<Redirect, Vec<SpecError>> {
+        let mut errors = Vec::new();
+        if ![301, 302, 303, 307, 308].contains(&c.status) {
+            errors.push(SpecError::at(
+                "status",
+                format!("{} is not a redirect status (301, 302, 303, 307, 308)", c.status),
+            ));
+        }
+        if let Some(s) = &c.scheme {
+            if s != "http" && s != "https" {
+                errors.push(SpecError::at("scheme", format!("{s:?} must be http or https")));
+            }
+        }
+        if let Some(h) = &c.host {
+            if !sluice_config::validate::is_valid_host_pattern(h) || h.starts_with("*.") {
+                errors.push(SpecError::at("host", format!("invalid host {h:?}")));
+            }
+        }
+        if let Some(path) = &c.path {
+            if !path.starts_with('/') {
+                errors.push(SpecError::at("path", format!("{path:?} must start with '/'")));
+            }
+        }
+        let status = StatusCode::from_u16(c.status).unwrap_or(StatusCode::FOUND);
+        if errors.is_empty() {
+            Ok(Redirect {
+                status,
+                config: c.clone(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The `Location` for a request.
+    pub fn location(&self, req: &RequestView<'_>) -> String {
+        let c = &self.config;
+        let scheme = c.scheme.as_deref().unwrap_or(req.scheme);
+        let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
+        // With neither host nor port configured, keep the authority the client used.
+        let host = match (&c.host, c.port) {
+            (Some(h), _) => h.as_str(),
+            (None, Some(_)) => req.host.unwrap_or("localhost"),
+            (None, None) => req.authority.or(req.host).unwrap_or("localhost"),
+        };
+        let path = c.path.as_deref().unwrap_or(req.path);
+        let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
+        format!("{scheme}://{host}{port}{path}{query}")
+    }
+}
+
+#[async_trait]
+impl Filter for Redirect {
+    fn kind(&self) -> &'static str {
+        "redirect"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases {
+            request: true,
+            ..Phases::default()
+        }
+    }
+
+    async fn on_request(&self, req: &RequestView<'_>, _ctx: &mut FilterCtx) -> Flow {
+        let location = self.location(req);
+        let headers = match HeaderValue::from_str(&location) {
+            Ok(v) => vec![(http::header::LOCATION, v)],
+            Err(_) => Vec::new(),
+        };
+        Flow::Respond(Response {
+            status: self.status,
+            headers,
+            body: Bytes::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+
+    fn view<'a>(headers: &'a HeaderMap, method: &'a Method) -> RequestView<'a> {
+        RequestView {
+            method,
+            scheme: "http",
+            host: Some("example.com"),
+            authority: Some("example.com:8080"),
+            path: "/old",
+            query: Some("a=1"),
+            headers,
+            client_ip: None,
+        }
+    }
+
+    #[test]
+    fn keeps_unset_parts_of_the_request() {
+        let f = build(&serde_json::json!({"scheme": "https", "path": "/new"})).unwrap();
+        let (h, m) = (HeaderMap::new(), Method::GET);
+        let flow = futures_lite_block_on(f.on_request(&view(&h, &m), &mut FilterCtx::default()));
+        let Flow::Respond(r) = flow else {
+            panic!("expected a response")
+        };
+        assert_eq!(r.status, StatusCode::FOUND);
+        assert_eq!(r.headers[0].1, "https://example.com:8080/new?a=1");
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let errs = build(&serde_json::json!({"status": 200, "scheme": "ftp", "path": "x"}))
+            .err()
+            .unwrap();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["status", "scheme", "path"]);
+        let errs = build(&serde_json::json!({"stauts": 301})).err().unwrap();
+        assert!(errs[0].message.contains("unknown field `stauts`"), "{errs:?}");
+    }
+
+    /// Polls a future that never waits (the filters here answer at once).
+    fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+        crate::test_support::block_on(f)
+    }
+}

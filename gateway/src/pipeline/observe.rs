@@ -1,0 +1,78 @@
+//! Observe: the completion phase. It runs once the request has ended, whatever the
+//! outcome: the breaker hears the verdict, the route's metrics count it, the route's
+//! completion filters see the whole request, and the access log gets its record.
+
+use std::time::Instant;
+
+use pingora::prelude::*;
+use sluice_filters::resilience::CallOutcome;
+use sluice_filters::Completion;
+
+use super::Ctx;
+use crate::error::ErrorKind;
+use crate::gateway::Gateway;
+
+/// Ends the request.
+pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let started = ctx.timing.started;
+    if let Some((b, permit)) = ctx.resilience.permit.take() {
+        match ctx.resilience.outcome {
+            // The call's duration is up to the upstream's answer (or failure) that
+            // decided it, retries included, and not the time spent streaming a body.
+            Some((outcome, at)) => {
+                let call = CallOutcome::classify(&b.failure_on, outcome, at - started);
+                b.breaker
+                    .observe(b.breaker.breaker.record(permit, call, Instant::now()));
+            }
+            None => b.breaker.breaker.release(permit),
+        }
+    }
+    let elapsed = started.elapsed();
+    let route = ctx.route_entry();
+    route
+        .map_or(gateway.metrics.unrouted(), |r| &*r.metrics)
+        .observe(status, elapsed);
+    let wants_record = route.is_some_and(|r| r.chain.has_complete_phase());
+    let access_log = ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log);
+    if wants_record || access_log {
+        let endpoint = ctx
+            .upstream()
+            .zip(ctx.resilience.tried.last())
+            .map(|(u, &i)| u.endpoints[i].address.as_str());
+        let done = Completion {
+            request_id: &ctx.filter.request_id,
+            route: route.map(|r| r.id.as_str()),
+            backend: ctx.upstream().map(|u| u.id.as_str()),
+            endpoint,
+            status,
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            duration: elapsed,
+            upstream_time: ctx.timing.upstream_header.map(|t| t - started),
+            retries: ctx.resilience.retries,
+            breaker_state: ctx.resilience.breaker_state,
+            identity: ctx.filter.identity.as_ref(),
+            error: ctx.error.map(ErrorKind::code),
+        };
+        if let Some(r) = route.filter(|_| wants_record) {
+            r.chain.on_complete(&done);
+        }
+        if access_log {
+            let req = session.req_header();
+            let line = serde_json::json!({
+                "request_id": done.request_id,
+                "client": ctx.filter.client_ip.map(|i| i.to_string()),
+                "method": req.method.as_str(),
+                "path": req.uri.path(),
+                "route": done.route.unwrap_or(crate::metrics::NO_ROUTE),
+                "backend": done.backend,
+                "status": status,
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "error": done.error,
+            });
+            println!("{line}");
+        }
+    }
+    ctx.resilience.inflight = None;
+}
