@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod backends;
 mod chaos;
 mod config_center;
 mod errors;
