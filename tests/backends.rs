@@ -22,7 +22,11 @@ async fn spread(gw: &Gateway, path: &str, n: usize, parallel: usize) -> BTreeMap
             tokio::spawn(async move {
                 let mut seen = BTreeMap::<String, usize>::new();
                 for _ in 0..per_task {
-                    let resp = client.get(url.as_str()).send().await.expect("request through the gateway");
+                    let resp = client
+                        .get(url.as_str())
+                        .send()
+                        .await
+                        .expect("request through the gateway");
                     assert_eq!(resp.status(), StatusCode::OK);
                     *seen.entry(upstream_of(&resp)).or_default() += 1;
                 }
@@ -64,12 +68,23 @@ async fn two_weighted_backends_split_within_one_point_over_ten_thousand_requests
     let seen = spread(&gw, "/x", 10_000, 8).await;
     let (stable, canary) = (seen["stable"], seen["canary"]);
     assert_eq!(stable + canary, 10_000, "{seen:?}");
-    assert!((8_900..=9_100).contains(&stable), "stable got {stable} of 10000: {seen:?}");
-    assert!((900..=1_100).contains(&canary), "canary got {canary} of 10000: {seen:?}");
+    assert!(
+        (8_900..=9_100).contains(&stable),
+        "stable got {stable} of 10000: {seen:?}"
+    );
+    assert!(
+        (900..=1_100).contains(&canary),
+        "canary got {canary} of 10000: {seen:?}"
+    );
     // What reached the upstreams, and what the gateway says it sent.
     assert_eq!((ups[0].requests(), ups[1].requests()), (stable, canary));
     let m = gw.metrics().await;
-    let served = |b: &str| m.value("sluice_backend_requests_total", &[("route", "api"), ("backend", b)]);
+    let served = |b: &str| {
+        m.value(
+            "sluice_backend_requests_total",
+            &[("route", "api"), ("backend", b)],
+        )
+    };
     assert_eq!(served("stable") as usize, stable);
     assert_eq!(served("canary") as usize, canary);
     let routes = gw.admin_json("/api/v1/routes").await;
@@ -86,7 +101,11 @@ async fn the_split_is_exact_over_short_runs_too() {
     let gw = Gateway::start(&split_config_for(&ups, 3, 1, ""), &[&ups[0], &ups[1]]).await;
     for _ in 0..5 {
         let seen = spread(&gw, "/x", 4, 1).await;
-        assert_eq!((seen.get("stable"), seen.get("canary")), (Some(&3), Some(&1)), "{seen:?}");
+        assert_eq!(
+            (seen.get("stable"), seen.get("canary")),
+            (Some(&3), Some(&1)),
+            "{seen:?}"
+        );
     }
 }
 
@@ -124,11 +143,15 @@ async fn each_backend_has_its_own_breaker() {
         gw.get("/x").await;
     }
     eventually(Duration::from_secs(5), "the canary's breaker opens", || async {
-        breakers(&gw).await.contains(&("api".into(), "canary".into(), "open".into()))
+        breakers(&gw)
+            .await
+            .contains(&("api".into(), "canary".into(), "open".into()))
     })
     .await;
     assert!(
-        breakers(&gw).await.contains(&("api".into(), "stable".into(), "closed".into())),
+        breakers(&gw)
+            .await
+            .contains(&("api".into(), "stable".into(), "closed".into())),
         "{:?}",
         breakers(&gw).await
     );
@@ -142,14 +165,25 @@ async fn each_backend_has_its_own_breaker() {
                 ok += 1;
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                assert_eq!(resp.headers()["x-sluice-breaker"], "route=api; upstream=canary; state=open");
+                assert_eq!(
+                    resp.headers()["x-sluice-breaker"],
+                    "route=api; upstream=canary; state=open"
+                );
                 short += 1;
             }
             s => panic!("unexpected status {s}"),
         }
     }
-    assert_eq!((ok, short), (10, 10), "the stable half is served, the canary half short-circuited");
-    assert_eq!(ups[1].requests(), 0, "nothing reaches the canary while its breaker is open");
+    assert_eq!(
+        (ok, short),
+        (10, 10),
+        "the stable half is served, the canary half short-circuited"
+    );
+    assert_eq!(
+        ups[1].requests(),
+        0,
+        "nothing reaches the canary while its breaker is open"
+    );
 }
 
 #[tokio::test]
@@ -173,14 +207,23 @@ routes:
         gw.get("/").await;
     }
     eventually(Duration::from_secs(5), "the canary's breaker opens", || async {
-        breakers(&gw).await.contains(&("api".into(), "canary".into(), "open".into()))
+        breakers(&gw)
+            .await
+            .contains(&("api".into(), "canary".into(), "open".into()))
     })
     .await;
     let seen = spread(&gw, "/", 10, 1).await;
-    assert_eq!((seen.get("stable"), seen.get("backup")), (Some(&5), Some(&5)), "{seen:?}");
+    assert_eq!(
+        (seen.get("stable"), seen.get("backup")),
+        (Some(&5), Some(&5)),
+        "{seen:?}"
+    );
     let m = gw.metrics().await;
     assert_eq!(
-        m.value("sluice_backend_requests_total", &[("route", "api"), ("backend", "backup")]),
+        m.value(
+            "sluice_backend_requests_total",
+            &[("route", "api"), ("backend", "backup")]
+        ),
         5.0
     );
 }
@@ -206,17 +249,29 @@ routes:
     };
     let gw = Gateway::start(&route("5s", 3), &[&svc]).await;
     for i in 0..3 {
-        assert_eq!(gw.get("/").await.status(), StatusCode::OK, "request {i} is within the limit");
+        assert_eq!(
+            gw.get("/").await.status(),
+            StatusCode::OK,
+            "request {i} is within the limit"
+        );
     }
     // Another field of the route (timeouts, headers) changes; the limiter's spec does not.
     let cfg = gw.reload(&route("6s", 3)).await;
     assert!(cfg["last_rejected"].is_null(), "{cfg}");
     eventually(Duration::from_secs(5), "the new route serves", || async {
-        gw.get("/").await.headers().get("x-read-timeout").is_some_and(|v| v == "6s")
+        gw.get("/")
+            .await
+            .headers()
+            .get("x-read-timeout")
+            .is_some_and(|v| v == "6s")
     })
     .await;
     let resp = gw.get("/").await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "the bucket was kept");
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the bucket was kept"
+    );
     assert_eq!(resp.headers()["content-type"], "application/json");
     let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
@@ -258,4 +313,30 @@ routes:
     for _ in 0..5 {
         assert_eq!(gw.get("/").await.status(), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn a_client_cannot_claim_to_be_a_consumer() {
+    let svc = TestUpstream::start("svc").await;
+    let yaml = r#"
+listeners: [{name: web, listen: "{{http}}"}]
+upstreams:
+- {id: svc, endpoints: [{address: "{{svc}}"}]}
+routes:
+- {id: api, upstream: svc}
+"#;
+    let gw = Gateway::start(yaml, &[&svc]).await;
+    let resp = gw
+        .request(reqwest::Method::GET, "/")
+        .header("x-sluice-consumer", "admin")
+        .header("x-sluice-consumer-groups", "root")
+        .header("x-other", "kept")
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = resp.json().await.unwrap();
+    let sent = &echo["headers"];
+    assert_eq!(sent.get("x-sluice-consumer"), None, "{sent}");
+    assert_eq!(sent.get("x-sluice-consumer-groups"), None, "{sent}");
+    assert_eq!(sent["x-other"], "kept", "{sent}");
 }

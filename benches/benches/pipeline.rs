@@ -76,6 +76,31 @@ fn chain(c: &mut Criterion) {
     });
 }
 
+fn split(c: &mut Criterion) {
+    let seq = sluice_filters::weighted::WeightedSequence::new(&[90, 10]);
+    c.bench_function("backends/weighted_split_pick", |b| {
+        b.iter(|| black_box(seq.pick()))
+    });
+    let one = sluice_filters::weighted::WeightedSequence::new(&[1]);
+    c.bench_function("backends/single_backend_pick", |b| {
+        b.iter(|| black_box(one.pick()))
+    });
+}
+
+fn chain_reuse(c: &mut Criterion) {
+    let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
+    let first = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None).expect("builds");
+    c.bench_function("chain/rebuild_reusing_unchanged_filters", |b| {
+        b.iter(|| {
+            black_box(sluice_filters::build_chain(
+                &cfg.routes[0],
+                "routes[0]",
+                Some(&first),
+            ))
+        })
+    });
+}
+
 fn compile_and_swap(c: &mut Criterion) {
     let mut g = c.benchmark_group("config");
     g.sample_size(10);
@@ -117,5 +142,5 @@ fn compile_and_swap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_match, chain, compile_and_swap);
+criterion_group!(benches, route_match, chain, split, chain_reuse, compile_and_swap);
 criterion_main!(benches);

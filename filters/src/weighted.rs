@@ -33,7 +33,7 @@ impl WeightedSequence {
         let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)));
         let mut w: Vec<i64> = weights
             .iter()
-            .map(|&x| if g == 0 { 0 } else { (u64::from(x) / g) as i64 })
+            .map(|&x| u64::from(x).checked_div(g).unwrap_or(0) as i64)
             .collect();
         let sum: i64 = w.iter().sum();
         if sum as u64 > MAX_PERIOD {

@@ -181,3 +181,27 @@ pub fn error_response(kind: ErrorKind, message: &str, request_id: &str, id_heade
         body: Bytes::from(body.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_kind_has_its_own_status_and_code() {
+        let mut seen = std::collections::HashSet::new();
+        for k in RejectKind::ALL {
+            let e = ErrorKind::Rejected(k);
+            assert!(e.status().is_client_error() || e.status() == StatusCode::SERVICE_UNAVAILABLE);
+            assert!(seen.insert(e.code()), "code {} used twice", e.code());
+            assert!(!e.is_upstream());
+        }
+        assert_eq!(
+            ErrorKind::Rejected(RejectKind::RateLimited).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            ErrorKind::Rejected(RejectKind::Unauthenticated).status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

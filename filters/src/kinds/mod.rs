@@ -37,6 +37,9 @@ impl SpecError {
     }
 }
 
+/// What a kind's build returns: the filter, or every error in its spec.
+pub type BuildResult = Result<Arc<dyn Filter>, Vec<SpecError>>;
+
 /// One filter kind.
 pub struct Kind {
     /// The name written in config, e.g. `redirect`.
@@ -44,7 +47,7 @@ pub struct Kind {
     /// Whether the filter answers every request itself, so its route needs no backend.
     pub answers: bool,
     /// Parses, validates and builds the filter from its spec.
-    pub build: fn(&serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>>,
+    pub build: fn(&serde_json::Value) -> BuildResult,
 }
 
 /// Every filter kind, one line each.
