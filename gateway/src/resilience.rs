@@ -32,7 +32,9 @@ pub struct RouteBreaker {
     /// The state machine.
     pub breaker: CircuitBreaker,
     state_gauge: IntGauge,
-    transitions: IntCounterVec,
+    /// `sluice_breaker_transitions_total` for every (from, to) pair, by gauge codes,
+    /// resolved up front so a transition on the request path takes no lock.
+    transitions: Vec<IntCounter>,
     /// `sluice_breaker_short_circuited_total{action="response"}`.
     pub short_response: IntCounter,
     /// `sluice_breaker_short_circuited_total{action="fallback"}`.
@@ -47,7 +49,7 @@ impl RouteBreaker {
             upstream: upstream.to_string(),
             breaker: CircuitBreaker::new(config, Instant::now()),
             state_gauge: metrics.breaker_state.with_label_values(&[route, upstream]),
-            transitions: metrics.breaker_transitions.clone(),
+            transitions: transition_handles(&metrics.breaker_transitions, route, upstream),
             short_response: metrics
                 .short_circuited
                 .with_label_values(&[route, upstream, "response"]),
@@ -64,9 +66,13 @@ impl RouteBreaker {
     pub fn observe(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         self.state_gauge.set(i64::from(t.to.gauge_code()));
-        self.transitions
-            .with_label_values(&[&self.route, &self.upstream, t.from.as_str(), t.to.as_str()])
-            .inc();
+        let n = BreakerState::ALL.len();
+        if let Some(c) = self
+            .transitions
+            .get(usize::from(t.from.gauge_code()) * n + usize::from(t.to.gauge_code()))
+        {
+            c.inc();
+        }
         tracing::warn!(
             route = %self.route,
             upstream = %self.upstream,
@@ -87,6 +93,16 @@ impl RouteBreaker {
         ))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
+}
+
+fn transition_handles(vec: &IntCounterVec, route: &str, upstream: &str) -> Vec<IntCounter> {
+    let mut out = Vec::with_capacity(BreakerState::ALL.len() * BreakerState::ALL.len());
+    for from in BreakerState::ALL {
+        for to in BreakerState::ALL {
+            out.push(vec.with_label_values(&[route, upstream, from.as_str(), to.as_str()]));
+        }
+    }
+    out
 }
 
 /// What a route does with its breaker, compiled with each snapshot.
