@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_filters::resilience::{CircuitBreaker, Forced};
 
@@ -14,14 +14,22 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::gateway::Gateway;
+
+/// How long an admin request may take before it is answered 503: 10 s.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// The admin API's routes.
+/// The admin API's routes, behind tower-http layers: a span per request (`TraceLayer`,
+/// logged at debug level), a [`REQUEST_TIMEOUT`], and gzip for clients that accept it
+/// (`/metrics` is large and scraped often).
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -33,6 +41,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .with_state(gateway)
+        .layer(CompressionLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
 }
 
 async fn readyz(State(g): State<Arc<Gateway>>) -> impl IntoResponse {

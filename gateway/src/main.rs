@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sluice_config::source::etcd::{self, ChangeKind, EtcdOptions, EtcdTls};
-use sluice_config::source::{compose, file};
+use sluice_sources::etcd::{self, ChangeKind, EtcdOptions, EtcdTls};
+use sluice_sources::{compose, file};
 
 use sluice_gateway::sources::Sources;
 use sluice_gateway::{echo, server, sources};
@@ -21,9 +21,19 @@ use sluice_gateway::{echo, server, sources};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Sluice, an API gateway.
+/// What `sluice --help` opens with: what Sluice is, for its users.
+const ABOUT: &str =
+    "Sluice: an API gateway that routes, meters and shuts the flow of requests into your services.";
+
+/// The rest of `sluice --help`'s introduction: where to start.
+const LONG_ABOUT: &str =
+    "Sluice: an API gateway that routes, meters and shuts the flow of requests into your services.\n\n\
+Start with `sluice run --config FILE` (try config/examples/quickstart.yaml); \
+`sluice validate --config FILE` checks a config without serving it.";
+
+/// The command line.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -341,11 +351,16 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Logs go to stderr, in colour only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>).
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr)
         .try_init();
 }

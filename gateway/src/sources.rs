@@ -1,34 +1,41 @@
 //! The config loop: turns what the sources say into published snapshots.
 //!
-//! The file (or directory) gives the base document: server, admin, listeners, and any
-//! routes and upstreams written there. etcd, when configured, adds its routes and
-//! upstreams ([`sluice_config::source::compose`]). The loop, on the admin runtime:
+//! The config comes from a list of [`Source`]s (`sluice_sources::source`): the file (or
+//! directory) first, giving the base document (server, admin, listeners, and any routes
+//! and upstreams written there), then etcd when configured, adding its routes and
+//! upstreams ([`sluice_sources::compose_all`]). Each source runs as its own task and
+//! publishes its newest state. The loop, on the admin runtime:
 //!
-//! - re-reads the file when its watcher fires (or on SIGHUP), and ignores a change that
-//!   leaves the parsed content the same;
-//! - takes the newest etcd [`Resources`] when the watch publishes;
-//! - composes, validates and compiles on a blocking thread, and publishes with one store
-//!   ([`Gateway::apply`]). While one apply runs, further changes pile up in the sources'
-//!   `watch` channels and only the newest is applied next: bursts coalesce, with no fixed
-//!   throttle.
+//! - wakes when any source publishes, and when SIGHUP asks every source to read again
+//!   (the file source re-reads, and publishes even when nothing changed);
+//! - when any source's content changed, composes the newest content of every source,
+//!   validates and compiles on a blocking thread, and publishes with one store
+//!   ([`Gateway::apply`]). While one apply runs, further changes replace each other in
+//!   the sources' channels and only the newest is applied next: bursts coalesce, with no
+//!   fixed throttle;
+//! - keeps `/api/v1/config`'s source status and the source metrics current.
 //!
-//! At start with etcd configured the gateway is not ready (503, `/readyz` says so) until
-//! etcd answers. If it does not answer within [`EtcdOptions::connect_timeout`] and a
-//! cache file is configured and readable, the cached resources are served meanwhile.
+//! Nothing is applied until every source has answered. At start with etcd configured the
+//! gateway is therefore not ready (503, `/readyz` says so) until etcd answers, or until
+//! its cache file is served when etcd does not answer within the connect timeout (the
+//! etcd source decides that).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::{json, Value};
-use sluice_config::source::etcd::{self, EtcdOptions, EtcdWatch};
-use sluice_config::source::{compose, file, Resources};
+use serde_json::Value;
 use sluice_config::{Config, ConfigErrors};
+use sluice_sources::etcd::EtcdOptions;
+use sluice_sources::source::{EtcdSource, FileSource};
+use sluice_sources::{
+    compose, compose_all, file, Content, Publisher, Resources, Source, SourceContext, SourceState,
+};
+use tokio::sync::{watch, Notify};
 
 use crate::gateway::Gateway;
 use crate::snapshot::Provenance;
 
-/// Where the config comes from.
+/// Where the config comes from, as given on the command line.
 #[derive(Clone)]
 pub struct Sources {
     /// The config file or directory.
@@ -50,6 +57,18 @@ impl Sources {
 
     fn origin(&self) -> String {
         self.file.display().to_string()
+    }
+
+    /// The sources to follow, in compose order: the file (starting from `base`, the
+    /// document the gateway started from, and its hash), then etcd.
+    pub fn list(&self, base: Value, base_hash: String) -> Vec<Box<dyn Source>> {
+        let mut list: Vec<Box<dyn Source>> = vec![Box::new(
+            FileSource::new(self.file.clone(), self.watch).starting_from(base, base_hash),
+        )];
+        if let Some(opts) = &self.etcd {
+            list.push(Box::new(EtcdSource::new(opts.clone())));
+        }
+        list
     }
 }
 
@@ -74,217 +93,157 @@ pub fn initial(sources: &Sources) -> Result<(Config, Value, String), ConfigError
     }
 }
 
-/// What the loop knows of its sources.
-struct State {
-    sources: Sources,
-    base: Result<Value, ConfigErrors>,
-    base_hash: Option<String>,
-    resources: Option<Arc<Resources>>,
-    from_cache: bool,
+/// Runs the config loop on `sources` until the process ends. `base` is the document and
+/// hash the gateway started from.
+pub async fn run(gateway: Arc<Gateway>, sources: Sources, base: Value, base_hash: String) {
+    follow(gateway, sources.list(base, base_hash)).await;
 }
 
-impl State {
-    fn reload_file(&mut self) -> bool {
-        match file::load(&self.sources.file) {
-            Ok((value, hash)) => {
-                if self.base.is_ok() && self.base_hash.as_deref() == Some(hash.as_str()) {
-                    return false;
-                }
-                self.base = Ok(value);
-                self.base_hash = Some(hash);
-            }
-            Err(e) => {
-                self.base = Err(e);
-                self.base_hash = None;
-            }
-        }
-        true
-    }
+/// One source the loop follows.
+struct Followed {
+    name: &'static str,
+    describe: String,
+    rx: watch::Receiver<SourceState>,
+    /// The generation of the content last taken into account.
+    seen: u64,
+    _task: AbortOnDrop,
+}
 
-    fn provenance(&self) -> Provenance {
-        let mut source = self.sources.describe();
-        if self.from_cache {
-            source.push_str(" (cache)");
-        }
-        Provenance {
-            source,
-            revision: self.resources.as_ref().map(|r| r.revision),
-        }
-    }
+/// Aborts a source's task when the loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-    /// What composing needs, owned, for a blocking thread.
-    fn inputs(&self) -> ComposeInputs {
-        ComposeInputs {
-            base: self.base.clone(),
-            origin: self.sources.origin(),
-            prefix: self
-                .sources
-                .etcd
-                .as_ref()
-                .map(|e| e.prefix.trim_end_matches('/').to_string()),
-            resources: self.resources.clone(),
-        }
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
+/// What composing needs, owned, for a blocking thread.
 struct ComposeInputs {
     base: Result<Value, ConfigErrors>,
     origin: String,
-    prefix: Option<String>,
-    resources: Option<Arc<Resources>>,
+    sets: Vec<(String, Arc<Resources>)>,
 }
 
 impl ComposeInputs {
-    fn compose(self) -> Result<Config, ConfigErrors> {
-        let etcd = self.prefix.as_deref().zip(self.resources.as_deref());
-        compose(self.base?, &self.origin, etcd)
-    }
-}
-
-/// Composes, validates, compiles and publishes on a blocking thread, so the admin API
-/// keeps answering while a large config compiles.
-async fn apply(gateway: &Arc<Gateway>, state: &State) {
-    if state.sources.etcd.is_some() && state.resources.is_none() {
-        return;
-    }
-    let (g, inputs, provenance) = (gateway.clone(), state.inputs(), state.provenance());
-    let _ = tokio::task::spawn_blocking(move || g.apply(inputs.compose(), provenance)).await;
-}
-
-fn status(state: &State, watch: Option<&EtcdWatch>) -> Value {
-    let mut list = vec![json!({
-        "kind": "file",
-        "path": state.sources.file.display().to_string(),
-        "watched": state.sources.watch,
-        "hash": state.base_hash,
-        "error": state.base.as_ref().err().map(ToString::to_string),
-    })];
-    if let (Some(opts), Some(w)) = (&state.sources.etcd, watch) {
-        list.push(json!({
-            "kind": "etcd",
-            "endpoints": opts.endpoints,
-            "prefix": opts.prefix,
-            "connected": *w.connected.borrow(),
-            "revision": w.stats.revision(),
-            "relists": w.stats.relists(),
-            "reconnects": w.stats.reconnects(),
-            "serving_cache": state.from_cache,
-        }));
-    }
-    Value::Array(list)
-}
-
-/// Runs the config loop until the process ends. `base` is the document and hash the
-/// gateway started from.
-pub async fn run(gateway: Arc<Gateway>, sources: Sources, base: Value, base_hash: String) {
-    let mut watcher = if sources.watch {
-        match file::watch(&sources.file, file::DEFAULT_DEBOUNCE) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(
-                    "cannot watch {}: {e}; only SIGHUP reloads it",
-                    sources.file.display()
-                );
-                None
+    /// The inputs from every source's newest content; `None` while a source has not
+    /// answered yet. The first document is the base; a source list without one starts
+    /// from an empty document.
+    fn from(states: &[SourceState]) -> Option<ComposeInputs> {
+        let mut inputs = ComposeInputs {
+            base: Ok(Value::Null),
+            origin: String::new(),
+            sets: Vec::new(),
+        };
+        let mut have_base = false;
+        for state in states {
+            match state.content.as_ref()? {
+                Content::Document { value, origin } if !have_base => {
+                    inputs.base = value.clone();
+                    inputs.origin = origin.clone();
+                    have_base = true;
+                }
+                Content::Document { origin, .. } => {
+                    tracing::warn!("config source {origin}: only the first document is used");
+                }
+                Content::Resources { prefix, resources } => {
+                    inputs.sets.push((prefix.clone(), resources.clone()));
+                }
             }
         }
-    } else {
-        None
-    };
+        Some(inputs)
+    }
+
+    fn compose(self) -> Result<Config, ConfigErrors> {
+        let sets: Vec<(&str, &Resources)> = self.sets.iter().map(|(p, r)| (p.as_str(), &**r)).collect();
+        compose_all(self.base?, &self.origin, &sets)
+    }
+}
+
+/// Where the content comes from: every source's description, `(cache)` when any serves
+/// a fallback, and the revision of the first source that has one.
+fn provenance(followed: &[Followed], states: &[SourceState]) -> Provenance {
+    let mut source = followed
+        .iter()
+        .map(|f| f.describe.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    if states.iter().any(|s| s.cached) {
+        source.push_str(" (cache)");
+    }
+    Provenance {
+        source,
+        revision: states.iter().find_map(|s| s.revision),
+    }
+}
+
+/// Follows `sources` (in compose order) until the process ends: see the module docs.
+pub async fn follow(gateway: Arc<Gateway>, sources: Vec<Box<dyn Source>>) {
+    let wake = Arc::new(Notify::new());
+    let (refresh, refresh_rx) = watch::channel(0u64);
+    let mut followed: Vec<Followed> = sources
+        .into_iter()
+        .map(|source| {
+            let initial = source.initial();
+            let seen = initial.generation;
+            let (out, rx) = Publisher::new(initial, wake.clone());
+            let name = source.name();
+            let describe = source.describe();
+            let ctx = SourceContext {
+                out,
+                refresh: refresh_rx.clone(),
+            };
+            Followed {
+                name,
+                describe,
+                rx,
+                seen,
+                _task: AbortOnDrop(tokio::spawn(source.run(ctx))),
+            }
+        })
+        .collect();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let etcd_watch = sources.etcd.clone().map(etcd::spawn_watch);
-    // Receivers of their own, so that `select!` can wait on both at once.
-    let mut resources_rx = etcd_watch.as_ref().map(|w| w.resources.clone());
-    let mut connected_rx = etcd_watch.as_ref().map(|w| w.connected.clone());
-    let connect_timeout = sources
-        .etcd
-        .as_ref()
-        .map_or(Duration::ZERO, |e| e.connect_timeout);
-    let cache = sources.etcd.as_ref().and_then(|e| e.cache.clone());
-    let mut state = State {
-        sources,
-        base: Ok(base),
-        base_hash: Some(base_hash),
-        resources: None,
-        from_cache: false,
-    };
     let metrics = gateway.metrics.clone();
 
-    if let Some(rx) = resources_rx.as_mut() {
-        let first = tokio::time::timeout(connect_timeout, rx.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|r| (*r).clone()));
-        match first {
-            Some(r) => state.resources = Some(r),
-            None => {
-                if let Some(cached) = cache.as_deref().and_then(etcd::load_cache) {
-                    tracing::warn!(
-                        revision = cached.revision,
-                        "etcd did not answer in {connect_timeout:?}; serving the cached config"
-                    );
-                    state.resources = Some(Arc::new(cached));
-                    state.from_cache = true;
-                } else {
-                    tracing::warn!("etcd did not answer in {connect_timeout:?}; not ready until it does");
-                }
+    loop {
+        let mut changed = false;
+        let mut status = Vec::with_capacity(followed.len());
+        let mut states = Vec::with_capacity(followed.len());
+        for f in &mut followed {
+            let state = f.rx.borrow_and_update().clone();
+            if let Some(c) = state.connected {
+                metrics
+                    .source_connected
+                    .with_label_values(&[f.name])
+                    .set(i64::from(c));
+            }
+            if let (Some(rev), false) = (state.revision, state.cached) {
+                metrics.source_revision.set(rev);
+            }
+            status.push(state.status.clone());
+            changed |= state.generation != f.seen;
+            f.seen = state.generation;
+            states.push(state);
+        }
+        gateway.set_source_status(Value::Array(status));
+        if changed {
+            if let Some(inputs) = ComposeInputs::from(&states) {
+                let (g, provenance) = (gateway.clone(), provenance(&followed, &states));
+                // On a blocking thread, so the admin API keeps answering while a large
+                // config compiles.
+                let _ = tokio::task::spawn_blocking(move || g.apply(inputs.compose(), provenance)).await;
             }
         }
-        if state.resources.is_some() {
-            apply(&gateway, &state).await;
-        }
-    }
-
-    loop {
-        if let Some(w) = &etcd_watch {
-            metrics
-                .source_connected
-                .with_label_values(&["etcd"])
-                .set(i64::from(*w.connected.borrow()));
-            metrics.source_revision.set(w.stats.revision());
-        }
-        gateway.set_source_status(status(&state, etcd_watch.as_ref()));
-        let changed = tokio::select! {
-            Some(_) = async {
-                match watcher.as_mut() {
-                    Some(w) => Some(w.changed().await),
-                    None => std::future::pending().await,
-                }
-            } => state.reload_file(),
+        tokio::select! {
+            () = wake.notified() => {}
             Some(()) = async {
                 match hup.as_mut() {
                     Some(h) => h.recv().await,
                     None => std::future::pending().await,
                 }
             } => {
-                state.reload_file();
-                true
+                refresh.send_modify(|n| *n += 1);
             }
-            Some(r) = async {
-                match resources_rx.as_mut() {
-                    Some(rx) => match rx.changed().await {
-                        Ok(()) => Some(rx.borrow_and_update().clone()),
-                        Err(_) => std::future::pending().await,
-                    },
-                    None => std::future::pending().await,
-                }
-            } => {
-                let fresh = r.is_some();
-                if fresh {
-                    state.resources = r;
-                    state.from_cache = false;
-                }
-                fresh
-            }
-            Some(()) = async {
-                match connected_rx.as_mut() {
-                    Some(rx) => rx.changed().await.ok(),
-                    None => std::future::pending().await,
-                }
-            } => false,
-        };
-        if changed {
-            apply(&gateway, &state).await;
         }
     }
 }

@@ -15,7 +15,7 @@
 
 pub mod client;
 /// The real-etcd helper, shared with the config crate's tests.
-#[path = "../../config/tests/support/mod.rs"]
+#[path = "../../config/sources/tests/support/mod.rs"]
 pub mod etcd;
 pub mod gateway;
 pub mod metrics;

@@ -1,26 +1,13 @@
-//! Config sources: where the document that becomes a [`Config`] comes from.
-//!
-//! - [`file`](mod@file): a YAML/JSON file or a directory of them (a Kubernetes ConfigMap mount
-//!   works), and a watcher that says when to re-read.
-//! - [`etcd`](mod@etcd): routes and upstreams, one per key, kept current with an etcd watch.
-//!
-//! [`compose`] joins the two: the file gives the base document (listeners, server, admin
-//! and any routes/upstreams written there), etcd adds its routes and upstreams, and every
-//! error names where the faulty element came from (`sluice.yaml: routes[2].match` or
+//! Composing what the sources say into one [`Config`]: the base document (the file)
+//! plus the routes and upstreams of each resource set (etcd), with every error naming
+//! where the faulty element came from (`sluice.yaml: routes[2].match` or
 //! `/sluice/routes/api.match.path`).
-//!
-//! This module does not decide when to reload or publish a snapshot; that is the
-//! gateway's job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-
-use crate::validate::{ConfigError, ConfigErrors};
-use crate::Config;
-
-pub mod etcd;
-pub mod file;
+use sluice_config::validate::{ConfigError, ConfigErrors, ParseOptions};
+use sluice_config::Config;
 
 /// The objects etcd provides, as read from one revision of the store.
 ///
@@ -63,7 +50,18 @@ enum Origin {
 }
 
 /// Builds and validates the config from the base document and, when given, the etcd
-/// resources under `prefix` (e.g. `/sluice`).
+/// resources under `prefix` (e.g. `/sluice`). [`compose_all`] with at most one resource
+/// set.
+pub fn compose(
+    base: serde_json::Value,
+    base_origin: &str,
+    etcd: Option<(&str, &Resources)>,
+) -> Result<Config, ConfigErrors> {
+    compose_all(base, base_origin, etcd.as_slice())
+}
+
+/// Builds and validates the config from the base document and the resource sets
+/// (`(prefix, resources)`, e.g. etcd's under `/sluice`), in order.
 ///
 /// Etcd's routes and upstreams are appended after the base document's. An etcd object
 /// without an `id` takes the id from its key; one whose `id` differs from its key's is an
@@ -74,12 +72,17 @@ enum Origin {
 /// for the base document (`routes[2]` is the index in the base document itself) and
 /// `<prefix>/routes/<id>.match.path` for etcd objects. With an empty `base_origin` the
 /// base document's paths are given bare (`routes[2].match`).
-pub fn compose(
+///
+/// An upstream left out for an error of its own (an unreadable key, an id that does not
+/// match its key) is not reported again as unknown by the routes that name it. The files
+/// the config names are checked too ([`crate::files::check`]).
+pub fn compose_all(
     base: serde_json::Value,
     base_origin: &str,
-    etcd: Option<(&str, &Resources)>,
+    sets: &[(&str, &Resources)],
 ) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
+    let mut set_aside_upstreams = HashSet::new();
     let mut doc = match base {
         serde_json::Value::Null => serde_json::Map::new(),
         serde_json::Value::Object(map) => map,
@@ -96,11 +99,35 @@ pub fn compose(
         let base_len = doc.get(kind).and_then(|v| v.as_array()).map_or(0, Vec::len);
         origins.insert(kind, (0..base_len).map(Origin::Base).collect());
     }
-    if let Some((prefix, res)) = etcd {
+    // For each kind, where every id seen so far is defined.
+    let mut defined: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    for kind in KINDS {
+        let ids = defined.entry(kind).or_default();
+        for (i, item) in doc
+            .get(kind)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+                ids.entry(id.to_string())
+                    .or_insert_with(|| base_path(base_origin, &format!("{kind}[{i}]")));
+            }
+        }
+    }
+    for (prefix, res) in sets {
         let prefix = prefix.trim_end_matches('/');
         errors.extend(res.errors.iter().cloned());
+        let upstream_keys = format!("{prefix}/upstreams/");
+        set_aside_upstreams.extend(
+            res.errors
+                .iter()
+                .filter_map(|e| e.path.strip_prefix(upstream_keys.as_str()))
+                .map(str::to_string),
+        );
         for kind in KINDS {
-            let mut base_ids = BTreeMap::new();
+            let ids = defined.entry(kind).or_default();
             let list = match doc.get_mut(kind) {
                 Some(serde_json::Value::Array(list)) => list,
                 // Not a list: the model reports it; etcd objects are not added to it.
@@ -113,16 +140,14 @@ pub fn compose(
                     }
                 }
             };
-            for (i, item) in list.iter().enumerate() {
-                if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
-                    base_ids.entry(id.to_string()).or_insert(i);
-                }
-            }
             let kind_origins = origins.entry(kind).or_default();
             for (id, value) in res.kind(kind) {
                 let key = format!("{prefix}/{kind}/{id}");
                 let mut value = value.clone();
                 let Some(obj) = value.as_object_mut() else {
+                    if kind == "upstreams" {
+                        set_aside_upstreams.insert(id.clone());
+                    }
                     errors.push(ConfigError {
                         path: key,
                         message: format!("expected a map, found {}", kind_name(&value)),
@@ -135,6 +160,9 @@ pub fn compose(
                     }
                     Some(serde_json::Value::String(given)) if given == id => {}
                     Some(given) => {
+                        if kind == "upstreams" {
+                            set_aside_upstreams.insert(id.clone());
+                        }
                         errors.push(ConfigError {
                             path: format!("{key}.id"),
                             message: format!("id {given} does not match the key's id {id:?}"),
@@ -142,22 +170,24 @@ pub fn compose(
                         continue;
                     }
                 }
-                if let Some(i) = base_ids.get(id) {
+                if let Some(first) = ids.get(id) {
                     errors.push(ConfigError {
                         path: format!("{key}.id"),
-                        message: format!(
-                            "duplicate id {id:?}: also defined at {}",
-                            base_path(base_origin, &format!("{kind}[{i}]"))
-                        ),
+                        message: format!("duplicate id {id:?}: also defined at {first}"),
                     });
                     continue;
                 }
+                ids.insert(id.clone(), key.clone());
                 list.push(value);
                 kind_origins.push(Origin::Key(key));
             }
         }
     }
-    match Config::from_json_value(serde_json::Value::Object(doc)) {
+    let options = ParseOptions {
+        set_aside_upstreams,
+        extra: Some(&crate::files::check),
+    };
+    match Config::from_json_value_with(serde_json::Value::Object(doc), &options) {
         Ok(config) if errors.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(found) => {
@@ -224,7 +254,7 @@ pub(crate) fn canonical(value: &serde_json::Value) -> serde_json::Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::validate::parse_value;
+    use sluice_config::validate::parse_value;
 
     const BASE: &str = "listeners: [{name: web, listen: '127.0.0.1:8080'}]\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\nroutes:\n- {id: a, upstream: u}\n- {id: b, upstream: u}\n";
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{CompactionOptions, WatchOptions};
-use sluice_config::source::etcd::{
+use sluice_sources::etcd::{
     apply, diff, get, load_cache, spawn_watch, ChangeKind, EtcdError, EtcdOptions, EtcdWatch,
 };
-use sluice_config::source::{compose, Resources};
+use sluice_sources::{compose, Resources};
 use support::Etcd;
 
 const WAIT: Duration = Duration::from_secs(15);

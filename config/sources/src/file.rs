@@ -16,7 +16,7 @@ use std::time::Duration;
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
-use crate::validate::{hash_of, parse_value, ConfigError, ConfigErrors};
+use sluice_config::validate::{hash_of, parse_value, ConfigError, ConfigErrors};
 
 /// Top-level lists that several files of a directory may each add to.
 const LISTS: [&str; 3] = ["listeners", "upstreams", "routes"];
@@ -46,7 +46,7 @@ pub fn load(path: &Path) -> Result<(serde_json::Value, String), ConfigErrors> {
     } else {
         load_file(path)?
     };
-    let hash = hash_of(&super::canonical(&value));
+    let hash = hash_of(&crate::compose::canonical(&value));
     Ok((value, hash))
 }
 
@@ -59,7 +59,7 @@ fn load_file(path: &Path) -> Result<serde_json::Value, ConfigErrors> {
         ConfigErrors(
             e.0.into_iter()
                 .map(|err| ConfigError {
-                    path: super::base_path(&name, &err.path),
+                    path: crate::compose::base_path(&name, &err.path),
                     message: err.message,
                 })
                 .collect(),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_config::source::file::{load, watch, FileWatcher};
+use sluice_sources::file::{load, watch, FileWatcher};
 
 const WAIT: Duration = Duration::from_secs(10);
 const DEBOUNCE: Duration = Duration::from_millis(50);

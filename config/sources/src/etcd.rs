@@ -3,8 +3,8 @@
 //!
 //! Key layout under a prefix (default `/sluice`):
 //!
-//! - `{prefix}/routes/{id}`: one [`crate::model::RouteConfig`], as JSON or YAML;
-//! - `{prefix}/upstreams/{id}`: one [`crate::model::UpstreamConfig`], as JSON or YAML.
+//! - `{prefix}/routes/{id}`: one [`sluice_config::model::RouteConfig`], as JSON or YAML;
+//! - `{prefix}/upstreams/{id}`: one [`sluice_config::model::UpstreamConfig`], as JSON or YAML.
 //!
 //! `{prefix}/consumers/{id}` and `{prefix}/filters/{id}` are reserved and reported as not
 //! supported yet; any other key under the prefix is an error naming the key.
@@ -15,7 +15,7 @@
 //! missed does it list again. It publishes the newest [`Resources`] on a Tokio watch
 //! channel, so a consumer that falls behind skips straight to the latest state.
 //!
-//! This module does not validate the whole config: [`super::compose`] does.
+//! This module does not validate the whole config: [`crate::compose`] does.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,8 +30,8 @@ use etcd_client::{
 use rand::Rng;
 use tokio::sync::watch;
 
-use super::{canonical, compose, Resources};
-use crate::validate::{is_valid_id, parse_value, ConfigError, ConfigErrors};
+use crate::compose::{canonical, compose, Resources};
+use sluice_config::validate::{is_valid_id, parse_value, ConfigError, ConfigErrors};
 
 /// How to reach etcd and where Sluice's keys live.
 #[derive(Clone)]

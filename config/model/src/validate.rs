@@ -1,6 +1,10 @@
 //! Parsing and validation. Every error names the field path it is about, such as
 //! `routes[2].match.path.regex: invalid regex …`, and validation reports every error it
 //! finds rather than the first.
+//!
+//! Nothing here reads a file: checks that need the filesystem (the certificate files a
+//! listener names, see [`Config::files`]) are passed in by the caller through
+//! [`ParseOptions::extra`], so that their errors are reported with the rest.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -140,7 +144,7 @@ fn set_aside(
     value: &mut serde_json::Value,
     path: &str,
     remap: &mut IndexRemap,
-    broken_ids: &mut HashSet<String>,
+    aside: &mut SetAside,
 ) -> Option<String> {
     let steps = path_steps(path);
     let (first, index) = steps.first()?;
@@ -151,9 +155,10 @@ fn set_aside(
             return None;
         }
         let item = list.remove(*i);
+        aside.lists.insert(first.clone());
         if first == "upstreams" {
             if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
-                broken_ids.insert(id.to_string());
+                aside.upstreams.insert(id.to_string());
             }
         }
         let len = list.len() + 1;
@@ -171,6 +176,7 @@ fn set_aside(
         let last = n + 1 == steps.len();
         if last && idx.is_none() {
             cur.as_object_mut()?.remove(key.as_str())?;
+            aside.fields.insert(path.to_string());
             return Some(path.to_string());
         }
         cur = cur.get_mut(key.as_str())?;
@@ -181,12 +187,66 @@ fn set_aside(
                     return None;
                 }
                 arr.remove(*i);
+                aside.fields.insert(path.to_string());
                 return Some(path.to_string());
             }
             cur = cur.get_mut(*i)?;
         }
     }
     None
+}
+
+/// What was set aside before the semantic checks ran, so that they do not report what
+/// follows from it: a listener dropped for a bad address must not also make "at least one
+/// listener is required", nor an upstream dropped for a bad field make every route that
+/// names it an "unknown upstream".
+#[derive(Debug, Default)]
+struct SetAside {
+    /// Top-level lists (`listeners`, `upstreams`, `routes`) that lost an item.
+    lists: HashSet<String>,
+    /// Ids of upstreams that were set aside (here, or by the caller).
+    upstreams: HashSet<String>,
+    /// Paths of fields that were removed (their default applies), e.g. `admin.listen`.
+    fields: HashSet<String>,
+}
+
+impl SetAside {
+    /// Whether the field at `path`, or a map that holds it, was set aside.
+    fn field(&self, path: &str) -> bool {
+        self.fields.iter().any(|f| {
+            path == f
+                || path
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// Options for [`Config::from_json_value_with`].
+#[derive(Default)]
+pub struct ParseOptions<'a> {
+    /// Ids of upstreams whose definition the caller set aside before parsing, because
+    /// of an error already reported (an etcd key that could not be read, an object
+    /// whose id does not match its key). References to them are not reported again as
+    /// unknown upstreams. Default: none.
+    pub set_aside_upstreams: HashSet<String>,
+    /// Further checks on the parsed config that this crate does not do, typically
+    /// because they need I/O (see [`Config::files`]). Their error paths are paths of the
+    /// parsed config, mapped back to the input like the others. Default: none.
+    #[allow(clippy::type_complexity)]
+    pub extra: Option<&'a (dyn Fn(&Config) -> Vec<ConfigError> + 'a)>,
+}
+
+/// A file the config names, with the field that names it: for a caller that checks the
+/// files exist and hold what they should ([`Config::files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef<'a> {
+    /// Field path, e.g. `listeners[0].tls.certificates[1].key`.
+    pub path: String,
+    /// The file, as written in the config.
+    pub file: &'a str,
+    /// The PEM block label the file must contain: `CERTIFICATE` or `PRIVATE KEY`.
+    pub pem_label: &'static str,
 }
 
 /// Deserializes a value already parsed, reporting the path of the first field that does
@@ -219,12 +279,24 @@ impl Config {
     /// deserialization is tried again; once the rest fits, the semantic checks run on it.
     /// Paths always name the element as it stands in the input, and references to an
     /// element that was set aside are not reported twice.
-    pub fn from_json_value(mut value: serde_json::Value) -> Result<Config, ConfigErrors> {
+    pub fn from_json_value(value: serde_json::Value) -> Result<Config, ConfigErrors> {
+        Self::from_json_value_with(value, &ParseOptions::default())
+    }
+
+    /// [`Config::from_json_value`], with upstreams the caller already set aside and
+    /// further checks run on the parsed config ([`ParseOptions`]).
+    pub fn from_json_value_with(
+        mut value: serde_json::Value,
+        options: &ParseOptions<'_>,
+    ) -> Result<Config, ConfigErrors> {
         const MAX_ROUNDS: usize = 64;
         let mut errors = Vec::new();
         let mut remap = IndexRemap::default();
         let mut removed_paths = Vec::new();
-        let mut broken_ids = HashSet::new();
+        let mut aside = SetAside {
+            upstreams: options.set_aside_upstreams.clone(),
+            ..SetAside::default()
+        };
         let mut parsed = None;
         for _ in 0..MAX_ROUNDS {
             match from_value::<Config>(value.clone()) {
@@ -235,7 +307,7 @@ impl Config {
                 Err(e) => {
                     let Some(err) = e.0.into_iter().next() else { break };
                     let original = remap.original(&err.path);
-                    let set_aside = set_aside(&mut value, &err.path, &mut remap, &mut broken_ids);
+                    let set_aside = set_aside(&mut value, &err.path, &mut remap, &mut aside);
                     errors.push(ConfigError {
                         path: original.clone(),
                         message: err.message,
@@ -248,19 +320,21 @@ impl Config {
             }
         }
         if let Some(config) = &parsed {
-            if let Err(semantic) = config.validate() {
-                for e in semantic.0 {
-                    let path = remap.original(&e.path);
-                    let about_broken = broken_ids
-                        .iter()
-                        .any(|id| e.message.ends_with(&format!("unknown upstream {id:?}")));
-                    let about_removed = removed_paths.contains(&path);
-                    if !about_broken && !about_removed {
-                        errors.push(ConfigError {
-                            path,
-                            message: e.message,
-                        });
-                    }
+            let mut v = Validator {
+                errors: Vec::new(),
+                aside: &aside,
+            };
+            v.config(config);
+            if let Some(extra) = options.extra {
+                v.errors.extend(extra(config));
+            }
+            for e in v.errors {
+                let path = remap.original(&e.path);
+                if !removed_paths.contains(&path) {
+                    errors.push(ConfigError {
+                        path,
+                        message: e.message,
+                    });
                 }
             }
         }
@@ -270,11 +344,26 @@ impl Config {
         }
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-        Self::from_text(&text)
+    /// The files this config names (listener certificates and keys), for a caller that
+    /// checks them: validation itself does no I/O.
+    pub fn files(&self) -> Vec<FileRef<'_>> {
+        let mut files = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            for (j, cert) in l.tls.iter().flat_map(|t| t.certificates.iter()).enumerate() {
+                let cp = format!("listeners[{i}].tls.certificates[{j}]");
+                files.push(FileRef {
+                    path: format!("{cp}.cert"),
+                    file: &cert.cert,
+                    pem_label: "CERTIFICATE",
+                });
+                files.push(FileRef {
+                    path: format!("{cp}.key"),
+                    file: &cert.key,
+                    pem_label: "PRIVATE KEY",
+                });
+            }
+        }
+        files
     }
 
     /// SHA-256 of the canonical JSON form, hex encoded. Two configs with the same hash
@@ -306,7 +395,11 @@ impl Config {
     /// Checks everything the types cannot: references, uniqueness, regexes, header names,
     /// ranges. Returns every error found.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let mut v = Validator::default();
+        let aside = SetAside::default();
+        let mut v = Validator {
+            errors: Vec::new(),
+            aside: &aside,
+        };
         v.config(self);
         if v.errors.is_empty() {
             Ok(())
@@ -356,12 +449,13 @@ pub fn is_valid_host_pattern(pattern: &str) -> bool {
         })
 }
 
-#[derive(Default)]
-struct Validator {
+struct Validator<'a> {
     errors: Vec<ConfigError>,
+    /// What parsing set aside; checks skip what would only follow from it.
+    aside: &'a SetAside,
 }
 
-impl Validator {
+impl Validator<'_> {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.into(),
@@ -398,12 +492,16 @@ impl Validator {
     }
 
     fn config(&mut self, c: &Config) {
-        if c.listeners.is_empty() {
+        // A listener set aside for its own error is not also "missing".
+        if c.listeners.is_empty() && !self.aside.lists.contains("listeners") {
             self.err("listeners", "at least one listener is required");
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
-        addrs.insert(c.admin.listen);
+        // A set-aside admin address is not the default one the listeners may clash with.
+        if !self.aside.field("admin.listen") {
+            addrs.insert(c.admin.listen);
+        }
         for (i, l) in c.listeners.iter().enumerate() {
             let p = format!("listeners[{i}]");
             self.id(&format!("{p}.name"), &l.name, &mut names);
@@ -423,10 +521,9 @@ impl Validator {
                         "at least one certificate is required",
                     );
                 }
+                // The files themselves are checked by the caller (`Config::files`).
                 for (j, cert) in tls.certificates.iter().enumerate() {
                     let cp = format!("{p}.tls.certificates[{j}]");
-                    self.pem_file(&format!("{cp}.cert"), &cert.cert, "CERTIFICATE");
-                    self.pem_file(&format!("{cp}.key"), &cert.key, "PRIVATE KEY");
                     for (k, n) in cert.server_names.iter().enumerate() {
                         if !is_valid_host_pattern(n) {
                             self.err(
@@ -453,12 +550,16 @@ impl Validator {
         }
     }
 
-    fn pem_file(&mut self, path: &str, file: &str, kind: &str) {
-        match std::fs::read_to_string(file) {
-            Ok(text) if text.contains("-----BEGIN") && text.contains(kind) => {}
-            Ok(_) => self.err(path, format!("{file}: no PEM {kind} found")),
-            Err(e) => self.err(path, format!("cannot read {file}: {e}")),
+    /// An error for a reference to an upstream that does not exist, unless its
+    /// definition was set aside for an error of its own (already reported).
+    fn unknown_upstream(&mut self, path: String, id: &str, upstreams: &HashSet<String>) -> bool {
+        if upstreams.contains(id) {
+            return false;
         }
+        if !self.aside.upstreams.contains(id) {
+            self.err(path, format!("unknown upstream {id:?}"));
+        }
+        true
     }
 
     fn upstream(&mut self, p: &str, u: &UpstreamConfig, ids: &mut HashSet<String>) {
@@ -561,9 +662,7 @@ impl Validator {
             self.value_match(&qp, q);
         }
         if let Some(u) = &r.upstream {
-            if !upstreams.contains(u) {
-                self.err(format!("{p}.upstream"), format!("unknown upstream {u:?}"));
-            }
+            self.unknown_upstream(format!("{p}.upstream"), u, upstreams);
             if !r.backends.is_empty() {
                 self.err(
                     format!("{p}.backends"),
@@ -573,12 +672,7 @@ impl Validator {
         }
         let mut seen = HashSet::new();
         for (i, b) in r.backends.iter().enumerate() {
-            if !upstreams.contains(&b.upstream) {
-                self.err(
-                    format!("{p}.backends[{i}].upstream"),
-                    format!("unknown upstream {:?}", b.upstream),
-                );
-            }
+            self.unknown_upstream(format!("{p}.backends[{i}].upstream"), &b.upstream, upstreams);
             if !seen.insert(b.upstream.as_str()) {
                 self.err(
                     format!("{p}.backends[{i}].upstream"),
@@ -638,14 +732,11 @@ impl Validator {
         if let Some(b) = &r.circuit_breaker {
             b.validate(&format!("{p}.circuit_breaker"), &mut raw);
             if let Some(fb) = &b.fallback_upstream {
-                if !upstreams.contains(fb) {
+                let fp = format!("{p}.circuit_breaker.fallback_upstream");
+                let unknown = self.unknown_upstream(fp.clone(), fb, upstreams);
+                if !unknown && r.backend_list().iter().any(|b| &b.upstream == fb) {
                     raw.push((
-                        format!("{p}.circuit_breaker.fallback_upstream"),
-                        format!("unknown upstream {fb:?}"),
-                    ));
-                } else if r.backend_list().iter().any(|b| &b.upstream == fb) {
-                    raw.push((
-                        format!("{p}.circuit_breaker.fallback_upstream"),
+                        fp,
                         format!("is the route's own upstream {fb:?}; name another upstream or leave it out"),
                     ));
                 }
@@ -814,6 +905,100 @@ mod tests {
             "a set-aside upstream is not reported again: {errs:?}"
         );
         assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn a_listener_set_aside_for_its_address_is_not_also_missing() {
+        let text = format!(
+            "listeners: [{{name: web, listen: 'nope'}}]\n{}",
+            &BASE[BASE.find("upstreams").unwrap()..]
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("listeners[0].listen: "), "{errs:?}");
+        // With no listener written at all, the missing listener is the error.
+        let errs = errors("upstreams: []\nroutes: []\n");
+        assert_eq!(errs, ["listeners: at least one listener is required"]);
+    }
+
+    #[test]
+    fn a_set_aside_upstream_is_not_reported_as_unknown_by_a_breaker_fallback() {
+        let text = format!(
+            "{BASE}  - {{id: spare, endpoints: [{{address: '127.0.0.1:9001', weight: heavy}}]}}\nroutes:\n- {{id: a, upstream: u, circuit_breaker: {{fallback_upstream: spare}}}}\n- {{id: b, upstream: u, circuit_breaker: {{fallback_upstream: gone}}}}\n"
+        )
+        .replace("upstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\n", "upstreams:\n  - {id: u, endpoints: [{address: '127.0.0.1:9000'}]}\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("upstreams[1].endpoints[0].weight: invalid type"),
+            "{errs:?}"
+        );
+        assert_eq!(
+            errs[1],
+            "routes[1].circuit_breaker.fallback_upstream: unknown upstream \"gone\""
+        );
+    }
+
+    #[test]
+    fn a_set_aside_admin_address_does_not_clash_with_a_listener() {
+        let text = format!("{BASE}admin: {{listen: 'not an address'}}\nroutes: [{{id: r, upstream: u}}]\n")
+            .replace("127.0.0.1:8080", "127.0.0.1:9900");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("admin.listen: "), "{errs:?}");
+        // Written on the default admin address with no admin section, it does clash.
+        let text =
+            format!("{BASE}routes: [{{id: r, upstream: u}}]\n").replace("127.0.0.1:8080", "127.0.0.1:9900");
+        assert!(errors(&text)[0].starts_with("listeners[0].listen: 127.0.0.1:9900 is already used"));
+    }
+
+    #[test]
+    fn upstreams_the_caller_set_aside_are_not_unknown() {
+        let text = format!("{BASE}routes: [{{id: r, upstream: remote}}, {{id: s, upstream: other}}]\n");
+        let options = ParseOptions {
+            set_aside_upstreams: HashSet::from(["remote".to_string()]),
+            extra: None,
+        };
+        let errs = Config::from_json_value_with(parse_value(&text).unwrap(), &options).unwrap_err();
+        assert_eq!(errs.to_string(), "routes[1].upstream: unknown upstream \"other\"");
+    }
+
+    #[test]
+    fn extra_checks_see_the_files_and_report_at_the_input_paths() {
+        // listeners[0] is set aside; the TLS listener is listeners[1] in the input but
+        // listeners[0] of the parsed config.
+        let text = "listeners:\n- {name: a, listen: bad}\n- {name: b, listen: '127.0.0.1:8443', tls: {certificates: [{cert: c.pem, key: k.pem}]}}\nroutes: [{id: r, direct_response: {status: 204}}]\n".replace("direct_response: {status: 204}", "filters: [{direct_response: {status: 204}}]");
+        let check = |c: &Config| -> Vec<ConfigError> {
+            c.files()
+                .into_iter()
+                .map(|f| ConfigError {
+                    path: f.path,
+                    message: format!("{} needs {}", f.file, f.pem_label),
+                })
+                .collect()
+        };
+        let options = ParseOptions {
+            extra: Some(&check),
+            ..ParseOptions::default()
+        };
+        let errs: Vec<String> = Config::from_json_value_with(parse_value(&text).unwrap(), &options)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("listeners[0].listen: "), "{errs:?}");
+        assert_eq!(
+            errs[1],
+            "listeners[1].tls.certificates[0].cert: c.pem needs CERTIFICATE"
+        );
+        assert_eq!(
+            errs[2],
+            "listeners[1].tls.certificates[0].key: k.pem needs PRIVATE KEY"
+        );
+        // Validation alone does not touch the files.
+        assert!(Config::from_text(&text.replace("listen: bad", "listen: '127.0.0.1:8080'")).is_ok());
     }
 
     #[test]
