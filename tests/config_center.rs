@@ -565,6 +565,24 @@ async fn sluice_apply_get_and_diff_manage_etcd_in_one_transaction() {
         .kvs()
         .is_empty());
 
+    // A filter's spec is checked by its kind before anything is written.
+    let bad_filter = write(
+        "bad-filter.yaml",
+        "routes:\n- {id: limited, upstream: backend, filters: [{rate_limit: {requests: 5, pre: 1s}}]}\n",
+    );
+    let (code, out, err) = sluice(&["apply", "--etcd", &endpoint, "-f", &bad_filter]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("routes[0].filters[0].rate_limit.pre: unknown field `pre`"),
+        "{err}"
+    );
+    assert!(kv
+        .get("/sluice/routes/limited", None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+
     // Pruning with a file that declares nothing would wipe the prefix: refused.
     let empty = write("empty.yaml", "routes: []\n");
     let (code, _, err) = sluice(&["apply", "--etcd", &endpoint, "-f", &empty, "--prune"]);

@@ -238,6 +238,7 @@ fn main() -> ExitCode {
                     opts.prefix
                 ));
             }
+            refuse_bad_filters(&opts, &file, &text, prune).await?;
             let s = etcd::apply(&opts, &text, prune)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -265,6 +266,7 @@ fn main() -> ExitCode {
             change: ChangeArgs { file, prune },
         } => etcd_command(&etcd, |opts| async move {
             let text = read(&file)?;
+            refuse_bad_filters(&opts, &file, &text, prune).await?;
             let changes = etcd::diff(&opts, &text, prune).await.map_err(|e| e.to_string())?;
             for c in &changes {
                 let verb = match c.kind {
@@ -293,6 +295,46 @@ fn declares_nothing(text: &str) -> bool {
     };
     let empty = |k: &str| doc.get(k).and_then(|v| v.as_array()).is_none_or(Vec::is_empty);
     empty("routes") && empty("upstreams")
+}
+
+/// The filter kinds' own checks on a document's routes, which the etcd plan's
+/// validation (the config model only) leaves out. A document that does not parse is left
+/// to `apply` to report.
+fn filter_errors(text: &str) -> Vec<sluice_config::ConfigError> {
+    let routes = sluice_config::validate::parse_value(text)
+        .ok()
+        .and_then(|doc| doc.get("routes").cloned())
+        .and_then(|r| serde_json::from_value::<Vec<sluice_config::model::RouteConfig>>(r).ok());
+    let Some(routes) = routes else {
+        return Vec::new();
+    };
+    sluice_filters::validate_filters(&sluice_config::Config {
+        routes,
+        ..Default::default()
+    })
+}
+
+/// Refuses a document whose filters do not validate, listing those errors after the
+/// model's own (found by a dry run that writes nothing).
+async fn refuse_bad_filters(
+    opts: &EtcdOptions,
+    path: &std::path::Path,
+    text: &str,
+    prune: bool,
+) -> Result<(), String> {
+    let errors = filter_errors(text);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let mut out = String::new();
+    if let Err(e) = etcd::diff(opts, text, prune).await {
+        out.push_str(&format!("{e}\n"));
+    }
+    out.push_str(&format!("{}: {} filter error(s)", path.display(), errors.len()));
+    for e in &errors {
+        out.push_str(&format!("\n  {e}"));
+    }
+    Err(out)
 }
 
 fn read(path: &std::path::Path) -> Result<String, String> {
