@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod chaos;
 mod config_center;
+mod drain;
 mod errors;
 mod lifecycle;
 mod load_balancing;

@@ -517,10 +517,11 @@ impl ProxyHttp for SluiceProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        crate::shutdown::close_if_draining(session);
         let snap = ctx.snapshot()?.clone();
         resp.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
         if let Some(v) = &ctx.fallback {

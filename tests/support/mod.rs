@@ -31,7 +31,7 @@ pub use client::{
     Handshake, RawHttp1, RawResponse,
 };
 pub use etcd::Etcd;
-pub use gateway::{Gateway, GatewayBuilder, Signal};
+pub use gateway::{Gateway, GatewayBuilder, Signal, Successor};
 pub use metrics::Metrics;
 pub use tls::{TestCa, TestCert};
 pub use upstream::{Mode, TestUpstream};
