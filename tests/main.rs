@@ -19,5 +19,7 @@ mod load_balancing;
 mod protocols;
 mod resilience;
 mod routing;
+mod timeouts;
 mod transforms;
+mod upstream_tls;
 mod validate;

@@ -93,6 +93,7 @@ pub struct GatewayBuilder {
     vars: BTreeMap<String, String>,
     files: Vec<(String, Vec<u8>)>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// A running `sluice run` process with its own temporary directory. Killed (SIGKILL) on
@@ -121,12 +122,20 @@ impl GatewayBuilder {
             vars: BTreeMap::new(),
             files: Vec::new(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
     /// Adds a command-line argument after `run --config <file>`.
     pub fn arg(mut self, arg: impl Into<String>) -> GatewayBuilder {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable for the process; `{{dir}}` in `value` is replaced with
+    /// the gateway's temporary directory.
+    pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -207,6 +216,11 @@ impl GatewayBuilder {
             .arg(&config_path)
             .args(&self.args)
             .env("SLUICE_LOG", "warn")
+            .envs(
+                self.env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.replace("{{dir}}", &dir.path().display().to_string()))),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
