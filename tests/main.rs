@@ -17,6 +17,7 @@ mod errors;
 mod lifecycle;
 mod load_balancing;
 mod protocols;
+mod reload_state;
 mod resilience;
 mod routing;
 mod timeouts;
