@@ -74,6 +74,23 @@ pub fn in_flight() -> usize {
     IN_FLIGHT.load(Ordering::Relaxed)
 }
 
+/// Set once the signal handlers are installed.
+static SIGNALS_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Waits (at most `limit`) until the signal handlers are installed: until then a SIGTERM
+/// would kill the process the default way, without a drain. The admin listener (and so
+/// `/readyz`) opens only after this.
+pub async fn signals_installed(limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !SIGNALS_INSTALLED.load(Ordering::Acquire) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 /// Whether shutdown has begun (listeners closing).
 pub fn draining() -> bool {
     DRAINING.load(Ordering::Relaxed)
@@ -106,6 +123,7 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
+        SIGNALS_INSTALLED.store(true, Ordering::Release);
         let kind = tokio::select! {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => {
