@@ -111,24 +111,33 @@ async fn upstream_that_hangs_past_the_read_timeout_gets_504_json() {
 }
 
 #[tokio::test]
-
-async fn connection_kept_alive_after_an_upstream_error_is_reusable() {
+async fn keepalive_is_reused_and_an_upstream_error_closes_the_connection_as_it_says() {
     let up = TestUpstream::start("up").await;
     let gw = gateway(&up).await;
-    up.set_mode(Mode::Refuse).await;
 
     let mut conn = RawHttp1::connect(gw.http_addr()).await;
-    let first = conn.get("/up/refused").await.expect("a 502 response");
-    assert_eq!(first.status, 502);
-    let closing = first
-        .header("connection")
-        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    if !closing {
-        let second = conn.get("/nowhere").await;
-        assert!(
-            second.is_some(),
-            "the 502 said `Connection: {}`, but the next request on that connection got no answer",
-            first.header("connection").unwrap_or("<absent>")
-        );
+    for path in ["/up/one", "/up/two"] {
+        let resp = conn
+            .get(path)
+            .await
+            .unwrap_or_else(|| panic!("{path} answered on the kept-alive connection"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("connection"), Some("keep-alive"), "{path}");
     }
+
+    up.set_mode(Mode::Refuse).await;
+    let failed = conn
+        .get("/up/refused")
+        .await
+        .expect("a 502 on the same connection");
+    assert_eq!(failed.status, 502);
+    assert_eq!(
+        failed.header("connection"),
+        Some("close"),
+        "pingora does not reuse a connection after a failed proxy attempt, and says so"
+    );
+    assert!(
+        conn.closed_within(Duration::from_secs(5)).await,
+        "the gateway closed the connection as announced"
+    );
 }

@@ -375,46 +375,54 @@ async fn retries_land_on_a_different_endpoint_and_skip_non_idempotent_methods() 
 }
 
 #[tokio::test]
-async fn retry_budget_caps_retries_when_everything_fails() {
+async fn retry_budget_admits_exactly_min_concurrent_retries_at_once() {
+    // a fails at once; b answers after 3 s, so a retry (which goes to b) holds its
+    // budget slot for 3 s, long after every other first try on a has failed.
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
     let yaml = pool_config(
         &[&a, &b],
-        "  retries: {attempts: 2, on: [gateway_error], backoff: 300ms, budget: {percent: 0, min_concurrent: 2}}\n  \
+        "  retries: {attempts: 1, on: [gateway_error], backoff: 10ms, budget: {percent: 0, min_concurrent: 3}}\n  \
          outlier_detection: {enabled: false}",
     );
     let gw = Gateway::start(&yaml, &[&a, &b]).await;
     a.set_mode(Mode::Status(503)).await;
-    b.set_mode(Mode::Status(503)).await;
+    b.set_mode(Mode::Delay(Duration::from_secs(3))).await;
 
     let n = 20;
-    for status in concurrent_gets(&gw, "/all-down", n).await {
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    }
-    let m = gw
-        .metrics_when(Duration::from_secs(5), |m| {
-            m.value(
-                "sluice_requests_total",
-                &[("route", "api"), ("status_class", "5xx")],
-            ) >= n as f64
-        })
-        .await;
-    let retries = m.value("sluice_retries_total", &[("upstream", "pool")]);
-    let exhausted = m.value("sluice_retry_budget_exhausted_total", &[("upstream", "pool")]);
-    let tries = (a.requests() + b.requests()) as f64;
-    assert_eq!(
-        tries,
-        n as f64 + retries,
-        "every try is a first try or a counted retry"
-    );
+    let statuses = concurrent_gets(&gw, "/budget", n).await;
+    let first_on_a = a.requests();
     assert!(
-        retries < n as f64,
-        "without the budget there would be {} retries; there were {retries}",
-        n * 2
+        first_on_a > 3,
+        "enough first tries failed on a for the cap to matter: {first_on_a}"
     );
-    assert!(exhausted >= n as f64 / 2.0, "budget refusals: {exhausted}");
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let failed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(ok + failed, n, "{statuses:?}");
+    assert_eq!(
+        failed,
+        first_on_a - 3,
+        "of the {first_on_a} requests that failed on a, exactly 3 were retried (to b): {statuses:?}"
+    );
+    assert_eq!(
+        b.requests(),
+        (n - first_on_a) + 3,
+        "b got its first tries and the 3 retries"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(m.value("sluice_retries_total", &[("upstream", "pool")]), 3.0);
+    assert_eq!(
+        m.value("sluice_retry_budget_exhausted_total", &[("upstream", "pool")]),
+        (first_on_a - 3) as f64
+    );
     let ups = gw.admin_json("/api/v1/upstreams").await;
-    assert_eq!(ups["upstreams"][0]["retry_budget"]["limit"], 2, "{ups}");
+    let budget = &ups["upstreams"][0]["retry_budget"];
+    assert_eq!(budget["limit"], 3, "{ups}");
+    assert_eq!(budget["retries_started"], 3, "{ups}");
+    assert_eq!(budget["active_retries"], 0, "{ups}");
 }
 
 #[tokio::test]
@@ -510,27 +518,47 @@ async fn active_health_check_marks_an_endpoint_down_and_up_again() {
 }
 
 #[tokio::test]
-async fn active_health_check_failure_takes_the_endpoint_out_of_rotation() {
+async fn tcp_health_check_takes_the_endpoint_out_of_rotation_and_back() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
+    // No retries and no outlier ejection: only the health check keeps requests off a
+    // while it refuses connections (a balancer that ignored it would answer 502).
     let yaml = pool_config(
         &[&a, &b],
-        "  health_check: {kind: tcp, interval: 200ms, timeout: 150ms, unhealthy_threshold: 1}",
+        "  health_check: {kind: tcp, interval: 200ms, timeout: 150ms, unhealthy_threshold: 1, healthy_threshold: 1}\n  \
+         retries: {attempts: 0}\n  outlier_detection: {enabled: false}",
     );
     let gw = Gateway::start(&yaml, &[&a, &b]).await;
-    a.set_mode(Mode::Refuse).await;
-    let started = Instant::now();
-    eventually(Duration::from_secs(5), "a is marked unhealthy", || async {
-        let view = gw.admin_json("/api/v1/upstreams").await;
-        view["upstreams"][0]["endpoints"][0]["active_health"] == "unhealthy"
+    eventually(Duration::from_secs(5), "a is checked healthy", || async {
+        active_health(&gw, a.addr()).await == "healthy"
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(5));
-    for _ in 0..10 {
+    a.set_mode(Mode::Refuse).await;
+    eventually(Duration::from_secs(5), "a is marked unhealthy", || async {
+        active_health(&gw, a.addr()).await == "unhealthy"
+    })
+    .await;
+    for i in 0..10 {
         let resp = gw.get("/t").await;
-        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
         assert_eq!(upstream_of(&resp), "b");
     }
+
+    a.set_mode(Mode::Healthy).await;
+    eventually(Duration::from_secs(5), "a is healthy again", || async {
+        active_health(&gw, a.addr()).await == "healthy"
+    })
+    .await;
+    a.reset_requests();
+    b.reset_requests();
+    for i in 0..10 {
+        assert_eq!(gw.get("/t").await.status(), StatusCode::OK, "request {i}");
+    }
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (5, 5),
+        "round robin over both again"
+    );
 }
 
 #[tokio::test]

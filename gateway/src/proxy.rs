@@ -7,7 +7,7 @@
 //! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
 //! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
 //! | `upstream_response_filter` | outcome (upstream-response filters, outlier record, retry a status) |
-//! | `response_filter`          | respond (request id, breaker header, response filters)           |
+//! | `response_filter`          | drain (`Connection: close` once draining); respond (request id, breaker header, response filters) |
 //! | `fail_to_connect`          | outcome (outlier record, retry policy and budget)                |
 //! | `error_while_proxy`        | outcome (outlier record, retry policy and budget)                |
 //! | `fail_to_proxy`            | respond (the JSON error, through the one mapping)                |

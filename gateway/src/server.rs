@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::listening::Service;
 use sluice_config::Config;
 
 use crate::gateway::Gateway;
@@ -62,10 +63,15 @@ pub fn run(
         let proxy = SluiceProxy::new(gateway.clone(), l.tls.is_some());
         let mut options = HttpServerOptions::default();
         options.h2c = l.http2 && l.tls.is_none();
-        let mut svc = ProxyServiceBuilder::new(&server.configuration, proxy)
-            .name(format!("listener {}", l.name))
-            .server_options(options)
-            .build();
+        let mut app = HttpProxy::new(proxy, server.configuration.clone());
+        app.server_options = Some(options);
+        app.handle_init_modules();
+        // The drain wrapper holds back pingora's cut of idle keep-alive connections until
+        // the listener has drained (see `shutdown`).
+        let mut svc = Service::new(
+            format!("listener {}", l.name),
+            crate::shutdown::Draining::new(app),
+        );
         let addr = l.listen.to_string();
         match &l.tls {
             None => svc.add_tcp(&addr),
@@ -116,6 +122,10 @@ fn admin_thread(
     rt.block_on(async move {
         tokio::spawn(crate::sources::run(gateway.clone(), sources, base, base_hash));
         tokio::spawn(crate::health::run(gateway.clone()));
+        // Ready only once a SIGTERM would drain rather than kill the process.
+        if !crate::shutdown::signals_installed(std::time::Duration::from_secs(10)).await {
+            tracing::warn!("signal handlers not installed after 10 s; opening the admin listener anyway");
+        }
         let listener = match crate::admin::bind(addr) {
             Ok(l) => l,
             Err(e) => {

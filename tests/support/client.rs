@@ -238,6 +238,29 @@ impl RawHttp1 {
         }
     }
 
+    /// Connects to `addr`; the error when the connection is refused or fails.
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<RawHttp1> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let _ = stream.set_nodelay(true);
+        Ok(RawHttp1 {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Waits up to `timeout` for the server to close the connection without sending
+    /// anything; `true` if it did. Bytes from the server count as not closed.
+    pub async fn closed_within(&mut self, timeout: std::time::Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(timeout, self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        ) && self.buffer.is_empty()
+    }
+
     /// Sends `GET <path>` (with `Host: test`) and reads the response; `None` when the
     /// server closed the connection instead of answering.
     pub async fn get(&mut self, path: &str) -> Option<RawResponse> {

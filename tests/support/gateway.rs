@@ -93,6 +93,7 @@ pub struct GatewayBuilder {
     vars: BTreeMap<String, String>,
     files: Vec<(String, Vec<u8>)>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// A running `sluice run` process with its own temporary directory. Killed (SIGKILL) on
@@ -121,12 +122,20 @@ impl GatewayBuilder {
             vars: BTreeMap::new(),
             files: Vec::new(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
     /// Adds a command-line argument after `run --config <file>`.
     pub fn arg(mut self, arg: impl Into<String>) -> GatewayBuilder {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable for the process; `{{dir}}` in `value` is replaced with
+    /// the gateway's temporary directory.
+    pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -207,6 +216,11 @@ impl GatewayBuilder {
             .arg(&config_path)
             .args(&self.args)
             .env("SLUICE_LOG", "warn")
+            .envs(
+                self.env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.replace("{{dir}}", &dir.path().display().to_string()))),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
@@ -414,6 +428,34 @@ impl Gateway {
         }
     }
 
+    /// Starts a second `sluice run --config <same file> --upgrade`, the new process of a
+    /// graceful upgrade: it waits on `server.upgrade_sock` for this process's listening
+    /// sockets (sent on [`Signal::Quit`]). Its output goes to `successor.*.log` in the same
+    /// directory.
+    pub fn spawn_successor(&self) -> Successor {
+        let out = |f: &str| std::fs::File::create(self.dir.path().join(f)).expect("create a successor log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--upgrade")
+            .env("SLUICE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out("successor.stdout.log")))
+            .stderr(Stdio::from(out("successor.stderr.log")))
+            .spawn()
+            .expect("start the successor sluice");
+        Successor {
+            child,
+            dir: self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// The path of `server.upgrade_sock` as the test config fills it in.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.dir.path().join("upgrade.sock")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -564,6 +606,39 @@ fn section<'a>(doc: &'a mut serde_yaml::Mapping, key: &str) -> &'a mut serde_yam
     value
         .as_mapping_mut()
         .unwrap_or_else(|| panic!("`{key}` in the test config must be a mapping"))
+}
+
+/// The new process of a graceful upgrade ([`Gateway::spawn_successor`]). Killed on drop.
+pub struct Successor {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Successor {
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What it wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!(
+            "--- successor stdout ---\n{}--- successor stderr ---\n{}",
+            read("successor.stdout.log"),
+            read("successor.stderr.log")
+        )
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
 }
 
 impl Drop for Gateway {

@@ -20,6 +20,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod metrics;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstream;
 
 use std::future::Future;
@@ -31,9 +32,10 @@ pub use client::{
     Handshake, RawHttp1, RawResponse,
 };
 pub use etcd::Etcd;
-pub use gateway::{Gateway, GatewayBuilder, Signal};
+pub use gateway::{Gateway, GatewayBuilder, Signal, Successor};
 pub use metrics::Metrics;
 pub use tls::{TestCa, TestCert};
+pub use tls_upstream::TlsUpstream;
 pub use upstream::{Mode, TestUpstream};
 
 /// A port that was free a moment ago on 127.0.0.1: bound to port 0, read, released.

@@ -50,6 +50,7 @@ fn id_header(ctx: &Ctx) -> HeaderName {
 
 /// Writes a gateway-made response, running the route's response filters over it.
 pub async fn send(session: &mut Session, resp: Response, ctx: &Ctx, chain: Option<&Chain>) -> Result<()> {
+    crate::shutdown::close_if_draining(session);
     let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
     for (k, v) in resp.headers {
         h.append_header(k, v)?;
