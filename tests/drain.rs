@@ -174,7 +174,7 @@ async fn graceful_upgrade_under_keepalive_load_loses_no_request() {
 }
 
 /// Reads h2 frames from `tcp` until the server closes the connection; returns them as
-/// (type, flags, stream id, payload). Acknowledges the server's SETTINGS.
+/// (type, flags, stream id, payload). Acknowledges the server's SETTINGS and PINGs.
 async fn read_h2_frames(tcp: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
     let mut frames = Vec::new();
     loop {
@@ -192,6 +192,12 @@ async fn read_h2_frames(tcp: &mut TcpStream) -> Vec<(u8, u8, u32, Vec<u8>)> {
         if kind == 0x4 && flags & 0x1 == 0 {
             let _ = tcp.write_all(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]).await;
         }
+        if kind == 0x6 && flags & 0x1 == 0 {
+            // PING: answer it, as a graceful h2 shutdown waits for the ACK.
+            let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+            ack.extend_from_slice(&payload);
+            let _ = tcp.write_all(&ack).await;
+        }
         frames.push((kind, flags, stream, payload));
     }
 }
@@ -201,10 +207,13 @@ async fn sigterm_drain_answers_every_request_and_closes_keepalive_and_h2_cleanly
     let up = TestUpstream::start("up").await;
     let slow = TestUpstream::start("slow").await;
     slow.set_mode(Mode::Delay(Duration::from_millis(1500))).await;
-    let mut gw = Gateway::start(
-        &config(&[&up, &slow], "{grace_period: 0s, shutdown_timeout: 10s}"),
+    let mut gw = Gateway::builder(&config(
         &[&up, &slow],
-    )
+        "{grace_period: 0s, shutdown_timeout: 10s}",
+    ))
+    .upstreams(&[&up, &slow])
+    .env("SLUICE_LOG", "info")
+    .start()
     .await;
     let addr = gw.http_addr();
 
@@ -245,11 +254,19 @@ async fn sigterm_drain_answers_every_request_and_closes_keepalive_and_h2_cleanly
         .collect();
     wait_for_requests(&progress, 300, "the keep-alive clients to get going").await;
 
+    let signalled = Instant::now();
     gw.signal(Signal::Term);
-    let exited = gw.wait_exit(Duration::from_secs(15)).await;
+    let exited = gw.wait_exit(Duration::from_secs(25)).await;
     assert!(
         exited.is_some(),
-        "sluice exited after draining; logs:\n{}",
+        "sluice exited after draining (shutdown_timeout 10 s); still running {:?} after SIGTERM; logs:\n{}",
+        signalled.elapsed(),
+        gw.logs()
+    );
+    let drained_in = signalled.elapsed();
+    assert!(
+        drained_in < Duration::from_secs(9),
+        "exited once drained, before the 10 s shutdown timeout: {drained_in:?}; logs:\n{}",
         gw.logs()
     );
 

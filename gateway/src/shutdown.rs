@@ -203,9 +203,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Draining<A> {
         self.inner.http_cleanup().await;
         if SERVICES.fetch_sub(1, Ordering::AcqRel) == 1 {
             tracing::info!("drained: no request in flight, exiting");
-            // Let the connections just woken by the cleanup close themselves first.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            std::process::exit(0);
+            // From a plain thread: `exit` on a runtime thread runs that thread's
+            // thread-local destructors (tokio's context among them) in the middle of a
+            // poll, which can hang. The short wait lets the connections just woken by the
+            // cleanup close themselves first.
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::process::exit(0);
+            });
         }
     }
 }
