@@ -285,7 +285,7 @@ async fn sigterm_drain_answers_every_request_and_closes_keepalive_and_h2_cleanly
         .unwrap()
         .expect("the in-flight HTTP/1.1 request was answered");
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("connection"), Some("close"));
+    assert_eq!(resp.header("connection"), Some("close"), "{:?}", resp.headers);
 
     let frames = h2_frames.await.unwrap();
     let kinds: Vec<(u8, u8, u32)> = frames.iter().map(|f| (f.0, f.1, f.2)).collect();

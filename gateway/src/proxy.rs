@@ -89,10 +89,11 @@ impl ProxyHttp for SluiceProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        crate::shutdown::close_if_draining(session);
         respond::headers(resp, ctx)
     }
 
