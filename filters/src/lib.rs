@@ -15,6 +15,7 @@ pub mod resilience;
 pub mod respond;
 pub mod rewrite;
 pub mod router;
+pub mod weighted;
 
 pub use filter::{Chain, Filter, FilterCtx, Flow, HeaderEdit, Phases, RequestView, Response};
 
