@@ -33,7 +33,7 @@ use crate::gateway::Gateway;
 use crate::metrics::NO_ROUTE;
 use crate::resilience::{BreakerBinding, BREAKER_HEADER};
 use crate::snapshot::Snapshot;
-use crate::upstream::{EndpointState, Upstream};
+use crate::upstream::{EndpointState, Try, Upstream};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -75,7 +75,7 @@ pub struct Ctx {
     peer_trusted: bool,
     request_id_value: Option<HeaderValue>,
     started: Instant,
-    tried: Vec<usize>,
+    tried: Vec<Try>,
     inflight: Option<InFlight>,
     error: Option<ErrorKind>,
     /// The breaker's leave for this request, handed back in `logging`.
@@ -437,7 +437,8 @@ impl ProxyHttp for SluiceProxy {
                 .unwrap_or_default();
             crate::balancer::hash_key(&value)
         });
-        let Some(idx) = up.pick_for_try(&ctx.tried, key, Instant::now()) else {
+        let set = up.endpoints.load_full();
+        let Some(idx) = set.pick_for_try(&ctx.tried, key, Instant::now()) else {
             ctx.error = Some(ErrorKind::NoHealthyEndpoint);
             return Err(Error::explain(
                 HTTPStatus(503),
@@ -459,12 +460,13 @@ impl ProxyHttp for SluiceProxy {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let state = up.endpoints[idx].state.clone();
+        let state = set.endpoints[idx].state.clone();
         state.inflight.fetch_add(1, Ordering::Relaxed);
         state.requests.fetch_add(1, Ordering::Relaxed);
         ctx.inflight = Some(InFlight(state));
-        ctx.tried.push(idx);
-        Ok(Box::new(up.peer(idx, &route.timeouts, limit)))
+        let peer = up.peer(&set.endpoints[idx], &route.timeouts, limit);
+        ctx.tried.push(Try { set, index: idx });
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -688,10 +690,11 @@ impl SluiceProxy {
     fn record_try(&self, ctx: &mut Ctx, outcome: UpstreamOutcome) {
         let now = Instant::now();
         ctx.outcome = Some((outcome, now));
-        let (Some(up), Some(&idx)) = (ctx.upstream(), ctx.tried.last()) else {
+        let (Some(up), Some(t)) = (ctx.upstream(), ctx.tried.last()) else {
             return;
         };
-        if let Some(ev) = up.outlier.record(idx, outcome, now) {
+        let outlier = &t.set.outlier;
+        if let Some(ev) = outlier.record(t.index, outcome, now) {
             if ev.enforced {
                 self.gateway
                     .metrics
@@ -700,7 +703,7 @@ impl SluiceProxy {
                     .inc();
             }
             up.ejected_gauge
-                .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
+                .set(i64::try_from(outlier.ejected_count(now)).unwrap_or(i64::MAX));
             tracing::warn!(
                 upstream = %up.id,
                 endpoint = %ev.address,

@@ -116,6 +116,7 @@ fn admin_thread(
     rt.block_on(async move {
         tokio::spawn(crate::sources::run(gateway.clone(), sources, base, base_hash));
         tokio::spawn(crate::health::run(gateway.clone()));
+        tokio::spawn(crate::discovery::dns::run(gateway.clone()));
         let listener = match crate::admin::bind(addr) {
             Ok(l) => l,
             Err(e) => {
