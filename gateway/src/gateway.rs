@@ -343,7 +343,9 @@ mod tests {
                 kept += 1;
             }
         }
-        assert!(kept > 1000, "most keys stay: {kept}");
+        // About 2/3 of the keys sat on the two kept endpoints, and about 1/3 of those move
+        // to the new one: some 4/9 of 2000 are checked.
+        assert!(kept > 700, "keys checked: {kept}");
         assert!(after.iter().all(|a| a != "127.0.0.1:9003"));
         assert!(after.iter().any(|a| a == "127.0.0.1:9004"));
     }

@@ -416,3 +416,104 @@ fn empty_set(config: &UpstreamConfig) -> EndpointSet {
         rng: AtomicU64::new(0),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use sluice_config::Config;
+
+    fn upstream(yaml: &str) -> (SharedState, Upstream) {
+        let c = Config::from_text(&format!(
+            "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\nupstreams: [{yaml}]\nroutes: [{{id: r, upstream: u}}]\n"
+        ))
+        .unwrap();
+        let state = SharedState::new(Arc::new(Metrics::new()));
+        let up = Upstream::new(&c.upstreams[0], &state);
+        (state, up)
+    }
+
+    fn ep(port: u16, priority: u32) -> EndpointConfig {
+        EndpointConfig {
+            address: format!("127.0.0.1:{port}"),
+            weight: 1,
+            priority,
+        }
+    }
+
+    fn shares(up: &Upstream, picks: usize, now: Instant) -> Vec<usize> {
+        let set = up.endpoints.load();
+        let mut c = vec![0; set.endpoints.len()];
+        for _ in 0..picks {
+            c[set.pick_for_try(&[], None, now).unwrap()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn a_new_endpoint_ramps_up_over_the_slow_start_window() {
+        let (state, up) = upstream(
+            "{id: u, slow_start: {window: 10s, min_weight_percent: 10}, endpoints: [{address: '127.0.0.1:1'}]}",
+        );
+        assert_eq!(shares(&up, 100, Instant::now()), [100]);
+        let t0 = Instant::now();
+        assert!(up.replace(vec![ep(1, 0), ep(2, 0)].into(), None, &state, t0));
+        let set = up.endpoints.load();
+        assert_eq!(set.slow_start_factor(0, t0), 1.0, "the endpoint that stays does not ramp");
+        assert_eq!(set.slow_start_factor(1, t0), 0.1);
+        // The new endpoint takes its turn with probability f (0.1, then 0.5, then 1) and
+        // passes it on otherwise, which gives it the share of an effective weight f next
+        // to weight 1: f / (1 + f).
+        let at_start = shares(&up, 2000, t0)[1];
+        assert!((130..=235).contains(&at_start), "about 9% (0.1 / 1.1): {at_start}");
+        let halfway = shares(&up, 2000, t0 + Duration::from_secs(5))[1];
+        assert!((590..=740).contains(&halfway), "about 33% (0.5 / 1.5): {halfway}");
+        assert_eq!(shares(&up, 2000, t0 + Duration::from_secs(10)), [1000, 1000]);
+    }
+
+    #[test]
+    fn without_slow_start_a_new_endpoint_gets_its_full_share_at_once() {
+        let (state, up) = upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}]}");
+        let t0 = Instant::now();
+        up.replace(vec![ep(1, 0), ep(2, 0)].into(), None, &state, t0);
+        assert_eq!(shares(&up, 1000, t0), [500, 500]);
+    }
+
+    #[test]
+    fn traffic_spills_to_the_next_priority_as_the_local_one_loses_health() {
+        let (_state, up) = upstream(
+            "{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}, {address: '127.0.0.1:3', priority: 1}]}",
+        );
+        let now = Instant::now();
+        assert_eq!(shares(&up, 1000, now), [500, 500, 0], "all local while healthy");
+        let set = up.endpoints.load();
+        set.endpoints[0].state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(set.priority_loads(now), [(0, 70), (1, 30)]);
+        let half = shares(&up, 2000, now);
+        assert_eq!(half[0], 0);
+        assert!((450..=750).contains(&half[2]), "about 30% remote: {half:?}");
+        set.endpoints[1].state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(shares(&up, 1000, now), [0, 0, 1000], "all remote");
+        set.endpoints[0].state.healthy.store(true, Ordering::Relaxed);
+        set.endpoints[1].state.healthy.store(true, Ordering::Relaxed);
+        assert_eq!(shares(&up, 1000, now), [500, 500, 0], "and back");
+    }
+
+    #[test]
+    fn a_retry_skips_the_endpoint_it_tried_even_across_a_swap() {
+        let (state, up) = upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}");
+        let now = Instant::now();
+        let set = up.endpoints.load_full();
+        let first = set.pick_for_try(&[], None, now).unwrap();
+        let tried = [Try { set, index: first }];
+        let key = tried[0].endpoint().key.clone();
+        // The set is swapped (reordered) between the two tries.
+        up.replace(vec![ep(3, 0), ep(2, 0), ep(1, 0)].into(), None, &state, now);
+        let set = up.endpoints.load();
+        for _ in 0..10 {
+            let i = set.pick_for_try(&tried, None, now).unwrap();
+            assert_ne!(set.endpoints[i].key, key);
+        }
+    }
+}
