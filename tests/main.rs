@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod chaos;
 mod config_center;
+mod discovery;
 mod errors;
 mod lifecycle;
 mod load_balancing;
