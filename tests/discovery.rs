@@ -49,14 +49,23 @@ async fn drive(gw: &Gateway, what: &str, mut done: impl FnMut(&Tally) -> bool) -
         if done(&t) {
             return t;
         }
-        assert!(started.elapsed() < MAX_PHASE, "{what}: not done within {MAX_PHASE:?}: {t:?}");
+        assert!(
+            started.elapsed() < MAX_PHASE,
+            "{what}: not done within {MAX_PHASE:?}: {t:?}"
+        );
     }
-    panic!("{what}: not done within {MAX_REQUESTS} requests: {:?}", t.counts());
+    panic!(
+        "{what}: not done within {MAX_REQUESTS} requests: {:?}",
+        t.counts()
+    );
 }
 
 /// The last `n` answers all came from upstreams in `names`.
 fn last_from(t: &Tally, n: usize, names: &[&str]) -> bool {
-    t.order.len() >= n && t.order[t.order.len() - n..].iter().all(|u| names.contains(&u.as_str()))
+    t.order.len() >= n
+        && t.order[t.order.len() - n..]
+            .iter()
+            .all(|u| names.contains(&u.as_str()))
 }
 
 fn pool(endpoints: &[&str]) -> String {
@@ -84,12 +93,23 @@ async fn an_endpoint_added_and_removed_in_the_file_moves_traffic_with_no_failed_
     assert_eq!(before.counts(), BTreeMap::from([("a".to_string(), 20)]));
 
     gw.rewrite_config(&pool(&["a", "b"]));
-    let added = drive(&gw, "b added", |t| last_from(t, 10, &["a", "b"]) && t.order.iter().rev().take(10).any(|u| u == "b")).await;
-    assert!(added.failures.is_empty(), "no failed request while adding: {:?}", added.failures);
+    let added = drive(&gw, "b added", |t| {
+        last_from(t, 10, &["a", "b"]) && t.order.iter().rev().take(10).any(|u| u == "b")
+    })
+    .await;
+    assert!(
+        added.failures.is_empty(),
+        "no failed request while adding: {:?}",
+        added.failures
+    );
 
     gw.rewrite_config(&pool(&["b"]));
     let removed = drive(&gw, "a removed", |t| last_from(t, 30, &["b"])).await;
-    assert!(removed.failures.is_empty(), "no failed request while removing: {:?}", removed.failures);
+    assert!(
+        removed.failures.is_empty(),
+        "no failed request while removing: {:?}",
+        removed.failures
+    );
 
     let ups_json = gw.admin_json("/api/v1/upstreams").await;
     let eps = &ups_json["upstreams"][0]["endpoints"];
@@ -106,10 +126,16 @@ async fn an_endpoint_added_and_removed_in_etcd_moves_traffic_with_no_failed_requ
             .to_string()
     };
     let mut kv = etcd.client().await;
-    kv.put("/sluice/upstreams/pool", upstream(&[ups[0].addr()]), None).await.unwrap();
-    kv.put("/sluice/routes/all", json!({"id": "all", "upstream": "pool"}).to_string(), None)
+    kv.put("/sluice/upstreams/pool", upstream(&[ups[0].addr()]), None)
         .await
         .unwrap();
+    kv.put(
+        "/sluice/routes/all",
+        json!({"id": "all", "upstream": "pool"}).to_string(),
+        None,
+    )
+    .await
+    .unwrap();
     let gw = Gateway::builder("listeners: [{name: web, listen: \"{{http}}\"}]\n")
         .arg("--etcd")
         .arg(etcd.endpoint())
@@ -118,19 +144,32 @@ async fn an_endpoint_added_and_removed_in_etcd_moves_traffic_with_no_failed_requ
         .start()
         .await;
     eventually(Duration::from_secs(10), "the etcd route serves", || async {
-        http_client().get(gw.http_url("/")).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
+        http_client()
+            .get(gw.http_url("/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
     })
     .await;
     let before = drive(&gw, "only a", |t| t.order.len() == 20).await;
     assert_eq!(before.counts(), BTreeMap::from([("a".to_string(), 20)]));
 
-    kv.put("/sluice/upstreams/pool", upstream(&[ups[0].addr(), ups[1].addr()]), None)
-        .await
-        .unwrap();
-    let added = drive(&gw, "b added", |t| t.order.iter().rev().take(10).any(|u| u == "b")).await;
+    kv.put(
+        "/sluice/upstreams/pool",
+        upstream(&[ups[0].addr(), ups[1].addr()]),
+        None,
+    )
+    .await
+    .unwrap();
+    let added = drive(&gw, "b added", |t| {
+        t.order.iter().rev().take(10).any(|u| u == "b")
+    })
+    .await;
     assert!(added.failures.is_empty(), "{:?}", added.failures);
 
-    kv.put("/sluice/upstreams/pool", upstream(&[ups[1].addr()]), None).await.unwrap();
+    kv.put("/sluice/upstreams/pool", upstream(&[ups[1].addr()]), None)
+        .await
+        .unwrap();
     let removed = drive(&gw, "a removed", |t| last_from(t, 30, &["b"])).await;
     assert!(removed.failures.is_empty(), "{:?}", removed.failures);
 }
@@ -175,10 +214,16 @@ routes:
     // Until the checks notice, a try on a dead local endpoint is retried (connect
     // failures are retried by default) and ends on the remote one.
     let failover = drive(&gw, "failover", |t| last_from(t, 30, &["remote"])).await;
-    assert!(failover.failures.is_empty(), "no failed request: {:?}", failover.failures);
-    eventually(Duration::from_secs(5), "the checks mark the local level down", || async {
-        priority_load(&gw).await == [(0, 0), (1, 100)]
-    })
+    assert!(
+        failover.failures.is_empty(),
+        "no failed request: {:?}",
+        failover.failures
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the checks mark the local level down",
+        || async { priority_load(&gw).await == [(0, 0), (1, 100)] },
+    )
     .await;
 
     ups[0].set_mode(Mode::Healthy).await;
@@ -206,9 +251,17 @@ routes:
         dns.addr()
     );
     let gw = Gateway::start(&yaml, &[]).await;
-    eventually(Duration::from_secs(10), "the name resolves and serves", || async {
-        http_client().get(gw.http_url("/")).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the name resolves and serves",
+        || async {
+            http_client()
+                .get(gw.http_url("/"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        },
+    )
     .await;
     let first = drive(&gw, "on 127.0.0.1", |t| t.order.len() == 20).await;
     assert_eq!(first.counts(), BTreeMap::from([("one".to_string(), 20)]));
@@ -227,14 +280,24 @@ routes:
     // DNS fails: the last good answer keeps serving.
     let queries = dns.queries();
     dns.fail();
-    let kept = drive(&gw, "DNS failing", |t| t.order.len() >= 30 && dns.queries() > queries + 1).await;
-    assert!(kept.failures.is_empty(), "{:?}", kept.failures);
-    assert_eq!(kept.counts(), BTreeMap::from([("two".to_string(), kept.order.len())]));
-    eventually(Duration::from_secs(10), "the admin API reports the DNS failure", || async {
-        let v = gw.admin_json("/api/v1/upstreams").await;
-        v["upstreams"][0]["dns"][0]["error"].is_string()
-            && v["upstreams"][0]["dns"][0]["addresses"] == json!(["127.0.0.2"])
+    let kept = drive(&gw, "DNS failing", |t| {
+        t.order.len() >= 30 && dns.queries() > queries + 1
     })
+    .await;
+    assert!(kept.failures.is_empty(), "{:?}", kept.failures);
+    assert_eq!(
+        kept.counts(),
+        BTreeMap::from([("two".to_string(), kept.order.len())])
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the admin API reports the DNS failure",
+        || async {
+            let v = gw.admin_json("/api/v1/upstreams").await;
+            v["upstreams"][0]["dns"][0]["error"].is_string()
+                && v["upstreams"][0]["dns"][0]["addresses"] == json!(["127.0.0.2"])
+        },
+    )
     .await;
     let after = drive(&gw, "still serving", |t| t.order.len() == 20).await;
     assert_eq!(after.counts(), BTreeMap::from([("two".to_string(), 20)]));

@@ -342,7 +342,10 @@ pub fn validate_endpoints(p: &str, endpoints: &[crate::model::EndpointConfig]) -
     let mut errors = Vec::new();
     let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
     if endpoints.is_empty() {
-        err(format!("{p}.endpoints"), "at least one endpoint is required".into());
+        err(
+            format!("{p}.endpoints"),
+            "at least one endpoint is required".into(),
+        );
     }
     let mut seen = HashSet::new();
     for (j, e) in endpoints.iter().enumerate() {

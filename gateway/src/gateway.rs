@@ -156,7 +156,12 @@ impl Gateway {
                     return Err(ConfigErrors(errors));
                 }
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(previous.with_endpoints(c, version, provenance.clone(), &self.state)));
+                return Ok(Some(previous.with_endpoints(
+                    c,
+                    version,
+                    provenance.clone(),
+                    &self.state,
+                )));
             }
             c.validate()?;
             let digest = c.digest();
@@ -274,13 +279,20 @@ mod tests {
         ));
         let set = after.upstreams["u"].endpoints.load();
         assert_eq!(set.endpoints.len(), 1);
-        assert_eq!(set.endpoints[0].address, "127.0.0.1:9002", "the new set is served");
+        assert_eq!(
+            set.endpoints[0].address, "127.0.0.1:9002",
+            "the new set is served"
+        );
         assert_eq!(
             set.pick_for_try(&[], None, Instant::now()),
             Some(0),
             "and picked from"
         );
-        assert_eq!(*after.config, config(9002, "/a"), "the snapshot carries the new config");
+        assert_eq!(
+            *after.config,
+            config(9002, "/a"),
+            "the snapshot carries the new config"
+        );
         assert_eq!(
             g.apply(Ok(config(9002, "/a")), source()).unwrap(),
             ApplyOutcome::Unchanged
@@ -328,7 +340,11 @@ mod tests {
         let owner = |keys: &[u64]| -> Vec<String> {
             let set = up.endpoints.load();
             keys.iter()
-                .map(|k| set.endpoints[set.pick_for_try(&[], Some(*k), Instant::now()).unwrap()].key.clone())
+                .map(|k| {
+                    set.endpoints[set.pick_for_try(&[], Some(*k), Instant::now()).unwrap()]
+                        .key
+                        .clone()
+                })
                 .collect()
         };
         let before = owner(&keys);

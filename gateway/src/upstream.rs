@@ -56,8 +56,10 @@ impl EndpointState {
     /// Starts the endpoint's slow-start ramp at `now` (it is new, or healthy again).
     pub fn start_ramp(&self, now: Instant) {
         let nanos = now.saturating_duration_since(*ORIGIN).as_nanos();
-        self.ramp_from
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1, Ordering::Relaxed);
+        self.ramp_from.store(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
     }
 
     /// How long the endpoint has been ramping at `now`, if a ramp was started.
@@ -218,10 +220,18 @@ impl EndpointSet {
     /// nothing to pick (as `max_ejection_percent` 100 can).
     pub fn pick_for_try(&self, tried: &[Try], key: Option<u64>, now: Instant) -> Option<usize> {
         let eps = &self.endpoints;
-        let fresh = |i: usize| !tried.iter().any(|t| Arc::ptr_eq(&t.endpoint().state, &eps[i].state));
+        let fresh = |i: usize| {
+            !tried
+                .iter()
+                .any(|t| Arc::ptr_eq(&t.endpoint().state, &eps[i].state))
+        };
         let ok = |i: usize| !self.outlier.is_ejected(i, now);
         let level = self.choose_level(now, key);
-        let first = self.pick(|i| level.is_none_or(|l| eps[i].priority == l) && fresh(i) && ok(i), key, now);
+        let first = self.pick(
+            |i| level.is_none_or(|l| eps[i].priority == l) && fresh(i) && ok(i),
+            key,
+            now,
+        );
         first
             .or_else(|| {
                 self.levels
@@ -311,7 +321,11 @@ impl Upstream {
                 }
                 let host = split_host_port(&s.address).map_or(s.address.as_str(), |(h, _)| h);
                 Endpoint {
-                    sni: c.tls.as_ref().and_then(|t| t.sni.clone()).unwrap_or_else(|| host.to_string()),
+                    sni: c
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.sni.clone())
+                        .unwrap_or_else(|| host.to_string()),
                     address: s.address.clone(),
                     addr: s.addr,
                     weight: s.weight,
@@ -460,13 +474,20 @@ mod tests {
         let t0 = Instant::now();
         assert!(up.replace(vec![ep(1, 0), ep(2, 0)].into(), None, &state, t0));
         let set = up.endpoints.load();
-        assert_eq!(set.slow_start_factor(0, t0), 1.0, "the endpoint that stays does not ramp");
+        assert_eq!(
+            set.slow_start_factor(0, t0),
+            1.0,
+            "the endpoint that stays does not ramp"
+        );
         assert_eq!(set.slow_start_factor(1, t0), 0.1);
         // The new endpoint takes its turn with probability f (0.1, then 0.5, then 1) and
         // passes it on otherwise, which gives it the share of an effective weight f next
         // to weight 1: f / (1 + f).
         let at_start = shares(&up, 2000, t0)[1];
-        assert!((130..=235).contains(&at_start), "about 9% (0.1 / 1.1): {at_start}");
+        assert!(
+            (130..=235).contains(&at_start),
+            "about 9% (0.1 / 1.1): {at_start}"
+        );
         let halfway = shares(&up, 2000, t0 + Duration::from_secs(5))[1];
         assert!((590..=740).contains(&halfway), "about 33% (0.5 / 1.5): {halfway}");
         assert_eq!(shares(&up, 2000, t0 + Duration::from_secs(10)), [1000, 1000]);
@@ -502,7 +523,8 @@ mod tests {
 
     #[test]
     fn a_retry_skips_the_endpoint_it_tried_even_across_a_swap() {
-        let (state, up) = upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}");
+        let (state, up) =
+            upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}");
         let now = Instant::now();
         let set = up.endpoints.load_full();
         let first = set.pick_for_try(&[], None, now).unwrap();

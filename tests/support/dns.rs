@@ -28,7 +28,9 @@ pub struct TestDns {
 impl TestDns {
     /// Starts a responder on `127.0.0.1:0` answering with `addrs`.
     pub async fn start(addrs: &[Ipv4Addr]) -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind the test DNS server");
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind the test DNS server");
         let addr = socket.local_addr().expect("local address of a bound socket");
         let answer = Arc::new(Mutex::new(Answer::Addresses(addrs.to_vec())));
         let queries = Arc::new(AtomicUsize::new(0));
@@ -36,7 +38,9 @@ impl TestDns {
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
-                let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
                 q.fetch_add(1, Ordering::SeqCst);
                 let current = a.lock().clone();
                 if let Some(reply) = respond(&buf[..n], &current) {

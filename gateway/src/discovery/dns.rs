@@ -76,7 +76,9 @@ pub async fn run(gateway: Arc<Gateway>) {
         for up in snap.upstreams.values() {
             let set = up.endpoints.load();
             for e in set.configured.iter() {
-                let Some((host, _)) = split_host_port(&e.address) else { continue };
+                let Some((host, _)) = split_host_port(&e.address) else {
+                    continue;
+                };
                 if host.parse::<IpAddr>().is_ok() {
                     continue;
                 }
@@ -99,7 +101,12 @@ pub async fn run(gateway: Arc<Gateway>) {
 }
 
 /// Resolves one name and swaps its upstream's endpoint set if the answer changed.
-async fn lookup(gateway: Arc<Gateway>, resolver: Arc<TokioResolver>, key: (String, String), dns: UpstreamDnsConfig) {
+async fn lookup(
+    gateway: Arc<Gateway>,
+    resolver: Arc<TokioResolver>,
+    key: (String, String),
+    dns: UpstreamDnsConfig,
+) {
     let result = resolver.lookup_ip(key.1.as_str()).await;
     let now = Instant::now();
     let changed = {

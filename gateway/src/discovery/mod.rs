@@ -179,7 +179,10 @@ impl Gateway {
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = specs.iter().find(|s| !seen.insert(s.addr)) {
-            return Err(format!("upstream {upstream_id:?}: duplicate endpoint {}", dup.addr));
+            return Err(format!(
+                "upstream {upstream_id:?}: duplicate endpoint {}",
+                dup.addr
+            ));
         }
         let changed = up.replace(Vec::new().into(), Some(specs), &self.state, Instant::now());
         if changed {

@@ -61,7 +61,14 @@ mod tests {
     /// the healthy count is the percentage).
     #[test]
     fn follows_envoys_two_level_table() {
-        for (p0_healthy, p0, p1) in [(100, 100, 0), (72, 100, 0), (71, 99, 1), (50, 70, 30), (25, 35, 65), (0, 0, 100)] {
+        for (p0_healthy, p0, p1) in [
+            (100, 100, 0),
+            (72, 100, 0),
+            (71, 99, 1),
+            (50, 70, 30),
+            (25, 35, 65),
+            (0, 0, 100),
+        ] {
             assert_eq!(
                 priority_load(&[(p0_healthy, 100), (100, 100)], 1.4),
                 [p0, p1],
@@ -72,10 +79,20 @@ mod tests {
 
     #[test]
     fn spills_over_three_levels_and_normalises_when_health_is_short() {
-        assert_eq!(priority_load(&[(25, 100), (25, 100), (100, 100)], 1.4), [35, 35, 30]);
+        assert_eq!(
+            priority_load(&[(25, 100), (25, 100), (100, 100)], 1.4),
+            [35, 35, 30]
+        );
         // 35 + 35 + 28 = 98 < 100: normalised, the remainder to the first healthy level.
-        assert_eq!(priority_load(&[(25, 100), (25, 100), (20, 100)], 1.4), [37, 35, 28]);
-        assert_eq!(priority_load(&[(1, 4), (0, 4)], 1.4), [100, 0], "35 normalised to 100");
+        assert_eq!(
+            priority_load(&[(25, 100), (25, 100), (20, 100)], 1.4),
+            [37, 35, 28]
+        );
+        assert_eq!(
+            priority_load(&[(1, 4), (0, 4)], 1.4),
+            [100, 0],
+            "35 normalised to 100"
+        );
     }
 
     #[test]

@@ -50,8 +50,14 @@ mod tests {
     #[test]
     fn aggression_bends_the_curve() {
         let fast = cfg(100, 2.0, 0.0);
-        assert!((factor(&fast, Duration::from_secs(25)) - 0.5).abs() < 1e-9, "sqrt(0.25)");
+        assert!(
+            (factor(&fast, Duration::from_secs(25)) - 0.5).abs() < 1e-9,
+            "sqrt(0.25)"
+        );
         let slow = cfg(100, 0.5, 0.0);
-        assert!((factor(&slow, Duration::from_secs(50)) - 0.25).abs() < 1e-9, "0.5^2");
+        assert!(
+            (factor(&slow, Duration::from_secs(50)) - 0.25).abs() < 1e-9,
+            "0.5^2"
+        );
     }
 }
