@@ -300,6 +300,42 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_swaps_endpoints_without_a_new_snapshot() {
+        use crate::discovery::EndpointSpec;
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let before = g.snapshot();
+        let spec = |port: u16, priority: u32| EndpointSpec {
+            address: format!("pod-{port}:{port}"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            priority,
+        };
+        assert_eq!(g.set_endpoints("u", vec![spec(9101, 0), spec(9102, 1)]), Ok(true));
+        assert_eq!(
+            g.set_endpoints("u", vec![spec(9101, 0), spec(9102, 1)]),
+            Ok(false)
+        );
+        let after = g.snapshot();
+        assert!(Arc::ptr_eq(&before, &after), "no new snapshot, no recompile");
+        let set = after.upstreams["u"].endpoints.load();
+        let keys: Vec<(&str, u32)> = set
+            .endpoints
+            .iter()
+            .map(|e| (e.key.as_str(), e.priority))
+            .collect();
+        assert_eq!(keys, [("127.0.0.1:9101", 0), ("127.0.0.1:9102", 1)]);
+        assert_eq!(set.endpoints[0].sni, "pod-9101");
+        assert!(g
+            .set_endpoints("nope", vec![])
+            .unwrap_err()
+            .contains("no upstream"));
+        assert!(g
+            .set_endpoints("u", vec![spec(9101, 0), spec(9101, 0)])
+            .unwrap_err()
+            .contains("duplicate"));
+    }
+
+    #[test]
     fn an_endpoint_only_change_with_a_bad_endpoint_is_rejected_by_the_fast_path() {
         let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
         let v = g.snapshot().version;

@@ -164,8 +164,8 @@ impl Gateway {
     /// resolve endpoints themselves (Kubernetes EndpointSlices). Swaps only that
     /// upstream's endpoint set: routes, the router and the snapshot stay, as do the live
     /// state and ring points of endpoints that stay. Returns whether the set changed.
-    /// The next config reload that changes this upstream's endpoints replaces the set
-    /// again.
+    /// A later config change that recompiles this upstream or changes its endpoints puts
+    /// the configured endpoints back.
     pub fn set_endpoints(&self, upstream_id: &str, specs: Vec<EndpointSpec>) -> Result<bool, String> {
         let snap = self.snapshot();
         let up = snap
