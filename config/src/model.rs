@@ -270,7 +270,7 @@ impl Default for UpstreamDnsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// Name servers (`ip:port`, queried over UDP, TCP on truncation). Default: none,
+    /// Name servers (`ip:port`, queried over UDP, in order). Default: none,
     /// meaning the system's (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
 }
