@@ -13,6 +13,7 @@ mod admin;
 mod backends;
 mod chaos;
 mod config_center;
+mod discovery;
 mod drain;
 mod errors;
 mod lifecycle;

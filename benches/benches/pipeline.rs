@@ -79,11 +79,11 @@ fn chain(c: &mut Criterion) {
 fn split(c: &mut Criterion) {
     let seq = sluice_filters::weighted::WeightedSequence::new(&[90, 10]);
     c.bench_function("backends/weighted_split_pick", |b| {
-        b.iter(|| black_box(seq.pick()))
+        b.iter(|| black_box(seq.next()))
     });
     let one = sluice_filters::weighted::WeightedSequence::new(&[1]);
     c.bench_function("backends/single_backend_pick", |b| {
-        b.iter(|| black_box(one.pick()))
+        b.iter(|| black_box(one.next()))
     });
 }
 

@@ -122,7 +122,9 @@ async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
         .iter()
         .filter_map(|cfg| s.upstreams.get(&cfg.id))
         .map(|u| {
-            let outlier = u.outlier.snapshot(Instant::now());
+            let now = Instant::now();
+            let set = u.endpoints.load();
+            let outlier = set.outlier.snapshot(now);
             let checked = u.config.health_check.is_some();
             json!({
                 "id": u.id,
@@ -131,10 +133,18 @@ async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
                 "ejected": outlier.ejected,
                 "max_ejected": outlier.max_ejected,
                 "retry_budget": u.budget.stats(),
-                "endpoints": u.endpoints.iter().enumerate().map(|(i, e)| json!({
+                "overprovisioning_factor": u.config.overprovisioning_factor,
+                "priority_load": set.priority_loads(now).iter().map(|(level, load)| json!({
+                    "priority": level,
+                    "percent": load,
+                })).collect::<Vec<_>>(),
+                "dns": g.state.discovery.status(&u.id, now),
+                "endpoints": set.endpoints.iter().enumerate().map(|(i, e)| json!({
                     "address": e.address,
                     "resolved": e.addr.to_string(),
+                    "priority": e.priority,
                     "weight": e.weight,
+                    "slow_start_weight_percent": set.slow_start_factor(i, now) * 100.0,
                     "healthy": e.state.healthy.load(Ordering::Relaxed),
                     "active_health": if !checked {
                         "unchecked"

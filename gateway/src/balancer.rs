@@ -8,23 +8,26 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
 use rand::Rng;
 use sluice_config::model::LoadBalancing;
+use sluice_filters::weighted::WeightedSequence;
 
 /// Virtual nodes on the consistent-hash ring per unit of weight.
 const VNODES_PER_WEIGHT: u32 = 64;
 
-/// A compiled load balancer for one upstream.
+/// A compiled load balancer for one endpoint set. Every variant picks without a lock.
 #[derive(Debug)]
 pub enum Balancer {
     /// Each usable endpoint in turn.
     RoundRobin(AtomicUsize),
-    /// Smooth weighted round robin: the current weights of each endpoint.
-    Weighted(Mutex<Vec<i64>>),
+    /// Smooth weighted round robin: the precomputed nginx order for the set's weights,
+    /// walked by an atomic cursor.
+    Weighted(WeightedSequence),
     /// Power of two random choices by requests in flight.
     LeastRequest,
-    /// Ring of (hash, endpoint index), sorted by hash.
+    /// Ring of (hash, endpoint index), sorted by hash. A point's hash comes from the
+    /// endpoint's address alone, so an endpoint that stays in a changed set keeps its
+    /// points (and its keys).
     ConsistentHash(Vec<(u64, usize)>),
 }
 
@@ -40,7 +43,10 @@ impl Balancer {
     pub fn new(algorithm: &LoadBalancing, endpoints: &[(&str, u32)]) -> Balancer {
         match algorithm {
             LoadBalancing::RoundRobin => Balancer::RoundRobin(AtomicUsize::new(0)),
-            LoadBalancing::WeightedRoundRobin => Balancer::Weighted(Mutex::new(vec![0; endpoints.len()])),
+            LoadBalancing::WeightedRoundRobin => {
+                let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
+                Balancer::Weighted(WeightedSequence::new(&weights))
+            }
             LoadBalancing::LeastRequest => Balancer::LeastRequest,
             LoadBalancing::ConsistentHash(_) => {
                 let mut ring = Vec::new();
@@ -55,16 +61,15 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint. `weights[i]` is endpoint i's weight, `inflight(i)` its requests
-    /// in flight, `key` the consistent-hash key.
+    /// Picks one of `n` endpoints. `inflight(i)` is endpoint i's requests in flight,
+    /// `key` the consistent-hash key.
     pub fn pick(
         &self,
-        weights: &[u32],
+        n: usize,
         usable: impl Fn(usize) -> bool,
         inflight: impl Fn(usize) -> usize,
         key: Option<u64>,
     ) -> Option<usize> {
-        let n = weights.len();
         if n == 0 {
             return None;
         }
@@ -76,25 +81,7 @@ impl Balancer {
                     .map(|_| next.fetch_add(1, Ordering::Relaxed) % n)
                     .find(|&i| usable(i))
             }
-            Balancer::Weighted(current) => {
-                let mut current = current.lock();
-                let mut total = 0i64;
-                let mut best: Option<usize> = None;
-                for i in 0..n {
-                    if !usable(i) {
-                        continue;
-                    }
-                    let w = i64::from(weights[i]);
-                    current[i] += w;
-                    total += w;
-                    if best.is_none_or(|b| current[i] > current[b]) {
-                        best = Some(i);
-                    }
-                }
-                let b = best?;
-                current[b] -= total;
-                Some(b)
-            }
+            Balancer::Weighted(seq) => seq.pick(usable),
             Balancer::LeastRequest => {
                 let candidates: Vec<usize> = (0..n).filter(|&i| usable(i)).collect();
                 match candidates.len() {
@@ -139,7 +126,7 @@ mod tests {
     ) -> Vec<usize> {
         let mut c = vec![0; weights.len()];
         for _ in 0..rounds {
-            c[b.pick(weights, usable, |_| 0, None).unwrap()] += 1;
+            c[b.pick(weights.len(), usable, |_| 0, None).unwrap()] += 1;
         }
         c
     }
@@ -152,7 +139,7 @@ mod tests {
             &[("a", 5), ("b", 1), ("c", 1)],
         );
         let seq: Vec<usize> = (0..7)
-            .map(|_| b.pick(&w, |_| true, |_| 0, None).unwrap())
+            .map(|_| b.pick(w.len(), |_| true, |_| 0, None).unwrap())
             .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&b, &w, 700, |_| true), [500, 100, 100]);
@@ -169,7 +156,7 @@ mod tests {
         let b = Balancer::new(&LoadBalancing::LeastRequest, &[("a", 1), ("b", 1)]);
         for _ in 0..100 {
             assert_eq!(
-                b.pick(&[1, 1], |_| true, |i| if i == 0 { 10 } else { 0 }, None),
+                b.pick(2, |_| true, |i| if i == 0 { 10 } else { 0 }, None),
                 Some(1)
             );
         }
@@ -182,16 +169,16 @@ mod tests {
         let keys: Vec<u64> = (0..3000u32).map(|k| hash_key(&k.to_be_bytes())).collect();
         let first: Vec<usize> = keys
             .iter()
-            .map(|k| b.pick(&[1, 1, 1], |_| true, |_| 0, Some(*k)).unwrap())
+            .map(|k| b.pick(3, |_| true, |_| 0, Some(*k)).unwrap())
             .collect();
         let again: Vec<usize> = keys
             .iter()
-            .map(|k| b.pick(&[1, 1, 1], |_| true, |_| 0, Some(*k)).unwrap())
+            .map(|k| b.pick(3, |_| true, |_| 0, Some(*k)).unwrap())
             .collect();
         assert_eq!(first, again);
         let without: Vec<usize> = keys
             .iter()
-            .map(|k| b.pick(&[1, 1, 1], |i| i != 2, |_| 0, Some(*k)).unwrap())
+            .map(|k| b.pick(3, |i| i != 2, |_| 0, Some(*k)).unwrap())
             .collect();
         let moved = first.iter().zip(&without).filter(|(a, b)| a != b).count();
         let on_removed = first.iter().filter(|&&i| i == 2).count();

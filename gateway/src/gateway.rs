@@ -131,13 +131,44 @@ impl Gateway {
         let started = Instant::now();
         let _one_at_a_time = self.apply_lock.lock();
         let result = config.and_then(|c| {
+            let previous = self.snapshot.load();
+            // The discovery plane's fast path: only endpoint lists changed. Validate just
+            // those and swap them into the serving upstreams; routes, the router and the
+            // upstreams themselves stay.
+            if let Some(changed) = self
+                .is_ready()
+                .then(|| crate::snapshot::endpoints_only_change(&previous.config, &c))
+                .flatten()
+            {
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                let errors: Vec<_> = changed
+                    .iter()
+                    .flat_map(|&i| {
+                        sluice_config::validate::validate_endpoints(
+                            &format!("upstreams[{i}]"),
+                            &c.upstreams[i].endpoints,
+                        )
+                    })
+                    .collect();
+                if !errors.is_empty() {
+                    return Err(ConfigErrors(errors));
+                }
+                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(previous.with_endpoints(
+                    c,
+                    version,
+                    provenance.clone(),
+                    &self.state,
+                )));
+            }
             c.validate()?;
             let filter_errors = sluice_filters::validate_filters(&c);
             if !filter_errors.is_empty() {
                 return Err(ConfigErrors(filter_errors));
             }
             let digest = c.digest();
-            let previous = self.snapshot.load();
             if self.is_ready() && digest.content == previous.hash {
                 return Ok(None);
             }
@@ -242,7 +273,137 @@ mod tests {
             Arc::ptr_eq(&b0.breaker, &b1.breaker),
             "the breaker (and its state) carries over"
         );
-        assert_eq!(after.upstreams["u"].endpoints[0].address, "127.0.0.1:9002");
+        assert!(
+            Arc::ptr_eq(&before.upstreams["u"], &after.upstreams["u"]),
+            "the upstream is kept; only its endpoint set is swapped"
+        );
+        assert!(Arc::ptr_eq(
+            &before.routes[0].backends[0].upstream,
+            &after.upstreams["u"]
+        ));
+        let set = after.upstreams["u"].endpoints.load();
+        assert_eq!(set.endpoints.len(), 1);
+        assert_eq!(
+            set.endpoints[0].address, "127.0.0.1:9002",
+            "the new set is served"
+        );
+        assert_eq!(
+            set.pick_for_try(&[], None, Instant::now()),
+            Some(0),
+            "and picked from"
+        );
+        assert_eq!(
+            *after.config,
+            config(9002, "/a"),
+            "the snapshot carries the new config"
+        );
+        assert_eq!(
+            g.apply(Ok(config(9002, "/a")), source()).unwrap(),
+            ApplyOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_feed_swaps_endpoints_without_a_new_snapshot() {
+        use crate::discovery::EndpointSpec;
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let before = g.snapshot();
+        let spec = |port: u16, priority: u32| EndpointSpec {
+            address: format!("pod-{port}:{port}"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            priority,
+        };
+        assert_eq!(g.set_endpoints("u", vec![spec(9101, 0), spec(9102, 1)]), Ok(true));
+        assert_eq!(
+            g.set_endpoints("u", vec![spec(9101, 0), spec(9102, 1)]),
+            Ok(false)
+        );
+        let after = g.snapshot();
+        assert!(Arc::ptr_eq(&before, &after), "no new snapshot, no recompile");
+        let set = after.upstreams["u"].endpoints.load();
+        let keys: Vec<(&str, u32)> = set
+            .endpoints
+            .iter()
+            .map(|e| (e.key.as_str(), e.priority))
+            .collect();
+        assert_eq!(keys, [("127.0.0.1:9101", 0), ("127.0.0.1:9102", 1)]);
+        assert_eq!(set.endpoints[0].sni, "pod-9101");
+        assert!(g
+            .set_endpoints("nope", vec![])
+            .unwrap_err()
+            .contains("no upstream"));
+        assert!(g
+            .set_endpoints("u", vec![spec(9101, 0), spec(9101, 0)])
+            .unwrap_err()
+            .contains("duplicate"));
+    }
+
+    #[test]
+    fn an_endpoint_only_change_with_a_bad_endpoint_is_rejected_by_the_fast_path() {
+        let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
+        let v = g.snapshot().version;
+        let mut bad = config(9001, "/a");
+        bad.upstreams[0].endpoints[0].address = "nope".into();
+        let errors = g.apply(Ok(bad), source()).unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            "upstreams[0].endpoints[0].address: \"nope\" is not host:port"
+        );
+        assert_eq!(g.snapshot().version, v);
+        assert_eq!(
+            g.snapshot().upstreams["u"].endpoints.load().endpoints[0].address,
+            "127.0.0.1:9001"
+        );
+    }
+
+    #[test]
+    fn consistent_hash_keys_on_unchanged_endpoints_stay_put_across_a_swap() {
+        let text = |ports: &[u16]| {
+            let eps: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{{address: '127.0.0.1:{p}'}}"))
+                .collect();
+            Config::from_text(&format!(
+                "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\n\
+                 upstreams: [{{id: u, load_balancing: {{consistent_hash: client_ip}}, endpoints: [{}]}}]\n\
+                 routes: [{{id: a, upstream: u}}]\n",
+                eps.join(", ")
+            ))
+            .unwrap()
+        };
+        let g = Gateway::new(text(&[9001, 9002, 9003]), source(), true).unwrap();
+        let up = g.snapshot().upstreams["u"].clone();
+        let keys: Vec<u64> = (0..2000u32)
+            .map(|k| crate::balancer::hash_key(&k.to_be_bytes()))
+            .collect();
+        let owner = |keys: &[u64]| -> Vec<String> {
+            let set = up.endpoints.load();
+            keys.iter()
+                .map(|k| {
+                    set.endpoints[set.pick_for_try(&[], Some(*k), Instant::now()).unwrap()]
+                        .key
+                        .clone()
+                })
+                .collect()
+        };
+        let before = owner(&keys);
+        // Remove 9003, add 9004: an endpoint-only change.
+        g.apply(Ok(text(&[9001, 9002, 9004])), source()).unwrap();
+        assert!(Arc::ptr_eq(&up, &g.snapshot().upstreams["u"]));
+        let after = owner(&keys);
+        let mut kept = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b != "127.0.0.1:9003" && a != "127.0.0.1:9004" {
+                assert_eq!(a, b, "a key on an unchanged endpoint stays put");
+                kept += 1;
+            }
+        }
+        // About 2/3 of the keys sat on the two kept endpoints, and about 1/3 of those move
+        // to the new one: some 4/9 of 2000 are checked.
+        assert!(kept > 700, "keys checked: {kept}");
+        assert!(after.iter().all(|a| a != "127.0.0.1:9003"));
+        assert!(after.iter().any(|a| a == "127.0.0.1:9004"));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! check is due gets a check task (HTTP/1.1 `GET` on a fresh connection, or a TCP
 //! connect) bounded by the check's `timeout`. `unhealthy_threshold` failures in a row
 //! mark it unhealthy (the balancer skips it); `healthy_threshold` passes in a row mark it
-//! healthy again. Health lives in the endpoint's long-lived state, keyed by (upstream
-//! id, address), so it survives reloads. An upstream without `health_check` has all its
+//! healthy again (and starts a slow-start ramp). Health lives in the endpoint's
+//! long-lived state, keyed by (upstream id, `ip:port`), so it survives reloads and
+//! endpoint-set swaps; the loop walks each upstream's current set. An upstream without `health_check` has all its
 //! endpoints healthy. The same tick refreshes the gauge of ejected endpoints, since an
 //! ejection ends with time rather than with an event.
 
@@ -50,16 +51,17 @@ pub async fn run(gateway: Arc<Gateway>) {
         let snap = gateway.snapshot();
         let mut live = HashSet::new();
         for up in snap.upstreams.values() {
+            let set = up.endpoints.load();
             up.ejected_gauge
-                .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
+                .set(i64::try_from(set.outlier.ejected_count(now)).unwrap_or(i64::MAX));
             let Some(check) = &up.config.health_check else {
-                for ep in &up.endpoints {
+                for ep in &set.endpoints {
                     ep.state.healthy.store(true, Ordering::Relaxed);
                 }
                 continue;
             };
-            for ep in &up.endpoints {
-                let key = (up.id.clone(), ep.address.clone());
+            for ep in &set.endpoints {
+                let key = (up.id.clone(), ep.key.clone());
                 live.insert(key.clone());
                 let mut map = probes.lock();
                 let probe = map.entry(key.clone()).or_default();
@@ -78,7 +80,7 @@ pub async fn run(gateway: Arc<Gateway>) {
                     gauge: gateway
                         .metrics
                         .endpoint_healthy
-                        .with_label_values(&[up.id.as_str(), ep.address.as_str()]),
+                        .with_label_values(&[up.id.as_str(), ep.key.as_str()]),
                     probes: probes.clone(),
                 };
                 tokio::spawn(task.run());
@@ -116,6 +118,8 @@ impl Check {
                 probe.failures = 0;
                 if !healthy && probe.passes >= self.config.healthy_threshold {
                     self.state.healthy.store(true, Ordering::Relaxed);
+                    // Back from unhealthy: ramp up again (when the upstream has slow start).
+                    self.state.start_ramp(Instant::now());
                     tracing::warn!(upstream = %self.key.0, endpoint = %self.key.1, "health check: endpoint is healthy again");
                 }
             }

@@ -1,12 +1,14 @@
 //! The Sluice gateway: everything the `sluice` binary runs.
 //!
-//! This crate owns the compiled [`snapshot`], upstreams and [`balancer`]s, the pingora
-//! glue ([`proxy`], a list of calls into the phase modules of [`pipeline`]), the admin API ([`admin`]), [`metrics`], and process wiring
+//! This crate owns the compiled [`snapshot`], upstreams and [`balancer`]s, the [`discovery`]
+//! plane, the pingora glue ([`proxy`], a list of calls into the phase modules of
+//! [`pipeline`]), the admin API ([`admin`]), [`metrics`], and process wiring
 //! ([`server`]). The pure request-path cores live in `sluice-filters`; the config model
 //! and its sources in `sluice-config`.
 
 pub mod admin;
 pub mod balancer;
+pub mod discovery;
 pub mod echo;
 pub mod error;
 pub mod gateway;

@@ -122,6 +122,7 @@ fn admin_thread(
     rt.block_on(async move {
         tokio::spawn(crate::sources::run(gateway.clone(), sources, base, base_hash));
         tokio::spawn(crate::health::run(gateway.clone()));
+        tokio::spawn(crate::discovery::dns::run(gateway.clone()));
         // Ready only once a SIGTERM would drain rather than kill the process.
         if !crate::shutdown::signals_installed(std::time::Duration::from_secs(10)).await {
             tracing::warn!("signal handlers not installed after 10 s; opening the admin listener anyway");

@@ -27,6 +27,7 @@ use crate::state::SharedState;
 use crate::upstream::Upstream;
 
 /// One weighted backend of a compiled route.
+#[derive(Clone)]
 pub struct Backend {
     /// The upstream it forwards to.
     pub upstream: Arc<Upstream>,
@@ -45,6 +46,7 @@ pub struct Backend {
 }
 
 /// One compiled route.
+#[derive(Clone)]
 pub struct Route {
     /// Stable id (metrics label).
     pub id: String,
@@ -110,8 +112,8 @@ impl Snapshot {
     /// Compiles a validated config, reusing from `previous` every compiled part whose
     /// config did not change: the router when no route changed, a route's filters when
     /// that route did not change, an upstream (with its balancer state) when it did not
-    /// change. Fails only on what validation cannot see (a host name that does not
-    /// resolve).
+    /// change (endpoints only: its endpoint set is swapped in place). Never blocks on
+    /// DNS: host names come from the discovery plane.
     pub fn compile(
         config: Config,
         version: u64,
@@ -134,23 +136,23 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = HashMap::new();
-        for (i, u) in config.upstreams.iter().enumerate() {
+        // Upstreams that differ from the serving ones only in their endpoints are kept
+        // (balancer state, breakers bound to them); their new endpoint sets are swapped
+        // in once the whole snapshot has compiled.
+        let mut swaps = Vec::new();
+        for u in &config.upstreams {
+            let masked = u.without_endpoints();
             if let Some(old) = previous
                 .and_then(|p| p.upstreams.get(&u.id))
-                .filter(|old| old.config == *u)
+                .filter(|old| old.config == masked)
             {
+                if *old.endpoints.load().configured != *u.endpoints {
+                    swaps.push((old.clone(), u.endpoints.clone()));
+                }
                 upstreams.insert(u.id.clone(), old.clone());
                 continue;
             }
-            match Upstream::new(u, state) {
-                Ok(up) => {
-                    upstreams.insert(u.id.clone(), Arc::new(up));
-                }
-                Err(e) => errors.push(sluice_config::ConfigError {
-                    path: format!("upstreams[{i}].endpoints"),
-                    message: e,
-                }),
-            }
+            upstreams.insert(u.id.clone(), Arc::new(Upstream::new(u, state)));
         }
         let routes_hash = digest.routes;
         let router = match previous {
@@ -187,6 +189,10 @@ impl Snapshot {
         }
         let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
             .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
+        let now = std::time::Instant::now();
+        for (up, endpoints) in swaps {
+            up.replace(endpoints.into(), None, state, now);
+        }
         Ok(Snapshot {
             version,
             hash: digest.content,
@@ -201,6 +207,69 @@ impl Snapshot {
             config: Arc::new(config),
         })
     }
+}
+
+impl Snapshot {
+    /// The fast path for a config that differs from `self`'s only in upstreams'
+    /// `endpoints` (see [`endpoints_only_change`]): swaps the changed upstreams' endpoint
+    /// sets in place and returns a snapshot of the new config that shares this one's
+    /// router, routes and upstreams. Nothing is recompiled; `config` must have passed
+    /// [`sluice_config::validate::validate_endpoints`] for the changed upstreams.
+    pub fn with_endpoints(
+        &self,
+        config: Config,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+    ) -> Snapshot {
+        let now = std::time::Instant::now();
+        for u in &config.upstreams {
+            if let Some(up) = self.upstreams.get(&u.id) {
+                if *up.endpoints.load().configured != *u.endpoints {
+                    up.replace(u.endpoints.clone().into(), None, state, now);
+                }
+            }
+        }
+        Snapshot {
+            version,
+            hash: config.content_hash_with_routes(&self.routes_hash),
+            loaded_at: SystemTime::now(),
+            provenance,
+            trusted_proxies: self.trusted_proxies.clone(),
+            request_id_header: self.request_id_header.clone(),
+            router: self.router.clone(),
+            routes_hash: self.routes_hash.clone(),
+            routes: self.routes.clone(),
+            upstreams: self.upstreams.clone(),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Whether `next` differs from `current` at most in upstreams' `endpoints` (same
+/// upstreams in the same order, equal once their endpoints are left out). Returns the
+/// indexes of the upstreams whose endpoints changed, or `None` when anything else did.
+pub fn endpoints_only_change(current: &Config, next: &Config) -> Option<Vec<usize>> {
+    if current.upstreams.len() != next.upstreams.len() {
+        return None;
+    }
+    // Compare everything but the endpoint lists, whatever fields the config grows.
+    let masked = |c: &Config| Config {
+        upstreams: c.upstreams.iter().map(|u| u.without_endpoints()).collect(),
+        ..c.clone()
+    };
+    if masked(current) != masked(next) {
+        return None;
+    }
+    let changed = current
+        .upstreams
+        .iter()
+        .zip(&next.upstreams)
+        .enumerate()
+        .filter(|(_, (a, b))| a.endpoints != b.endpoints)
+        .map(|(i, _)| i)
+        .collect();
+    Some(changed)
 }
 
 fn compile_route(

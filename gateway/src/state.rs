@@ -22,6 +22,8 @@ type BreakerKey = (String, String);
 pub struct SharedState {
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// The discovery plane's DNS cache of endpoint host names.
+    pub discovery: crate::discovery::Discovery,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
@@ -34,6 +36,7 @@ impl SharedState {
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
         SharedState {
             metrics,
+            discovery: crate::discovery::Discovery::default(),
             endpoints: Mutex::default(),
             routes: Mutex::default(),
             breakers: Mutex::default(),

@@ -1,21 +1,33 @@
-//! Resolved upstreams: endpoints with their live state, the balancer, and how to build
-//! a pingora peer for one endpoint.
+//! Upstreams: each holds its endpoint set in an `ArcSwap`, swapped on its own by the
+//! discovery plane ([`crate::discovery`]); the set holds the endpoints with their live
+//! state, the balancer and the outlier detector, and picks the endpoint for one try
+//! (priority level, then balancer, with slow start). Also: how to build a pingora peer
+//! for one endpoint.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
-use sluice_config::model::{HashOn, LoadBalancing, Timeouts, UpstreamConfig, UpstreamProtocol};
+use sluice_config::model::{
+    EndpointConfig, HashOn, LoadBalancing, SlowStartConfig, Timeouts, UpstreamConfig, UpstreamProtocol,
+};
 use sluice_filters::resilience::{OutlierDetector, RetryBudget, RetryPolicy};
 
 use crate::balancer::Balancer;
+use crate::discovery::{priority, slow_start, split_host_port, EndpointSpec};
 use crate::state::SharedState;
 
-/// Live state of one endpoint, keyed by (upstream id, address) so it survives reloads.
+/// The origin of the ramp timestamps kept in [`EndpointState`].
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Live state of one endpoint, keyed by (upstream id, `ip:port`) so it survives reloads
+/// and endpoint-set swaps.
 #[derive(Debug)]
 pub struct EndpointState {
     /// Requests in flight.
@@ -24,6 +36,9 @@ pub struct EndpointState {
     pub requests: AtomicU64,
     /// Result of active health checks (`true` until a check says otherwise).
     pub healthy: AtomicBool,
+    /// When the endpoint's slow-start ramp began: nanoseconds after [`ORIGIN`], plus 1;
+    /// 0 when it is not ramping.
+    ramp_from: AtomicU64,
 }
 
 impl Default for EndpointState {
@@ -32,42 +47,216 @@ impl Default for EndpointState {
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            ramp_from: AtomicU64::new(0),
         }
     }
 }
 
-/// One resolved endpoint.
+impl EndpointState {
+    /// Starts the endpoint's slow-start ramp at `now` (it is new, or healthy again).
+    pub fn start_ramp(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(*ORIGIN).as_nanos();
+        self.ramp_from.store(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long the endpoint has been ramping at `now`, if a ramp was started.
+    pub fn ramp_elapsed(&self, now: Instant) -> Option<Duration> {
+        match self.ramp_from.load(Ordering::Relaxed) {
+            0 => None,
+            from => {
+                let start = *ORIGIN + Duration::from_nanos(from - 1);
+                Some(now.saturating_duration_since(start))
+            }
+        }
+    }
+}
+
+/// One endpoint of a set.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// Address as configured (`host:port`), the stable key.
+    /// Address as configured (`host:port`): what the endpoint is called in the admin API
+    /// and the `Host` of HTTP health checks. Shared by every address a name resolves to.
     pub address: String,
-    /// Resolved socket address.
+    /// `ip:port`: the key of its live state, its outlier entry, its ring points and its
+    /// metric label.
+    pub key: String,
+    /// Where to connect.
     pub addr: SocketAddr,
     /// Weight; 0 means drained.
     pub weight: u32,
+    /// Priority level (0 = local).
+    pub priority: u32,
     /// TLS server name for this endpoint (the upstream's `tls.sni`, else the host).
     pub sni: String,
-    /// Live state shared across snapshots.
+    /// Live state shared across snapshots and sets.
     pub state: Arc<EndpointState>,
 }
 
-/// A resolved upstream.
+/// An immutable endpoint set: what an upstream serves from until the discovery plane
+/// swaps in the next one.
+#[derive(Debug)]
+pub struct EndpointSet {
+    /// Endpoints, in config order (a name's addresses sorted).
+    pub endpoints: Vec<Endpoint>,
+    /// The balancer compiled for these endpoints (ring, weighted order).
+    pub balancer: Balancer,
+    /// Passive health: outlier ejection, indexed like `endpoints` (state of addresses
+    /// that stay carries over to the next set).
+    pub outlier: Arc<OutlierDetector>,
+    /// The configured endpoints this set was resolved from (empty when a feed such as
+    /// [`crate::gateway::Gateway::set_endpoints`] gave it).
+    pub configured: Arc<[EndpointConfig]>,
+    /// The resolved specs it was built from, to tell whether a new answer changes it.
+    pub specs: Vec<EndpointSpec>,
+    /// Distinct priority levels, ascending.
+    levels: Vec<u32>,
+    overprovisioning: f64,
+    slow_start: Option<SlowStartConfig>,
+    /// SplitMix64 state for slow-start admission and priority draws.
+    rng: AtomicU64,
+}
+
+/// One try of a request: the set it picked from and the endpoint's index there.
+#[derive(Debug, Clone)]
+pub struct Try {
+    /// The set the endpoint was picked from (kept, so a swap mid-request is harmless).
+    pub set: Arc<EndpointSet>,
+    /// Index into `set.endpoints` (and `set.outlier`).
+    pub index: usize,
+}
+
+impl Try {
+    /// The endpoint tried.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.set.endpoints[self.index]
+    }
+}
+
+impl EndpointSet {
+    /// Next pseudo-random number, lock-free.
+    fn next_random(&self) -> u64 {
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Whether endpoint `i` counts as healthy for priority failover at `now`: its active
+    /// health is ok and outlier detection has not ejected it.
+    pub fn is_available(&self, i: usize, now: Instant) -> bool {
+        self.endpoints[i].state.healthy.load(Ordering::Relaxed) && !self.outlier.is_ejected(i, now)
+    }
+
+    /// Each priority level with its share of the traffic in percent (see
+    /// [`priority::priority_load`]).
+    pub fn priority_loads(&self, now: Instant) -> Vec<(u32, u32)> {
+        let counts: Vec<(usize, usize)> = self
+            .levels
+            .iter()
+            .map(|&l| {
+                let mut c = (0, 0);
+                for (i, e) in self.endpoints.iter().enumerate() {
+                    if e.priority == l && e.weight > 0 {
+                        c.1 += 1;
+                        if self.is_available(i, now) {
+                            c.0 += 1;
+                        }
+                    }
+                }
+                c
+            })
+            .collect();
+        let load = priority::priority_load(&counts, self.overprovisioning);
+        self.levels.iter().copied().zip(load).collect()
+    }
+
+    /// The level this try should go to, when there is more than one.
+    fn choose_level(&self, now: Instant, key: Option<u64>) -> Option<u32> {
+        if self.levels.len() < 2 {
+            return None;
+        }
+        let loads = self.priority_loads(now);
+        let shares: Vec<u32> = loads.iter().map(|(_, l)| *l).collect();
+        let draw = key.unwrap_or_else(|| self.next_random()) % 100;
+        Some(loads[priority::level_for(&shares, draw as u32)].0)
+    }
+
+    /// The effective share of its weight endpoint `i` gets at `now`, in `(0, 1]`: below 1
+    /// only during a slow-start ramp.
+    pub fn slow_start_factor(&self, i: usize, now: Instant) -> f64 {
+        match (&self.slow_start, self.endpoints[i].state.ramp_elapsed(now)) {
+            (Some(c), Some(elapsed)) => slow_start::factor(c, elapsed),
+            _ => 1.0,
+        }
+    }
+
+    /// Whether a ramping endpoint takes this turn (with probability its factor).
+    fn admit(&self, i: usize, now: Instant) -> bool {
+        let f = self.slow_start_factor(i, now);
+        f >= 1.0 || ((self.next_random() >> 11) as f64 / (1u64 << 53) as f64) < f
+    }
+
+    /// Picks an endpoint that `usable` allows, among those with weight and passing
+    /// health checks; ramping endpoints take their turns with their slow-start factor.
+    pub fn pick(&self, usable: impl Fn(usize) -> bool, key: Option<u64>, now: Instant) -> Option<usize> {
+        let eps = &self.endpoints;
+        let base = |i: usize| eps[i].weight > 0 && eps[i].state.healthy.load(Ordering::Relaxed) && usable(i);
+        let inflight = |i: usize| eps[i].state.inflight.load(Ordering::Relaxed);
+        let ramps = self.slow_start.is_some() && !matches!(self.balancer, Balancer::ConsistentHash(_));
+        if !ramps {
+            return self.balancer.pick(eps.len(), base, inflight, key);
+        }
+        self.balancer
+            .pick(eps.len(), |i| base(i) && self.admit(i, now), inflight, key)
+            .or_else(|| self.balancer.pick(eps.len(), base, inflight, key))
+    }
+
+    /// Picks the endpoint for one try: in the priority level that failover chooses, one
+    /// not tried yet and not ejected; else such an endpoint in the lowest level that has
+    /// one; else one not ejected, else any. Ejection is ignored when it would leave
+    /// nothing to pick (as `max_ejection_percent` 100 can).
+    pub fn pick_for_try(&self, tried: &[Try], key: Option<u64>, now: Instant) -> Option<usize> {
+        let eps = &self.endpoints;
+        let fresh = |i: usize| {
+            !tried
+                .iter()
+                .any(|t| Arc::ptr_eq(&t.endpoint().state, &eps[i].state))
+        };
+        let ok = |i: usize| !self.outlier.is_ejected(i, now);
+        let level = self.choose_level(now, key);
+        let first = self.pick(
+            |i| level.is_none_or(|l| eps[i].priority == l) && fresh(i) && ok(i),
+            key,
+            now,
+        );
+        first
+            .or_else(|| {
+                self.levels
+                    .iter()
+                    .filter(|&&l| Some(l) != level)
+                    .find_map(|&l| self.pick(|i| eps[i].priority == l && fresh(i) && ok(i), key, now))
+            })
+            .or_else(|| self.pick(ok, key, now))
+            .or_else(|| self.pick(fresh, key, now))
+            .or_else(|| self.pick(|_| true, key, now))
+    }
+}
+
+/// An upstream: its settings, and its endpoint set behind an `ArcSwap`.
 #[derive(Debug)]
 pub struct Upstream {
     /// Stable id.
     pub id: String,
-    /// Endpoints in config order.
-    pub endpoints: Vec<Endpoint>,
-    /// Weights, parallel to `endpoints`.
-    pub weights: Vec<u32>,
-    /// The balancer.
-    pub balancer: Balancer,
+    /// The endpoint set. Load it once per try; the discovery plane swaps it.
+    pub endpoints: ArcSwap<EndpointSet>,
     /// What the consistent hash is computed from, for `consistent_hash`.
     pub hash_on: Option<HashOn>,
-    /// The config it came from.
+    /// The config it came from, with `endpoints` left out (they live in `endpoints`;
+    /// see [`UpstreamConfig::without_endpoints`]).
     pub config: UpstreamConfig,
-    /// Passive health: outlier ejection of endpoints (state kept across reloads).
-    pub outlier: Arc<OutlierDetector>,
     /// Caps retries in flight (state kept across reloads).
     pub budget: Arc<RetryBudget>,
     /// The upstream's retry policy (a route's `retries` overrides it).
@@ -76,89 +265,127 @@ pub struct Upstream {
     pub ejected_gauge: IntGauge,
     /// `sluice_retry_budget_exhausted_total{upstream}`.
     pub budget_exhausted: IntCounter,
-}
-
-/// Resolves `host:port`.
-pub fn resolve(address: &str) -> Result<SocketAddr, String> {
-    address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address:?} resolves to no address"))
+    /// Serializes set swaps (config, DNS and feeds), off the request path.
+    swap: Mutex<()>,
 }
 
 impl Upstream {
-    /// Builds an upstream, taking endpoint state from `state` so it carries over.
-    pub fn new(config: &UpstreamConfig, state: &SharedState) -> Result<Upstream, String> {
-        let mut endpoints = Vec::with_capacity(config.endpoints.len());
-        for e in &config.endpoints {
-            let host = e.address.rsplit_once(':').map_or(e.address.as_str(), |(h, _)| h);
-            let sni = config
-                .tls
-                .as_ref()
-                .and_then(|t| t.sni.clone())
-                .unwrap_or_else(|| host.to_string());
-            endpoints.push(Endpoint {
-                sni,
-                address: e.address.clone(),
-                addr: resolve(&e.address)?,
-                weight: e.weight,
-                state: state.endpoint(&config.id, &e.address),
-            });
-        }
-        let pairs: Vec<(&str, u32)> = config
-            .endpoints
-            .iter()
-            .map(|e| (e.address.as_str(), e.weight))
-            .collect();
-        let hash_on = match &config.load_balancing {
-            LoadBalancing::ConsistentHash(h) => Some(h.clone()),
-            _ => None,
-        };
-        let addresses: Vec<&str> = pairs.iter().map(|(a, _)| *a).collect();
+    /// Builds an upstream, taking endpoint state from `state` so it carries over. Never
+    /// blocks on DNS: host names come from the discovery plane's last answer (none yet
+    /// for a new name: the re-resolver swaps them in when it answers).
+    pub fn new(config: &UpstreamConfig, state: &SharedState) -> Upstream {
+        let masked = config.without_endpoints();
         let metrics = &state.metrics;
-        Ok(Upstream {
-            outlier: state.outlier(&config.id, &config.outlier_detection, &addresses),
+        let configured: Arc<[EndpointConfig]> = config.endpoints.clone().into();
+        let specs = state.discovery.resolve(&config.id, &configured);
+        let mut up = Upstream {
             budget: state.budget(&config.id, &config.retries.budget),
             retry: Arc::new(RetryPolicy::new(&config.retries)),
             ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
             budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
             id: config.id.clone(),
-            weights: config.endpoints.iter().map(|e| e.weight).collect(),
-            balancer: Balancer::new(&config.load_balancing, &pairs),
+            endpoints: ArcSwap::from_pointee(empty_set(&masked)),
+            hash_on: match &config.load_balancing {
+                LoadBalancing::ConsistentHash(h) => Some(h.clone()),
+                _ => None,
+            },
+            config: masked,
+            swap: Mutex::new(()),
+        };
+        let set = up.build_set(configured, specs, state, Instant::now());
+        up.endpoints = ArcSwap::from_pointee(set);
+        up
+    }
+
+    /// A set for these specs, keeping the live state of endpoints that stay. An endpoint
+    /// new to a non-empty set starts its slow-start ramp at `now`.
+    pub fn build_set(
+        &self,
+        configured: Arc<[EndpointConfig]>,
+        specs: Vec<EndpointSpec>,
+        state: &SharedState,
+        now: Instant,
+    ) -> EndpointSet {
+        let c = &self.config;
+        let previous = self.endpoints.load();
+        let endpoints: Vec<Endpoint> = specs
+            .iter()
+            .map(|s| {
+                let key = s.addr.to_string();
+                let ep_state = state.endpoint(&self.id, &key);
+                if c.slow_start.is_some()
+                    && !previous.endpoints.is_empty()
+                    && !previous.endpoints.iter().any(|e| e.key == key)
+                {
+                    ep_state.start_ramp(now);
+                }
+                let host = split_host_port(&s.address).map_or(s.address.as_str(), |(h, _)| h);
+                Endpoint {
+                    sni: c
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.sni.clone())
+                        .unwrap_or_else(|| host.to_string()),
+                    address: s.address.clone(),
+                    addr: s.addr,
+                    weight: s.weight,
+                    priority: s.priority,
+                    state: ep_state,
+                    key,
+                }
+            })
+            .collect();
+        let pairs: Vec<(&str, u32)> = endpoints.iter().map(|e| (e.key.as_str(), e.weight)).collect();
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+        let mut levels: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        EndpointSet {
+            balancer: Balancer::new(&c.load_balancing, &pairs),
+            outlier: state.outlier(&self.id, &c.outlier_detection, &keys),
+            rng: AtomicU64::new(crate::balancer::hash_key(self.id.as_bytes())),
+            levels,
+            overprovisioning: c.overprovisioning_factor,
+            slow_start: c.slow_start.clone(),
             endpoints,
-            hash_on,
-            config: config.clone(),
-        })
+            configured,
+            specs,
+        }
     }
 
-    /// Picks an endpoint that `usable` allows, among those with weight and passing health
-    /// checks.
-    pub fn pick(&self, usable: impl Fn(usize) -> bool, key: Option<u64>) -> Option<usize> {
-        let eps = &self.endpoints;
-        self.balancer.pick(
-            &self.weights,
-            |i| eps[i].weight > 0 && eps[i].state.healthy.load(Ordering::Relaxed) && usable(i),
-            |i| eps[i].state.inflight.load(Ordering::Relaxed),
-            key,
-        )
+    /// Swaps in the set for `configured` (resolved through the discovery plane) or, with
+    /// `specs`, for those specs. Returns whether the set changed.
+    pub fn replace(
+        &self,
+        configured: Arc<[EndpointConfig]>,
+        specs: Option<Vec<EndpointSpec>>,
+        state: &SharedState,
+        now: Instant,
+    ) -> bool {
+        let _one_at_a_time = self.swap.lock();
+        let specs = specs.unwrap_or_else(|| state.discovery.resolve(&self.id, &configured));
+        let current = self.endpoints.load();
+        if current.specs == specs && *current.configured == *configured {
+            return false;
+        }
+        let set = self.build_set(configured, specs, state, now);
+        self.endpoints.store(Arc::new(set));
+        true
     }
 
-    /// Picks the endpoint for one try: one not tried yet and not ejected by outlier
-    /// detection, else one not ejected, else any. Ejection is ignored when it would
-    /// leave nothing to pick (as `max_ejection_percent` 100 can).
-    pub fn pick_for_try(&self, tried: &[usize], key: Option<u64>, now: std::time::Instant) -> Option<usize> {
-        let out = &self.outlier;
-        self.pick(|i| !tried.contains(&i) && !out.is_ejected(i, now), key)
-            .or_else(|| self.pick(|i| !out.is_ejected(i, now), key))
-            .or_else(|| self.pick(|i| !tried.contains(&i), key))
-            .or_else(|| self.pick(|_| true, key))
+    /// Rebuilds the set from its configured endpoints and the discovery plane's latest
+    /// DNS answers; swaps it only if the resolved endpoints changed.
+    pub fn refresh_endpoints(&self, state: &SharedState, now: Instant) -> bool {
+        let configured = self.endpoints.load().configured.clone();
+        if configured.is_empty() {
+            return false;
+        }
+        self.replace(configured, None, state, now)
     }
 
-    /// A pingora peer for endpoint `index`, with `timeouts` (route over upstream) applied,
+    /// A pingora peer for endpoint `ep`, with `timeouts` (route over upstream) applied,
     /// each cut to `limit` (the per-try timeout, or what is left of the total).
-    pub fn peer(&self, index: usize, timeouts: &Timeouts, limit: Option<Duration>) -> HttpPeer {
-        let ep = &self.endpoints[index];
+    pub fn peer(&self, ep: &Endpoint, timeouts: &Timeouts, limit: Option<Duration>) -> HttpPeer {
         let c = &self.config;
         let tls = c.tls.is_some();
         let mut peer = HttpPeer::new(ep.addr, tls, ep.sni.clone());
@@ -182,5 +409,133 @@ impl Upstream {
             (UpstreamProtocol::Http1, _) => o.alpn = ALPN::H1,
         }
         peer
+    }
+}
+
+/// The set an upstream starts from before its first real one is built.
+fn empty_set(config: &UpstreamConfig) -> EndpointSet {
+    EndpointSet {
+        endpoints: Vec::new(),
+        balancer: Balancer::new(&config.load_balancing, &[]),
+        outlier: Arc::new(OutlierDetector::new(
+            &config.outlier_detection,
+            std::iter::empty::<String>(),
+            Instant::now(),
+        )),
+        configured: Vec::new().into(),
+        specs: Vec::new(),
+        levels: Vec::new(),
+        overprovisioning: config.overprovisioning_factor,
+        slow_start: None,
+        rng: AtomicU64::new(0),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use sluice_config::Config;
+
+    fn upstream(yaml: &str) -> (SharedState, Upstream) {
+        let c = Config::from_text(&format!(
+            "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\nupstreams: [{yaml}]\nroutes: [{{id: r, upstream: u}}]\n"
+        ))
+        .unwrap();
+        let state = SharedState::new(Arc::new(Metrics::new()));
+        let up = Upstream::new(&c.upstreams[0], &state);
+        (state, up)
+    }
+
+    fn ep(port: u16, priority: u32) -> EndpointConfig {
+        EndpointConfig {
+            address: format!("127.0.0.1:{port}"),
+            weight: 1,
+            priority,
+        }
+    }
+
+    fn shares(up: &Upstream, picks: usize, now: Instant) -> Vec<usize> {
+        let set = up.endpoints.load();
+        let mut c = vec![0; set.endpoints.len()];
+        for _ in 0..picks {
+            c[set.pick_for_try(&[], None, now).unwrap()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn a_new_endpoint_ramps_up_over_the_slow_start_window() {
+        let (state, up) = upstream(
+            "{id: u, slow_start: {window: 10s, min_weight_percent: 10}, endpoints: [{address: '127.0.0.1:1'}]}",
+        );
+        assert_eq!(shares(&up, 100, Instant::now()), [100]);
+        let t0 = Instant::now();
+        assert!(up.replace(vec![ep(1, 0), ep(2, 0)].into(), None, &state, t0));
+        let set = up.endpoints.load();
+        assert_eq!(
+            set.slow_start_factor(0, t0),
+            1.0,
+            "the endpoint that stays does not ramp"
+        );
+        assert_eq!(set.slow_start_factor(1, t0), 0.1);
+        // The new endpoint takes its turn with probability f (0.1, then 0.5, then 1) and
+        // passes it on otherwise, which gives it the share of an effective weight f next
+        // to weight 1: f / (1 + f).
+        let at_start = shares(&up, 2000, t0)[1];
+        assert!(
+            (130..=235).contains(&at_start),
+            "about 9% (0.1 / 1.1): {at_start}"
+        );
+        let halfway = shares(&up, 2000, t0 + Duration::from_secs(5))[1];
+        assert!((590..=740).contains(&halfway), "about 33% (0.5 / 1.5): {halfway}");
+        assert_eq!(shares(&up, 2000, t0 + Duration::from_secs(10)), [1000, 1000]);
+    }
+
+    #[test]
+    fn without_slow_start_a_new_endpoint_gets_its_full_share_at_once() {
+        let (state, up) = upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}]}");
+        let t0 = Instant::now();
+        up.replace(vec![ep(1, 0), ep(2, 0)].into(), None, &state, t0);
+        assert_eq!(shares(&up, 1000, t0), [500, 500]);
+    }
+
+    #[test]
+    fn traffic_spills_to_the_next_priority_as_the_local_one_loses_health() {
+        let (_state, up) = upstream(
+            "{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}, {address: '127.0.0.1:3', priority: 1}]}",
+        );
+        let now = Instant::now();
+        assert_eq!(shares(&up, 1000, now), [500, 500, 0], "all local while healthy");
+        let set = up.endpoints.load();
+        set.endpoints[0].state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(set.priority_loads(now), [(0, 70), (1, 30)]);
+        let half = shares(&up, 2000, now);
+        assert_eq!(half[0], 0);
+        assert!((450..=750).contains(&half[2]), "about 30% remote: {half:?}");
+        set.endpoints[1].state.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(shares(&up, 1000, now), [0, 0, 1000], "all remote");
+        set.endpoints[0].state.healthy.store(true, Ordering::Relaxed);
+        set.endpoints[1].state.healthy.store(true, Ordering::Relaxed);
+        assert_eq!(shares(&up, 1000, now), [500, 500, 0], "and back");
+    }
+
+    #[test]
+    fn a_retry_skips_the_endpoint_it_tried_even_across_a_swap() {
+        let (state, up) =
+            upstream("{id: u, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]}");
+        let now = Instant::now();
+        let set = up.endpoints.load_full();
+        let first = set.pick_for_try(&[], None, now).unwrap();
+        let tried = [Try { set, index: first }];
+        let key = tried[0].endpoint().key.clone();
+        // The set is swapped (reordered) between the two tries.
+        up.replace(vec![ep(3, 0), ep(2, 0), ep(1, 0)].into(), None, &state, now);
+        let set = up.endpoints.load();
+        for _ in 0..10 {
+            let i = set.pick_for_try(&tried, None, now).unwrap();
+            assert_ne!(set.endpoints[i].key, key);
+        }
     }
 }

@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod dns;
 /// The real-etcd helper, shared with the config crate's tests.
 #[path = "../../config/sources/tests/support/mod.rs"]
 pub mod etcd;
@@ -31,6 +32,7 @@ pub use client::{
     h2c_client, h2c_request, http_client, http_client_unpooled, tls_client, tls_handshake, H2Response,
     Handshake, RawHttp1, RawResponse,
 };
+pub use dns::TestDns;
 pub use etcd::Etcd;
 pub use gateway::{Gateway, GatewayBuilder, Signal, Successor};
 pub use metrics::Metrics;

@@ -77,7 +77,13 @@ pub struct TestUpstream {
 impl TestUpstream {
     /// Starts an upstream called `name` on `127.0.0.1:0`, in [`Mode::Healthy`].
     pub async fn start(name: &str) -> TestUpstream {
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a test upstream");
+        TestUpstream::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts an upstream called `name` on `addr` (a loopback address; port 0 picks one),
+    /// in [`Mode::Healthy`].
+    pub async fn start_at(name: &str, addr: SocketAddr) -> TestUpstream {
+        let listener = bind(addr).expect("bind a test upstream");
         let addr = listener.local_addr().expect("local address of a bound listener");
         let (mode, _) = watch::channel(Mode::Healthy);
         let shared = Arc::new(Shared {

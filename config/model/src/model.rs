@@ -25,6 +25,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstream clusters that routes forward to. Default: none.
     pub upstreams: Vec<UpstreamConfig>,
+    /// How endpoint host names are resolved. Default: see [`DnsConfig`].
+    pub dns: DnsConfig,
     /// Routes, matched by specificity (see `docs/config.md`, "Route precedence").
     /// Default: none.
     pub routes: Vec<RouteConfig>,
@@ -172,18 +174,105 @@ pub struct UpstreamConfig {
     /// Active health checks. Default: none (endpoints are assumed healthy).
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// Ramp the share of a new endpoint (one added to the set, or back from unhealthy)
+    /// up over a window, so a cold instance is not flooded. Default: none (off).
+    #[serde(default)]
+    pub slow_start: Option<SlowStartConfig>,
+    /// Envoy's overprovisioning factor for priority failover: a priority level keeps all
+    /// the traffic while `healthy share × factor ≥ 100%`, and spills the rest to the next
+    /// level as its healthy share drops. Default: `1.4`.
+    #[serde(default = "default_overprovisioning")]
+    pub overprovisioning_factor: f64,
+    /// How often endpoint host names are re-resolved. Default: see [`UpstreamDnsConfig`].
+    #[serde(default)]
+    pub dns: UpstreamDnsConfig,
+}
+
+impl UpstreamConfig {
+    /// This upstream with its endpoint list left out: two upstreams that compare equal
+    /// this way differ at most in their endpoints, which the discovery plane swaps
+    /// without rebuilding the upstream.
+    pub fn without_endpoints(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            endpoints: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// One upstream endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// `host:port`; the host is an IP address or a name resolved at compile time.
-    /// Required.
+    /// `host:port`. The host is an IP address, or a name that the discovery plane
+    /// resolves off the request path (and re-resolves as its TTL expires; a name with
+    /// several addresses gives one endpoint per address). Required.
     pub address: String,
     /// Relative weight for weighted algorithms. Default: `1`. `0` drains the endpoint.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Priority level: `0` is the local cluster, `1` the next one to fail over to, and so
+    /// on. Traffic goes to the lowest level while enough of it is healthy (see
+    /// `overprovisioning_factor`). Default: `0`.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// Slow start (Envoy's `slow_start_config`): a new endpoint's effective weight is
+/// `weight × max(min_weight_percent / 100, (elapsed / window) ^ (1 / aggression))`
+/// until `window` has passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStartConfig {
+    /// How long the ramp lasts. Required.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Shape of the ramp: `1.0` is linear, larger values ramp faster at first.
+    /// Default: `1.0`.
+    #[serde(default = "default_aggression")]
+    pub aggression: f64,
+    /// The share an endpoint gets at the start of its ramp, in percent of its weight.
+    /// Default: `10`.
+    #[serde(default = "default_min_weight_percent")]
+    pub min_weight_percent: f64,
+}
+
+/// Re-resolution of an upstream's endpoint host names. An answer is kept for its TTL,
+/// clamped to `[min_refresh, refresh]`; when DNS fails the last good answer stays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDnsConfig {
+    /// The longest an answer is used before it is resolved again, whatever its TTL.
+    /// Default: `30s`.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// The shortest time between two resolutions of a name, whatever its TTL.
+    /// Default: `1s`.
+    #[serde(with = "humantime_serde")]
+    pub min_refresh: Duration,
+    /// How soon a failed resolution is tried again (the last good answer is used
+    /// meanwhile). Default: `5s`.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for UpstreamDnsConfig {
+    fn default() -> Self {
+        Self {
+            refresh: Duration::from_secs(30),
+            min_refresh: Duration::from_secs(1),
+            retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The DNS client the discovery plane resolves endpoint host names with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`ip:port`, queried over UDP, in order). Default: none,
+    /// meaning the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// Load-balancing algorithms.
@@ -518,4 +607,13 @@ fn default_true() -> bool {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_overprovisioning() -> f64 {
+    1.4
+}
+fn default_aggression() -> f64 {
+    1.0
+}
+fn default_min_weight_percent() -> f64 {
+    10.0
 }

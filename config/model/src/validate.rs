@@ -378,18 +378,26 @@ impl Config {
     pub fn digest(&self) -> Digest {
         let route_hashes: Vec<String> = self.routes.iter().map(hash_of).collect();
         let routes = hash_of(&route_hashes);
-        let content = hash_of(&(
-            &self.server,
-            &self.admin,
-            &self.listeners,
-            &self.upstreams,
-            &routes,
-        ));
+        let content = self.content_hash_with_routes(&routes);
         Digest {
             content,
             routes,
             route_hashes,
         }
+    }
+
+    /// The content hash of this config given the hash of its routes (`Digest::routes`),
+    /// as in [`Config::digest`]: lets a change that leaves every route alone skip
+    /// hashing them again.
+    pub fn content_hash_with_routes(&self, routes_hash: &str) -> String {
+        hash_of(&(
+            &self.server,
+            &self.admin,
+            &self.listeners,
+            &self.upstreams,
+            &self.dns,
+            routes_hash,
+        ))
     }
 
     /// Checks everything the types cannot: references, uniqueness, regexes, header names,
@@ -418,6 +426,38 @@ pub struct Digest {
     pub routes: String,
     /// Each route, parallel to `routes`.
     pub route_hashes: Vec<String>,
+}
+
+/// Checks one upstream's endpoint list (what the discovery plane swaps on its own):
+/// `host:port` addresses, no duplicates, at least one endpoint with weight. `p` is the
+/// upstream's path, e.g. `upstreams[2]`.
+pub fn validate_endpoints(p: &str, endpoints: &[crate::model::EndpointConfig]) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+    if endpoints.is_empty() {
+        err(
+            format!("{p}.endpoints"),
+            "at least one endpoint is required".into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (j, e) in endpoints.iter().enumerate() {
+        let ep = format!("{p}.endpoints[{j}].address");
+        match e.address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => err(ep.clone(), format!("{:?} is not host:port", e.address)),
+        }
+        if !seen.insert(e.address.as_str()) {
+            err(ep, format!("duplicate endpoint {:?}", e.address));
+        }
+    }
+    if !endpoints.is_empty() && endpoints.iter().all(|e| e.weight == 0) {
+        err(
+            format!("{p}.endpoints"),
+            "at least one endpoint needs a weight above 0".into(),
+        );
+    }
+    errors
 }
 
 /// SHA-256 of a value's canonical JSON form, hex encoded.
@@ -564,25 +604,34 @@ impl Validator<'_> {
 
     fn upstream(&mut self, p: &str, u: &UpstreamConfig, ids: &mut HashSet<String>) {
         self.id(&format!("{p}.id"), &u.id, ids);
-        if u.endpoints.is_empty() {
-            self.err(format!("{p}.endpoints"), "at least one endpoint is required");
-        }
-        let mut seen = HashSet::new();
-        for (j, e) in u.endpoints.iter().enumerate() {
-            let ep = format!("{p}.endpoints[{j}].address");
-            match e.address.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-                _ => self.err(&ep, format!("{:?} is not host:port", e.address)),
-            }
-            if !seen.insert(e.address.as_str()) {
-                self.err(&ep, format!("duplicate endpoint {:?}", e.address));
-            }
-        }
-        if !u.endpoints.is_empty() && u.endpoints.iter().all(|e| e.weight == 0) {
+        self.errors.extend(validate_endpoints(p, &u.endpoints));
+        let f = u.overprovisioning_factor;
+        if !(f.is_finite() && (1.0..=100.0).contains(&f)) {
             self.err(
-                format!("{p}.endpoints"),
-                "at least one endpoint needs a weight above 0",
+                format!("{p}.overprovisioning_factor"),
+                format!("{f} is out of range: use a number from 1.0 to 100.0"),
             );
+        }
+        if let Some(ss) = &u.slow_start {
+            let q = format!("{p}.slow_start");
+            if ss.window.is_zero() {
+                self.err(format!("{q}.window"), "must be above 0");
+            }
+            if !(ss.aggression.is_finite() && ss.aggression > 0.0) {
+                self.err(format!("{q}.aggression"), "must be a number above 0");
+            }
+            if !(0.0..=100.0).contains(&ss.min_weight_percent) {
+                self.err(format!("{q}.min_weight_percent"), "must be from 0 to 100");
+            }
+        }
+        if u.dns.min_refresh.is_zero() {
+            self.err(format!("{p}.dns.min_refresh"), "must be above 0");
+        }
+        if u.dns.refresh < u.dns.min_refresh {
+            self.err(format!("{p}.dns.refresh"), "must not be below dns.min_refresh");
+        }
+        if u.dns.retry.is_zero() {
+            self.err(format!("{p}.dns.retry"), "must be above 0");
         }
         if let LoadBalancing::ConsistentHash(HashOn::Header(h)) = &u.load_balancing {
             self.header_name(&format!("{p}.load_balancing.consistent_hash.header"), h);

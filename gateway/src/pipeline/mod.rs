@@ -29,7 +29,7 @@ use sluice_filters::FilterCtx;
 use crate::error::ErrorKind;
 use crate::resilience::BreakerBinding;
 use crate::snapshot::{Backend, Route, Snapshot};
-use crate::upstream::{EndpointState, Upstream};
+use crate::upstream::{EndpointState, Try, Upstream};
 
 pub mod admit;
 pub mod forward;
@@ -90,8 +90,8 @@ pub struct Resilience {
     pub budget_request: Option<RequestGuard>,
     /// Counts the retry in flight in the budget.
     pub retry_guard: Option<RetryGuard>,
-    /// Endpoint indexes tried, in order.
-    pub tried: Vec<usize>,
+    /// Endpoints tried, in order, each with the endpoint set it was picked from.
+    pub tried: Vec<Try>,
     /// The in-flight count of the current try's endpoint.
     pub inflight: Option<InFlight>,
 }

@@ -36,10 +36,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
     let wants_record = route.is_some_and(|r| r.chain.has_complete_phase());
     let access_log = ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log);
     if wants_record || access_log {
-        let endpoint = ctx
-            .upstream()
-            .zip(ctx.resilience.tried.last())
-            .map(|(u, &i)| u.endpoints[i].address.as_str());
+        let endpoint = ctx.resilience.tried.last().map(|t| t.endpoint().key.as_str());
         let done = Completion {
             request_id: &ctx.filter.request_id,
             route: route.map(|r| r.id.as_str()),

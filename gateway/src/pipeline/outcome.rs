@@ -92,10 +92,11 @@ pub fn proxy_failed(
 fn record_try(gateway: &Gateway, ctx: &mut Ctx, outcome: UpstreamOutcome) {
     let now = Instant::now();
     ctx.resilience.outcome = Some((outcome, now));
-    let (Some(up), Some(&idx)) = (ctx.upstream(), ctx.resilience.tried.last()) else {
+    let (Some(up), Some(t)) = (ctx.upstream(), ctx.resilience.tried.last()) else {
         return;
     };
-    if let Some(ev) = up.outlier.record(idx, outcome, now) {
+    let outlier = &t.set.outlier;
+    if let Some(ev) = outlier.record(t.index, outcome, now) {
         if ev.enforced {
             gateway
                 .metrics
@@ -104,7 +105,7 @@ fn record_try(gateway: &Gateway, ctx: &mut Ctx, outcome: UpstreamOutcome) {
                 .inc();
         }
         up.ejected_gauge
-            .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
+            .set(i64::try_from(outlier.ejected_count(now)).unwrap_or(i64::MAX));
         tracing::warn!(
             upstream = %up.id,
             endpoint = %ev.address,

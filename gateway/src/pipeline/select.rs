@@ -13,6 +13,7 @@ use sluice_filters::BackendHint;
 
 use super::{Answer, Ctx, InFlight};
 use crate::error::ErrorKind;
+use crate::upstream::Try;
 
 /// Chooses the backend. `Some` when there is none to choose.
 pub fn backend(ctx: &mut Ctx) -> Option<Answer> {
@@ -21,8 +22,8 @@ pub fn backend(ctx: &mut Ctx) -> Option<Answer> {
         return Some(Answer::Error(ErrorKind::Internal, "route has no upstream".into()));
     }
     let chosen = match &ctx.filter.backend {
-        BackendHint::Split => route.split.pick(),
-        BackendHint::Upstream(id) => route.backend_of(id).or_else(|| route.split.pick()),
+        BackendHint::Split => route.split.next(),
+        BackendHint::Upstream(id) => route.backend_of(id).or_else(|| route.split.next()),
     };
     match chosen {
         Some(i) => {
@@ -72,7 +73,8 @@ pub async fn endpoint(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>>
             .unwrap_or_default();
         crate::balancer::hash_key(&value)
     });
-    let Some(idx) = up.pick_for_try(&ctx.resilience.tried, key, Instant::now()) else {
+    let set = up.endpoints.load_full();
+    let Some(idx) = set.pick_for_try(&ctx.resilience.tried, key, Instant::now()) else {
         ctx.error = Some(ErrorKind::NoHealthyEndpoint);
         return Err(Error::explain(
             HTTPStatus(503),
@@ -94,12 +96,13 @@ pub async fn endpoint(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>>
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let state = up.endpoints[idx].state.clone();
+    let state = set.endpoints[idx].state.clone();
     state.inflight.fetch_add(1, Ordering::Relaxed);
     state.requests.fetch_add(1, Ordering::Relaxed);
     ctx.resilience.inflight = Some(InFlight(state));
-    ctx.resilience.tried.push(idx);
-    Ok(Box::new(up.peer(idx, &backend.timeouts, limit)))
+    let peer = up.peer(&set.endpoints[idx], &backend.timeouts, limit);
+    ctx.resilience.tried.push(Try { set, index: idx });
+    Ok(Box::new(peer))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
