@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs (.ci/run calls exactly this).
 # Installs what the tests need (cmake, protoc, etcd, Redis, wrk, h2load), then runs the
-# whole suite: formatting, unit tests, and the black-box integration tests that start the
-# real sluice binary against real upstreams and a real etcd.
+# whole suite: formatting, lints (clippy, warnings denied), unit tests, and the black-box
+# integration tests that start the real sluice binary against real upstreams and etcd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads 4

@@ -23,6 +23,60 @@ upstreams:
 }
 
 #[tokio::test]
+async fn metrics_are_gzipped_only_for_clients_that_ask() {
+    use std::io::Read;
+    let ups = TestUpstream::start_many(&["up", "down"]).await;
+    let gw = gateway(&ups[0], &ups[1]).await;
+    // A client that decodes nothing itself: the headers and bytes are as sent.
+    let client = reqwest::Client::new();
+    let plain = client.get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    assert!(
+        plain.headers().get("content-encoding").is_none(),
+        "{:?}",
+        plain.headers()
+    );
+    let plain = plain.text().await.unwrap();
+    assert!(plain.contains("sluice_config_version"), "{plain}");
+
+    let gzipped = client
+        .get(gw.admin_url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(
+        gzipped.headers().get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    let bytes = gzipped.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    assert!(text.contains("sluice_config_version"), "{text}");
+    assert!(
+        bytes.len() < text.len(),
+        "{} compressed bytes for {} bytes",
+        bytes.len(),
+        text.len()
+    );
+}
+
+#[tokio::test]
+async fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
+    let ups = TestUpstream::start_many(&["up", "down"]).await;
+    let gw = gateway(&ups[0], &ups[1]).await;
+    // The harness logs at warn level: a rejected reload logs a warning.
+    gw.reload("listeners: [").await;
+    let logs = gw.logs();
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains("config rejected"), "{logs}");
+    assert!(!logs.contains("\x1b["), "{logs:?}");
+}
+
+#[tokio::test]
 async fn health_endpoints_answer_ok() {
     let ups = TestUpstream::start_many(&["up", "down"]).await;
     let gw = gateway(&ups[0], &ups[1]).await;

@@ -244,3 +244,38 @@ async fn invalid_config_on_sighup_is_rejected_and_the_old_routes_keep_serving() 
     );
     assert_eq!(m.get("sluice_config_version", &[]), Some(1.0));
 }
+
+#[tokio::test]
+async fn a_reload_naming_a_missing_certificate_file_is_rejected_with_its_field() {
+    use crate::support::{tls_client, TestCa};
+    let up = TestUpstream::start("up").await;
+    let ca = TestCa::new("sluice test CA");
+    let cert = ca.issue(&["a.example.test"]);
+    let config = |key: &str| {
+        format!(
+            "listeners:\n- {{name: tls, listen: \"{{{{https}}}}\", tls: {{certificates: [{{cert: \"{{{{cert:a}}}}\", key: \"{key}\"}}]}}}}\nupstreams:\n{}routes:\n- {{id: r, upstream: up}}\n",
+            upstream_entries(&[&up])
+        )
+    };
+    let gw = Gateway::builder(&config("{{key:a}}"))
+        .upstream(&up)
+        .cert("a", &cert)
+        .start()
+        .await;
+    let addr = gw.https_addr();
+    let client = tls_client(&ca, &[("a.example.test", addr)]);
+    let url = format!("https://a.example.test:{}/x", addr.port());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), StatusCode::OK);
+
+    let after = gw.reload(&config("{{dir}}/missing.key")).await;
+    assert_eq!(after["version"], 1, "the serving config stays: {after}");
+    let errors = after["last_rejected"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{after}");
+    let want = format!(
+        "{}: listeners[0].tls.certificates[0].key: cannot read {}/missing.key",
+        gw.config_path().display(),
+        gw.dir().display()
+    );
+    assert!(errors[0].as_str().unwrap().starts_with(&want), "{after}");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), StatusCode::OK);
+}

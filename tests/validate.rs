@@ -99,6 +99,52 @@ fn unknown_field_and_semantic_errors_are_all_reported_together() {
 }
 
 #[test]
+fn help_says_what_sluice_is() {
+    for flag in ["--help", "-h"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg(flag)
+            .output()
+            .expect("run sluice");
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        assert_eq!(
+            stdout.lines().next(),
+            Some("Sluice: an API gateway that routes, meters and shuts the flow of requests into your services."),
+            "{stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("sluice run --config FILE")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn an_only_listener_with_a_bad_address_is_the_one_error() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{name: web, listen: 'localhost:eighty'}]\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000', weight: lots}]}]\nroutes: [{id: r, upstream: u}]\n",
+    )
+    .expect("write the config");
+    let out = sluice(&["validate"], &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(lines[0], format!("{}: 2 error(s)", path.display()));
+    assert!(lines[1].starts_with("  listeners[0].listen: "), "{stderr}");
+    assert!(
+        lines[2].starts_with("  upstreams[0].endpoints[0].weight: "),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn missing_file_is_an_error() {
     let out = sluice(&["validate"], &fixture("does-not-exist.yaml"));
     assert_eq!(out.status.code(), Some(1));

@@ -21,19 +21,13 @@ use sluice_gateway::{echo, server, sources};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// What `sluice --help` opens with: what Sluice is, for its users.
-const ABOUT: &str =
-    "Sluice: an API gateway that routes, meters and shuts the flow of requests into your services.";
-
-/// The rest of `sluice --help`'s introduction: where to start.
-const LONG_ABOUT: &str =
-    "Sluice: an API gateway that routes, meters and shuts the flow of requests into your services.\n\n\
-Start with `sluice run --config FILE` (try config/examples/quickstart.yaml); \
-`sluice validate --config FILE` checks a config without serving it.";
+/// What `sluice --help` opens with: what Sluice is, for its users, and where to start.
+const ABOUT: &str = "Sluice: an API gateway that routes, meters and shuts the flow of requests into your services.\n\
+Start with `sluice run --config FILE` (try config/examples/quickstart.yaml); `sluice validate --config FILE` checks one.";
 
 /// The command line.
 #[derive(Parser)]
-#[command(version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(version, about = ABOUT, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -382,6 +382,78 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_left_out_of_etcd_is_not_also_unknown() {
+        // `eu` is dropped for its id, `us` cannot be read: the routes naming them get
+        // no second, misleading "unknown upstream" error. `nope` is really unknown.
+        let mut res = resources(
+            &[
+                ("to-eu", "{upstream: eu}"),
+                ("to-us", "{upstream: u, circuit_breaker: {fallback_upstream: us}}"),
+                ("to-nope", "{upstream: nope}"),
+            ],
+            &[("eu", "{id: europe, endpoints: [{address: '127.0.0.1:9001'}]}")],
+        );
+        res.errors.push(ConfigError {
+            path: "/sluice/upstreams/us".into(),
+            message: "invalid JSON".into(),
+        });
+        assert_eq!(
+            errors(BASE, &res),
+            [
+                "/sluice/upstreams/us: invalid JSON",
+                "/sluice/upstreams/eu.id: id \"europe\" does not match the key's id \"eu\"",
+                "/sluice/routes/to-nope.upstream: unknown upstream \"nope\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_id_in_two_resource_sets_names_both() {
+        let one = resources(&[("x", "{upstream: u}")], &[]);
+        let two = resources(&[("x", "{upstream: u}"), ("y", "{upstream: u}")], &[]);
+        let errs = compose_all(
+            parse_value(BASE).unwrap(),
+            "sluice.yaml",
+            &[("/sluice", &one), ("k8s:default", &two)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs.to_string(),
+            "k8s:default/routes/x.id: duplicate id \"x\": also defined at /sluice/routes/x"
+        );
+        let two = resources(&[("y", "{upstream: u}")], &[]);
+        let config = compose_all(
+            parse_value(BASE).unwrap(),
+            "sluice.yaml",
+            &[("/sluice", &one), ("k8s:default", &two)],
+        )
+        .unwrap();
+        let ids: Vec<_> = config.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "x", "y"]);
+    }
+
+    #[test]
+    fn certificate_files_are_checked_with_the_base_origin() {
+        let base = "listeners:\n- {name: web, listen: 'bad'}\n- {name: tls, listen: '127.0.0.1:8443', tls: {certificates: [{cert: /nonexistent/c.pem, key: /nonexistent/k.pem}]}}\nupstreams: [{id: u, endpoints: [{address: '127.0.0.1:9000'}]}]\nroutes: [{id: a, upstream: u}]\n";
+        let errs = errors(base, &Resources::default());
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("sluice.yaml: listeners[0].listen: "),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with(
+                "sluice.yaml: listeners[1].tls.certificates[0].cert: cannot read /nonexistent/c.pem"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("sluice.yaml: listeners[1].tls.certificates[0].key: cannot read"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn document_level_errors_name_the_base_origin() {
         let errs = errors("routes: []", &Resources::default());
         assert_eq!(

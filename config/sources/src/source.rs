@@ -162,8 +162,9 @@ impl FileSource {
     }
 
     /// Starts from a document already read (and its hash, from [`file::load`]): it is
-    /// the initial state, not published again. Without it the source reads the file as
-    /// soon as it runs.
+    /// the initial state, published again only if the file has changed by the time the
+    /// watcher is set. Without it the source reads and publishes the file as soon as it
+    /// runs.
     #[must_use]
     pub fn starting_from(mut self, document: Value, hash: String) -> Self {
         self.start = Some((document, hash));
@@ -248,14 +249,13 @@ impl Source for FileSource {
         } else {
             None
         };
-        let mut hash = match self.start.take() {
-            Some((_, hash)) => Some(hash),
-            None => {
-                let mut hash = None;
-                self.read(&ctx.out, &mut hash, true);
-                hash
-            }
+        // Read once now the watcher is set: a change made since the start document was
+        // read would otherwise go unseen until the next one.
+        let (mut hash, force) = match self.start.take() {
+            Some((_, hash)) => (Some(hash), false),
+            None => (None, true),
         };
+        self.read(&ctx.out, &mut hash, force);
         loop {
             let force = tokio::select! {
                 _ = async {
