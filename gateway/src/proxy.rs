@@ -28,9 +28,9 @@ use sluice_filters::resilience::{Admission, CallOutcome, Permit, RequestGuard, R
 use sluice_filters::router::MatchInput;
 use sluice_filters::{Chain, FilterCtx, Flow, HeaderEdit, RequestView, Response};
 
+use crate::access_log::AccessRecord;
 use crate::error::{error_response, ErrorKind};
 use crate::gateway::Gateway;
-use crate::metrics::NO_ROUTE;
 use crate::resilience::{BreakerBinding, BREAKER_HEADER};
 use crate::snapshot::Snapshot;
 use crate::upstream::{EndpointState, Upstream};
@@ -609,17 +609,8 @@ impl ProxyHttp for SluiceProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let kind = ctx.error.unwrap_or_else(|| ErrorKind::of(e));
         ctx.error = Some(kind);
-        if kind.is_upstream() {
-            let up = ctx
-                .route_entry()
-                .and_then(|r| r.upstream.as_ref().map(|u| u.id.clone()));
-            if let Some(up) = up {
-                self.gateway
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&[up.as_str(), kind.code()])
-                    .inc();
-            }
+        if let Some(up) = ctx.route_entry().and_then(|r| r.upstream.as_ref()) {
+            up.metrics.error(kind);
         }
         let code = if kind == ErrorKind::Downstream {
             0
@@ -655,25 +646,15 @@ impl ProxyHttp for SluiceProxy {
                 None => b.breaker.breaker.release(permit),
             }
         }
-        let route = ctx.route_entry().map_or(NO_ROUTE, |r| r.id.as_str());
         let elapsed = ctx.started.elapsed();
         let handles = ctx
             .route_entry()
             .map_or(self.gateway.metrics.unrouted(), |r| &*r.metrics);
         handles.observe(status, elapsed);
         if ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log) {
-            let req = session.req_header();
-            let line = serde_json::json!({
-                "request_id": ctx.filter.request_id,
-                "client": ctx.client_ip.map(|i| i.to_string()),
-                "method": req.method.as_str(),
-                "path": req.uri.path(),
-                "route": route,
-                "status": status,
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "error": ctx.error.map(ErrorKind::code),
-            });
-            println!("{line}");
+            self.gateway
+                .access_log
+                .submit(access_record(session, ctx, status, elapsed));
         }
         ctx.inflight = None;
     }
@@ -693,11 +674,7 @@ impl SluiceProxy {
         };
         if let Some(ev) = up.outlier.record(idx, outcome, now) {
             if ev.enforced {
-                self.gateway
-                    .metrics
-                    .ejections
-                    .with_label_values(&[up.id.as_str(), ev.reason.as_str()])
-                    .inc();
+                up.metrics.ejection(ev.reason);
             }
             up.ejected_gauge
                 .set(i64::try_from(up.outlier.ejected_count(now)).unwrap_or(i64::MAX));
@@ -739,23 +716,56 @@ impl SluiceProxy {
                 };
                 Some(guard)
             };
-            let reason = match outcome {
-                UpstreamOutcome::Response(_) => "status",
-                UpstreamOutcome::ConnectFailure => "connect_failure",
-                UpstreamOutcome::Timeout => "timeout",
-                UpstreamOutcome::Reset => "reset",
+            let retries = match ctx.fallback {
+                Some(_) => &route.fallback_retries,
+                None => &route.retries,
             };
-            self.gateway
-                .metrics
-                .retries
-                .with_label_values(&[route.id.as_str(), up.id.as_str(), reason])
-                .inc();
+            if let Some(m) = retries {
+                m.retry(outcome);
+            }
             (guard, policy.backoff(ctx.retries + 1, rand::random()))
         };
         ctx.retries += 1;
         ctx.retry_guard = guard;
         ctx.backoff = Some(backoff);
         true
+    }
+}
+
+/// The access-log record of a finished request: owned copies of what `ctx` and the
+/// session know, no formatting (that happens on the log's writer thread).
+fn access_record(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::Duration) -> AccessRecord {
+    let req = session.req_header();
+    let route = ctx.route_entry();
+    let up = ctx.upstream();
+    AccessRecord {
+        time: std::time::SystemTime::now() - elapsed,
+        request_id: ctx.filter.request_id.clone(),
+        client: ctx.client_ip,
+        method: req.method.clone(),
+        host: request_host(req).map(str::to_string),
+        path: req.uri.path().to_string(),
+        status,
+        bytes_in: session.as_ref().body_bytes_read() as u64,
+        bytes_out: session.as_ref().body_bytes_sent() as u64,
+        duration: elapsed,
+        upstream: up
+            .zip(ctx.tried.last())
+            .and_then(|(u, &i)| u.endpoints.get(i))
+            .map(|e| e.address.clone()),
+        upstream_time: None,
+        route: route.map(|r| r.id.clone()),
+        backend: up.map(|u| u.id.clone()),
+        retries: ctx.retries,
+        breaker: route
+            .and_then(|r| r.breaker.as_ref())
+            .map(|b| b.breaker.breaker.state()),
+        user_agent: req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        error: ctx.error.map(ErrorKind::code),
     }
 }
 

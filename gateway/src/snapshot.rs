@@ -20,7 +20,7 @@ use sluice_filters::Chain;
 
 use sluice_filters::resilience::RetryPolicy;
 
-use crate::metrics::RouteMetrics;
+use crate::metrics::{RetryMetrics, RouteMetrics};
 use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
@@ -45,6 +45,10 @@ pub struct Route {
     pub breaker: Option<Arc<BreakerBinding>>,
     /// When a failed try is retried: the route's `retries`, else its upstream's.
     pub retry: Arc<RetryPolicy>,
+    /// `sluice_retries_total` handles for (route, upstream).
+    pub retries: Option<RetryMetrics>,
+    /// `sluice_retries_total` handles for (route, breaker fallback upstream).
+    pub fallback_retries: Option<RetryMetrics>,
 }
 
 /// Where a snapshot came from, for `/api/v1/config`.
@@ -212,7 +216,14 @@ fn compile_route(
             }
             _ => None,
         };
+    let retries = upstream.as_ref().map(|u| state.metrics.retries_for(&r.id, &u.id));
+    let fallback_retries = breaker
+        .as_ref()
+        .and_then(|b| b.fallback.as_ref())
+        .map(|u| state.metrics.retries_for(&r.id, &u.id));
     Ok(Route {
+        retries,
+        fallback_retries,
         id: r.id.clone(),
         hash,
         chain,

@@ -13,6 +13,7 @@ use sluice_config::model::{HashOn, LoadBalancing, Timeouts, UpstreamConfig, Upst
 use sluice_filters::resilience::{OutlierDetector, RetryBudget, RetryPolicy};
 
 use crate::balancer::Balancer;
+use crate::metrics::UpstreamMetrics;
 use crate::state::SharedState;
 
 /// Live state of one endpoint, keyed by (upstream id, address) so it survives reloads.
@@ -76,6 +77,8 @@ pub struct Upstream {
     pub ejected_gauge: IntGauge,
     /// `sluice_retry_budget_exhausted_total{upstream}`.
     pub budget_exhausted: IntCounter,
+    /// The upstream's error and ejection counters, resolved at build.
+    pub metrics: UpstreamMetrics,
 }
 
 /// Resolves `host:port`.
@@ -123,6 +126,7 @@ impl Upstream {
             retry: Arc::new(RetryPolicy::new(&config.retries)),
             ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
             budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
+            metrics: metrics.upstream(&config.id),
             id: config.id.clone(),
             weights: config.endpoints.iter().map(|e| e.weight).collect(),
             balancer: Balancer::new(&config.load_balancing, &pairs),
