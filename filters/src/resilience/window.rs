@@ -3,10 +3,10 @@
 //! window, which clears the buckets it skips over), and both are lock-free: any number
 //! of threads record into one window through `&self`.
 //!
-//! - **Count window**: a ring of one-byte atomic slots indexed by a `fetch_add` counter;
-//!   each call swaps its outcome into its slot and corrects the running failure and
-//!   slow totals by the difference to the outcome it replaced. Calls are
-//!   `min(counter, size)`.
+//! - **Count window**: a ring of one-byte atomic slots, and a slot index that a
+//!   compare-and-swap advances and wraps (no division); each call swaps its outcome into
+//!   its slot and corrects the running failure and slow totals by the difference to the
+//!   outcome it replaced. Calls are the index until the ring first wraps, then its size.
 //! - **Time window**: a ring of per-second buckets, each tagged with the second it
 //!   holds. The thread that moves the head to a new second (compare-and-swap on the head)
 //!   clears the buckets the window left behind; a bucket is claimed for a new second by a
@@ -102,11 +102,15 @@ fn delta(new: u8, old: u8) -> (i64, i64) {
     )
 }
 
+/// Set in [`CountWindow::next`] once the ring has wrapped around: every slot is full.
+const FULL: u64 = 1 << 63;
+
 /// The last `ring.len()` outcomes, one byte each, with running totals.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     ring: Box<[AtomicU8]>,
-    /// Outcomes recorded so far; outcome `i` goes to slot `i % len`.
+    /// The slot the next outcome goes to (`0..len`), with [`FULL`] set once the ring
+    /// has wrapped. Advanced by compare-and-swap, which wraps it without a division.
     next: AtomicU64,
     failures: AtomicI64,
     slow: AtomicI64,
@@ -125,8 +129,14 @@ impl CountWindow {
     #[inline]
     fn record(&self, failure: bool, slow: bool) {
         let len = self.ring.len() as u64;
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = self.ring.get((i % len) as usize) else {
+        let taken = self.next.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            let i = w & !FULL;
+            Some(if i + 1 >= len { FULL } else { (w & FULL) | (i + 1) })
+        });
+        let i = match taken {
+            Ok(w) | Err(w) => w & !FULL,
+        };
+        let Some(slot) = self.ring.get(i as usize) else {
             return;
         };
         let new = PRESENT | if failure { FAILURE } else { 0 } | if slow { SLOW } else { 0 };
@@ -142,7 +152,12 @@ impl CountWindow {
 
     #[inline]
     fn tally(&self) -> Tally {
-        let calls = self.next.load(Ordering::Acquire).min(self.ring.len() as u64);
+        let next = self.next.load(Ordering::Acquire);
+        let calls = if next & FULL != 0 {
+            self.ring.len() as u64
+        } else {
+            next
+        };
         Tally::clamped(
             i64::try_from(calls).unwrap_or(i64::MAX),
             self.failures.load(Ordering::Acquire),
