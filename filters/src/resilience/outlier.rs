@@ -356,8 +356,13 @@ impl OutlierDetector {
     /// index out of range.
     #[inline]
     pub fn is_ejected(&self, idx: usize, now: Instant) -> bool {
+        // The common case, never ejected, is decided by the load alone, without
+        // converting `now`.
         match self.endpoints.get(idx) {
-            Some(e) => self.ejected_at(e, self.nanos(now)),
+            Some(e) => match e.ejected_until.load(Ordering::Acquire) {
+                0 => false,
+                until => self.nanos(now) < until,
+            },
             None => false,
         }
     }
