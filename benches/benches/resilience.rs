@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice_config::resilience::{BreakerConfig, OutlierDetectionConfig, RetryBudgetConfig, WindowConfig};
-use sluice_filters::resilience::{Admission, CallOutcome, CircuitBreaker, OutlierDetector, RetryBudget};
+use sluice_filters::resilience::{
+    Admission, CallOutcome, CircuitBreaker, OutlierDetector, RetryBudget, UpstreamOutcome,
+};
 
 /// A breaker that never trips under the load below (successes only).
 fn breaker(window: WindowConfig, now: Instant) -> CircuitBreaker {
@@ -72,6 +74,15 @@ fn outlier_benches(c: &mut Criterion) {
         b.iter(|| {
             idx = (idx + 1) & 15;
             black_box(detector.is_ejected(black_box(idx), start))
+        })
+    });
+    // A successful response recorded against each endpoint in turn: the per-try cost
+    // of passive outlier detection when nothing is failing.
+    let mut idx = 0usize;
+    c.bench_function("outlier/record", |b| {
+        b.iter(|| {
+            idx = (idx + 1) & 15;
+            black_box(detector.record(black_box(idx), UpstreamOutcome::Response(200), start))
         })
     });
 }

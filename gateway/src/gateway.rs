@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::{Config, ConfigErrors};
 
+use crate::access_log::{AccessLog, AccessLogConfig};
 use crate::metrics::Metrics;
 use crate::snapshot::{Provenance, Snapshot};
 use crate::state::SharedState;
@@ -56,6 +57,9 @@ pub struct Gateway {
     pub state: SharedState,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The access log's queue to its writer thread (written to while
+    /// `server.access_log` is on).
+    pub access_log: AccessLog,
     ready: AtomicBool,
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
@@ -80,6 +84,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             state,
+            access_log: AccessLog::start(&AccessLogConfig::default(), metrics.access_log_dropped.clone()),
             metrics,
             ready: AtomicBool::new(ready),
             next_version: AtomicU64::new(2),

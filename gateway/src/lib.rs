@@ -6,6 +6,7 @@
 //! ([`server`]). The pure request-path cores live in `sluice-filters`; the config model
 //! and its sources in `sluice-config`.
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod discovery;

@@ -5,6 +5,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use sluice_filters::resilience::{EjectionReason, UpstreamOutcome};
+
+use crate::error::ErrorKind;
 
 /// Route label for requests no route matched.
 pub const NO_ROUTE: &str = "_none";
@@ -49,6 +52,9 @@ pub struct Metrics {
     pub source_connected: IntGaugeVec,
     /// `sluice_config_source_revision`: the newest etcd revision seen.
     pub source_revision: IntGauge,
+    /// `sluice_access_log_dropped_total`: access-log records dropped because the writer
+    /// fell behind (its queue was full).
+    pub access_log_dropped: IntCounter,
     unrouted: RouteMetrics,
 }
 
@@ -164,8 +170,13 @@ impl Metrics {
             "sluice_config_source_revision",
             "The newest etcd revision the config watch has seen.",
         ));
+        let access_log_dropped = must(IntCounter::new(
+            "sluice_access_log_dropped_total",
+            "Access-log records dropped because the log writer fell behind.",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(access_log_dropped.clone()),
             Box::new(source_connected.clone()),
             Box::new(source_revision.clone()),
             Box::new(breaker_state.clone()),
@@ -205,6 +216,7 @@ impl Metrics {
             endpoint_healthy,
             source_connected,
             source_revision,
+            access_log_dropped,
             unrouted,
         }
     }
@@ -212,6 +224,23 @@ impl Metrics {
     /// Handles for route `id` (resolved once per snapshot compile).
     pub fn route(&self, id: &str) -> RouteMetrics {
         route_handles(&self.requests, &self.latency, id)
+    }
+
+    /// Handles for upstream `id`'s error and ejection counters (resolved once per
+    /// upstream build).
+    pub fn upstream(&self, id: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            errors: UPSTREAM_ERROR_KINDS.map(|k| self.upstream_errors.with_label_values(&[id, k.code()])),
+            ejections: EjectionReason::ALL.map(|r| self.ejections.with_label_values(&[id, r.as_str()])),
+        }
+    }
+
+    /// Handles for the retries of route `route` to upstream `upstream` (resolved once
+    /// per route compile).
+    pub fn retries_for(&self, route: &str, upstream: &str) -> RetryMetrics {
+        RetryMetrics {
+            by_reason: RETRY_REASONS.map(|r| self.retries.with_label_values(&[route, upstream, r])),
+        }
     }
 
     /// Handles for requests no route matched.
@@ -249,6 +278,64 @@ impl RouteMetrics {
     pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
         self.by_class[class_index(status)].inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The error kinds counted per upstream, in [`UpstreamMetrics::errors`] order: those for
+/// which [`ErrorKind::is_upstream`] holds.
+const UPSTREAM_ERROR_KINDS: [ErrorKind; 5] = [
+    ErrorKind::UpstreamConnect,
+    ErrorKind::UpstreamTimeout,
+    ErrorKind::UpstreamReset,
+    ErrorKind::UpstreamProtocol,
+    ErrorKind::NoHealthyEndpoint,
+];
+
+/// Pre-resolved handles of one upstream's `sluice_upstream_errors_total` and
+/// `sluice_outlier_ejections_total` series, so the request path does no label lookup.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    errors: [IntCounter; 5],
+    ejections: [IntCounter; 3],
+}
+
+impl UpstreamMetrics {
+    /// Counts an upstream failure of `kind` (kinds that are not upstream failures are
+    /// not counted).
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[i].inc();
+        }
+    }
+
+    /// Counts an enforced ejection.
+    #[inline]
+    pub fn ejection(&self, reason: EjectionReason) {
+        self.ejections[reason.index()].inc();
+    }
+}
+
+/// `reason` label values of `sluice_retries_total`, in [`RetryMetrics`] order.
+const RETRY_REASONS: [&str; 4] = ["status", "connect_failure", "timeout", "reset"];
+
+/// Pre-resolved handles of `sluice_retries_total` for one (route, upstream) pair.
+#[derive(Debug, Clone)]
+pub struct RetryMetrics {
+    by_reason: [IntCounter; 4],
+}
+
+impl RetryMetrics {
+    /// Counts a retry of a try that ended with `outcome`.
+    #[inline]
+    pub fn retry(&self, outcome: UpstreamOutcome) {
+        let i = match outcome {
+            UpstreamOutcome::Response(_) => 0,
+            UpstreamOutcome::ConnectFailure => 1,
+            UpstreamOutcome::Timeout => 2,
+            UpstreamOutcome::Reset => 3,
+        };
+        self.by_reason[i].inc();
     }
 }
 

@@ -84,7 +84,7 @@ impl ProxyHttp for SluiceProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        outcome::upstream_response(&self.gateway, session, resp, ctx)
+        outcome::upstream_response(session, resp, ctx)
     }
 
     async fn response_filter(
@@ -104,7 +104,7 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> Box<Error> {
-        outcome::connect_failed(&self.gateway, session, ctx, e)
+        outcome::connect_failed(session, ctx, e)
     }
 
     fn error_while_proxy(
@@ -115,11 +115,11 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        outcome::proxy_failed(&self.gateway, peer, session, e, ctx, client_reused)
+        outcome::proxy_failed(peer, session, e, ctx, client_reused)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        respond::fail_to_proxy(&self.gateway.metrics, session, e, ctx).await
+        respond::fail_to_proxy(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

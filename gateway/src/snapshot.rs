@@ -21,7 +21,7 @@ use sluice_filters::router::Router;
 use sluice_filters::weighted::WeightedSequence;
 use sluice_filters::Chain;
 
-use crate::metrics::RouteMetrics;
+use crate::metrics::{RetryMetrics, RouteMetrics};
 use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
@@ -43,6 +43,10 @@ pub struct Backend {
     pub served: IntCounter,
     /// The same counter for the breaker's fallback, when it serves instead.
     pub served_by_fallback: Option<IntCounter>,
+    /// `sluice_retries_total` handles for (route, this upstream).
+    pub retries: RetryMetrics,
+    /// `sluice_retries_total` handles for (route, the breaker's fallback upstream).
+    pub fallback_retries: Option<RetryMetrics>,
 }
 
 /// One compiled route.
@@ -327,6 +331,8 @@ fn compile_route(
             served: metrics
                 .backend_requests
                 .with_label_values(&[r.id.as_str(), up.id.as_str()]),
+            retries: metrics.retries_for(&r.id, &up.id),
+            fallback_retries: fallback.as_ref().map(|f| metrics.retries_for(&r.id, &f.id)),
             served_by_fallback: fallback.as_ref().map(|f| {
                 metrics
                     .backend_requests

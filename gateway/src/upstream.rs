@@ -21,6 +21,7 @@ use sluice_filters::resilience::{OutlierDetector, RetryBudget, RetryPolicy};
 
 use crate::balancer::Balancer;
 use crate::discovery::{priority, slow_start, split_host_port, EndpointSpec};
+use crate::metrics::UpstreamMetrics;
 use crate::state::SharedState;
 
 /// The origin of the ramp timestamps kept in [`EndpointState`].
@@ -267,6 +268,8 @@ pub struct Upstream {
     pub budget_exhausted: IntCounter,
     /// Serializes set swaps (config, DNS and feeds), off the request path.
     swap: Mutex<()>,
+    /// The upstream's error and ejection counters, resolved at build.
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {
@@ -283,6 +286,7 @@ impl Upstream {
             retry: Arc::new(RetryPolicy::new(&config.retries)),
             ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
             budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
+            metrics: metrics.upstream(&config.id),
             id: config.id.clone(),
             endpoints: ArcSwap::from_pointee(empty_set(&masked)),
             hash_on: match &config.load_balancing {

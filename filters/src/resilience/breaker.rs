@@ -21,13 +21,25 @@
 //! and [`CircuitBreaker::reconfigure`]), so the shell can count and log it; the breaker
 //! itself has no observers and does no I/O.
 //!
-//! The closed (and disabled) state is published in an atomic, so `try_acquire` takes no
-//! lock while closed; `record` takes a short `parking_lot` lock.
+//! Nothing on the request path takes a lock. The state is published in one atomic word
+//! (`epoch << 8 | state`), so `try_acquire` while closed is one load. Everything that
+//! changes together on a transition (the state with its open time or half-open trial,
+//! the back-off, the settings and the closed window) is one immutable phase behind an
+//! `ArcSwap`; a transition builds the next phase and publishes it with a
+//! compare-and-swap against the phase it judged, so of several callers that see a
+//! threshold at once exactly one makes (and reports) the transition. Outcomes go into
+//! atomic counters: the lock-free sliding window (`window.rs`) while closed, one packed
+//! word of probe counters while half-open, where a probe slot is taken by a
+//! compare-and-swap that checks the limit, so the number of probes stays exact. Only
+//! `force` and `reconfigure` (operator and config actions) take a lock, to serialize
+//! with each other.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::resilience::{BreakerConfig, FailureConditions, WindowConfig};
@@ -226,21 +238,50 @@ pub struct Acquire {
 }
 
 /// A half-open probe trial.
-#[derive(Debug, Clone, Copy)]
+/// Packed half-open trial counters, 16 bits each: probes in flight, completed, failed,
+/// slow. `half_open_permitted_calls` is capped at [`MAX_PROBES`] so that they fit.
+const IN_FLIGHT: u64 = 1;
+const COMPLETED: u64 = 1 << 16;
+const TRIAL_FAILURE: u64 = 1 << 32;
+const TRIAL_SLOW: u64 = 1 << 48;
+/// The most probes a half-open trial lets through.
+const MAX_PROBES: u32 = 0xFFFF;
+
+/// A half-open trial's counters, unpacked.
+#[derive(Debug, Clone, Copy, Default)]
 struct Trial {
-    since: Instant,
     in_flight: u32,
     completed: u32,
     failures: u32,
     slow: u32,
 }
 
+impl Trial {
+    fn unpack(word: u64) -> Trial {
+        let field = |shift: u32| ((word >> shift) & 0xFFFF) as u32;
+        Trial {
+            in_flight: field(0),
+            completed: field(16),
+            failures: field(32),
+            slow: field(48),
+        }
+    }
+}
+
 /// The automatic part of the state, which operators' forcing overrides.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Auto {
     Closed,
-    Open { since: Instant, until: Instant },
-    HalfOpen(Trial),
+    Open {
+        since: Instant,
+        until: Instant,
+    },
+    HalfOpen {
+        since: Instant,
+        /// The packed [`Trial`] counters (shared by the phases a reconfigure makes of
+        /// the same trial).
+        trial: Arc<AtomicU64>,
+    },
 }
 
 /// The settings the state machine reads, copied out of a [`BreakerConfig`].
@@ -282,7 +323,7 @@ impl From<&BreakerConfig> for Settings {
             } else {
                 0.0
             },
-            half_open_permitted_calls: c.half_open_permitted_calls.max(1),
+            half_open_permitted_calls: c.half_open_permitted_calls.clamp(1, MAX_PROBES),
             half_open_max_duration: bounded(c.half_open_max_duration),
             enabled: c.enabled,
         }
@@ -301,36 +342,72 @@ fn open_time(s: &Settings, trips: u32, sample: f64) -> Duration {
     Duration::try_from_secs_f64(secs).unwrap_or(s.max_open_duration)
 }
 
-/// A small deterministic generator (SplitMix64) for the open-time jitter.
-#[derive(Debug)]
-struct SplitMix64(u64);
+/// SplitMix64's increment.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
-impl SplitMix64 {
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
+/// SplitMix64's output for state `z`, as a float uniform in `[0, 1)`. The state is an
+/// atomic counter advanced by [`GAMMA`], so drawing is one `fetch_add`.
+fn splitmix_f64(mut z: u64) -> f64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// One phase of the breaker's life: everything that changes together on a transition,
+/// immutable once published (its counters are atomics). Replaced as a whole by a
+/// compare-and-swap, so exactly one caller makes each transition.
 #[derive(Debug)]
-struct Inner {
-    settings: Settings,
-    forced: Option<Forced>,
-    auto: Auto,
+struct Phase {
     /// Bumped on every transition; permits from an older epoch are stale.
     epoch: u64,
-    window: Window,
-    consecutive_failures: u32,
+    settings: Arc<Settings>,
+    forced: Option<Forced>,
+    auto: Auto,
     /// Trips since the last recovery (half-open to closed); drives the back-off.
     trips: u32,
-    total_trips: u64,
-    last_transition: Option<(Transition, Instant)>,
-    rng: SplitMix64,
+    /// The closed window (kept while open, as the evidence for the trip).
+    window: Arc<Window>,
+}
+
+impl Phase {
+    fn state(&self) -> BreakerState {
+        match self.forced {
+            Some(Forced::Open) => BreakerState::ForcedOpen,
+            Some(Forced::Disabled) => BreakerState::Disabled,
+            None if !self.settings.enabled => BreakerState::Disabled,
+            None => match self.auto {
+                Auto::Closed => BreakerState::Closed,
+                Auto::Open { .. } => BreakerState::Open,
+                Auto::HalfOpen { .. } => BreakerState::HalfOpen,
+            },
+        }
+    }
+
+    /// The published word: `epoch << STATE_BITS | state code`.
+    fn word(&self) -> u64 {
+        (self.epoch << STATE_BITS) | u64::from(self.state().gauge_code())
+    }
+
+    /// The next phase: `auto` with `trips`, the same settings, force and window.
+    fn next(&self, auto: Auto, trips: u32) -> Phase {
+        Phase {
+            epoch: self.epoch + 1,
+            settings: self.settings.clone(),
+            forced: self.forced,
+            auto,
+            trips,
+            window: self.window.clone(),
+        }
+    }
+
+    /// The next phase, closed with an empty window and no back-off.
+    fn closed(&self, now: Instant) -> Phase {
+        Phase {
+            window: Arc::new(Window::new(&self.settings.window, now)),
+            ..self.next(Auto::Closed, 0)
+        }
+    }
 }
 
 /// How long a caller rejected during a full half-open trial is told to wait.
@@ -364,10 +441,20 @@ const STATE_BITS: u32 = 8;
 /// ```
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    /// `epoch << STATE_BITS | state code`, written under the lock on every transition,
-    /// read without it by `try_acquire` and `state`.
+    /// `epoch << STATE_BITS | state code` of the current phase, raised (`fetch_max`)
+    /// after every transition; read by `try_acquire` and `state`.
     published: AtomicU64,
-    inner: Mutex<Inner>,
+    /// The current phase.
+    phase: ArcSwap<Phase>,
+    /// Failures in a row while closed.
+    consecutive_failures: AtomicU64,
+    total_trips: AtomicU64,
+    /// SplitMix64 state for the open-time jitter.
+    rng: AtomicU64,
+    last_transition: ArcSwapOption<(Transition, Instant)>,
+    /// Serializes `force` and `reconfigure` (operator and config actions, never on the
+    /// request path) with each other; the request path does not take it.
+    admin: Mutex<()>,
 }
 
 impl CircuitBreaker {
@@ -379,43 +466,42 @@ impl CircuitBreaker {
     /// A closed breaker whose open-time jitter comes from a generator seeded with
     /// `seed`, for reproducible tests.
     pub fn with_seed(config: &BreakerConfig, now: Instant, seed: u64) -> Self {
-        let inner = Inner {
-            settings: Settings::from(config),
+        let phase = Phase {
+            epoch: 0,
+            settings: Arc::new(Settings::from(config)),
             forced: None,
             auto: Auto::Closed,
-            epoch: 0,
-            window: Window::new(&config.window, now),
-            consecutive_failures: 0,
             trips: 0,
-            total_trips: 0,
-            last_transition: None,
-            rng: SplitMix64(seed),
+            window: Arc::new(Window::new(&config.window, now)),
         };
-        let breaker = Self {
-            published: AtomicU64::new(0),
-            inner: Mutex::new(inner),
-        };
-        breaker.publish(&breaker.inner.lock());
-        breaker
+        Self {
+            published: AtomicU64::new(phase.word()),
+            phase: ArcSwap::from_pointee(phase),
+            consecutive_failures: AtomicU64::new(0),
+            total_trips: AtomicU64::new(0),
+            rng: AtomicU64::new(seed),
+            last_transition: ArcSwapOption::empty(),
+            admin: Mutex::new(()),
+        }
     }
 
-    /// The current state, read without taking the lock. An open breaker whose open time
+    /// The current state, read from one atomic word. An open breaker whose open time
     /// has passed still reads `open` until the next `try_acquire`.
     #[inline]
     pub fn state(&self) -> BreakerState {
         BreakerState::from_code((self.published.load(Ordering::Acquire) & 0xff) as u8)
     }
 
-    /// Asks to make a call at `now`. Closed and disabled breakers answer without
-    /// locking. An open breaker whose open time has passed turns half-open here and
-    /// admits this call as its first probe.
+    /// Asks to make a call at `now`. Closed and disabled breakers answer from one atomic
+    /// load. An open breaker whose open time has passed turns half-open here and admits
+    /// this call as its first probe. Never takes a lock.
     #[inline]
     pub fn try_acquire(&self, now: Instant) -> Acquire {
         let word = self.published.load(Ordering::Acquire);
         let kind = match BreakerState::from_code((word & 0xff) as u8) {
             BreakerState::Closed => PermitKind::Closed,
             BreakerState::Disabled => PermitKind::Untracked,
-            _ => return self.try_acquire_locked(now),
+            _ => return self.try_acquire_slow(now),
         };
         Acquire {
             admission: Admission::Permitted(Permit {
@@ -427,15 +513,16 @@ impl CircuitBreaker {
     }
 
     #[cold]
-    fn try_acquire_locked(&self, now: Instant) -> Acquire {
-        let mut inner = self.inner.lock();
-        let transition = inner.poll(now);
-        let admission = inner.admit(now);
-        if transition.is_some() {
-            self.publish(&inner);
-        }
+    fn try_acquire_slow(&self, now: Instant) -> Acquire {
+        let current = self.phase.load_full();
+        let transition = self.poll(&current, now);
+        let phase = if transition.is_some() {
+            self.phase.load_full()
+        } else {
+            current
+        };
         Acquire {
-            admission,
+            admission: self.admit(&phase, now),
             transition,
         }
     }
@@ -443,25 +530,23 @@ impl CircuitBreaker {
     /// Counts the outcome of a call made with `permit`, at `now`. Returns the transition
     /// it caused: closed to open when a threshold is reached, or half-open to closed or
     /// open when the trial's result is certain. A stale permit (from before a state
-    /// change) and a disabled breaker's permit count nothing.
+    /// change) and a disabled breaker's permit count nothing. Never takes a lock: the
+    /// outcome goes into atomic counters, and a transition is a compare-and-swap of the
+    /// phase that only one of several racing callers wins.
     pub fn record(&self, permit: Permit, outcome: CallOutcome, now: Instant) -> Option<Transition> {
         if permit.kind == PermitKind::Untracked {
             return None;
         }
-        let mut inner = self.inner.lock();
-        if permit.epoch != inner.epoch {
+        let phase = self.phase.load();
+        if permit.epoch != phase.epoch {
             return None;
         }
-        let slow = outcome.duration > inner.settings.slow_call_duration;
-        let transition = match permit.kind {
-            PermitKind::Closed => inner.record_closed(outcome.failure, slow, now),
-            PermitKind::Probe => inner.record_probe(outcome.failure, slow, now),
+        let slow = outcome.duration > phase.settings.slow_call_duration;
+        match permit.kind {
+            PermitKind::Closed => self.record_closed(&phase, outcome.failure, slow, now),
+            PermitKind::Probe => self.record_probe(&phase, outcome.failure, slow, now),
             PermitKind::Untracked => None,
-        };
-        if transition.is_some() {
-            self.publish(&inner);
         }
-        transition
     }
 
     /// Hands back a permit whose call ended without an outcome worth counting (the
@@ -471,12 +556,14 @@ impl CircuitBreaker {
         if permit.kind != PermitKind::Probe {
             return;
         }
-        let mut inner = self.inner.lock();
-        if permit.epoch != inner.epoch {
+        let phase = self.phase.load();
+        if permit.epoch != phase.epoch {
             return;
         }
-        if let Auto::HalfOpen(trial) = &mut inner.auto {
-            trial.in_flight = trial.in_flight.saturating_sub(1);
+        if let Auto::HalfOpen { trial, .. } = &phase.auto {
+            let _ = trial.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & 0xFFFF != 0).then(|| w - IN_FLIGHT)
+            });
         }
     }
 
@@ -484,77 +571,116 @@ impl CircuitBreaker {
     /// starts again from closed with an empty window and no back-off. Returns the
     /// transition, if the state changed.
     pub fn force(&self, forced: Option<Forced>, now: Instant) -> Option<Transition> {
-        let mut inner = self.inner.lock();
-        if inner.forced == forced {
-            return None;
-        }
+        let _one_at_a_time = self.admin.lock();
         let reason = match forced {
             Some(Forced::Open) => "forced open by an operator",
             Some(Forced::Disabled) => "disabled by an operator",
             None => "force cleared by an operator",
         };
-        let from = inner.state();
-        inner.forced = forced;
-        if forced.is_none() {
-            inner.reset_closed(now);
+        loop {
+            let current = self.phase.load_full();
+            if current.forced == forced {
+                return None;
+            }
+            let next = match forced {
+                None => Phase {
+                    forced: None,
+                    ..current.closed(now)
+                },
+                Some(_) => Phase {
+                    forced,
+                    ..current.next(current.auto.clone(), current.trips)
+                },
+            };
+            // A transition on the request path can win the race; then look again.
+            if let Some(t) = self.replace(&current, next, reason.into(), now) {
+                if forced.is_none() {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                return (t.from != t.to).then_some(t);
+            }
         }
-        let t = inner.changed(from, reason.into(), now);
-        self.publish(&inner);
-        (t.from != t.to).then_some(t)
     }
 
     /// Applies a new config, keeping the state: a breaker that is open stays open until
     /// its open time (already drawn) has passed, a trial keeps its probes. A change of
     /// window kind or size starts an empty window. Turning `enabled` off disables the
     /// breaker; turning it on again starts from closed. Returns the transition, if any.
+    /// Takes a lock that only `force` and `reconfigure` take.
     pub fn reconfigure(&self, config: &BreakerConfig, now: Instant) -> Option<Transition> {
-        let mut inner = self.inner.lock();
-        let settings = Settings::from(config);
-        if settings == inner.settings {
-            return None;
+        let _one_at_a_time = self.admin.lock();
+        let settings = Arc::new(Settings::from(config));
+        loop {
+            let current = self.phase.load_full();
+            if *settings == *current.settings {
+                return None;
+            }
+            let reason = match (current.settings.enabled, settings.enabled) {
+                (true, false) => "disabled in config",
+                (false, true) => "enabled in config",
+                _ => {
+                    // Same state, same epoch: permits handed out stay valid.
+                    let window = if settings.window == current.settings.window {
+                        current.window.clone()
+                    } else {
+                        Arc::new(Window::new(&settings.window, now))
+                    };
+                    let next = Arc::new(Phase {
+                        epoch: current.epoch,
+                        settings: settings.clone(),
+                        forced: current.forced,
+                        auto: current.auto.clone(),
+                        trips: current.trips,
+                        window,
+                    });
+                    let previous = self.phase.compare_and_swap(&current, next);
+                    if Arc::ptr_eq(&previous, &current) {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let next = Phase {
+                settings: settings.clone(),
+                window: Arc::new(Window::new(&settings.window, now)),
+                ..current.closed(now)
+            };
+            if let Some(t) = self.replace(&current, next, reason.into(), now) {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                return (t.from != t.to).then_some(t);
+            }
         }
-        if settings.window != inner.settings.window {
-            inner.window = Window::new(&settings.window, now);
-        }
-        let was_enabled = inner.settings.enabled;
-        let from = inner.state();
-        inner.settings = settings;
-        let reason = match (was_enabled, config.enabled) {
-            (true, false) => "disabled in config",
-            (false, true) => "enabled in config",
-            _ => return None,
-        };
-        inner.reset_closed(now);
-        let t = inner.changed(from, reason.into(), now);
-        self.publish(&inner);
-        (t.from != t.to).then_some(t)
     }
 
     /// What the breaker knows, for the admin API. Read-only: an open breaker whose open
     /// time has passed shows `open` with no time left until a call arrives.
     pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
-        let mut inner = self.inner.lock();
-        let tally = inner.window.tally(now);
-        let state = inner.state();
-        let open_remaining_secs = match (state, inner.auto) {
+        let phase = self.phase.load_full();
+        let tally = phase.window.tally(now);
+        let state = phase.state();
+        let open_remaining_secs = match (state, &phase.auto) {
             (BreakerState::Open, Auto::Open { until, .. }) => {
                 Some(until.saturating_duration_since(now).as_secs_f64())
             }
             _ => None,
         };
-        let half_open = match (state, inner.auto) {
-            (BreakerState::HalfOpen, Auto::HalfOpen(t)) => Some(TrialSnapshot {
-                permitted: inner.settings.half_open_permitted_calls,
-                in_flight: t.in_flight,
-                completed: t.completed,
-                failures: t.failures,
-                slow_calls: t.slow,
-                remaining_secs: (t.since + inner.settings.half_open_max_duration)
-                    .saturating_duration_since(now)
-                    .as_secs_f64(),
-            }),
+        let half_open = match (state, &phase.auto) {
+            (BreakerState::HalfOpen, Auto::HalfOpen { since, trial }) => {
+                let t = Trial::unpack(trial.load(Ordering::Acquire));
+                Some(TrialSnapshot {
+                    permitted: phase.settings.half_open_permitted_calls,
+                    in_flight: t.in_flight,
+                    completed: t.completed,
+                    failures: t.failures,
+                    slow_calls: t.slow,
+                    remaining_secs: (*since + phase.settings.half_open_max_duration)
+                        .saturating_duration_since(now)
+                        .as_secs_f64(),
+                })
+            }
             _ => None,
         };
+        let last = self.last_transition.load_full();
         BreakerSnapshot {
             state,
             calls: tally.calls,
@@ -562,12 +688,13 @@ impl CircuitBreaker {
             slow_calls: tally.slow,
             failure_rate: rate(tally.failures, tally.calls),
             slow_call_rate: rate(tally.slow, tally.calls),
-            consecutive_failures: inner.consecutive_failures,
-            trips: inner.trips,
-            total_trips: inner.total_trips,
+            consecutive_failures: u32::try_from(self.consecutive_failures.load(Ordering::Relaxed))
+                .unwrap_or(u32::MAX),
+            trips: phase.trips,
+            total_trips: self.total_trips.load(Ordering::Relaxed),
             open_remaining_secs,
             half_open,
-            last_transition: inner.last_transition.as_ref().map(|(t, at)| TransitionSnapshot {
+            last_transition: last.as_deref().map(|(t, at)| TransitionSnapshot {
                 from: t.from,
                 to: t.to,
                 reason: t.reason.clone(),
@@ -576,165 +703,147 @@ impl CircuitBreaker {
         }
     }
 
-    fn publish(&self, inner: &Inner) {
-        let word = (inner.epoch << STATE_BITS) | u64::from(inner.state().gauge_code());
-        self.published.store(word, Ordering::Release);
-    }
-}
-
-/// `part` as a percentage of `whole` (0 when `whole` is 0).
-fn rate(part: u32, whole: u32) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        f64::from(part) * 100.0 / f64::from(whole)
-    }
-}
-
-impl Inner {
-    fn state(&self) -> BreakerState {
-        match self.forced {
-            Some(Forced::Open) => BreakerState::ForcedOpen,
-            Some(Forced::Disabled) => BreakerState::Disabled,
-            None if !self.settings.enabled => BreakerState::Disabled,
-            None => match self.auto {
-                Auto::Closed => BreakerState::Closed,
-                Auto::Open { .. } => BreakerState::Open,
-                Auto::HalfOpen(_) => BreakerState::HalfOpen,
-            },
+    /// Publishes `next` in place of `current` if `current` is still the phase (one
+    /// compare-and-swap), and returns the transition; `None` when another caller changed
+    /// the phase first.
+    fn replace(&self, current: &Arc<Phase>, next: Phase, reason: String, now: Instant) -> Option<Transition> {
+        let from = current.state();
+        let next = Arc::new(next);
+        let word = next.word();
+        let to = next.state();
+        let previous = self.phase.compare_and_swap(current, next);
+        if !Arc::ptr_eq(&previous, current) {
+            return None;
         }
+        self.published.fetch_max(word, Ordering::AcqRel);
+        let t = Transition { from, to, reason };
+        self.last_transition.store(Some(Arc::new((t.clone(), now))));
+        Some(t)
     }
 
-    /// Records a transition that has just been applied, starting a new epoch.
-    fn changed(&mut self, from: BreakerState, reason: String, now: Instant) -> Transition {
-        self.epoch += 1;
-        let t = Transition {
-            from,
-            to: self.state(),
-            reason,
-        };
-        self.last_transition = Some((t.clone(), now));
-        t
-    }
-
-    /// Closed, with an empty window and no back-off.
-    fn reset_closed(&mut self, now: Instant) {
-        self.auto = Auto::Closed;
-        self.window = Window::new(&self.settings.window, now);
-        self.consecutive_failures = 0;
-        self.trips = 0;
+    /// A uniform draw in `[0, 1)` for the jitter.
+    fn draw(&self) -> f64 {
+        splitmix_f64(self.rng.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA))
     }
 
     /// Applies what time alone changes: an open time that has passed, a half-open trial
     /// that has run out of time.
-    fn poll(&mut self, now: Instant) -> Option<Transition> {
-        if self.forced.is_some() || !self.settings.enabled {
+    fn poll(&self, current: &Arc<Phase>, now: Instant) -> Option<Transition> {
+        let s = &current.settings;
+        if current.forced.is_some() || !s.enabled {
             return None;
         }
-        match self.auto {
-            Auto::Open { since, until } if now >= until => {
-                let from = self.state();
-                self.auto = Auto::HalfOpen(Trial {
-                    since: now,
-                    in_flight: 0,
-                    completed: 0,
-                    failures: 0,
-                    slow: 0,
-                });
+        match &current.auto {
+            Auto::Open { since, until } if now >= *until => {
                 let reason = format!(
                     "open for {:.1}s; letting {} probes through",
-                    now.saturating_duration_since(since).as_secs_f64(),
-                    self.settings.half_open_permitted_calls
+                    now.saturating_duration_since(*since).as_secs_f64(),
+                    s.half_open_permitted_calls
                 );
-                Some(self.changed(from, reason, now))
-            }
-            Auto::HalfOpen(trial) if now >= trial.since + self.settings.half_open_max_duration => {
-                if trial.completed > 0 {
-                    Some(self.judge(&trial, trial.completed, now))
-                } else {
-                    let from = self.state();
-                    self.auto = Auto::HalfOpen(Trial {
+                let next = current.next(
+                    Auto::HalfOpen {
                         since: now,
-                        in_flight: 0,
-                        completed: 0,
-                        failures: 0,
-                        slow: 0,
-                    });
+                        trial: Arc::default(),
+                    },
+                    current.trips,
+                );
+                self.replace(current, next, reason, now)
+            }
+            Auto::HalfOpen { since, trial } if now >= *since + s.half_open_max_duration => {
+                let t = Trial::unpack(trial.load(Ordering::Acquire));
+                if t.completed > 0 {
+                    self.judge(current, &t, t.completed, now)
+                } else {
                     let reason = format!(
                         "no probe completed within {:.1}s; letting {} new probes through",
-                        self.settings.half_open_max_duration.as_secs_f64(),
-                        self.settings.half_open_permitted_calls
+                        s.half_open_max_duration.as_secs_f64(),
+                        s.half_open_permitted_calls
                     );
-                    Some(self.changed(from, reason, now))
+                    let next = current.next(
+                        Auto::HalfOpen {
+                            since: now,
+                            trial: Arc::default(),
+                        },
+                        current.trips,
+                    );
+                    self.replace(current, next, reason, now)
                 }
             }
             _ => None,
         }
     }
 
-    /// Whether a call may go ahead in the current state (after `poll`).
-    fn admit(&mut self, now: Instant) -> Admission {
+    /// Whether a call may go ahead in `phase` (after `poll`).
+    fn admit(&self, phase: &Phase, now: Instant) -> Admission {
         let permit = |kind| {
             Admission::Permitted(Permit {
-                epoch: self.epoch,
+                epoch: phase.epoch,
                 kind,
             })
         };
-        match self.state() {
-            BreakerState::Closed => permit(PermitKind::Closed),
-            BreakerState::Disabled => permit(PermitKind::Untracked),
-            BreakerState::ForcedOpen => Admission::Rejected {
-                retry_after: self.settings.open_duration,
+        match (phase.state(), &phase.auto) {
+            (BreakerState::Closed, _) => permit(PermitKind::Closed),
+            (BreakerState::Disabled, _) => permit(PermitKind::Untracked),
+            (BreakerState::ForcedOpen, _) => Admission::Rejected {
+                retry_after: phase.settings.open_duration,
                 state: BreakerState::ForcedOpen,
             },
-            BreakerState::Open => {
-                let until = match self.auto {
-                    Auto::Open { until, .. } => until,
-                    _ => now,
-                };
-                Admission::Rejected {
-                    retry_after: until.saturating_duration_since(now),
-                    state: BreakerState::Open,
-                }
-            }
-            BreakerState::HalfOpen => {
-                let permitted = self.settings.half_open_permitted_calls;
-                match &mut self.auto {
-                    Auto::HalfOpen(t) if t.in_flight + t.completed < permitted => {
-                        t.in_flight += 1;
-                        Admission::Permitted(Permit {
-                            epoch: self.epoch,
-                            kind: PermitKind::Probe,
-                        })
-                    }
-                    _ => Admission::Rejected {
+            (BreakerState::HalfOpen, Auto::HalfOpen { trial, .. }) => {
+                let permitted = phase.settings.half_open_permitted_calls;
+                // Exact: a probe slot is taken by a compare-and-swap that checks the
+                // limit on the value it replaces.
+                let taken = trial.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    let t = Trial::unpack(w);
+                    (t.in_flight + t.completed < permitted).then(|| w + IN_FLIGHT)
+                });
+                match taken {
+                    Ok(_) => permit(PermitKind::Probe),
+                    Err(_) => Admission::Rejected {
                         retry_after: PROBE_RETRY_AFTER,
                         state: BreakerState::HalfOpen,
                     },
                 }
             }
+            (state, auto) => {
+                let until = match auto {
+                    Auto::Open { until, .. } => *until,
+                    _ => now,
+                };
+                Admission::Rejected {
+                    retry_after: until.saturating_duration_since(now),
+                    state,
+                }
+            }
         }
     }
 
-    fn record_closed(&mut self, failure: bool, slow: bool, now: Instant) -> Option<Transition> {
-        self.window.record(failure, slow, now);
-        self.consecutive_failures = if failure {
-            self.consecutive_failures.saturating_add(1)
+    fn record_closed(
+        &self,
+        phase: &Arc<Phase>,
+        failure: bool,
+        slow: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        phase.window.record(failure, slow, now);
+        let consecutive = if failure {
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
         } else {
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
             0
         };
-        let s = &self.settings;
+        let s = &phase.settings;
         if let Some(limit) = s.consecutive_failures {
-            if self.consecutive_failures >= limit {
-                let reason = format!("{} consecutive failures", self.consecutive_failures);
-                return Some(self.trip(reason, now));
+            if consecutive >= u64::from(limit) {
+                return self.trip(phase, format!("{consecutive} consecutive failures"), now);
             }
         }
         let Tally {
             calls,
             failures,
             slow,
-        } = self.window.tally(now);
+        } = phase.window.tally(now);
         if calls < s.minimum_calls {
             return None;
         }
@@ -753,32 +862,40 @@ impl Inner {
         } else {
             return None;
         };
-        Some(self.trip(reason, now))
+        self.trip(phase, reason, now)
     }
 
-    fn record_probe(&mut self, failure: bool, slow: bool, now: Instant) -> Option<Transition> {
-        let Auto::HalfOpen(trial) = &mut self.auto else {
+    fn record_probe(
+        &self,
+        phase: &Arc<Phase>,
+        failure: bool,
+        slow: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        let Auto::HalfOpen { since, trial } = &phase.auto else {
             return None;
         };
-        trial.in_flight = trial.in_flight.saturating_sub(1);
-        trial.completed += 1;
-        trial.failures += u32::from(failure);
-        trial.slow += u32::from(slow);
-        let trial = *trial;
-        let s = &self.settings;
+        let add = COMPLETED + if failure { TRIAL_FAILURE } else { 0 } + if slow { TRIAL_SLOW } else { 0 };
+        let previous = trial
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & 0xFFFF != 0).then(|| w - IN_FLIGHT + add)
+            })
+            .ok()?;
+        let t = Trial::unpack(previous - IN_FLIGHT + add);
+        let s = &phase.settings;
         let permitted = s.half_open_permitted_calls;
         // The trial is decided once its result cannot change, whatever the probes still
         // to come do: judged over all permitted probes.
-        let remaining = permitted.saturating_sub(trial.completed);
+        let remaining = permitted.saturating_sub(t.completed);
         let over = |count: u32, threshold: f64| rate(count, permitted) >= threshold;
-        let certain = over(trial.failures, s.failure_rate_threshold)
-            || over(trial.slow, s.slow_call_rate_threshold)
-            || (!over(trial.failures + remaining, s.failure_rate_threshold)
-                && !over(trial.slow + remaining, s.slow_call_rate_threshold));
+        let certain = over(t.failures, s.failure_rate_threshold)
+            || over(t.slow, s.slow_call_rate_threshold)
+            || (!over(t.failures + remaining, s.failure_rate_threshold)
+                && !over(t.slow + remaining, s.slow_call_rate_threshold));
         if certain {
-            Some(self.judge(&trial, permitted, now))
-        } else if now >= trial.since + s.half_open_max_duration {
-            Some(self.judge(&trial, trial.completed, now))
+            self.judge(phase, &t, permitted, now)
+        } else if now >= *since + s.half_open_max_duration {
+            self.judge(phase, &t, t.completed, now)
         } else {
             None
         }
@@ -786,8 +903,8 @@ impl Inner {
 
     /// Ends a trial: open again when the probes' failure or slow-call rate over `basis`
     /// probes reaches its threshold, closed with an empty window otherwise.
-    fn judge(&mut self, trial: &Trial, basis: u32, now: Instant) -> Transition {
-        let s = &self.settings;
+    fn judge(&self, phase: &Arc<Phase>, trial: &Trial, basis: u32, now: Instant) -> Option<Transition> {
+        let s = &phase.settings;
         let failure_rate = rate(trial.failures, basis);
         let slow_rate = rate(trial.slow, basis);
         let mut reason = format!("probes: {} failed", trial.failures);
@@ -804,35 +921,47 @@ impl Inner {
                 "; failure rate {failure_rate:.1}% >= {:.1}%",
                 s.failure_rate_threshold
             );
-            self.trip(reason, now)
+            self.trip(phase, reason, now)
         } else if slow_rate >= s.slow_call_rate_threshold {
             let _ = write!(
                 reason,
                 "; slow-call rate {slow_rate:.1}% >= {:.1}%",
                 s.slow_call_rate_threshold
             );
-            self.trip(reason, now)
+            self.trip(phase, reason, now)
         } else {
             let _ = write!(reason, "; failure rate below {:.1}%", s.failure_rate_threshold);
-            let from = self.state();
-            self.reset_closed(now);
-            self.changed(from, reason, now)
+            let t = self.replace(phase, phase.closed(now), reason, now)?;
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            Some(t)
         }
     }
 
     /// Opens the breaker for the backed-off (and jittered) open time.
-    fn trip(&mut self, mut reason: String, now: Instant) -> Transition {
-        let from = self.state();
-        self.trips = self.trips.saturating_add(1);
-        self.total_trips += 1;
-        let open_for = open_time(&self.settings, self.trips, self.rng.next_f64());
-        self.auto = Auto::Open {
-            since: now,
-            until: now + open_for,
-        };
-        self.consecutive_failures = 0;
+    fn trip(&self, phase: &Arc<Phase>, mut reason: String, now: Instant) -> Option<Transition> {
+        let trips = phase.trips.saturating_add(1);
+        let open_for = open_time(&phase.settings, trips, self.draw());
         let _ = write!(reason, "; open for {:.1}s", open_for.as_secs_f64());
-        self.changed(from, reason, now)
+        let next = phase.next(
+            Auto::Open {
+                since: now,
+                until: now + open_for,
+            },
+            trips,
+        );
+        let t = self.replace(phase, next, reason, now)?;
+        self.total_trips.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        Some(t)
+    }
+}
+
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn rate(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) * 100.0 / f64::from(whole)
     }
 }
 
@@ -1638,5 +1767,67 @@ mod tests {
             (snap.calls, snap.failures, snap.state),
             (1000, 252, BreakerState::Closed)
         );
+    }
+
+    #[test]
+    fn racing_failures_trip_once_and_probes_stay_exact() {
+        let clock = ManualClock::new();
+        let cfg = BreakerConfig {
+            window: WindowConfig::Count(20),
+            minimum_calls: 20,
+            half_open_permitted_calls: 7,
+            ..config()
+        };
+        let breaker = std::sync::Arc::new(CircuitBreaker::with_seed(&cfg, clock.now(), 7));
+        let now = clock.now();
+        // 4 threads × 50 failures: the window reaches its threshold many times at once,
+        // and exactly one caller trips it.
+        let run = |f: fn(&CircuitBreaker, Instant) -> usize| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let b = breaker.clone();
+                    std::thread::spawn(move || f(&b, now))
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum::<usize>()
+        };
+        let trips = run(|b, now| {
+            (0..50)
+                .filter_map(|_| match b.try_acquire(now).admission {
+                    Admission::Permitted(p) => b.record(p, CallOutcome::failure(FAST), now),
+                    Admission::Rejected { .. } => None,
+                })
+                .filter(|t| t.to == BreakerState::Open)
+                .count()
+        });
+        assert_eq!(trips, 1);
+        assert_eq!(breaker.snapshot(now).total_trips, 1);
+        // Half-open: of 4 × 50 racing callers, exactly the permitted 7 get a probe.
+        let later = now + Duration::from_secs(5);
+        let held: Vec<Permit> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..50)
+                            .filter_map(|_| match breaker.try_acquire(later).admission {
+                                Admission::Permitted(p) => Some(p),
+                                Admission::Rejected { .. } => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        });
+        assert!(held.iter().all(Permit::is_probe));
+        assert_eq!(held.len(), 7);
+        let trial = breaker.snapshot(later).half_open.unwrap();
+        assert_eq!((trial.permitted, trial.in_flight), (7, 7));
+        let closed = held
+            .into_iter()
+            .filter_map(|p| breaker.record(p, CallOutcome::success(FAST), later))
+            .filter(|t| t.to == BreakerState::Closed)
+            .count();
+        assert_eq!(closed, 1);
     }
 }

@@ -23,13 +23,28 @@
 //! - While an endpoint is ejected its outcomes (calls that were already under way) are
 //!   ignored, and it starts from clean counts when it returns.
 //!
+//! # Lock-free recording
+//!
+//! [`OutlierDetector::record`] runs on every upstream response and takes no lock. Each
+//! endpoint's counters are atomics: the two runs of failures in a row, and the current
+//! failure-percentage interval's requests and failures packed in one word (so the thread
+//! that rolls the interval over takes both with one swap, after winning a
+//! compare-and-swap on the interval's start). An ejection is a compare-and-swap of the
+//! endpoint's "ejected until" word (nanoseconds since the detector's origin) from the
+//! value it had when the outcome was judged, so when several threads see the threshold
+//! at once exactly one ejects and reports it. The cap is a fixed set of `max_ejected()`
+//! slots, each holding the end of the ejection that occupies it: an ejection first
+//! claims an expired slot by compare-and-swap, so concurrent ejections can never exceed
+//! the cap, and a slot frees itself when its ejection expires, with no timer. An outcome
+//! recorded at the very instant its endpoint is ejected by another thread may still be
+//! counted into the fresh counts; nothing else differs from a serialized detector.
+//!
 //! State is keyed by endpoint address: [`OutlierDetector::rebuild`] carries it over to a
 //! new endpoint list on reload.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::resilience::OutlierDetectionConfig;
 
@@ -49,6 +64,13 @@ pub enum EjectionReason {
 }
 
 impl EjectionReason {
+    /// Every reason, in [`EjectionReason::index`] order.
+    pub const ALL: [EjectionReason; 3] = [
+        EjectionReason::Consecutive5xx,
+        EjectionReason::ConsecutiveGatewayFailure,
+        EjectionReason::FailurePercentage,
+    ];
+
     /// The reason's name, for metrics labels: `consecutive_5xx`,
     /// `consecutive_gateway_failure`, `failure_percentage`.
     pub const fn as_str(self) -> &'static str {
@@ -57,6 +79,28 @@ impl EjectionReason {
             EjectionReason::ConsecutiveGatewayFailure => "consecutive_gateway_failure",
             EjectionReason::FailurePercentage => "failure_percentage",
         }
+    }
+
+    /// The reason's position in [`EjectionReason::ALL`], for arrays of pre-resolved
+    /// metric handles.
+    pub const fn index(self) -> usize {
+        match self {
+            EjectionReason::Consecutive5xx => 0,
+            EjectionReason::ConsecutiveGatewayFailure => 1,
+            EjectionReason::FailurePercentage => 2,
+        }
+    }
+
+    /// The code stored in an endpoint's `last_reason` word: the index plus one (0 is
+    /// "never ejected").
+    const fn code(self) -> u8 {
+        self.index() as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<EjectionReason> {
+        EjectionReason::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
 }
 
@@ -83,8 +127,8 @@ struct Settings {
     enabled: bool,
     consecutive_5xx: Option<u32>,
     consecutive_gateway_failure: Option<u32>,
-    /// Threshold (percent), minimum requests, interval.
-    failure_percentage: Option<(f64, u32, Duration)>,
+    /// Threshold (percent), minimum requests, interval in nanoseconds.
+    failure_percentage: Option<(f64, u32, u64)>,
     base_ejection_time: Duration,
     max_ejection_time: Duration,
     max_ejection_percent: f64,
@@ -96,10 +140,13 @@ impl From<&OutlierDetectionConfig> for Settings {
             enabled: c.enabled,
             consecutive_5xx: c.consecutive_5xx.filter(|n| *n > 0),
             consecutive_gateway_failure: c.consecutive_gateway_failure.filter(|n| *n > 0),
-            failure_percentage: c
-                .failure_percentage
-                .as_ref()
-                .map(|f| (f.threshold, f.minimum_requests.max(1), bounded(f.interval))),
+            failure_percentage: c.failure_percentage.as_ref().map(|f| {
+                (
+                    f.threshold,
+                    f.minimum_requests.max(1),
+                    duration_nanos(bounded(f.interval)),
+                )
+            }),
             base_ejection_time: bounded(c.base_ejection_time),
             max_ejection_time: bounded(c.max_ejection_time.max(c.base_ejection_time)),
             max_ejection_percent: c.max_ejection_percent,
@@ -107,66 +154,101 @@ impl From<&OutlierDetectionConfig> for Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct LastEjection {
-    reason: EjectionReason,
-    until: Instant,
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-#[derive(Debug, Clone)]
-struct EndpointState {
-    consecutive_5xx: u32,
-    consecutive_gateway: u32,
-    interval_start: Instant,
-    interval_requests: u32,
-    interval_failures: u32,
-    /// Recent ejections, before the decay since `last` is applied.
-    ejections: u32,
-    total_ejections: u64,
-    last: Option<LastEjection>,
+/// One request in the packed interval word: requests in the low half, failures in the
+/// high half.
+const INTERVAL_REQUEST: u64 = 1;
+const INTERVAL_FAILURE: u64 = 1 << 32;
+
+fn unpack_interval(word: u64) -> (u32, u32) {
+    (word as u32, (word >> 32) as u32)
 }
 
-impl EndpointState {
-    fn new(now: Instant) -> Self {
+/// One endpoint's state. Aligned to a cache line, so that endpoints recorded by
+/// different threads do not share one.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Endpoint {
+    address: String,
+    /// Nanoseconds after the detector's origin until which the endpoint is (or was last)
+    /// ejected; 0 when it never was.
+    ejected_until: AtomicU64,
+    consecutive_5xx: AtomicU64,
+    consecutive_gateway: AtomicU64,
+    /// Start of the current failure-percentage interval, in nanoseconds after the
+    /// origin.
+    interval_start: AtomicU64,
+    /// The interval's requests and failures, packed (see [`INTERVAL_FAILURE`]).
+    interval: AtomicU64,
+    /// Recent ejections, before the decay since `ejected_until` is applied.
+    ejections: AtomicU64,
+    total_ejections: AtomicU64,
+    /// [`EjectionReason::code`] of the last ejection; 0 when never ejected.
+    last_reason: AtomicU8,
+}
+
+impl Endpoint {
+    fn new(address: String, interval_start: u64) -> Self {
         Self {
-            consecutive_5xx: 0,
-            consecutive_gateway: 0,
-            interval_start: now,
-            interval_requests: 0,
-            interval_failures: 0,
-            ejections: 0,
-            total_ejections: 0,
-            last: None,
+            address,
+            ejected_until: AtomicU64::new(0),
+            consecutive_5xx: AtomicU64::new(0),
+            consecutive_gateway: AtomicU64::new(0),
+            interval_start: AtomicU64::new(interval_start),
+            interval: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            total_ejections: AtomicU64::new(0),
+            last_reason: AtomicU8::new(0),
         }
     }
 
-    fn clear_counts(&mut self, now: Instant) {
-        self.consecutive_5xx = 0;
-        self.consecutive_gateway = 0;
-        self.interval_start = now;
-        self.interval_requests = 0;
-        self.interval_failures = 0;
+    /// A copy of `self`'s state under a new address list (for `rebuild`).
+    fn carried(&self) -> Self {
+        let load = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Acquire));
+        Self {
+            address: self.address.clone(),
+            ejected_until: load(&self.ejected_until),
+            consecutive_5xx: load(&self.consecutive_5xx),
+            consecutive_gateway: load(&self.consecutive_gateway),
+            interval_start: load(&self.interval_start),
+            interval: load(&self.interval),
+            ejections: load(&self.ejections),
+            total_ejections: load(&self.total_ejections),
+            last_reason: AtomicU8::new(self.last_reason.load(Ordering::Acquire)),
+        }
     }
 
-    /// `ejections` after forgiving one per `base` spent un-ejected since the last one.
-    fn decayed_ejections(&self, base: Duration, now: Instant) -> u32 {
-        let Some(last) = self.last else {
-            return self.ejections;
-        };
-        let healthy = now.saturating_duration_since(last.until).as_nanos();
-        let steps = healthy / base.as_nanos().max(1);
-        self.ejections
-            .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
+    /// `ejections` after forgiving one per `base` spent un-ejected since the last one
+    /// ended (`until`, nanoseconds), at `now` (nanoseconds).
+    fn decayed_ejections(&self, until: u64, base: Duration, now: u64) -> u32 {
+        let ejections = u32::try_from(self.ejections.load(Ordering::Acquire)).unwrap_or(u32::MAX);
+        if until == 0 {
+            return ejections;
+        }
+        let healthy = now.saturating_sub(until);
+        let steps = healthy / duration_nanos(base).max(1);
+        ejections.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
+    }
+
+    /// Clears the failure counts, starting a fresh interval at `at`.
+    fn clear_counts(&self, at: u64) {
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.interval.store(0, Ordering::Relaxed);
+        self.interval_start.store(at, Ordering::Release);
     }
 }
 
-#[derive(Debug)]
-struct Endpoint {
-    address: String,
-    /// Nanoseconds after the detector's origin until which the endpoint is ejected; 0
-    /// when it never was.
-    ejected_until: AtomicU64,
-    state: Mutex<EndpointState>,
+/// Sets a counter to zero, without writing (and taking the cache line) when it already
+/// is: the common case, a success after a success.
+#[inline]
+fn reset(counter: &AtomicU64) {
+    if counter.load(Ordering::Relaxed) != 0 {
+        counter.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Outlier detection for one upstream's endpoints, indexed `0..n` in the order given.
@@ -175,9 +257,19 @@ pub struct OutlierDetector {
     settings: Settings,
     origin: Instant,
     endpoints: Box<[Endpoint]>,
-    /// Serializes ejection decisions, so two endpoints ejected at once cannot both slip
-    /// under the cap.
-    eject_lock: Mutex<()>,
+    /// The ejection cap: `max_ejected()` slots, each holding the end (nanoseconds after
+    /// the origin) of the ejection that occupies it. A slot whose value is in the past is
+    /// free.
+    slots: Box<[AtomicU64]>,
+}
+
+/// `max_ejected()` for `n` endpoints at `pct` percent.
+fn max_ejected(n: usize, pct: f64) -> usize {
+    if n < 2 || pct.is_nan() || pct <= 0.0 {
+        return 0;
+    }
+    let floor = (n as f64 * pct.min(100.0) / 100.0).floor() as usize;
+    floor.clamp(1, n)
 }
 
 impl OutlierDetector {
@@ -187,19 +279,19 @@ impl OutlierDetector {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let endpoints = addresses
+        let settings = Settings::from(config);
+        let endpoints: Box<[Endpoint]> = addresses
             .into_iter()
-            .map(|a| Endpoint {
-                address: a.into(),
-                ejected_until: AtomicU64::new(0),
-                state: Mutex::new(EndpointState::new(now)),
-            })
+            .map(|a| Endpoint::new(a.into(), 0))
+            .collect();
+        let slots = (0..max_ejected(endpoints.len(), settings.max_ejection_percent))
+            .map(|_| AtomicU64::new(0))
             .collect();
         Self {
-            settings: Settings::from(config),
+            settings,
             origin: now,
             endpoints,
-            eject_lock: Mutex::new(()),
+            slots,
         }
     }
 
@@ -212,31 +304,36 @@ impl OutlierDetector {
         S: Into<String>,
     {
         let settings = Settings::from(config);
-        let endpoints = addresses
+        let fresh_start = self.nanos(now);
+        let endpoints: Box<[Endpoint]> = addresses
             .into_iter()
             .map(|a| {
                 let address = a.into();
-                let old = self
-                    .endpoints
+                self.endpoints
                     .iter()
                     .find(|e| e.address == address)
-                    .filter(|_| settings.enabled);
-                let (until, state) = match old {
-                    Some(e) => (e.ejected_until.load(Ordering::Acquire), e.state.lock().clone()),
-                    None => (0, EndpointState::new(now)),
-                };
-                Endpoint {
-                    address,
-                    ejected_until: AtomicU64::new(until),
-                    state: Mutex::new(state),
-                }
+                    .filter(|_| settings.enabled)
+                    .map_or_else(|| Endpoint::new(address, fresh_start), Endpoint::carried)
             })
+            .collect();
+        // The carried ejections occupy slots, the latest-ending first: if there are more
+        // than the new cap allows, those left without a slot end before any slot frees,
+        // so the cap holds again from the first new ejection on.
+        let mut ends: Vec<u64> = endpoints
+            .iter()
+            .map(|e| e.ejected_until.load(Ordering::Acquire))
+            .filter(|&until| until > fresh_start)
+            .collect();
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        let n = max_ejected(endpoints.len(), settings.max_ejection_percent);
+        let slots = (0..n)
+            .map(|i| AtomicU64::new(ends.get(i).copied().unwrap_or(0)))
             .collect();
         Self {
             settings,
             origin: self.origin,
             endpoints,
-            eject_lock: Mutex::new(()),
+            slots,
         }
     }
 
@@ -259,46 +356,62 @@ impl OutlierDetector {
     /// index out of range.
     #[inline]
     pub fn is_ejected(&self, idx: usize, now: Instant) -> bool {
+        // The common case, never ejected, is decided by the load alone, without
+        // converting `now`.
         match self.endpoints.get(idx) {
-            Some(e) => self.ejected_at(e, now),
+            Some(e) => match e.ejected_until.load(Ordering::Acquire) {
+                0 => false,
+                until => self.nanos(now) < until,
+            },
             None => false,
         }
     }
 
     /// Most endpoints that may be ejected at once (see the module docs).
     pub fn max_ejected(&self) -> usize {
-        let n = self.endpoints.len();
-        let pct = self.settings.max_ejection_percent;
-        if n < 2 || pct.is_nan() || pct <= 0.0 {
-            return 0;
-        }
-        let floor = (n as f64 * pct.min(100.0) / 100.0).floor() as usize;
-        floor.clamp(1, n)
+        self.slots.len()
     }
 
     /// Endpoints ejected at `now`.
     pub fn ejected_count(&self, now: Instant) -> usize {
+        let now = self.nanos(now);
         self.endpoints.iter().filter(|e| self.ejected_at(e, now)).count()
     }
 
     /// Counts an attempt's outcome against endpoint `idx`. Returns the ejection it
     /// caused, if any. Outcomes for an ejected endpoint, an unknown index, or with
-    /// detection off are ignored.
+    /// detection off are ignored. Lock-free (see the module docs).
     pub fn record(&self, idx: usize, outcome: UpstreamOutcome, now: Instant) -> Option<EjectionEvent> {
         let s = &self.settings;
         if !s.enabled {
             return None;
         }
         let endpoint = self.endpoints.get(idx)?;
-        if self.ejected_at(endpoint, now) {
+        let now_ns = self.nanos(now);
+        // The ejection word as judged: an ejection below replaces exactly this value.
+        let until = endpoint.ejected_until.load(Ordering::Acquire);
+        if until != 0 && now_ns < until {
             return None;
         }
-        let mut st = endpoint.state.lock();
+
+        let (is_5xx, is_gateway) = match outcome {
+            UpstreamOutcome::Response(status) => ((500..=599).contains(&status), matches!(status, 502..=504)),
+            UpstreamOutcome::ConnectFailure | UpstreamOutcome::Timeout | UpstreamOutcome::Reset => {
+                (true, true)
+            }
+        };
 
         let mut fired = None;
         if let Some((threshold, minimum, interval)) = s.failure_percentage {
-            if now >= st.interval_start + interval {
-                let (requests, failures) = (st.interval_requests, st.interval_failures);
+            let start = endpoint.interval_start.load(Ordering::Acquire);
+            if now_ns >= start.saturating_add(interval)
+                && endpoint
+                    .interval_start
+                    .compare_exchange(start, now_ns, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                // This thread rolled the interval over: it alone judges the last one.
+                let (requests, failures) = unpack_interval(endpoint.interval.swap(0, Ordering::AcqRel));
                 let pct = if requests == 0 {
                     0.0
                 } else {
@@ -310,36 +423,29 @@ impl OutlierDetector {
                         format!("{pct:.1}% of {requests} requests failed"),
                     ));
                 }
-                st.interval_start = now;
-                st.interval_requests = 0;
-                st.interval_failures = 0;
             }
+            let add = INTERVAL_REQUEST + if is_5xx { INTERVAL_FAILURE } else { 0 };
+            endpoint.interval.fetch_add(add, Ordering::Relaxed);
         }
 
-        let (is_5xx, is_gateway) = match outcome {
-            UpstreamOutcome::Response(status) => ((500..=599).contains(&status), matches!(status, 502..=504)),
-            UpstreamOutcome::ConnectFailure | UpstreamOutcome::Timeout | UpstreamOutcome::Reset => {
-                (true, true)
-            }
-        };
-        st.interval_requests = st.interval_requests.saturating_add(1);
-        st.interval_failures += u32::from(is_5xx);
-        st.consecutive_5xx = if is_5xx {
-            st.consecutive_5xx.saturating_add(1)
+        let run_5xx = if is_5xx {
+            endpoint.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1
         } else {
+            reset(&endpoint.consecutive_5xx);
             0
         };
-        st.consecutive_gateway = if is_gateway {
-            st.consecutive_gateway.saturating_add(1)
+        let run_gateway = if is_gateway {
+            endpoint.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
         } else {
+            reset(&endpoint.consecutive_gateway);
             0
         };
         if fired.is_none() {
-            if let Some(n) = s.consecutive_5xx.filter(|n| st.consecutive_5xx >= *n) {
+            if let Some(n) = s.consecutive_5xx.filter(|n| run_5xx >= u64::from(*n)) {
                 fired = Some((EjectionReason::Consecutive5xx, format!("{n} consecutive 5xx")));
             } else if let Some(n) = s
                 .consecutive_gateway_failure
-                .filter(|n| st.consecutive_gateway >= *n)
+                .filter(|n| run_gateway >= u64::from(*n))
             {
                 fired = Some((
                     EjectionReason::ConsecutiveGatewayFailure,
@@ -349,23 +455,33 @@ impl OutlierDetector {
         }
         let (reason, detail) = fired?;
 
-        let ejections = st.decayed_ejections(s.base_ejection_time, now).saturating_add(1);
+        let ejections = endpoint
+            .decayed_ejections(until, s.base_ejection_time, now_ns)
+            .saturating_add(1);
         let duration = s
             .base_ejection_time
             .saturating_mul(ejections)
             .min(s.max_ejection_time);
-        let _guard = self.eject_lock.lock();
-        let enforced = self.ejected_count(now) < self.max_ejected();
-        if enforced {
-            let until = now + duration;
-            endpoint
-                .ejected_until
-                .store(self.nanos(until).max(1), Ordering::Release);
-            st.ejections = ejections;
-            st.total_ejections += 1;
-            st.last = Some(LastEjection { reason, until });
-            st.clear_counts(until);
-        }
+        let new_until = self.nanos(now + duration).max(1);
+        let enforced = match self.claim_slot(now_ns, new_until) {
+            Some(slot) => {
+                if endpoint
+                    .ejected_until
+                    .compare_exchange(until, new_until, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Another thread ejected this endpoint first and reported it.
+                    let _ = slot.compare_exchange(new_until, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    return None;
+                }
+                endpoint.ejections.store(u64::from(ejections), Ordering::Release);
+                endpoint.total_ejections.fetch_add(1, Ordering::Relaxed);
+                endpoint.last_reason.store(reason.code(), Ordering::Release);
+                endpoint.clear_counts(new_until);
+                true
+            }
+            None => false,
+        };
         Some(EjectionEvent {
             endpoint: idx,
             address: endpoint.address.clone(),
@@ -376,33 +492,50 @@ impl OutlierDetector {
         })
     }
 
+    /// Takes a free slot of the ejection cap for an ejection ending at `until`: one
+    /// whose ejection has ended by `now`. `None` when the cap is reached.
+    fn claim_slot(&self, now: u64, until: u64) -> Option<&AtomicU64> {
+        self.slots.iter().find(|slot| {
+            let mut held = slot.load(Ordering::Acquire);
+            while held <= now {
+                match slot.compare_exchange_weak(held, until, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return true,
+                    Err(actual) => held = actual,
+                }
+            }
+            false
+        })
+    }
+
     /// Every endpoint's state, for the admin API.
     pub fn snapshot(&self, now: Instant) -> OutlierSnapshot {
+        let now_ns = self.nanos(now);
         let endpoints: Vec<EndpointSnapshot> = self
             .endpoints
             .iter()
             .map(|e| {
-                let st = e.state.lock();
-                let ejected = self.ejected_at(e, now);
+                let until = e.ejected_until.load(Ordering::Acquire);
+                let ejected = self.ejected_at(e, now_ns);
+                let last_reason = EjectionReason::from_code(e.last_reason.load(Ordering::Acquire));
+                let (requests, failures) = unpack_interval(e.interval.load(Ordering::Acquire));
+                let count = |a: &AtomicU64| u32::try_from(a.load(Ordering::Acquire)).unwrap_or(u32::MAX);
                 EndpointSnapshot {
                     address: e.address.clone(),
                     ejected,
-                    reason: st.last.filter(|_| ejected).map(|l| l.reason),
-                    ejected_remaining_secs: st
-                        .last
-                        .filter(|_| ejected)
-                        .map(|l| l.until.saturating_duration_since(now).as_secs_f64()),
-                    last_reason: st.last.map(|l| l.reason),
+                    reason: last_reason.filter(|_| ejected),
+                    ejected_remaining_secs: ejected
+                        .then(|| Duration::from_nanos(until.saturating_sub(now_ns)).as_secs_f64()),
+                    last_reason,
                     ejections: if ejected {
-                        st.ejections
+                        count(&e.ejections)
                     } else {
-                        st.decayed_ejections(self.settings.base_ejection_time, now)
+                        e.decayed_ejections(until, self.settings.base_ejection_time, now_ns)
                     },
-                    total_ejections: st.total_ejections,
-                    consecutive_5xx: st.consecutive_5xx,
-                    consecutive_gateway_failures: st.consecutive_gateway,
-                    interval_requests: st.interval_requests,
-                    interval_failures: st.interval_failures,
+                    total_ejections: e.total_ejections.load(Ordering::Acquire),
+                    consecutive_5xx: count(&e.consecutive_5xx),
+                    consecutive_gateway_failures: count(&e.consecutive_gateway),
+                    interval_requests: requests,
+                    interval_failures: failures,
                 }
             })
             .collect();
@@ -420,9 +553,9 @@ impl OutlierDetector {
     }
 
     #[inline]
-    fn ejected_at(&self, e: &Endpoint, now: Instant) -> bool {
+    fn ejected_at(&self, e: &Endpoint, now: u64) -> bool {
         let until = e.ejected_until.load(Ordering::Acquire);
-        until != 0 && self.nanos(now) < until
+        until != 0 && now < until
     }
 }
 
@@ -499,7 +632,7 @@ mod tests {
         n: usize,
         now: Instant,
     ) -> Option<EjectionEvent> {
-        (0..n).filter_map(|_| d.record(idx, outcome, now)).last()
+        (0..n).fold(None, |last, _| d.record(idx, outcome, now).or(last))
     }
 
     #[test]
@@ -765,5 +898,46 @@ mod tests {
         assert_eq!((e.ejections, e.total_ejections), (1, 1));
         let yaml = serde_yaml::to_string(&snap).unwrap();
         assert!(yaml.contains("reason: consecutive_5xx"), "{yaml}");
+    }
+
+    #[test]
+    fn concurrent_failures_eject_once_per_endpoint_and_respect_the_cap() {
+        let clock = ManualClock::new();
+        // 50% of 8 endpoints: at most 4 ejected, however the threads interleave.
+        let d = std::sync::Arc::new(detector(&config(), 8, &clock));
+        let now = clock.now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let mut enforced = Vec::new();
+                    for round in 0..50 {
+                        for idx in 0..8 {
+                            if let Some(e) = d.record(idx, ERR, now) {
+                                if e.enforced {
+                                    enforced.push((idx, round));
+                                }
+                            }
+                        }
+                    }
+                    enforced
+                })
+            })
+            .collect();
+        let mut ejected: Vec<usize> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .map(|(idx, _)| idx)
+            .collect();
+        ejected.sort_unstable();
+        let unique = {
+            let mut u = ejected.clone();
+            u.dedup();
+            u
+        };
+        assert_eq!(ejected, unique, "each endpoint ejected (and reported) once");
+        assert_eq!(ejected.len(), 4);
+        assert_eq!(d.ejected_count(now), 4);
+        assert_eq!(d.snapshot(now).ejected, 4);
     }
 }

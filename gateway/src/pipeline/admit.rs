@@ -19,11 +19,11 @@ pub fn breaker(ctx: &mut Ctx) -> Option<Answer> {
         b.breaker.observe(acquired.transition);
         match acquired.admission {
             Admission::Permitted(permit) => {
-                ctx.resilience.breaker_state = Some(b.breaker.breaker.state().as_str());
+                ctx.resilience.breaker_state = Some(b.breaker.breaker.state());
                 ctx.resilience.permit = Some((b.clone(), permit));
             }
             Admission::Rejected { retry_after, state } => {
-                ctx.resilience.breaker_state = Some(state.as_str());
+                ctx.resilience.breaker_state = Some(state);
                 if b.fallback.is_some() {
                     b.breaker.short_fallback.inc();
                     ctx.routing.fallback = Some(b.breaker.header(state));

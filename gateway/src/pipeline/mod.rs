@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use pingora::prelude::*;
-use sluice_filters::resilience::{Permit, RequestGuard, RetryGuard, UpstreamOutcome};
+use sluice_filters::resilience::{BreakerState, Permit, RequestGuard, RetryGuard, UpstreamOutcome};
 use sluice_filters::FilterCtx;
 
 use crate::error::ErrorKind;
@@ -79,7 +79,7 @@ pub struct Resilience {
     /// The breaker's leave for this request, handed back in the completion phase.
     pub permit: Option<(Arc<BreakerBinding>, Permit)>,
     /// The breaker's state when it admitted or shaped the request.
-    pub breaker_state: Option<&'static str>,
+    pub breaker_state: Option<BreakerState>,
     /// How the last try ended, and when.
     pub outcome: Option<(UpstreamOutcome, Instant)>,
     /// Retries started so far.

@@ -8,7 +8,9 @@ use pingora::prelude::*;
 use sluice_filters::resilience::CallOutcome;
 use sluice_filters::Completion;
 
+use super::ingress::request_host;
 use super::Ctx;
+use crate::access_log::AccessRecord;
 use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 
@@ -48,7 +50,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
             duration: elapsed,
             upstream_time: ctx.timing.upstream_header.map(|t| t - started),
             retries: ctx.resilience.retries,
-            breaker_state: ctx.resilience.breaker_state,
+            breaker_state: ctx.resilience.breaker_state.map(|s| s.as_str()),
             identity: ctx.filter.identity.as_ref(),
             error: ctx.error.map(ErrorKind::code),
         };
@@ -57,18 +59,30 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
         }
         if access_log {
             let req = session.req_header();
-            let line = serde_json::json!({
-                "request_id": done.request_id,
-                "client": ctx.filter.client_ip.map(|i| i.to_string()),
-                "method": req.method.as_str(),
-                "path": req.uri.path(),
-                "route": done.route.unwrap_or(crate::metrics::NO_ROUTE),
-                "backend": done.backend,
-                "status": status,
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "error": done.error,
+            gateway.access_log.submit(AccessRecord {
+                time: std::time::SystemTime::now() - elapsed,
+                request_id: ctx.filter.request_id.clone(),
+                client: ctx.filter.client_ip,
+                method: req.method.clone(),
+                host: request_host(req).map(str::to_string),
+                path: req.uri.path().to_string(),
+                status,
+                bytes_in: done.bytes_in,
+                bytes_out: done.bytes_out,
+                duration: elapsed,
+                upstream: endpoint.map(str::to_string),
+                upstream_time: done.upstream_time,
+                route: done.route.map(str::to_string),
+                backend: done.backend.map(str::to_string),
+                retries: done.retries,
+                breaker: ctx.resilience.breaker_state,
+                user_agent: req
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                error: done.error,
             });
-            println!("{line}");
         }
     }
     ctx.resilience.inflight = None;

@@ -10,15 +10,9 @@ use sluice_filters::resilience::UpstreamOutcome;
 
 use super::forward::RespEdit;
 use super::Ctx;
-use crate::gateway::Gateway;
 
 /// The upstream's response header arrived. `Err` (retryable) when the status is retried.
-pub fn upstream_response(
-    gateway: &Gateway,
-    session: &Session,
-    resp: &mut ResponseHeader,
-    ctx: &mut Ctx,
-) -> Result<()> {
+pub fn upstream_response(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     let status = resp.status.as_u16();
     if status < 200 {
         return Ok(());
@@ -31,8 +25,8 @@ pub fn upstream_response(
         }
     }
     let outcome = UpstreamOutcome::Response(status);
-    record_try(gateway, ctx, outcome);
-    if start_retry(gateway, session, ctx, outcome) {
+    record_try(ctx, outcome);
+    if start_retry(session, ctx, outcome) {
         // Nothing has been sent to the client: fail this try, and pingora asks
         // `upstream_peer` for another endpoint.
         let mut e = Error::explain(HTTPStatus(status), "retrying a retryable status");
@@ -43,16 +37,15 @@ pub fn upstream_response(
 }
 
 /// A try could not connect: record it, and say whether to retry.
-pub fn connect_failed(gateway: &Gateway, session: &Session, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+pub fn connect_failed(session: &Session, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
     let outcome = UpstreamOutcome::ConnectFailure;
-    record_try(gateway, ctx, outcome);
-    e.set_retry(start_retry(gateway, session, ctx, outcome));
+    record_try(ctx, outcome);
+    e.set_retry(start_retry(session, ctx, outcome));
     e
 }
 
 /// A try failed after connecting: record it, and say whether to retry.
 pub fn proxy_failed(
-    gateway: &Gateway,
     peer: &HttpPeer,
     session: &Session,
     e: Box<Error>,
@@ -82,14 +75,14 @@ pub fn proxy_failed(
     if stale_reused {
         return e;
     }
-    record_try(gateway, ctx, outcome);
-    let retry = start_retry(gateway, session, ctx, outcome);
+    record_try(ctx, outcome);
+    let retry = start_retry(session, ctx, outcome);
     e.set_retry(retry);
     e
 }
 
 /// Reports how the current try ended to the upstream's outlier detector.
-fn record_try(gateway: &Gateway, ctx: &mut Ctx, outcome: UpstreamOutcome) {
+fn record_try(ctx: &mut Ctx, outcome: UpstreamOutcome) {
     let now = Instant::now();
     ctx.resilience.outcome = Some((outcome, now));
     let (Some(up), Some(t)) = (ctx.upstream(), ctx.resilience.tried.last()) else {
@@ -98,11 +91,7 @@ fn record_try(gateway: &Gateway, ctx: &mut Ctx, outcome: UpstreamOutcome) {
     let outlier = &t.set.outlier;
     if let Some(ev) = outlier.record(t.index, outcome, now) {
         if ev.enforced {
-            gateway
-                .metrics
-                .ejections
-                .with_label_values(&[up.id.as_str(), ev.reason.as_str()])
-                .inc();
+            up.metrics.ejection(ev.reason);
         }
         up.ejected_gauge
             .set(i64::try_from(outlier.ejected_count(now)).unwrap_or(i64::MAX));
@@ -121,9 +110,9 @@ fn record_try(gateway: &Gateway, ctx: &mut Ctx, outcome: UpstreamOutcome) {
 /// Whether the try that ended with `outcome` is retried: the route's policy allows
 /// it (condition, method, replayable body, count) and the upstream's budget has room.
 /// Counts the retry and sets the back-off before the next try.
-fn start_retry(gateway: &Gateway, session: &Session, ctx: &mut Ctx, outcome: UpstreamOutcome) -> bool {
+fn start_retry(session: &Session, ctx: &mut Ctx, outcome: UpstreamOutcome) -> bool {
     let (guard, backoff) = {
-        let (Some(route), Some(backend)) = (ctx.route_entry(), ctx.backend()) else {
+        let Some(backend) = ctx.backend() else {
             return false;
         };
         let policy = &backend.retry;
@@ -149,17 +138,10 @@ fn start_retry(gateway: &Gateway, session: &Session, ctx: &mut Ctx, outcome: Ups
             };
             Some(guard)
         };
-        let reason = match outcome {
-            UpstreamOutcome::Response(_) => "status",
-            UpstreamOutcome::ConnectFailure => "connect_failure",
-            UpstreamOutcome::Timeout => "timeout",
-            UpstreamOutcome::Reset => "reset",
-        };
-        gateway
-            .metrics
-            .retries
-            .with_label_values(&[route.id.as_str(), up.id.as_str(), reason])
-            .inc();
+        match (&ctx.routing.fallback, &backend.fallback_retries) {
+            (Some(_), Some(m)) => m.retry(outcome),
+            _ => backend.retries.retry(outcome),
+        }
         (guard, policy.backoff(ctx.resilience.retries + 1, rand::random()))
     };
     ctx.resilience.retries += 1;

@@ -97,21 +97,11 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 }
 
 /// After a failed proxy attempt: the error response, and the error counted.
-pub async fn fail_to_proxy(
-    metrics: &crate::metrics::Metrics,
-    session: &mut Session,
-    e: &Error,
-    ctx: &mut Ctx,
-) -> FailToProxy {
+pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
     let kind = ctx.error.unwrap_or_else(|| ErrorKind::of(e));
     ctx.error = Some(kind);
-    if kind.is_upstream() {
-        if let Some(up) = ctx.upstream() {
-            metrics
-                .upstream_errors
-                .with_label_values(&[up.id.as_str(), kind.code()])
-                .inc();
-        }
+    if let Some(up) = ctx.upstream() {
+        up.metrics.error(kind);
     }
     let code = if kind == ErrorKind::Downstream {
         0
