@@ -49,6 +49,46 @@ impl Drop for InFlight {
     }
 }
 
+/// Endpoint indexes a request tried, in order: the first few kept inline, so the usual
+/// request (one or two tries) allocates nothing for them.
+#[derive(Default)]
+pub struct Tried {
+    inline: [usize; Tried::INLINE],
+    len: usize,
+    spilled: Vec<usize>,
+}
+
+impl Tried {
+    const INLINE: usize = 4;
+
+    /// Adds the endpoint of a new try.
+    pub fn push(&mut self, index: usize) {
+        if self.len < Self::INLINE {
+            self.inline[self.len] = index;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(index);
+        }
+        self.len += 1;
+    }
+
+    /// The endpoints tried, in order.
+    pub fn as_slice(&self) -> &[usize] {
+        if self.len <= Self::INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    /// The endpoint of the latest try.
+    pub fn last(&self) -> Option<&usize> {
+        self.as_slice().last()
+    }
+}
+
 /// What the request matched and where it goes.
 #[derive(Default)]
 pub struct Routing {
@@ -91,7 +131,7 @@ pub struct Resilience {
     /// Counts the retry in flight in the budget.
     pub retry_guard: Option<RetryGuard>,
     /// Endpoint indexes tried, in order.
-    pub tried: Vec<usize>,
+    pub tried: Tried,
     /// The in-flight count of the current try's endpoint.
     pub inflight: Option<InFlight>,
 }
@@ -199,4 +239,24 @@ pub enum Answer {
     Error(ErrorKind, String),
     /// A filter's refusal.
     Reject(sluice_filters::Reject),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_keeps_every_try_in_order_past_the_inline_ones() {
+        let mut t = Tried::default();
+        assert_eq!(t.as_slice(), &[] as &[usize]);
+        assert_eq!(t.last(), None);
+        let mut want = Vec::new();
+        for i in 0..10 {
+            t.push(i * 7);
+            want.push(i * 7);
+            assert_eq!(t.as_slice(), want.as_slice());
+            assert_eq!(t.last(), Some(&(i * 7)));
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub async fn endpoint(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>>
             .unwrap_or_default();
         crate::balancer::hash_key(&value)
     });
-    let Some(idx) = up.pick_for_try(&ctx.resilience.tried, key, Instant::now()) else {
+    let Some(idx) = up.pick_for_try(ctx.resilience.tried.as_slice(), key, Instant::now()) else {
         ctx.error = Some(ErrorKind::NoHealthyEndpoint);
         return Err(Error::explain(
             HTTPStatus(503),
