@@ -4,16 +4,18 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use sluice_filters::HeaderEdit;
 
-use super::ingress::{request_host, X_FORWARDED_FOR};
+use super::ingress::X_FORWARDED_FOR;
 use super::Ctx;
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The consumer id an authentication filter established, for the upstream. Any copy the
 /// client sent is removed, so an upstream can trust it.
 pub const X_CONSUMER: HeaderName = HeaderName::from_static("x-sluice-consumer");
@@ -69,31 +71,108 @@ pub fn upstream_request(
             .map_err(|e| Error::because(InternalError, "rewritten path is not a valid URI", e))?;
         upstream.set_uri(uri);
     }
-    if let Some(peer) = ctx.client.peer_ip.map(ip_text) {
-        let xff = match upstream
+    // Each insert below names its header by a `&'static str` spelled as pingora's case
+    // map would store the `HeaderName` (lower case, as the upstream has always seen
+    // it): pingora keeps a static name without copying it, where it copies a
+    // `HeaderName`'s text for its case map first.
+    if let Some(peer) = ctx.client.peer_ip {
+        let prev = upstream
             .headers
             .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if ctx.client.peer_trusted => format!("{prev}, {peer}"),
-            _ => peer,
-        };
-        upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            .filter(|_| ctx.client.peer_trusted)
+            .and_then(|v| v.to_str().ok());
+        let xff = match prev {
+            Some(prev) => HeaderValue::try_from(format!("{prev}, {}", ip_text(peer))),
+            None => ip_value(peer),
+        }
+        .map_err(|e| Error::because(InternalError, "X-Forwarded-For", e))?;
+        upstream.insert_header("x-forwarded-for", xff)?;
     }
     if !(ctx.client.peer_trusted && upstream.headers.contains_key(&X_FORWARDED_PROTO)) {
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
+        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static(scheme))?;
     }
     if !(ctx.client.peer_trusted && upstream.headers.contains_key(&X_FORWARDED_HOST)) {
-        if let Some(host) = request_host(session.req_header()).map(str::to_string) {
-            upstream.insert_header(X_FORWARDED_HOST, host)?;
+        if let Some(host) = host_value(session.req_header()) {
+            upstream.insert_header("x-forwarded-host", host)?;
         }
     }
-    upstream.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
+    upstream.insert_header(case_name(&snap.request_id_header), ctx.request_id_value())?;
     identity(upstream, ctx)?;
     route
         .chain
         .on_upstream_request(&mut ReqEdit(upstream), &ctx.filter);
     Ok(())
+}
+
+/// `name` as pingora's case map stores it when handed the `HeaderName` (title case
+/// for the few standard names pingora's own table lists, else the lower-case name),
+/// without the copy pingora makes for the usual request id header, `x-request-id`.
+pub fn case_name(name: &HeaderName) -> Bytes {
+    use http::header;
+    let titled = match *name {
+        header::ACCEPT_RANGES => "Accept-Ranges",
+        header::AGE => "Age",
+        header::CACHE_CONTROL => "Cache-Control",
+        header::CONNECTION => "Connection",
+        header::CONTENT_TYPE => "Content-Type",
+        header::CONTENT_ENCODING => "Content-Encoding",
+        header::CONTENT_LENGTH => "Content-Length",
+        header::DATE => "Date",
+        header::TRANSFER_ENCODING => "Transfer-Encoding",
+        header::HOST => "Host",
+        header::SERVER => "Server",
+        header::SET_COOKIE => "Set-Cookie",
+        _ if name == X_REQUEST_ID => "x-request-id",
+        _ => return Bytes::copy_from_slice(name.as_str().as_bytes()),
+    };
+    Bytes::from_static(titled.as_bytes())
+}
+
+/// The request's host as a header value, as [`super::ingress::request_host`] finds it: the `Host`
+/// header's own value shared (a reference count) rather than copied, or the
+/// `:authority`.
+fn host_value(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
+}
+
+/// `ip` as a header value (IPv4 written digit by digit, into one allocation).
+fn ip_value(ip: IpAddr) -> std::result::Result<HeaderValue, http::header::InvalidHeaderValue> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let n = write_v4(&mut buf, v4.octets());
+            HeaderValue::from_bytes(&buf[..n])
+        }
+        IpAddr::V6(v6) => HeaderValue::try_from(v6.to_string()),
+    }
+}
+
+fn write_v4(buf: &mut [u8; 15], octets: [u8; 4]) -> usize {
+    let mut n = 0;
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    n
 }
 
 /// Passes the identified consumer upstream, and never a client's claim to be one.
@@ -144,6 +223,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn case_names_are_what_pingora_stores() {
+        use pingora::http::IntoCaseHeaderName;
+        for name in [
+            "x-request-id",
+            "x-forwarded-for",
+            "x-gateway",
+            "host",
+            "server",
+            "content-length",
+            "set-cookie",
+            "cache-control",
+            "user-agent",
+            "accept",
+        ] {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(case_name(&n), n.into_case_header_name().as_slice(), "{name}");
+        }
+        for (name, value) in [
+            ("x-forwarded-for", X_FORWARDED_FOR),
+            ("x-forwarded-proto", X_FORWARDED_PROTO),
+            ("x-forwarded-host", X_FORWARDED_HOST),
+        ] {
+            assert_eq!(
+                name.into_case_header_name().as_slice(),
+                value.into_case_header_name().as_slice()
+            );
+        }
+    }
+
+    #[test]
     fn ip_text_matches_display() {
         for ip in [
             "0.0.0.0",
@@ -156,6 +265,7 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
         }
     }
 }

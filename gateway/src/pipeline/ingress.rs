@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -30,10 +31,19 @@ pub fn begin(gateway: &Gateway, session: &Session, ctx: &mut Ctx) -> Option<Answ
     let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
     ctx.client.peer_ip = peer;
     let req = session.req_header();
-    ctx.filter.request_id = match req.headers.get(&snap.request_id_header) {
-        Some(v) if is_valid_request_id(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        _ => new_request_id(),
-    };
+    match req.headers.get(&snap.request_id_header) {
+        Some(v) if is_valid_request_id(v) => {
+            ctx.filter.request_id = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            // The client's value, shared (a reference count) rather than parsed again.
+            ctx.client.request_id_value = Some(v.clone());
+        }
+        _ => {
+            let digits = new_request_id_digits();
+            ctx.filter.request_id = String::from_utf8(digits.to_vec()).unwrap_or_default();
+            // One allocation that the upstream request and the response then share.
+            ctx.client.request_id_value = HeaderValue::from_maybe_shared(Bytes::from_owner(digits)).ok();
+        }
+    }
     (ctx.filter.client_ip, ctx.client.peer_trusted) = client_ip(peer, &req.headers, &snap);
     ctx.snapshot = Some(snap);
     None
@@ -43,18 +53,23 @@ pub fn begin(gateway: &Gateway, session: &Session, ctx: &mut Ctx) -> Option<Answ
 /// as 32 lower-case hex digits (written digit by digit: `format!` costs several times
 /// more on this per-request path).
 pub fn new_request_id() -> String {
+    String::from_utf8(new_request_id_digits().to_vec()).unwrap_or_default()
+}
+
+/// A new request id's 32 digits (see [`new_request_id`]).
+fn new_request_id_digits() -> [u8; 32] {
     use rand::Rng;
     hex32(rand::rng().random::<u128>())
 }
 
-fn hex32(mut n: u128) -> String {
+fn hex32(mut n: u128) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 32];
     for d in digits.iter_mut().rev() {
         *d = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    digits.iter().map(|&b| char::from(b)).collect()
+    digits
 }
 
 fn is_valid_request_id(v: &HeaderValue) -> bool {
@@ -100,9 +115,9 @@ mod tests {
 
     #[test]
     fn request_ids_are_32_lower_hex_digits() {
-        assert_eq!(hex32(0), "0".repeat(32));
-        assert_eq!(hex32(u128::MAX), "f".repeat(32));
-        assert_eq!(hex32(0xabc), format!("{:032x}", 0xabc));
+        assert_eq!(&hex32(0), "0".repeat(32).as_bytes());
+        assert_eq!(&hex32(u128::MAX), "f".repeat(32).as_bytes());
+        assert_eq!(&hex32(0xabc), format!("{:032x}", 0xabc).as_bytes());
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(id

@@ -8,7 +8,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use sluice_filters::{Chain, Response};
 
-use super::forward::RespEdit;
+use super::forward::{case_name, RespEdit};
 use super::{Answer, Ctx};
 use crate::error::{error_response, ErrorKind};
 use crate::resilience::BREAKER_HEADER;
@@ -58,7 +58,7 @@ pub async fn send(session: &mut Session, resp: Response, ctx: &Ctx, chain: Optio
     h.insert_header(http::header::CONTENT_LENGTH, resp.body.len().to_string())?;
     if let Some(snap) = &ctx.snapshot {
         if let Ok(v) = http::HeaderValue::from_str(&ctx.filter.request_id) {
-            h.insert_header(snap.request_id_header.clone(), v)?;
+            h.insert_header(case_name(&snap.request_id_header), v)?;
         }
     }
     if let Some(chain) = chain {
@@ -84,7 +84,7 @@ pub async fn send_error(session: &mut Session, ctx: &mut Ctx, kind: ErrorKind, m
 /// shaped the answer, and the route's response filters.
 pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     let snap = ctx.snapshot()?.clone();
-    resp.insert_header(snap.request_id_header.clone(), ctx.request_id_value())?;
+    resp.insert_header(case_name(&snap.request_id_header), ctx.request_id_value())?;
     if let Some(v) = &ctx.routing.fallback {
         resp.insert_header(BREAKER_HEADER, v.clone())?;
     }
