@@ -175,6 +175,24 @@ impl FileWatcher {
     }
 }
 
+/// Whether a watch event asks for a re-read of file `name` in the watched directory (any
+/// file when `name` is `None`). Reading a file is no change: without that rule every
+/// read's own open and close events would ask for another read, forever.
+fn is_change(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    let only_read = matches!(
+        event.kind,
+        notify::EventKind::Access(a) if !matches!(a, AccessKind::Close(AccessMode::Write))
+    );
+    event.need_rescan()
+        || !only_read
+            && event.paths.iter().any(|p| match (name, p.file_name()) {
+                (None, _) => true,
+                (Some(want), Some(got)) => got == want || got.to_string_lossy().starts_with(".."),
+                (Some(_), None) => false,
+            })
+}
+
 /// Starts watching `path` (a file or a directory) for changes.
 ///
 /// Watches, without recursion, the directory that holds the file (or the directory
@@ -199,16 +217,7 @@ pub fn watch(path: &Path, debounce: Duration) -> Result<FileWatcher, ConfigError
         let relevant = match &result {
             // Watch errors may mean lost events: read again to be safe.
             Err(_) => true,
-            Ok(events) => events.iter().any(|event| {
-                event.need_rescan()
-                    || event.paths.iter().any(|p| match (&name, p.file_name()) {
-                        (None, _) => true,
-                        (Some(want), Some(got)) => {
-                            got == want.as_os_str() || got.to_string_lossy().starts_with("..")
-                        }
-                        (Some(_), None) => false,
-                    })
-            }),
+            Ok(events) => events.iter().any(|event| is_change(event, name.as_deref())),
         };
         if relevant {
             tx.send_modify(|n| *n += 1);
@@ -221,4 +230,40 @@ pub fn watch(path: &Path, debounce: Duration) -> Result<FileWatcher, ConfigError
         changes: rx,
         _debouncer: debouncer,
     })
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::is_change;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+    use std::ffi::OsStr;
+
+    fn event(kind: EventKind, file: &str) -> Event {
+        Event::new(kind).add_path(std::path::PathBuf::from("/etc/sluice").join(file))
+    }
+
+    #[test]
+    fn reading_the_file_is_not_a_change_but_writing_it_is() {
+        let name = Some(OsStr::new("sluice.yaml"));
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!is_change(&event(read, "sluice.yaml"), name), "{read:?}");
+        }
+        for write in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+        ] {
+            assert!(is_change(&event(write, "sluice.yaml"), name), "{write:?}");
+        }
+        let other = event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "other.yaml");
+        assert!(!is_change(&other, name), "another file in the directory");
+        let configmap = event(EventKind::Create(CreateKind::Any), "..data");
+        assert!(is_change(&configmap, name), "a ConfigMap's symlink swap");
+    }
 }
