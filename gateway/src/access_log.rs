@@ -205,24 +205,41 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: formats records into a buffer, writes it out and flushes when the
-/// channel is empty; ends when every sender is gone.
+/// How long a written line may wait in the buffer before it is flushed.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The writer thread: formats records into a buffer and writes it out when it is full,
+/// at least every [`FLUSH_EVERY`] while lines come, and when the channel goes quiet (so a
+/// busy gateway makes one write per 64 KiB, not one per request); ends when every
+/// sender is gone.
 fn write_loop(rx: &Receiver<AccessRecord>, out: Box<dyn Write + Send>) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            line.clear();
-            record.write_line(&mut line);
-            if let Err(e) = out.write_all(&line) {
-                tracing::warn!("access log write failed: {e}");
+    let mut dirty = false;
+    let mut flushed = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(record) => {
+                line.clear();
+                record.write_line(&mut line);
+                if let Err(e) = out.write_all(&line) {
+                    tracing::warn!("access log write failed: {e}");
+                }
+                dirty = true;
+                if flushed.elapsed() < FLUSH_EVERY {
+                    continue;
+                }
             }
-            next = rx.try_recv().ok();
+            Err(RecvTimeoutError::Timeout) if !dirty => continue,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
         if let Err(e) = out.flush() {
             tracing::warn!("access log flush failed: {e}");
         }
+        dirty = false;
+        flushed = std::time::Instant::now();
     }
     let _ = out.flush();
 }
