@@ -70,9 +70,15 @@ async fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
     let gw = gateway(&ups[0], &ups[1]).await;
     // The harness logs at warn level: a rejected reload logs a warning.
     gw.reload("listeners: [").await;
+    // Log lines reach stderr through the log's writer thread: wait for them.
+    crate::support::eventually(
+        std::time::Duration::from_secs(5),
+        "the rejection is logged",
+        || async { gw.logs().contains("config rejected") },
+    )
+    .await;
     let logs = gw.logs();
     assert!(logs.contains("WARN"), "{logs}");
-    assert!(logs.contains("config rejected"), "{logs}");
     assert!(!logs.contains("\x1b["), "{logs:?}");
 }
 

@@ -205,41 +205,44 @@ impl AccessLog {
     }
 }
 
-/// How long a written line may wait in the buffer before it is flushed.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the writer wakes to take what the workers queued. The writer never blocks
+/// on the channel: a receiver that waits would have every worker's `try_send` wake it (a
+/// system call and a context switch per request, on the workers' own CPU).
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The writer thread: formats records into a buffer and writes it out when it is full,
-/// at least every [`FLUSH_EVERY`] while lines come, and when the channel goes quiet (so a
-/// busy gateway makes one write per 64 KiB, not one per request); ends when every
-/// sender is gone.
+/// The writer thread: every [`DRAIN_EVERY`] it takes every queued record, formats them
+/// into a buffer, and writes and flushes the batch (so a busy gateway makes one write
+/// per batch, not one per request); ends when every sender is gone and the queue is
+/// empty.
 fn write_loop(rx: &Receiver<AccessRecord>, out: Box<dyn Write + Send>) {
-    use std::sync::mpsc::RecvTimeoutError;
+    use std::sync::mpsc::TryRecvError;
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
-    let mut dirty = false;
-    let mut flushed = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(record) => {
-                line.clear();
-                record.write_line(&mut line);
-                if let Err(e) = out.write_all(&line) {
-                    tracing::warn!("access log write failed: {e}");
+        let mut wrote = false;
+        let gone = loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    line.clear();
+                    record.write_line(&mut line);
+                    if let Err(e) = out.write_all(&line) {
+                        tracing::warn!("access log write failed: {e}");
+                    }
+                    wrote = true;
                 }
-                dirty = true;
-                if flushed.elapsed() < FLUSH_EVERY {
-                    continue;
-                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
             }
-            Err(RecvTimeoutError::Timeout) if !dirty => continue,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if wrote {
+            if let Err(e) = out.flush() {
+                tracing::warn!("access log flush failed: {e}");
+            }
         }
-        if let Err(e) = out.flush() {
-            tracing::warn!("access log flush failed: {e}");
+        if gone {
+            break;
         }
-        dirty = false;
-        flushed = std::time::Instant::now();
+        std::thread::sleep(DRAIN_EVERY);
     }
     let _ = out.flush();
 }

@@ -14,6 +14,7 @@ pub mod echo;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

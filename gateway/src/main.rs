@@ -397,6 +397,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .with_writer(std::io::stderr)
+        .with_writer(sluice_gateway::logging::writer())
         .try_init();
 }

@@ -209,6 +209,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Draining<A> {
             // cleanup close themselves first.
             std::thread::spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
+                crate::logging::flush();
                 std::process::exit(0);
             });
         }
