@@ -15,29 +15,27 @@ use crate::resilience::BREAKER_HEADER;
 
 /// Sends `answer`; the request phase then ends (`Ok(true)`: pingora proxies nothing).
 pub async fn answer(session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Result<bool> {
-    match answer {
-        Answer::Respond(resp) => {
-            let snap = ctx.snapshot.clone();
-            let chain = snap
-                .as_ref()
-                .zip(ctx.routing.route)
-                .map(|(s, i)| &*s.routes[i].chain);
-            send(session, resp, ctx, chain).await?;
+    let resp = match answer {
+        Answer::Respond(resp) => resp,
+        Answer::Error(kind, message) => {
+            send_error(session, ctx, kind, &message).await?;
+            return Ok(true);
         }
-        Answer::Error(kind, message) => send_error(session, ctx, kind, &message).await?,
         Answer::Reject(reject) => {
             let kind = ErrorKind::Rejected(reject.kind);
             ctx.error = Some(kind);
             let mut resp = error_response(kind, &reject.message, &ctx.filter.request_id, &id_header(ctx));
             resp.headers.extend(reject.headers);
-            let snap = ctx.snapshot.clone();
-            let chain = snap
-                .as_ref()
-                .zip(ctx.routing.route)
-                .map(|(s, i)| &*s.routes[i].chain);
-            send(session, resp, ctx, chain).await?;
+            resp
         }
-    }
+    };
+    // A filter's answer or refusal passes through the route's response filters.
+    let snap = ctx.snapshot.clone();
+    let chain = snap
+        .as_ref()
+        .zip(ctx.routing.route)
+        .map(|(s, i)| &*s.routes[i].chain);
+    send(session, resp, ctx, chain).await?;
     Ok(true)
 }
 
