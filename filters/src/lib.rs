@@ -141,14 +141,18 @@ pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
         if let Err(es) = build_chain(r, &path, None) {
             errors.extend(es);
         }
-        if !r.forwards() && !answers_itself(r) {
-            errors.push(ConfigError {
-                path: format!("{path}.upstream"),
-                message: "required unless a redirect or direct_response filter answers".into(),
-            });
-        }
+        errors.extend(missing_backend(r, &path));
     }
     errors
+}
+
+/// The error for route `route` (at config path `path`) when it has no backend and no
+/// filter that answers every request.
+pub fn missing_backend(route: &RouteConfig, path: &str) -> Option<ConfigError> {
+    (!route.forwards() && !answers_itself(route)).then(|| ConfigError {
+        path: format!("{path}.upstream"),
+        message: "required unless a redirect or direct_response filter answers".into(),
+    })
 }
 
 #[cfg(test)]

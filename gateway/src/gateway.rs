@@ -168,11 +168,9 @@ impl Gateway {
                     &self.state,
                 )));
             }
+            // Filter specs are checked by compiling the chains (`Snapshot::compile_with`),
+            // so each filter is built once per apply, not once to check and once to serve.
             c.validate()?;
-            let filter_errors = sluice_filters::validate_filters(&c);
-            if !filter_errors.is_empty() {
-                return Err(ConfigErrors(filter_errors));
-            }
             let digest = c.digest();
             if self.is_ready() && digest.content == previous.hash {
                 return Ok(None);
@@ -451,5 +449,30 @@ mod tests {
         assert_eq!(g.snapshot().version, v, "the last good snapshot keeps serving");
         let rejected = g.last_rejection().unwrap();
         assert!(rejected.errors[0].contains("missing"), "{:?}", rejected.errors);
+
+        // A route that forwards nowhere and has no answering filter, with a misspelt
+        // filter spec: both errors, from compiling the chain, and nothing published.
+        let mut nowhere = config(9001, "/a");
+        nowhere.routes[1].upstream = None;
+        nowhere.routes[1].filters = vec![sluice_config::model::FilterConfig {
+            kind: "rate_limit".into(),
+            spec: serde_json::json!({"requests": 1, "pre": "1s"}),
+        }];
+        let errors: Vec<String> = g
+            .apply(Ok(nowhere), source())
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errors[0].starts_with("routes[1].filters[0].rate_limit.pre: unknown field"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1],
+            "routes[1].upstream: required unless a redirect or direct_response filter answers"
+        );
+        assert_eq!(g.snapshot().version, v, "the last good snapshot keeps serving");
     }
 }

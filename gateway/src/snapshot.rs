@@ -285,10 +285,17 @@ fn compile_route(
     state: &SharedState,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
+    // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
+    let missing_backend = sluice_filters::missing_backend(r, path);
     let (chain, rewrite) = match old.filter(|o| o.hash == hash) {
         Some(o) => (o.chain.clone(), o.rewrite.clone()),
         None => (
-            Arc::new(sluice_filters::build_chain(r, path, old.map(|o| &*o.chain))?),
+            Arc::new(
+                sluice_filters::build_chain(r, path, old.map(|o| &*o.chain)).map_err(|mut es| {
+                    es.extend(missing_backend.clone());
+                    es
+                })?,
+            ),
             match &r.rewrite {
                 Some(rw) => PathRewrite::new(rw)
                     .map_err(|e| one(format!("{path}.rewrite"), e.to_string()))?
@@ -297,6 +304,9 @@ fn compile_route(
             },
         ),
     };
+    if let Some(e) = missing_backend {
+        return Err(vec![e]);
+    }
     let fallback = match r
         .circuit_breaker
         .as_ref()
