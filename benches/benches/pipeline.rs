@@ -63,9 +63,15 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
+fn build_ctx<'a>(config: &'a Config, shared: &'a sluice_filters::Shared) -> sluice_filters::BuildCtx<'a> {
+    sluice_filters::BuildCtx { config, shared }
+}
+
 fn chain(c: &mut Criterion) {
     let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
-    let chain = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None).expect("builds");
+    let shared = sluice_filters::Shared::default();
+    let chain = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None, &build_ctx(&cfg, &shared))
+        .expect("builds");
     let ctx = FilterCtx::default();
     c.bench_function("chain/upstream_request_headers", |b| {
         b.iter(|| {
@@ -89,13 +95,16 @@ fn split(c: &mut Criterion) {
 
 fn chain_reuse(c: &mut Criterion) {
     let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
-    let first = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None).expect("builds");
+    let shared = sluice_filters::Shared::default();
+    let first = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None, &build_ctx(&cfg, &shared))
+        .expect("builds");
     c.bench_function("chain/rebuild_reusing_unchanged_filters", |b| {
         b.iter(|| {
             black_box(sluice_filters::build_chain(
                 &cfg.routes[0],
                 "routes[0]",
                 Some(&first),
+                &build_ctx(&cfg, &shared),
             ))
         })
     });

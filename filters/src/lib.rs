@@ -3,9 +3,11 @@
 //! This crate owns the pure cores of the pipeline: the [`router`], the [`Filter`] trait
 //! and [`Chain`], the filter kinds ([`kinds`], one module each, and their registry), the
 //! weighted split between a route's backends ([`weighted`]), path rewriting, and the
-//! resilience state machines (circuit breaker, outlier detection, retry budget). Nothing
-//! here touches a socket, pingora or an async runtime; the `sluice-gateway` crate wraps
-//! these cores in pingora phases.
+//! resilience state machines (circuit breaker, outlier detection, retry budget). The
+//! decisions are pure cores (an injectable clock, no I/O); a filter that must call out
+//! (a key set to fetch, a shared limit store, an auth service) keeps that I/O in a thin
+//! shell beside its core, run on the runtime in [`Shared`]. Nothing here touches pingora;
+//! the `sluice-gateway` crate wraps these filters in pingora phases.
 
 use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
@@ -21,6 +23,7 @@ pub use filter::{
     BackendHint, Built, Chain, Completion, Filter, FilterCtx, Flow, HeaderEdit, Identity, Phases, Reject,
     RejectKind, RequestView, Response,
 };
+pub use kinds::{BuildCtx, Shared};
 
 /// A filter or router could not be built from a config that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,7 @@ pub fn build_chain(
     route: &RouteConfig,
     path: &str,
     previous: Option<&Chain>,
+    ctx: &BuildCtx<'_>,
 ) -> Result<Chain, Vec<ConfigError>> {
     let reuse = |key: &str, spec: &serde_json::Value| {
         previous?
@@ -93,7 +97,7 @@ pub fn build_chain(
             built.push(b);
             continue;
         }
-        match (kind.build)(&f.spec) {
+        match (kind.build)(&f.spec, ctx) {
             Ok(filter) => built.push(Built {
                 key,
                 spec: f.spec.clone(),
@@ -135,10 +139,15 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
 /// filter kinds): each spec, and that a route without backends has a filter that
 /// answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
+    let shared = Shared::default();
+    let ctx = BuildCtx {
+        config,
+        shared: &shared,
+    };
     let mut errors = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if let Err(es) = build_chain(r, &path, None) {
+        if let Err(es) = build_chain(r, &path, None, &ctx) {
             errors.extend(es);
         }
         errors.extend(missing_backend(r, &path));
@@ -177,6 +186,24 @@ mod tests {
 
     fn route(yaml: &str) -> RouteConfig {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn build_chain(
+        route: &RouteConfig,
+        path: &str,
+        previous: Option<&Chain>,
+    ) -> Result<Chain, Vec<ConfigError>> {
+        let config = Config::default();
+        let shared = Shared::default();
+        super::build_chain(
+            route,
+            path,
+            previous,
+            &BuildCtx {
+                config: &config,
+                shared: &shared,
+            },
+        )
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod background;
 pub mod balancer;
 pub mod discovery;
 pub mod echo;

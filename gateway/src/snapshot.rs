@@ -183,6 +183,10 @@ impl Snapshot {
                 &upstreams,
                 old_routes.get(r.id.as_str()).copied(),
                 state,
+                &sluice_filters::BuildCtx {
+                    config: &config,
+                    shared: &state.filters,
+                },
             ) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),
@@ -283,6 +287,7 @@ fn compile_route(
     upstreams: &HashMap<String, Arc<Upstream>>,
     old: Option<&Route>,
     state: &SharedState,
+    ctx: &sluice_filters::BuildCtx<'_>,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
     // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
@@ -291,7 +296,7 @@ fn compile_route(
         Some(o) => (o.chain.clone(), o.rewrite.clone()),
         None => (
             Arc::new(
-                sluice_filters::build_chain(r, path, old.map(|o| &*o.chain)).map_err(|mut es| {
+                sluice_filters::build_chain(r, path, old.map(|o| &*o.chain), ctx).map_err(|mut es| {
                     es.extend(missing_backend.clone());
                     es
                 })?,

@@ -24,6 +24,8 @@ pub struct SharedState {
     pub metrics: Arc<Metrics>,
     /// The discovery plane's DNS cache of endpoint host names.
     pub discovery: crate::discovery::Discovery,
+    /// The services every filter build shares (runtime, pools, key caches).
+    pub filters: sluice_filters::Shared,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
@@ -37,6 +39,9 @@ impl SharedState {
         SharedState {
             metrics,
             discovery: crate::discovery::Discovery::default(),
+            filters: sluice_filters::Shared {
+                runtime: crate::background::handle(),
+            },
             endpoints: Mutex::default(),
             routes: Mutex::default(),
             breakers: Mutex::default(),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{parse, Kind, SpecError};
+use super::{parse, BuildCtx, Kind, SpecError};
 use crate::filter::{Filter, FilterCtx, Flow, Phases, RequestView, Response};
 
 /// The registry entry.
@@ -42,7 +42,7 @@ fn default_status() -> u16 {
     200
 }
 
-fn build(spec: &serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
+fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
     let spec: DirectResponseSpec = parse(spec)?;
     Ok(Arc::new(DirectResponse::new(&spec)?))
 }
@@ -114,9 +114,12 @@ mod tests {
 
     #[test]
     fn bad_status_and_header_are_named() {
-        let errs = build(&serde_json::json!({"status": 99, "headers": {"bad name": "v"}}))
-            .err()
-            .unwrap();
+        let errs = crate::kinds::build_for_test(
+            build,
+            &serde_json::json!({"status": 99, "headers": {"bad name": "v"}}),
+        )
+        .err()
+        .unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["status", "headers.bad name"]);
     }

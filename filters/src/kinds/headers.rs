@@ -11,7 +11,7 @@ use sluice_config::model::{HeaderOps, HeaderRules};
 
 use std::sync::Arc;
 
-use super::{parse, Kind, SpecError};
+use super::{parse, BuildCtx, Kind, SpecError};
 use crate::filter::{Filter, FilterCtx, HeaderEdit, Phases};
 
 /// The registry entry. The spec is the same as a route's own `headers` rules.
@@ -21,7 +21,7 @@ pub const KIND: Kind = Kind {
     build,
 };
 
-fn build(spec: &serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
+fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
     let rules: HeaderRules = parse(spec)?;
     Ok(Arc::new(HeaderTransform::new(&rules)?))
 }
@@ -165,13 +165,17 @@ mod tests {
 
     #[test]
     fn bad_names_are_reported_with_their_path() {
-        let errs =
-            build(&serde_json::json!({"request": {"set": {"bad name": "x"}, "remove": ["ok", "no pe"]}}))
-                .err()
-                .unwrap();
+        let errs = crate::kinds::build_for_test(
+            build,
+            &serde_json::json!({"request": {"set": {"bad name": "x"}, "remove": ["ok", "no pe"]}}),
+        )
+        .err()
+        .unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["request.set.bad name", "request.remove[1]"]);
-        let errs = build(&serde_json::json!({"reqest": {}})).err().unwrap();
+        let errs = crate::kinds::build_for_test(build, &serde_json::json!({"reqest": {}}))
+            .err()
+            .unwrap();
         assert!(errs[0].message.contains("unknown field `reqest`"), "{errs:?}");
     }
 }

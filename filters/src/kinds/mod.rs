@@ -46,8 +46,37 @@ pub struct Kind {
     pub name: &'static str,
     /// Whether the filter answers every request itself, so its route needs no backend.
     pub answers: bool,
-    /// Parses, validates and builds the filter from its spec.
-    pub build: fn(&serde_json::Value) -> BuildResult,
+    /// Parses, validates and builds the filter from its spec, in the build context.
+    pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> BuildResult,
+}
+
+/// What a filter's build may look at besides its own spec.
+#[derive(Clone, Copy)]
+pub struct BuildCtx<'a> {
+    /// The whole config being compiled (consumers, server settings, other routes). In
+    /// `sluice validate` and the CLI's checks it may hold only part of a config.
+    pub config: &'a sluice_config::Config,
+    /// Process-wide services every build shares, which outlive reloads.
+    pub shared: &'a Shared,
+}
+
+/// Process-wide services shared by the filters of every snapshot (connection pools,
+/// key caches, the runtime background work runs on). Built once at start-up; a reload
+/// keeps it. `Shared::default()` (no runtime) is what validation uses: a build must then
+/// check its spec and start no background work.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
+    /// Default: none (validation only).
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
 }
 
 /// Every filter kind, one line each.
@@ -75,4 +104,21 @@ pub(crate) fn parse<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, 
         let path = if path == "." { String::new() } else { path };
         vec![SpecError::at(path, e.into_inner().to_string())]
     })
+}
+
+/// Runs a kind's `build` with an empty config and no runtime, as validation does.
+#[cfg(test)]
+pub(crate) fn build_for_test(
+    build: fn(&serde_json::Value, &BuildCtx<'_>) -> BuildResult,
+    spec: &serde_json::Value,
+) -> BuildResult {
+    let config = sluice_config::Config::default();
+    let shared = Shared::default();
+    build(
+        spec,
+        &BuildCtx {
+            config: &config,
+            shared: &shared,
+        },
+    )
 }

@@ -21,7 +21,7 @@ use governor::{Quota, RateLimiter};
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
-use super::{parse, Kind, SpecError};
+use super::{parse, BuildCtx, Kind, SpecError};
 use crate::filter::{Filter, FilterCtx, Flow, Phases, Reject, RejectKind, RequestView};
 
 /// The registry entry.
@@ -49,7 +49,7 @@ fn default_per() -> Duration {
     Duration::from_secs(1)
 }
 
-fn build(spec: &serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
+fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
     let spec: RateLimitSpec = parse(spec)?;
     Ok(Arc::new(LocalRateLimit::new(&spec, DefaultClock::default())?))
 }
@@ -183,11 +183,13 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_named() {
-        let errs = build(&serde_json::json!({"requests": 1, "pre": "1s"}))
+        let errs = crate::kinds::build_for_test(build, &serde_json::json!({"requests": 1, "pre": "1s"}))
             .err()
             .unwrap();
         assert!(errs[0].message.contains("unknown field `pre`"), "{errs:?}");
-        let errs = build(&serde_json::json!({"requests": 0})).err().unwrap();
+        let errs = crate::kinds::build_for_test(build, &serde_json::json!({"requests": 0}))
+            .err()
+            .unwrap();
         assert_eq!(errs[0].path, "requests");
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{parse, Kind, SpecError};
+use super::{parse, BuildCtx, Kind, SpecError};
 use crate::filter::{Filter, FilterCtx, Flow, Phases, RequestView, Response};
 
 /// The registry entry.
@@ -47,7 +47,7 @@ fn default_status() -> u16 {
     302
 }
 
-fn build(spec: &serde_json::Value) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
+fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
     let spec: RedirectSpec = parse(spec)?;
     Ok(Arc::new(Redirect::new(&spec)?))
 }
@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn keeps_unset_parts_of_the_request() {
-        let f = build(&serde_json::json!({"scheme": "https", "path": "/new"})).unwrap();
+        let f = crate::kinds::build_for_test(build, &serde_json::json!({"scheme": "https", "path": "/new"}))
+            .unwrap();
         let (h, m) = (HeaderMap::new(), Method::GET);
         let flow = futures_lite_block_on(f.on_request(&view(&h, &m), &mut FilterCtx::default()));
         let Flow::Respond(r) = flow else {
@@ -172,12 +173,17 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let errs = build(&serde_json::json!({"status": 200, "scheme": "ftp", "path": "x"}))
-            .err()
-            .unwrap();
+        let errs = crate::kinds::build_for_test(
+            build,
+            &serde_json::json!({"status": 200, "scheme": "ftp", "path": "x"}),
+        )
+        .err()
+        .unwrap();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["status", "scheme", "path"]);
-        let errs = build(&serde_json::json!({"stauts": 301})).err().unwrap();
+        let errs = crate::kinds::build_for_test(build, &serde_json::json!({"stauts": 301}))
+            .err()
+            .unwrap();
         assert!(errs[0].message.contains("unknown field `stauts`"), "{errs:?}");
     }
 
