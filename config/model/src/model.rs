@@ -30,6 +30,28 @@ pub struct Config {
     /// Routes, matched by specificity (see `docs/config.md`, "Route precedence").
     /// Default: none.
     pub routes: Vec<RouteConfig>,
+    /// Consumers: named identities with credentials and groups, which authentication
+    /// filters identify (see `docs/access-control.md`). Default: none.
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+/// A consumer: a named identity with its groups and its credentials, one set per
+/// authentication method.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The consumer's name, unique in the config; what the identity, the access log,
+    /// ACLs and rate-limit keys carry. Required.
+    pub name: String,
+    /// Groups the consumer belongs to, for ACLs and canary rules. Default: none.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Credentials by authentication method (`key_auth`, `basic_auth`, `jwt`, …). Each
+    /// method's filter kind owns, parses and validates its own credential spec, as it does
+    /// its filter spec, and reports errors as `consumers[N].credentials.<method>.<field>`.
+    /// Default: none.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, serde_json::Value>,
 }
 
 /// Process-wide settings. Changing these needs a restart (or a graceful upgrade).

@@ -397,6 +397,7 @@ impl Config {
             &self.upstreams,
             &self.dns,
             routes_hash,
+            &self.consumers,
         ))
     }
 
