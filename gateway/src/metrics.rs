@@ -48,6 +48,8 @@ pub struct Metrics {
     pub budget_exhausted: IntCounterVec,
     /// `sluice_endpoint_healthy{upstream, endpoint}`: 1 or 0, from active checks.
     pub endpoint_healthy: IntGaugeVec,
+    /// `sluice_upstream_endpoints{upstream}`: the endpoints an upstream has now.
+    pub upstream_endpoints: IntGaugeVec,
     /// `sluice_config_source_connected{source}`: 1 while the source (`etcd`) is connected.
     pub source_connected: IntGaugeVec,
     /// `sluice_config_source_revision`: the newest etcd revision seen.
@@ -156,6 +158,11 @@ impl Metrics {
             "Retries refused because the upstream's retry budget was spent.",
             &["upstream"],
         );
+        let upstream_endpoints = gauge(
+            "sluice_upstream_endpoints",
+            "Endpoints an upstream has now (configured, resolved or discovered).",
+            &["upstream"],
+        );
         let endpoint_healthy = gauge(
             "sluice_endpoint_healthy",
             "Active health check result: 1 healthy, 0 unhealthy.",
@@ -188,6 +195,7 @@ impl Metrics {
             Box::new(backend_requests.clone()),
             Box::new(budget_exhausted.clone()),
             Box::new(endpoint_healthy.clone()),
+            Box::new(upstream_endpoints.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(reloads.clone()),
@@ -214,6 +222,7 @@ impl Metrics {
             backend_requests,
             budget_exhausted,
             endpoint_healthy,
+            upstream_endpoints,
             source_connected,
             source_revision,
             access_log_dropped,

@@ -266,6 +266,8 @@ pub struct Upstream {
     pub ejected_gauge: IntGauge,
     /// `sluice_retry_budget_exhausted_total{upstream}`.
     pub budget_exhausted: IntCounter,
+    /// `sluice_upstream_endpoints{upstream}`.
+    pub endpoints_gauge: IntGauge,
     /// Serializes set swaps (config, DNS and feeds), off the request path.
     swap: Mutex<()>,
     /// The upstream's error and ejection counters, resolved at build.
@@ -286,6 +288,9 @@ impl Upstream {
             retry: Arc::new(RetryPolicy::new(&config.retries)),
             ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
             budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
+            endpoints_gauge: metrics
+                .upstream_endpoints
+                .with_label_values(&[config.id.as_str()]),
             metrics: metrics.upstream(&config.id),
             id: config.id.clone(),
             endpoints: ArcSwap::from_pointee(empty_set(&masked)),
@@ -297,6 +302,7 @@ impl Upstream {
             swap: Mutex::new(()),
         };
         let set = up.build_set(configured, specs, state, Instant::now());
+        up.endpoints_gauge.set(set.endpoints.len() as i64);
         up.endpoints = ArcSwap::from_pointee(set);
         up
     }
@@ -373,6 +379,7 @@ impl Upstream {
             return false;
         }
         let set = self.build_set(configured, specs, state, now);
+        self.endpoints_gauge.set(set.endpoints.len() as i64);
         self.endpoints.store(Arc::new(set));
         true
     }
