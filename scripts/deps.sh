@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Sluice needs. Usage: scripts/deps.sh build|test|bench
 #   build: cmake (libz-ng-sys, aws-lc-sys), protoc (etcd-client), a C toolchain
-#   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool (the integration tests start real ones)
+#   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool, Chromium + chromedriver (the integration tests start real ones)
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
 want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
 case "${1:-build}" in
   build) ;;
-  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus) ;;
+  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus chromium chromium-driver) ;;
   bench) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus nginx haproxy) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ mod admin;
 mod backends;
 mod chaos;
 mod config_center;
+mod dashboard;
 mod discovery;
 mod drain;
 mod errors;

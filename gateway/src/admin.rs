@@ -40,6 +40,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
+        .route("/api/v1/stats", get(crate::dashboard::stats))
+        .route("/dashboard", get(crate::dashboard::page))
         .with_state(gateway)
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(

@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod admin;
 pub mod background;
 pub mod balancer;
+pub mod dashboard;
 pub mod discovery;
 pub mod echo;
 pub mod error;

@@ -282,7 +282,37 @@ pub struct RouteMetrics {
     latency: Histogram,
 }
 
+/// A route's request figures so far, for the dashboard (`/api/v1/stats`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteFigures {
+    /// Requests by status class, in the order `1xx`, `2xx`, `3xx`, `4xx`, `5xx`, `none`.
+    pub by_class: [u64; 6],
+    /// The latency histogram: (upper bound in seconds, cumulative count).
+    pub buckets: Vec<(f64, u64)>,
+    /// Requests observed by the histogram.
+    pub count: u64,
+    /// Sum of their durations, in seconds.
+    pub sum: f64,
+}
+
 impl RouteMetrics {
+    /// The figures so far (reads the counters; for the admin plane, not the request path).
+    pub fn figures(&self) -> RouteFigures {
+        use prometheus::core::Metric;
+        let m = self.latency.metric();
+        let h = m.get_histogram();
+        RouteFigures {
+            by_class: self.by_class.each_ref().map(|c| c.get()),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+            count: h.get_sample_count(),
+            sum: h.get_sample_sum(),
+        }
+    }
+
     /// Counts one finished request.
     pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
         self.by_class[class_index(status)].inc();
