@@ -14,6 +14,8 @@ use crate::filter::Filter;
 
 pub mod direct_response;
 pub mod headers;
+#[cfg(feature = "test-kinds")]
+pub mod panic;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -85,6 +87,8 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    #[cfg(feature = "test-kinds")]
+    panic::KIND,
 ];
 
 /// The kind called `name`.
