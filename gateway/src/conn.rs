@@ -77,6 +77,8 @@ pub struct ConnState {
     head_done: AtomicBool,
     /// HTTP/1.x requests started on the connection.
     requests: AtomicU32,
+    /// Woken when the first byte of a request arrives.
+    first_byte_arrived: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -88,6 +90,7 @@ impl ConnState {
             any_byte: AtomicBool::new(false),
             head_done: AtomicBool::new(false),
             requests: AtomicU32::new(0),
+            first_byte_arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -113,6 +116,7 @@ impl ConnState {
             let ns = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(NONE - 1);
             self.first_byte.store(ns, Ordering::Relaxed);
             self.any_byte.store(true, Ordering::Relaxed);
+            self.first_byte_arrived.notify_one();
         }
     }
 }
@@ -373,16 +377,22 @@ async fn watchdog(conn: &ConnState, first: bool, l: &ResolvedLimits) -> CloseRea
     let start = if first {
         conn.accepted
     } else {
-        let started = Instant::now();
-        tokio::time::sleep(l.idle_timeout).await;
-        if conn.head_done.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+        let idle_until = tokio::time::Instant::now() + l.idle_timeout;
+        loop {
+            tokio::select! {
+                biased;
+                () = conn.first_byte_arrived.notified() => {
+                    // A permit left by an earlier request's first byte wakes this too.
+                    if let Some(at) = conn.first_byte() {
+                        break at;
+                    }
+                }
+                () = tokio::time::sleep_until(idle_until) => match conn.first_byte() {
+                    Some(at) => break at,
+                    None => return CloseReason::IdleTimeout,
+                },
+            }
         }
-        match conn.first_byte() {
-            Some(at) => at,
-            None => return CloseReason::IdleTimeout,
-        }
-        .max(started)
     };
     tokio::time::sleep_until((start + l.head_timeout).into()).await;
     if conn.head_done.load(Ordering::Relaxed) {
