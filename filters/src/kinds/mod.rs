@@ -126,3 +126,11 @@ pub(crate) fn build_for_test(
         },
     )
 }
+
+#[cfg(all(test, not(feature = "test-kinds")))]
+mod without_test_kinds {
+    #[test]
+    fn a_build_without_the_feature_has_no_panic_kind() {
+        assert!(super::find("panic").is_none());
+    }
+}
