@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads 4
+# The integration tests need the test-only filter kinds (a `panic` kind, to show that a
+# bug in one request does not take the process down); a build without this feature, as
+# every release build is, does not contain them.
+FEATURES=(--features sluice-gateway/test-kinds)
+cargo clippy --workspace --all-targets --locked "${FEATURES[@]}" -- -D warnings
+cargo build --workspace --all-targets --locked "${FEATURES[@]}"
+cargo test --workspace --locked "${FEATURES[@]}" -- --test-threads 4

@@ -18,6 +18,7 @@ mod dashboard;
 mod discovery;
 mod drain;
 mod errors;
+mod hardening_conn;
 mod lifecycle;
 mod load_balancing;
 mod monitoring;

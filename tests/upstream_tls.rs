@@ -2,9 +2,8 @@
 //! certificate verification on (a trusted CA: 200; a CA the gateway does not trust:
 //! 502) and off (that certificate: 200).
 //!
-//! The upstream config has no CA setting of its own (`UpstreamTls` has `sni` and
-//! `verify`): the gateway trusts the platform's roots, which `SSL_CERT_FILE` points at
-//! the test CA here.
+//! The trusted upstreams name the test CA in `tls.ca` (a private CA per upstream); the
+//! others rely on the platform's roots, which do not know either test CA.
 
 use reqwest::StatusCode;
 
@@ -21,21 +20,22 @@ async fn h1_and_h2_over_tls_send_the_sni_and_verify_unless_told_not_to() {
         r#"
 listeners: [{name: web, listen: "{{http}}"}]
 upstreams:
-- {id: h1, endpoints: [{address: "{{trusted}}"}], tls: {sni: api.internal}}
-- {id: h2, protocol: h2, endpoints: [{address: "{{trusted}}"}], tls: {sni: api.internal}}
-- {id: checked, endpoints: [{address: "{{untrusted}}"}], tls: {sni: self.internal}, retries: {attempts: 0}}
+- {id: h1, endpoints: [{address: "{{trusted}}"}], tls: {sni: api.internal, ca: "{{file:ca.pem}}"}}
+- {id: h2, protocol: h2, endpoints: [{address: "{{trusted}}"}], tls: {sni: api.internal, ca: "{{file:ca.pem}}"}}
+- {id: checked, endpoints: [{address: "{{untrusted}}"}], tls: {sni: self.internal, ca: "{{file:ca.pem}}"}, retries: {attempts: 0}}
+- {id: no-ca, endpoints: [{address: "{{trusted}}"}], tls: {sni: api.internal}, retries: {attempts: 0}}
 - {id: unchecked, endpoints: [{address: "{{untrusted}}"}], tls: {sni: self.internal, verify: false}}
 routes:
 - {id: h1, upstream: h1, match: {path: {prefix: /h1}}}
 - {id: h2, upstream: h2, match: {path: {prefix: /h2}}}
 - {id: checked, upstream: checked, match: {path: {prefix: /checked}}}
+- {id: no-ca, upstream: no-ca, match: {path: {prefix: /no-ca}}}
 - {id: unchecked, upstream: unchecked, match: {path: {prefix: /unchecked}}}
 "#,
     )
     .var("trusted", &trusted.addr().to_string())
     .var("untrusted", &untrusted.addr().to_string())
     .file("ca.pem", ca.pem())
-    .env("SSL_CERT_FILE", "{{dir}}/ca.pem")
     .start()
     .await;
 
@@ -58,12 +58,19 @@ routes:
     assert_eq!(
         resp.status(),
         StatusCode::BAD_GATEWAY,
-        "a certificate from an untrusted CA fails verification"
+        "a certificate from another CA than the upstream's `tls.ca` fails verification"
     );
     assert!(
         untrusted.handshakes().is_empty(),
         "the gateway aborted the handshake: {:?}",
         untrusted.handshakes()
+    );
+
+    let resp = gw.get("/no-ca").await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_GATEWAY,
+        "without its `tls.ca` the same upstream is not trusted"
     );
 
     let resp = gw.get("/unchecked").await;

@@ -1,5 +1,11 @@
 //! The admin listener (axum on its own thread and runtime, apart from the proxy's):
-//! `/healthz`, `/readyz`, `/metrics` and the read-only `/api/v1/*` views.
+//! `/healthz`, `/readyz`, `/metrics`, the `/api/v1/*` views and the breaker override.
+//!
+//! With a token ([`AdminAuth`]), every state-changing call (any method but `GET` and
+//! `HEAD`) needs `Authorization: Bearer <token>`, and reads too with
+//! `admin.token_for_reads` (`/healthz` and `/readyz` never do, for probes). A listener
+//! on a non-loopback address refuses to start without a token unless told
+//! `--admin-insecure` ([`AdminAuth::check_listen`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sluice_filters::resilience::{CircuitBreaker, Forced};
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Json};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
@@ -30,7 +37,8 @@ fn rfc3339(t: SystemTime) -> String {
 /// The admin API's routes, behind tower-http layers: a span per request (`TraceLayer`,
 /// logged at debug level), a [`REQUEST_TIMEOUT`], and gzip for clients that accept it
 /// (`/metrics` is large and scraped often).
-pub fn router(gateway: Arc<Gateway>) -> Router {
+pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
+    let auth = Arc::new(auth);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -43,12 +51,128 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/stats", get(crate::dashboard::stats))
         .route("/dashboard", get(crate::dashboard::page))
         .with_state(gateway)
+        .layer(axum::middleware::from_fn_with_state(auth, authorize))
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The admin API's bearer token, and whether reads need it.
+#[derive(Clone, Default)]
+pub struct AdminAuth {
+    token: Option<String>,
+    for_reads: bool,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("for_reads", &self.for_reads)
+            .finish()
+    }
+}
+
+/// The environment variable holding the admin token; it wins over `admin.token` and
+/// `admin.token_file`.
+pub const TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
+
+impl AdminAuth {
+    /// The token from `env_token` (the value of [`TOKEN_ENV`], if set and not empty),
+    /// else `admin.token`, else the trimmed contents of `admin.token_file`.
+    pub fn resolve(
+        admin: &sluice_config::model::AdminConfig,
+        env_token: Option<String>,
+    ) -> Result<AdminAuth, String> {
+        let token = match env_token.filter(|t| !t.trim().is_empty()) {
+            Some(t) => Some(t.trim().to_string()),
+            None => match (&admin.token, &admin.token_file) {
+                (Some(t), _) => Some(t.trim().to_string()),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("admin.token_file: cannot read {path}: {e}"))?;
+                    let t = text.trim();
+                    if t.is_empty() {
+                        return Err(format!("admin.token_file: {path} is empty"));
+                    }
+                    Some(t.to_string())
+                }
+                (None, None) => None,
+            },
+        };
+        Ok(AdminAuth {
+            token,
+            for_reads: admin.token_for_reads,
+        })
+    }
+
+    /// Whether a token is set.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Refuses an admin address that is not loopback when there is no token, unless
+    /// `insecure` (`sluice run --admin-insecure`).
+    pub fn check_listen(&self, addr: SocketAddr, insecure: bool) -> Result<(), String> {
+        if addr.ip().is_loopback() || self.token.is_some() || insecure {
+            return Ok(());
+        }
+        Err(format!(
+            "admin.listen: {addr} is not a loopback address and the admin API has no token; \
+             set admin.token, admin.token_file or {TOKEN_ENV}, or pass --admin-insecure"
+        ))
+    }
+
+    /// Whether a request with this method and path must carry the token.
+    fn required(&self, method: &Method, path: &str) -> bool {
+        if self.token.is_none() {
+            return false;
+        }
+        if method == Method::GET || method == Method::HEAD {
+            self.for_reads && path != "/healthz" && path != "/readyz"
+        } else {
+            true
+        }
+    }
+
+    /// Whether `header` (the `Authorization` value) carries the token.
+    fn accepts(&self, header: Option<&[u8]>) -> bool {
+        let (Some(token), Some(h)) = (&self.token, header) else {
+            return false;
+        };
+        let Some(given) = h.strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        constant_time_eq(given.trim_ascii(), token.as_bytes())
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how many leading
+/// bytes matched (only whether the lengths differ, which a token's length may show).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(std::hint::black_box(x));
+    }
+    diff == 0
+}
+
+async fn authorize(State(auth): State<Arc<AdminAuth>>, req: Request, next: Next) -> Response {
+    if auth.required(req.method(), req.uri().path())
+        && !auth.accepts(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"sluice-admin\"")],
+            Json(json!({ "error": "unauthorized", "message": "this call needs the admin token: Authorization: Bearer <token>" })),
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
@@ -243,4 +367,71 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn auth(token: Option<&str>, for_reads: bool) -> AdminAuth {
+        AdminAuth {
+            token: token.map(str::to_string),
+            for_reads,
+        }
+    }
+
+    #[test]
+    fn writes_need_the_token_and_reads_only_when_asked() {
+        let a = auth(Some("s3cret"), false);
+        assert!(a.required(&Method::POST, "/api/v1/breakers/r/u"));
+        assert!(!a.required(&Method::GET, "/api/v1/breakers"));
+        let r = auth(Some("s3cret"), true);
+        assert!(r.required(&Method::GET, "/metrics"));
+        assert!(!r.required(&Method::GET, "/healthz"));
+        assert!(!auth(None, true).required(&Method::POST, "/api/v1/breakers/r/u"));
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let a = auth(Some("s3cret"), false);
+        assert!(a.accepts(Some(b"Bearer s3cret")));
+        for bad in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cretx",
+            b"Basic s3cret",
+            b"s3cret",
+            b"",
+        ] {
+            assert!(!a.accepts(Some(bad)), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(!a.accepts(None));
+    }
+
+    #[test]
+    fn a_public_address_needs_a_token_or_the_insecure_flag() {
+        let public: SocketAddr = "0.0.0.0:9900".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:9900".parse().unwrap();
+        assert!(auth(None, false).check_listen(local, false).is_ok());
+        let err = auth(None, false).check_listen(public, false).unwrap_err();
+        assert!(err.starts_with("admin.listen: 0.0.0.0:9900"), "{err}");
+        assert!(auth(None, false).check_listen(public, true).is_ok());
+        assert!(auth(Some("t"), false).check_listen(public, false).is_ok());
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_config() {
+        let mut c = sluice_config::model::AdminConfig {
+            token: Some("from-config".into()),
+            ..Default::default()
+        };
+        let a = AdminAuth::resolve(&c, Some("from-env".into())).unwrap();
+        assert!(a.accepts(Some(b"Bearer from-env")));
+        let a = AdminAuth::resolve(&c, Some(" ".into())).unwrap();
+        assert!(a.accepts(Some(b"Bearer from-config")));
+        c.token = None;
+        c.token_file = Some("/nonexistent/sluice-token".into());
+        let err = AdminAuth::resolve(&c, None).unwrap_err();
+        assert!(err.starts_with("admin.token_file: "), "{err}");
+    }
 }

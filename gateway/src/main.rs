@@ -124,6 +124,10 @@ enum Command {
         /// the new process with this flag, then send SIGQUIT to the old one.
         #[arg(long)]
         upgrade: bool,
+        /// Let the admin listener start on a non-loopback address without a token
+        /// (`admin.token`, `admin.token_file` or SLUICE_ADMIN_TOKEN).
+        #[arg(long, env = "SLUICE_ADMIN_INSECURE")]
+        admin_insecure: bool,
     },
     /// Run a demo backend that answers every request with a JSON echo of it.
     Echo {
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
             etcd,
             etcd_cache,
             upgrade,
+            admin_insecure,
         } => {
             init_tracing();
             let sources = match etcd.options(etcd_cache) {
@@ -213,7 +218,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match server::run(parsed, sources, base, hash, upgrade) {
+            match server::run(parsed, sources, base, hash, upgrade, admin_insecure) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

@@ -49,20 +49,25 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let stop = match ingress::begin(&self.gateway, session, ctx) {
-            Some(a) => Some(a),
-            None => match route::find(session, ctx) {
+        crate::conn::head_received();
+        let r = crate::unwind::catch(async {
+            let stop = match ingress::begin(&self.gateway, session, ctx) {
                 Some(a) => Some(a),
-                None => match route::filters(session, ctx, self.scheme).await {
+                None => match route::find(session, ctx) {
                     Some(a) => Some(a),
-                    None => select::backend(ctx).or_else(|| admit::breaker(ctx)),
+                    None => match route::filters(session, ctx, self.scheme).await {
+                        Some(a) => Some(a),
+                        None => select::backend(ctx).or_else(|| admit::breaker(ctx)),
+                    },
                 },
-            },
-        };
-        match stop {
-            Some(answer) => respond::answer(session, ctx, answer).await,
-            None => Ok(false),
-        }
+            };
+            match stop {
+                Some(answer) => respond::answer(session, ctx, answer).await,
+                None => Ok(false),
+            }
+        })
+        .await;
+        crate::unwind::or_internal(r, ctx, "request_filter")
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -75,7 +80,8 @@ impl ProxyHttp for SluiceProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        forward::upstream_request(session, upstream, ctx, self.scheme)
+        let r = crate::unwind::catch_sync(|| forward::upstream_request(session, upstream, ctx, self.scheme));
+        crate::unwind::or_internal(r, ctx, "upstream_request_filter")
     }
 
     async fn upstream_response_filter(
@@ -84,7 +90,8 @@ impl ProxyHttp for SluiceProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        outcome::upstream_response(session, resp, ctx)
+        let r = crate::unwind::catch_sync(|| outcome::upstream_response(session, resp, ctx));
+        crate::unwind::or_internal(r, ctx, "upstream_response_filter")
     }
 
     async fn response_filter(
@@ -94,7 +101,8 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         crate::shutdown::close_if_draining(session);
-        respond::headers(resp, ctx)
+        let r = crate::unwind::catch_sync(|| respond::headers(resp, ctx));
+        crate::unwind::or_internal(r, ctx, "response_filter")
     }
 
     fn fail_to_connect(
@@ -123,7 +131,8 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        observe::complete(&self.gateway, session, ctx);
+        let r = crate::unwind::catch_sync(|| observe::complete(&self.gateway, session, ctx));
+        let _ = crate::unwind::or_internal(r.map(Ok), ctx, "logging");
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {

@@ -29,7 +29,10 @@ pub fn run(
     base: serde_json::Value,
     base_hash: String,
     upgrade: bool,
+    admin_insecure: bool,
 ) -> Result<(), String> {
+    let auth = crate::admin::AdminAuth::resolve(&config.admin, std::env::var(crate::admin::TOKEN_ENV).ok())?;
+    auth.check_listen(config.admin.listen, admin_insecure)?;
     let provenance = Provenance {
         source: sources.describe(),
         revision: None,
@@ -65,18 +68,25 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let conn_metrics = crate::conn::ConnMetrics::register(&gateway.metrics);
     for l in &config.listeners {
+        let limits = l.connections.or(&config.server.connections).resolve();
+        let metrics = conn_metrics.listener(&l.name);
         let proxy = SluiceProxy::new(gateway.clone(), l.tls.is_some());
         let mut options = HttpServerOptions::default();
         options.h2c = l.http2 && l.tls.is_none();
+        crate::conn::apply_server_options(&mut options, &limits);
         let mut app = HttpProxy::new(proxy, server.configuration.clone());
         app.server_options = Some(options);
+        app.h2_options = Some(crate::conn::h2_options(&limits));
         app.handle_init_modules();
         // The drain wrapper holds back pingora's cut of idle keep-alive connections until
-        // the listener has drained (see `shutdown`).
+        // the listener has drained (see `shutdown`); `conn` bounds slow and idle clients
+        // and caps connections (see `conn`).
+        let app = crate::conn::Guarded::new(app, limits, metrics.clone());
         let mut svc = Service::new(
             format!("listener {}", l.name),
-            crate::shutdown::Draining::new(app),
+            crate::conn::Edge::new(crate::shutdown::Draining::new(app), limits, metrics),
         );
         let addr = l.listen.to_string();
         match &l.tls {
@@ -99,7 +109,7 @@ pub fn run(
     let admin_gateway = gateway.clone();
     std::thread::Builder::new()
         .name("sluice-admin".into())
-        .spawn(move || admin_thread(admin_gateway, admin_addr, sources, base, base_hash))
+        .spawn(move || admin_thread(admin_gateway, admin_addr, auth, sources, base, base_hash))
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
 
     tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
@@ -114,6 +124,7 @@ pub fn run(
 fn admin_thread(
     gateway: Arc<Gateway>,
     addr: std::net::SocketAddr,
+    auth: crate::admin::AdminAuth,
     sources: Sources,
     base: serde_json::Value,
     base_hash: String,
@@ -140,7 +151,7 @@ fn admin_thread(
                 return;
             }
         };
-        if let Err(e) = axum::serve(listener, crate::admin::router(gateway)).await {
+        if let Err(e) = axum::serve(listener, crate::admin::router(gateway, auth)).await {
             tracing::error!("admin server: {e}");
         }
     });

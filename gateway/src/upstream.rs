@@ -272,6 +272,56 @@ pub struct Upstream {
     swap: Mutex<()>,
     /// The upstream's error and ejection counters, resolved at build.
     pub metrics: UpstreamMetrics,
+    /// The CAs trusted for this upstream (`tls.ca`), read when it is built; none: the
+    /// system's roots.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Pingora's pool key for connections verified against `ca`: its reuse hash leaves
+    /// the CA out, so without this a connection verified with one upstream's CA could be
+    /// reused for another upstream at the same address and SNI that trusts another CA.
+    ca_group: u64,
+}
+
+/// Reads a PEM file of CA certificates for an upstream's `tls.ca`. A file that cannot be
+/// read or holds no usable certificate gives an empty list, which pingora refuses at
+/// the handshake (502): a broken CA setting fails closed rather than falling back to the
+/// system's roots.
+fn ca_group(ca: Option<&pingora::protocols::tls::CaType>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(ca) = ca else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in ca {
+        c.borrow_raw_cert().hash(&mut h);
+    }
+    // Never 0, which is every peer without a CA of its own.
+    h.finish() | 1
+}
+
+fn load_ca(id: &str, path: &str) -> Arc<pingora::protocols::tls::CaType> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    let ders = std::fs::read(path).map_err(|e| e.to_string()).and_then(|pem| {
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    });
+    let mut list = Vec::new();
+    match ders {
+        Ok(ders) => {
+            for der in ders {
+                // x509-parser (pingora's) panics on DER it cannot parse: let webpki vet it.
+                if rustls::RootCertStore::empty().add(der.clone()).is_ok() {
+                    list.push(WrappedX509::new(der.to_vec(), parse_x509));
+                }
+            }
+        }
+        Err(e) => tracing::error!(upstream = id, "tls.ca {path}: {e}"),
+    }
+    if list.is_empty() {
+        tracing::error!(
+            upstream = id,
+            "tls.ca {path}: no usable CA certificate; TLS to this upstream will fail"
+        );
+    }
+    list.into()
 }
 
 impl Upstream {
@@ -298,9 +348,17 @@ impl Upstream {
                 LoadBalancing::ConsistentHash(h) => Some(h.clone()),
                 _ => None,
             },
+            ca: None,
+            ca_group: 0,
             config: masked,
             swap: Mutex::new(()),
         };
+        up.ca = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_deref())
+            .map(|path| load_ca(&config.id, path));
+        up.ca_group = ca_group(up.ca.as_deref());
         let set = up.build_set(configured, specs, state, Instant::now());
         up.endpoints_gauge.set(set.endpoints.len() as i64);
         up.endpoints = ArcSwap::from_pointee(set);
@@ -413,6 +471,8 @@ impl Upstream {
         if let Some(t) = &c.tls {
             o.verify_cert = t.verify;
             o.verify_hostname = t.verify;
+            o.ca.clone_from(&self.ca);
+            peer.group_key = self.ca_group;
         }
         match (c.protocol, tls) {
             (UpstreamProtocol::H2, true) => o.alpn = ALPN::H2,

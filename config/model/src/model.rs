@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// single-threaded runtime and keeps its connections (nginx's model), which is faster
     /// for short requests; on suits a few heavy long-lived streams. Default: `false`.
     pub work_stealing: bool,
+    /// Timeouts for slow and idle clients, caps on requests and connections, and HTTP/2
+    /// limits, for every listener (a listener's `connections` overrides them).
+    /// Default: see [`crate::connections::ConnectionLimits`].
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             request_id_header: "x-request-id".into(),
             access_log: false,
             work_stealing: false,
+            connections: crate::connections::ConnectionLimits::default(),
         }
     }
 }
@@ -110,14 +115,28 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to bind. Keep it on loopback or a private interface: the admin API can
-    /// change breaker states. Default: `127.0.0.1:9900`.
+    /// change breaker states. A non-loopback address needs a token (or `sluice run
+    /// --admin-insecure`). Default: `127.0.0.1:9900`.
     pub listen: SocketAddr,
+    /// Bearer token required (`Authorization: Bearer <token>`) on every state-changing
+    /// call of the admin API. The environment variable `SLUICE_ADMIN_TOKEN` takes
+    /// precedence over this and `token_file`. Default: none (no token).
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace trimmed), read at start; not both
+    /// `token` and `token_file`. Default: none.
+    pub token_file: Option<String>,
+    /// Whether reads (`/api/v1/*` and `/metrics`) need the token too; `/healthz` and
+    /// `/readyz` never do. Default: `false`.
+    pub token_for_reads: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9900)),
+            token: None,
+            token_file: None,
+            token_for_reads: false,
         }
     }
 }
@@ -137,6 +156,10 @@ pub struct ListenerConfig {
     /// plain ones (HTTP/1.1 still works on both). Default: `true`.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// Connection limits for this listener; unset fields come from
+    /// `server.connections`. Default: none (all from `server.connections`).
+    #[serde(default)]
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 /// Server-side TLS for a listener.
@@ -348,6 +371,10 @@ pub struct UpstreamTls {
     /// Verify the upstream certificate. Default: `true`.
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// PEM file of the CA certificate(s) to trust for this upstream instead of the
+    /// system's (a private CA). Default: none (the system's trust store).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// Timeouts, all optional. A route's values override its upstream's.

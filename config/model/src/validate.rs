@@ -363,6 +363,15 @@ impl Config {
                 });
             }
         }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+                files.push(FileRef {
+                    path: format!("upstreams[{i}].tls.ca"),
+                    file: ca,
+                    pem_label: "CERTIFICATE",
+                });
+            }
+        }
         files
     }
 
@@ -580,6 +589,7 @@ impl Validator<'_> {
             self.err("server.threads", "must be at least 1");
         }
         self.header_name("server.request_id_header", &c.server.request_id_header);
+        self.connections(c);
 
         let mut upstream_ids = HashSet::new();
         for (i, u) in c.upstreams.iter().enumerate() {
@@ -588,6 +598,26 @@ impl Validator<'_> {
         let mut route_ids = HashSet::new();
         for (i, r) in c.routes.iter().enumerate() {
             self.route(&format!("routes[{i}]"), r, &mut route_ids, &upstream_ids);
+        }
+    }
+
+    /// Connection limits (server-wide and per listener) and the admin token settings.
+    fn connections(&mut self, c: &Config) {
+        let mut errs = c.server.connections.check("server.connections");
+        for (i, l) in c.listeners.iter().enumerate() {
+            errs.extend(l.connections.check(&format!("listeners[{i}].connections")));
+        }
+        for (path, message) in errs {
+            self.err(path, message);
+        }
+        if c.admin.token.is_some() && c.admin.token_file.is_some() {
+            self.err(
+                "admin.token_file",
+                "give either `token` or `token_file`, not both",
+            );
+        }
+        if c.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            self.err("admin.token", "must not be empty");
         }
     }
 

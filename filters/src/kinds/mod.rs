@@ -14,6 +14,8 @@ use crate::filter::Filter;
 
 pub mod direct_response;
 pub mod headers;
+#[cfg(feature = "test-kinds")]
+pub mod panic;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -85,6 +87,8 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    #[cfg(feature = "test-kinds")]
+    panic::KIND,
 ];
 
 /// The kind called `name`.
@@ -121,4 +125,12 @@ pub(crate) fn build_for_test(
             shared: &shared,
         },
     )
+}
+
+#[cfg(all(test, not(feature = "test-kinds")))]
+mod without_test_kinds {
+    #[test]
+    fn a_build_without_the_feature_has_no_panic_kind() {
+        assert!(super::find("panic").is_none());
+    }
 }
