@@ -14,6 +14,7 @@ use crate::filter::Filter;
 
 pub mod direct_response;
 pub mod headers;
+pub mod jwt;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -69,12 +70,15 @@ pub struct Shared {
     /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
     /// Default: none (validation only).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The JWKS key sets of the `jwt` filters, one per URL. Default: empty.
+    pub jwks: jwt::jwks::JwksRegistry,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("runtime", &self.runtime.is_some())
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -85,6 +89,7 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    jwt::KIND,
 ];
 
 /// The kind called `name`.
