@@ -435,6 +435,12 @@ async fn tokens_never_appear_in_the_logs_or_the_access_log() {
     })
     .await;
     let logs = gw.logs();
+    // Debug logging is on, and the refusals were logged (by reason, without the token).
+    assert!(
+        logs.contains("jwt: token refused"),
+        "no refusal in the debug log:\n{logs}"
+    );
+    assert!(logs.contains("expired"), "{logs}");
     for t in [&good, &expired] {
         for part in t.split('.') {
             assert!(!logs.contains(part), "a token part appears in the logs:\n{logs}");

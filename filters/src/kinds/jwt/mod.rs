@@ -331,10 +331,13 @@ fn load_key(k: &KeySpec, at: &str, errors: &mut Vec<SpecError>) -> Option<Decodi
     match key {
         Ok(key) => Some(key),
         Err(e) => {
-            errors.push(SpecError::at(
-                path,
-                format!("not a {family:?} public key in PEM: {e}"),
-            ));
+            let what = match family {
+                AlgorithmFamily::Hmac => "an HMAC secret",
+                AlgorithmFamily::Rsa => "an RSA public key in PEM",
+                AlgorithmFamily::Ec => "an EC public key in PEM (P-256 for ES256, P-384 for ES384)",
+                AlgorithmFamily::Ed => "an Ed25519 public key in PEM",
+            };
+            errors.push(SpecError::at(path, format!("not {what}: {e}")));
             None
         }
     }
