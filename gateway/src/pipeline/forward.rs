@@ -278,6 +278,20 @@ mod tests {
     }
 
     #[test]
+    fn query_params_are_removed_by_name_only() {
+        let strip = |uri: &str, name: &str| {
+            let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+            ReqEdit(&mut req).remove_query_param(name);
+            req.uri.to_string()
+        };
+        assert_eq!(strip("/a?x=1&token=t&y=2&token=u", "token"), "/a?x=1&y=2");
+        assert_eq!(strip("/a?token=t", "token"), "/a");
+        assert_eq!(strip("/a?token", "token"), "/a");
+        assert_eq!(strip("/a?tokens=t&x", "token"), "/a?tokens=t&x");
+        assert_eq!(strip("/a", "token"), "/a");
+    }
+
+    #[test]
     fn ip_text_matches_display() {
         for ip in [
             "0.0.0.0",
