@@ -227,6 +227,9 @@ pub trait HeaderEdit {
     fn append(&mut self, name: HeaderName, value: HeaderValue);
     /// Removes every value of `name`.
     fn remove(&mut self, name: &HeaderName);
+    /// Removes every parameter called `name` from the request's query, where the edit
+    /// is on a request (a credential passed in the query). Default: nothing.
+    fn remove_query_param(&mut self, _name: &str) {}
 }
 
 impl HeaderEdit for HeaderMap {

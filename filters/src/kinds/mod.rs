@@ -16,6 +16,7 @@ pub mod direct_response;
 pub mod headers;
 #[cfg(feature = "test-kinds")]
 pub mod panic;
+pub mod jwt;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -71,12 +72,15 @@ pub struct Shared {
     /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
     /// Default: none (validation only).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The JWKS key sets of the `jwt` filters, one per URL. Default: empty.
+    pub jwks: jwt::jwks::JwksRegistry,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("runtime", &self.runtime.is_some())
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -89,6 +93,7 @@ pub static REGISTRY: &[Kind] = &[
     rate_limit::KIND,
     #[cfg(feature = "test-kinds")]
     panic::KIND,
+    jwt::KIND,
 ];
 
 /// The kind called `name`.

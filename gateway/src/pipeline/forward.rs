@@ -28,8 +28,9 @@ pub struct ReqEdit<'a>(pub &'a mut RequestHeader);
 pub struct RespEdit<'a>(pub &'a mut ResponseHeader);
 
 macro_rules! header_edit {
-    ($t:ident) => {
+    ($t:ident $(, $extra:item)*) => {
         impl HeaderEdit for $t<'_> {
+            $($extra)*
             fn headers(&self) -> &HeaderMap {
                 &self.0.headers
             }
@@ -45,7 +46,12 @@ macro_rules! header_edit {
         }
     };
 }
-header_edit!(ReqEdit);
+header_edit!(
+    ReqEdit,
+    fn remove_query_param(&mut self, name: &str) {
+        remove_query_param(self.0, name);
+    }
+);
 header_edit!(RespEdit);
 
 /// Shapes the upstream request.
@@ -102,6 +108,25 @@ pub fn upstream_request(
         .chain
         .on_upstream_request(&mut ReqEdit(upstream), &ctx.filter);
     Ok(())
+}
+
+/// Removes every `name` parameter from the request's query (a credential a filter
+/// took from it); the URI is untouched when there is none.
+fn remove_query_param(req: &mut RequestHeader, name: &str) {
+    let Some(q) = req.uri.query() else { return };
+    let is = |kv: &&str| kv.split_once('=').map_or(*kv, |(k, _)| k) == name;
+    if !q.split('&').any(|kv| is(&kv)) {
+        return;
+    }
+    let kept: Vec<&str> = q.split('&').filter(|kv| !is(kv) && !kv.is_empty()).collect();
+    let pq = if kept.is_empty() {
+        req.uri.path().to_string()
+    } else {
+        format!("{}?{}", req.uri.path(), kept.join("&"))
+    };
+    if let Ok(uri) = http::Uri::builder().path_and_query(pq).build() {
+        req.set_uri(uri);
+    }
 }
 
 /// `name` as pingora's case map stores it when handed the `HeaderName` (title case
@@ -250,6 +275,20 @@ mod tests {
                 value.into_case_header_name().as_slice()
             );
         }
+    }
+
+    #[test]
+    fn query_params_are_removed_by_name_only() {
+        let strip = |uri: &str, name: &str| {
+            let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+            ReqEdit(&mut req).remove_query_param(name);
+            req.uri.to_string()
+        };
+        assert_eq!(strip("/a?x=1&token=t&y=2&token=u", "token"), "/a?x=1&y=2");
+        assert_eq!(strip("/a?token=t", "token"), "/a");
+        assert_eq!(strip("/a?token", "token"), "/a");
+        assert_eq!(strip("/a?tokens=t&x", "token"), "/a?tokens=t&x");
+        assert_eq!(strip("/a", "token"), "/a");
     }
 
     #[test]
