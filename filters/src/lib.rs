@@ -12,6 +12,8 @@
 use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
 
+pub mod auth;
+pub mod consumers;
 pub mod filter;
 pub mod kinds;
 pub mod resilience;
@@ -53,12 +55,21 @@ pub fn build_chain(
     previous: Option<&Chain>,
     ctx: &BuildCtx<'_>,
 ) -> Result<Chain, Vec<ConfigError>> {
-    let reuse = |key: &str, spec: &serde_json::Value| {
-        previous?
+    // A filter that reads consumers is kept only while the consumers are unchanged.
+    let mut consumers_digest: Option<String> = None;
+    let mut reuse = |key: &str, spec: &serde_json::Value| {
+        let b = previous?
             .built()
             .iter()
-            .find(|b| b.key == key && b.spec == *spec)
-            .cloned()
+            .find(|b| b.key == key && b.spec == *spec)?;
+        if let Some(d) = b.filter.consumers_digest() {
+            let now =
+                consumers_digest.get_or_insert_with(|| consumers::Consumers::of(ctx).digest().to_string());
+            if d != now {
+                return None;
+            }
+        }
+        Some(b.clone())
     };
     let mut built = Vec::new();
     let mut errors = Vec::new();
@@ -135,16 +146,16 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
         .any(|f| kinds::find(&f.kind).is_some_and(|k| k.answers))
 }
 
-/// Checks every route's filters (the part of validation the config model leaves to the
-/// filter kinds): each spec, and that a route without backends has a filter that
-/// answers. Returns every error, with its path.
+/// Checks what the config model leaves to the filter kinds: every consumer's
+/// credentials (by each method's own check), every route's filter specs, and that a
+/// route without backends has a filter that answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
     let shared = Shared::default();
     let ctx = BuildCtx {
         config,
         shared: &shared,
     };
-    let mut errors = Vec::new();
+    let mut errors = consumers::validate(config, &ctx);
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Err(es) = build_chain(r, &path, None, &ctx) {

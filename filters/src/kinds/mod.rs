@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::filter::Filter;
 
+pub mod acl;
+pub mod auth;
 pub mod direct_response;
 pub mod headers;
 pub mod rate_limit;
@@ -69,6 +71,9 @@ pub struct Shared {
     /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
     /// Default: none (validation only).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The consumer table of the config last compiled, reused while the consumers stay
+    /// the same (see [`crate::consumers::Consumers::of`]). Default: empty.
+    pub consumers: crate::consumers::ConsumerCache,
 }
 
 impl std::fmt::Debug for Shared {
@@ -85,6 +90,10 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    auth::KIND,
+    crate::auth::key_auth::KIND,
+    crate::auth::basic_auth::KIND,
+    acl::KIND,
 ];
 
 /// The kind called `name`.
