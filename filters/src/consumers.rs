@@ -15,7 +15,7 @@
 //!   consumers-only change rebuilds the filters that read consumers.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -252,32 +252,8 @@ pub fn validate(config: &Config, ctx: &BuildCtx<'_>) -> Vec<ConfigError> {
 /// The consumers as the admin API and `sluice get` show them: every credential value
 /// replaced by `"<redacted>"`, keeping its method and field names.
 pub fn redacted(consumers: &[ConsumerConfig]) -> Vec<ConsumerConfig> {
-    consumers
-        .iter()
-        .map(|c| ConsumerConfig {
-            credentials: c
-                .credentials
-                .iter()
-                .map(|(k, v)| (k.clone(), redact_value(v)))
-                .collect::<BTreeMap<_, _>>(),
-            ..c.clone()
-        })
-        .collect()
+    consumers.iter().map(ConsumerConfig::redacted).collect()
 }
-
-/// `v` with every leaf (string, number, boolean) replaced by `"<redacted>"`.
-pub fn redact_value(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), redact_value(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(redact_value).collect()),
-        Value::Null => Value::Null,
-        _ => Value::String(REDACTED.into()),
-    }
-}
-
-/// What a redacted credential value reads.
-pub const REDACTED: &str = "<redacted>";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -233,6 +233,36 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_reading_consumers_is_rebuilt_when_they_change() {
+        let r = route("{id: r, upstream: u, filters: [{key_auth: {}}, {rate_limit: {requests: 5}}]}");
+        let shared = Shared::default();
+        let build = |consumers: &str, previous: Option<&Chain>| {
+            let config: Config = serde_yaml::from_str(consumers).unwrap();
+            let ctx = BuildCtx {
+                config: &config,
+                shared: &shared,
+            };
+            let digest = consumers::Consumers::of(&ctx).digest().to_string();
+            let chain = super::build_chain(&r, "routes[0]", previous, &ctx).unwrap();
+            assert!(chain.consumers_fresh(&digest));
+            chain
+        };
+        let a = "consumers: [{name: x, credentials: {key_auth: {keys: [k1]}}}]";
+        let first = build(a, None);
+        let same = build(a, Some(&first));
+        assert!(Arc::ptr_eq(&first.built()[0].filter, &same.built()[0].filter));
+        let changed = build(
+            "consumers: [{name: x, credentials: {key_auth: {keys: [k2]}}}]",
+            Some(&same),
+        );
+        assert!(!same.consumers_fresh(&consumers::Consumers::new(&[]).digest().to_string()));
+        assert!(!Arc::ptr_eq(&same.built()[0].filter, &changed.built()[0].filter));
+        // The rate limit (and its bucket) is kept.
+        assert!(Arc::ptr_eq(&same.built()[1].filter, &changed.built()[1].filter));
+        assert_eq!(changed.auth_methods(), ["key_auth"]);
+    }
+
+    #[test]
     fn spec_errors_name_the_full_path() {
         let r = route("{id: r, upstream: u, headers: {request: {set: {'bad h': x}}}, filters: [{redirect: {status: 301}}, {rate_limit: {requests: 1, pre: 1s}}, {nope: {}}]}");
         let errs: Vec<String> = build_chain(&r, "routes[3]", None)
