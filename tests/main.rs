@@ -9,6 +9,7 @@
 
 mod support;
 
+mod access_auth;
 mod access_log;
 mod admin;
 mod backends;
