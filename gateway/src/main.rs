@@ -421,7 +421,16 @@ fn validate(path: &std::path::Path) -> ExitCode {
 /// or empty (<https://no-color.org>).
 fn init_tracing() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+    // Pingora's debug logs print whole request headers and bodies (credentials
+    // included): they stay off under a plain `SLUICE_LOG=debug` and need naming
+    // (`SLUICE_LOG=debug,pingora_proxy=debug`).
+    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if directives.contains("pingora") {
+        directives
+    } else {
+        format!("{directives},pingora_proxy=info,pingora_core=info")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
