@@ -160,6 +160,13 @@ enum Command {
         #[arg(long)]
         show_credentials: bool,
     },
+    /// Hash a password (read from stdin, one line) for a consumer's
+    /// `credentials.basic_auth.password_hash`: argon2id by default.
+    HashPassword {
+        /// bcrypt (cost 12) instead of argon2id.
+        #[arg(long)]
+        bcrypt: bool,
+    },
     /// Show what `apply` would change in etcd; exit 1 when there are changes.
     Diff {
         #[command(flatten)]
@@ -255,6 +262,23 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::HashPassword { bcrypt } => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                return fail(e);
+            }
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return fail("no password on stdin");
+            }
+            match sluice_filters::auth::basic_auth::hash_password(password, bcrypt) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Get {
             etcd,
             show_credentials,

@@ -138,6 +138,22 @@ impl PasswordHash {
     }
 }
 
+/// Hashes `password` for a consumer's `password_hash`: argon2id with the crate's
+/// default parameters (a PHC string), or bcrypt with cost 12. What
+/// `sluice hash-password` prints.
+pub fn hash_password(password: &str, bcrypt: bool) -> Result<String, String> {
+    if bcrypt {
+        return bcrypt::hash(password, 12).map_err(|e| e.to_string());
+    }
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Every consumer's basic-auth user.
 #[derive(Debug, Default)]
 pub struct UserIndex {
@@ -435,6 +451,16 @@ mod tests {
         let (flow, _) = run(&*f, &[("authorization", "Bearer x")], None);
         let Flow::Reject(r) = flow else { panic!() };
         assert_eq!(r.message, crate::auth::MISSING);
+    }
+
+    #[test]
+    fn hash_password_makes_hashes_the_method_accepts() {
+        for bcrypt in [false, true] {
+            let h = hash_password("s3cret", bcrypt).unwrap();
+            let parsed = PasswordHash::parse(&h).unwrap();
+            assert!(parsed.verify(b"s3cret"));
+            assert!(!parsed.verify(b"s3cret!"));
+        }
     }
 
     #[test]
