@@ -362,10 +362,16 @@ impl AuthFilter {
             Some(a) => match Acl::new(a) {
                 Ok(acl) => Some(acl),
                 Err(es) => {
-                    errors.extend(
-                        es.into_iter()
-                            .map(|e| SpecError::at(format!("acl.{}", e.path), e.message)),
-                    );
+                    errors.extend(es.into_iter().map(|e| {
+                        SpecError::at(
+                            if e.path.is_empty() {
+                                "acl".into()
+                            } else {
+                                format!("acl.{}", e.path)
+                            },
+                            e.message,
+                        )
+                    }));
                     None
                 }
             },
