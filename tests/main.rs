@@ -10,6 +10,7 @@
 mod support;
 
 mod access_jwt;
+mod access_auth;
 mod access_log;
 mod admin;
 mod backends;

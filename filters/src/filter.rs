@@ -183,6 +183,13 @@ pub struct FilterCtx {
     pub identity: Option<Identity>,
     /// Which backend should serve the request. Default: [`BackendHint::Split`].
     pub backend: BackendHint,
+    /// What the last authentication filter decided (method and outcome), for
+    /// `sluice_auth_total` and for later auth filters (a consumer already identified
+    /// satisfies them). Default: none.
+    pub auth: Option<crate::auth::AuthNote>,
+    /// Query parameters to remove from the request sent upstream (a key-auth credential
+    /// taken from the query). Default: none.
+    pub strip_query_params: Vec<Arc<str>>,
 }
 
 /// The finished request, as the completion phase sees it.
@@ -277,6 +284,20 @@ pub trait Filter: Send + Sync {
     /// Runs once the request has ended, whatever the outcome. It must not block: hand
     /// slow work to another thread. Default: nothing.
     fn on_complete(&self, _done: &Completion<'_>) {}
+
+    /// The digest of the consumer table this filter was built against, for filters that
+    /// read consumers (authentication): a reload whose consumers changed rebuilds such a
+    /// filter even when its own spec and its route are unchanged. Default: `None` (the
+    /// filter does not read consumers).
+    fn consumers_digest(&self) -> Option<&str> {
+        None
+    }
+
+    /// The authentication methods this filter runs, e.g. `["key_auth", "basic_auth"]`,
+    /// for `/api/v1/routes` and the `sluice_auth_total` handles. Default: none.
+    fn auth_methods(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// One built filter of a chain, with what it was built from, so a reload can keep it
@@ -395,6 +416,30 @@ impl Chain {
         for f in &self.complete {
             f.on_complete(done);
         }
+    }
+
+    /// Whether every filter that reads consumers was built against the consumer table
+    /// whose digest is `digest` (see [`Filter::consumers_digest`]).
+    pub fn consumers_fresh(&self, digest: &str) -> bool {
+        self.built
+            .iter()
+            .all(|b| b.filter.consumers_digest().is_none_or(|d| d == digest))
+    }
+
+    /// Whether a filter reads consumers.
+    pub fn uses_consumers(&self) -> bool {
+        self.built.iter().any(|b| b.filter.consumers_digest().is_some())
+    }
+
+    /// The authentication methods of the chain's filters, in order, without repeats.
+    pub fn auth_methods(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for m in self.built.iter().flat_map(|b| b.filter.auth_methods()) {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
     }
 
     /// Whether any filter takes part in the request phase.

@@ -12,6 +12,8 @@
 use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
 
+pub mod auth;
+pub mod consumers;
 pub mod filter;
 pub mod kinds;
 pub mod resilience;
@@ -53,12 +55,21 @@ pub fn build_chain(
     previous: Option<&Chain>,
     ctx: &BuildCtx<'_>,
 ) -> Result<Chain, Vec<ConfigError>> {
-    let reuse = |key: &str, spec: &serde_json::Value| {
-        previous?
+    // A filter that reads consumers is kept only while the consumers are unchanged.
+    let mut consumers_digest: Option<String> = None;
+    let mut reuse = |key: &str, spec: &serde_json::Value| {
+        let b = previous?
             .built()
             .iter()
-            .find(|b| b.key == key && b.spec == *spec)
-            .cloned()
+            .find(|b| b.key == key && b.spec == *spec)?;
+        if let Some(d) = b.filter.consumers_digest() {
+            let now =
+                consumers_digest.get_or_insert_with(|| consumers::Consumers::of(ctx).digest().to_string());
+            if d != now {
+                return None;
+            }
+        }
+        Some(b.clone())
     };
     let mut built = Vec::new();
     let mut errors = Vec::new();
@@ -135,16 +146,16 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
         .any(|f| kinds::find(&f.kind).is_some_and(|k| k.answers))
 }
 
-/// Checks every route's filters (the part of validation the config model leaves to the
-/// filter kinds): each spec, and that a route without backends has a filter that
-/// answers. Returns every error, with its path.
+/// Checks what the config model leaves to the filter kinds: every consumer's
+/// credentials (by each method's own check), every route's filter specs, and that a
+/// route without backends has a filter that answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
     let shared = Shared::default();
     let ctx = BuildCtx {
         config,
         shared: &shared,
     };
-    let mut errors = Vec::new();
+    let mut errors = consumers::validate(config, &ctx);
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Err(es) = build_chain(r, &path, None, &ctx) {
@@ -219,6 +230,36 @@ mod tests {
         let c = route("{id: r, upstream: u, filters: [{rate_limit: {requests: 6, per: 1m}}]}");
         let third = build_chain(&c, "routes[0]", Some(&second)).unwrap();
         assert!(!Arc::ptr_eq(&second.built()[0].filter, &third.built()[0].filter));
+    }
+
+    #[test]
+    fn a_filter_reading_consumers_is_rebuilt_when_they_change() {
+        let r = route("{id: r, upstream: u, filters: [{key_auth: {}}, {rate_limit: {requests: 5}}]}");
+        let shared = Shared::default();
+        let build = |consumers: &str, previous: Option<&Chain>| {
+            let config: Config = serde_yaml::from_str(consumers).unwrap();
+            let ctx = BuildCtx {
+                config: &config,
+                shared: &shared,
+            };
+            let digest = consumers::Consumers::of(&ctx).digest().to_string();
+            let chain = super::build_chain(&r, "routes[0]", previous, &ctx).unwrap();
+            assert!(chain.consumers_fresh(&digest));
+            chain
+        };
+        let a = "consumers: [{name: x, credentials: {key_auth: {keys: [k1]}}}]";
+        let first = build(a, None);
+        let same = build(a, Some(&first));
+        assert!(Arc::ptr_eq(&first.built()[0].filter, &same.built()[0].filter));
+        let changed = build(
+            "consumers: [{name: x, credentials: {key_auth: {keys: [k2]}}}]",
+            Some(&same),
+        );
+        assert!(!same.consumers_fresh(&consumers::Consumers::new(&[]).digest().to_string()));
+        assert!(!Arc::ptr_eq(&same.built()[0].filter, &changed.built()[0].filter));
+        // The rate limit (and its bucket) is kept.
+        assert!(Arc::ptr_eq(&same.built()[1].filter, &changed.built()[1].filter));
+        assert_eq!(changed.auth_methods(), ["key_auth"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!  "method":"GET","host":"api.example.com","path":"/users/7","status":200,
 //!  "bytes_in":0,"bytes_out":512,"duration_ms":1.234,"upstream":"10.0.0.7:8080",
 //!  "upstream_ms":null,"route":"users","backend":"users-v1","retries":0,
-//!  "breaker":"closed","user_agent":"curl/8.5.0","error":null}
+//!  "breaker":"closed","user_agent":"curl/8.5.0","error":null,"consumer":"alice"}
 //! ```
 
 use std::io::{self, BufWriter, Write};
@@ -69,6 +69,8 @@ pub struct AccessRecord {
     pub user_agent: Option<String>,
     /// The gateway's error code (`ErrorKind::code`), when it answered with an error.
     pub error: Option<&'static str>,
+    /// The consumer an authentication filter identified (never a credential).
+    pub consumer: Option<std::sync::Arc<str>>,
 }
 
 /// The JSON shape of a line.
@@ -92,6 +94,7 @@ struct Line<'a> {
     breaker: Option<&'static str>,
     user_agent: Option<&'a str>,
     error: Option<&'static str>,
+    consumer: Option<&'a str>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -120,6 +123,7 @@ impl AccessRecord {
             breaker: self.breaker.map(BreakerState::as_str),
             user_agent: self.user_agent.as_deref(),
             error: self.error,
+            consumer: self.consumer.as_deref(),
         };
         // Serializing plain strings and numbers into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut *out, &line);
@@ -275,6 +279,7 @@ mod tests {
             breaker: Some(BreakerState::HalfOpen),
             user_agent: Some("curl/8.5.0".into()),
             error: None,
+            consumer: Some("alice".into()),
         }
     }
 
@@ -289,7 +294,7 @@ mod tests {
         );
         assert_eq!(
             text.trim_end(),
-            r#"{"time":"2025-12-01T19:40:03.123Z","request_id":"abc","client":"127.0.0.1","method":"POST","host":"api.example.com","path":"/users/7","status":201,"bytes_in":12,"bytes_out":345,"duration_ms":1.5,"upstream":"10.0.0.7:8080","upstream_ms":1.0,"route":"users","backend":"users-v1","retries":1,"breaker":"half_open","user_agent":"curl/8.5.0","error":null}"#
+            r#"{"time":"2025-12-01T19:40:03.123Z","request_id":"abc","client":"127.0.0.1","method":"POST","host":"api.example.com","path":"/users/7","status":201,"bytes_in":12,"bytes_out":345,"duration_ms":1.5,"upstream":"10.0.0.7:8080","upstream_ms":1.0,"route":"users","backend":"users-v1","retries":1,"breaker":"half_open","user_agent":"curl/8.5.0","error":null,"consumer":"alice"}"#
         );
         let unrouted = AccessRecord {
             route: None,

@@ -46,6 +46,7 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .route("/api/v1/config", get(config))
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/upstreams", get(upstreams))
+        .route("/api/v1/consumers", get(consumers))
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .route("/api/v1/stats", get(crate::dashboard::stats))
@@ -193,10 +194,27 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-async fn config(State(g): State<Arc<Gateway>>) -> Json<Value> {
+/// Query of `/api/v1/config`.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ConfigQuery {
+    /// `config`: also return the serving config itself (credentials redacted).
+    include: Option<String>,
+}
+
+async fn config(
+    State(g): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<ConfigQuery>,
+) -> Json<Value> {
     let s = g.snapshot();
     let p = g.provenance();
+    let body = q
+        .include
+        .as_deref()
+        .filter(|i| *i == "config")
+        .map(|_| serde_json::to_value(redacted_config(&s.config)).unwrap_or(Value::Null));
     Json(json!({
+        "config": body,
         "version": s.version,
         "hash": s.hash,
         "source": p.source,
@@ -234,10 +252,38 @@ async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
                     "served_by_fallback": b.served_by_fallback.as_ref().map(prometheus::IntCounter::get),
                 })).collect::<Vec<_>>(),
                 "filters": r.chain.kinds(),
+                "auth": r.chain.auth_methods(),
             })
         })
         .collect();
     Json(json!({ "version": s.version, "routes": list }))
+}
+
+/// `/api/v1/consumers`: every consumer's name, groups and the methods it has
+/// credentials for; never a credential.
+async fn consumers(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    let s = g.snapshot();
+    let list: Vec<Value> = s
+        .config
+        .consumers
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "groups": c.groups,
+                "methods": c.credentials.keys().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "version": s.version, "consumers": list }))
+}
+
+/// The config as the admin API shows it: consumers' credential values redacted.
+pub fn redacted_config(c: &sluice_config::Config) -> sluice_config::Config {
+    sluice_config::Config {
+        consumers: c.consumers.iter().map(|c| c.redacted()).collect(),
+        ..c.clone()
+    }
 }
 
 async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {

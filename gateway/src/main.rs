@@ -4,7 +4,7 @@
 //!   routes and upstreams from etcd, reloading on every change.
 //! - `sluice validate --config PATH` checks a config and prints every error with its
 //!   field path.
-//! - `sluice apply|get|diff --etcd URL,...` manage the routes and upstreams kept in etcd.
+//! - `sluice apply|get|diff --etcd URL,...` manage the routes, upstreams and consumers kept in etcd.
 //! - `sluice echo` runs a demo backend.
 
 use std::path::PathBuf;
@@ -144,7 +144,7 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate routes and upstreams locally, then write them to etcd in one transaction.
+    /// Validate routes, upstreams and consumers locally, then write them to etcd in one transaction.
     Apply {
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -155,10 +155,21 @@ enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Print the routes and upstreams kept in etcd, as YAML.
+    /// Print the routes, upstreams and consumers kept in etcd, as YAML (consumers'
+    /// credential values redacted).
     Get {
         #[command(flatten)]
         etcd: EtcdArgs,
+        /// Print consumers' credentials as stored instead of `<redacted>`.
+        #[arg(long)]
+        show_credentials: bool,
+    },
+    /// Hash a password (read from stdin, one line) for a consumer's
+    /// `credentials.basic_auth.password_hash`: argon2id by default.
+    HashPassword {
+        /// bcrypt (cost 12) instead of argon2id.
+        #[arg(long)]
+        bcrypt: bool,
     },
     /// Show what `apply` would change in etcd; exit 1 when there are changes.
     Diff {
@@ -172,7 +183,7 @@ enum Command {
 /// The file `apply` and `diff` compare with etcd.
 #[derive(Args)]
 struct ChangeArgs {
-    /// File with `routes:` and `upstreams:` (YAML or JSON).
+    /// File with `routes:`, `upstreams:` and `consumers:` (YAML or JSON).
     #[arg(short, long)]
     file: PathBuf,
     /// Also delete (for `diff`: show the deletion of) the routes and upstreams in etcd
@@ -256,8 +267,33 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Get { etcd } => etcd_command(&etcd, |opts| async move {
-            print!("{}", etcd::get(&opts).await.map_err(|e| e.to_string())?);
+        Command::HashPassword { bcrypt } => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                return fail(e);
+            }
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return fail("no password on stdin");
+            }
+            match sluice_filters::auth::basic_auth::hash_password(password, bcrypt) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Get {
+            etcd,
+            show_credentials,
+        } => etcd_command(&etcd, |opts| async move {
+            print!(
+                "{}",
+                etcd::get_with(&opts, show_credentials)
+                    .await
+                    .map_err(|e| e.to_string())?
+            );
             Ok(ExitCode::SUCCESS)
         }),
         Command::Diff {
@@ -293,24 +329,42 @@ fn declares_nothing(text: &str) -> bool {
         return false;
     };
     let empty = |k: &str| doc.get(k).and_then(|v| v.as_array()).is_none_or(Vec::is_empty);
-    empty("routes") && empty("upstreams")
+    empty("routes") && empty("upstreams") && empty("consumers")
 }
 
 /// The filter kinds' own checks on a document's routes, which the etcd plan's
 /// validation (the config model only) leaves out. A document that does not parse is left
 /// to `apply` to report.
 fn filter_errors(text: &str) -> Vec<sluice_config::ConfigError> {
-    let routes = sluice_config::validate::parse_value(text)
-        .ok()
-        .and_then(|doc| doc.get("routes").cloned())
-        .and_then(|r| serde_json::from_value::<Vec<sluice_config::model::RouteConfig>>(r).ok());
-    let Some(routes) = routes else {
+    let Ok(doc) = sluice_config::validate::parse_value(text) else {
         return Vec::new();
     };
-    sluice_filters::validate_filters(&sluice_config::Config {
+    let routes = match doc.get("routes").cloned() {
+        None => Vec::new(),
+        Some(r) => match serde_json::from_value::<Vec<sluice_config::model::RouteConfig>>(r) {
+            Ok(r) => r,
+            Err(_) => return Vec::new(),
+        },
+    };
+    let consumers = match doc.get("consumers").cloned() {
+        None => None,
+        Some(c) => match serde_json::from_value::<Vec<sluice_config::model::ConsumerConfig>>(c) {
+            Ok(c) => Some(c),
+            Err(_) => return Vec::new(),
+        },
+    };
+    let has_consumers = consumers.is_some();
+    let errors = sluice_filters::validate_filters(&sluice_config::Config {
         routes,
+        consumers: consumers.unwrap_or_default(),
         ..Default::default()
-    })
+    });
+    // A document without consumers may name ones kept in etcd (checked with them when
+    // the gateway composes its config).
+    errors
+        .into_iter()
+        .filter(|e| has_consumers || !e.path.ends_with(".anonymous"))
+        .collect()
 }
 
 /// Refuses a document whose filters do not validate, listing those errors after the
@@ -396,7 +450,16 @@ fn validate(path: &std::path::Path) -> ExitCode {
 /// or empty (<https://no-color.org>).
 fn init_tracing() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+    // Pingora's debug logs print whole request headers and bodies (credentials
+    // included): they stay off under a plain `SLUICE_LOG=debug` and need naming
+    // (`SLUICE_LOG=debug,pingora_proxy=debug`).
+    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let directives = if directives.contains("pingora") {
+        directives
+    } else {
+        format!("{directives},pingora_proxy=info,pingora_core=info")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()

@@ -57,6 +57,10 @@ pub struct Metrics {
     /// `sluice_access_log_dropped_total`: access-log records dropped because the writer
     /// fell behind (its queue was full).
     pub access_log_dropped: IntCounter,
+    /// `sluice_auth_total{route, method, outcome}`: authentication decisions; `method`
+    /// is an authentication method's name (or `any`), `outcome` one of `ok`, `missing`,
+    /// `invalid`, `forbidden`, `anonymous`.
+    pub auth: IntCounterVec,
     unrouted: RouteMetrics,
 }
 
@@ -181,8 +185,14 @@ impl Metrics {
             "sluice_access_log_dropped_total",
             "Access-log records dropped because the log writer fell behind.",
         ));
+        let auth = counter(
+            "sluice_auth_total",
+            "Authentication decisions, by route, method and outcome.",
+            &["route", "method", "outcome"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(source_connected.clone()),
             Box::new(source_revision.clone()),
@@ -226,6 +236,7 @@ impl Metrics {
             source_connected,
             source_revision,
             access_log_dropped,
+            auth,
             unrouted,
         }
     }
@@ -252,6 +263,17 @@ impl Metrics {
         }
     }
 
+    /// The `sluice_auth_total` handles of route `route` for `methods` (and `any`).
+    pub fn auth_for(&self, route: &str, methods: &[&'static str]) -> AuthMetrics {
+        let mut handles = Vec::with_capacity(methods.len() + 1);
+        for m in methods.iter().copied().chain([sluice_filters::auth::ANY]) {
+            let outcomes = sluice_filters::auth::AuthResult::ALL
+                .map(|o| self.auth.with_label_values(&[route, m, o.as_str()]));
+            handles.push((m, outcomes));
+        }
+        AuthMetrics { handles }
+    }
+
     /// Handles for requests no route matched.
     pub fn unrouted(&self) -> &RouteMetrics {
         &self.unrouted
@@ -273,6 +295,23 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Pre-resolved `sluice_auth_total` handles of one route: per method, one per outcome.
+#[derive(Debug, Clone)]
+pub struct AuthMetrics {
+    handles: Vec<(&'static str, [IntCounter; 5])>,
+}
+
+impl AuthMetrics {
+    /// Counts one authentication decision (a method the route does not run is not
+    /// counted).
+    #[inline]
+    pub fn observe(&self, note: sluice_filters::auth::AuthNote) {
+        if let Some((_, h)) = self.handles.iter().find(|(m, _)| *m == note.method) {
+            h[note.outcome.index()].inc();
+        }
     }
 }
 

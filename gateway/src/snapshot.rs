@@ -21,7 +21,7 @@ use sluice_filters::router::Router;
 use sluice_filters::weighted::WeightedSequence;
 use sluice_filters::Chain;
 
-use crate::metrics::{RetryMetrics, RouteMetrics};
+use crate::metrics::{AuthMetrics, RetryMetrics, RouteMetrics};
 use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
@@ -67,6 +67,8 @@ pub struct Route {
     pub rewrite: Option<Arc<PathRewrite>>,
     /// The route's metric handles.
     pub metrics: Arc<RouteMetrics>,
+    /// `sluice_auth_total` handles, when the route's filters authenticate.
+    pub auth_metrics: Option<Arc<AuthMetrics>>,
 }
 
 impl Route {
@@ -170,6 +172,15 @@ impl Snapshot {
                     .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
             ),
         };
+        let ctx = sluice_filters::BuildCtx {
+            config: &config,
+            shared: &state.filters,
+        };
+        // Consumers' credentials are checked by their methods (the model checks names).
+        errors.extend(sluice_filters::consumers::validate(&config, &ctx));
+        let consumers_digest = sluice_filters::consumers::Consumers::of(&ctx)
+            .digest()
+            .to_string();
         let old_routes: HashMap<&str, &Route> = previous
             .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
             .unwrap_or_default();
@@ -183,10 +194,8 @@ impl Snapshot {
                 &upstreams,
                 old_routes.get(r.id.as_str()).copied(),
                 state,
-                &sluice_filters::BuildCtx {
-                    config: &config,
-                    shared: &state.filters,
-                },
+                &ctx,
+                &consumers_digest,
             ) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),
@@ -288,11 +297,14 @@ fn compile_route(
     old: Option<&Route>,
     state: &SharedState,
     ctx: &sluice_filters::BuildCtx<'_>,
+    consumers_digest: &str,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
     // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
     let missing_backend = sluice_filters::missing_backend(r, path);
-    let (chain, rewrite) = match old.filter(|o| o.hash == hash) {
+    // An unchanged route keeps its chain, unless a filter of it reads consumers and the
+    // consumers changed (then `build_chain` rebuilds just those filters).
+    let (chain, rewrite) = match old.filter(|o| o.hash == hash && o.chain.consumers_fresh(consumers_digest)) {
         Some(o) => (o.chain.clone(), o.rewrite.clone()),
         None => (
             Arc::new(
@@ -361,9 +373,16 @@ fn compile_route(
         Some(o) if o.backends.iter().map(|b| b.weight).eq(weights.iter().copied()) => o.split.clone(),
         _ => Arc::new(WeightedSequence::new(&weights)),
     };
+    let auth_methods = chain.auth_methods();
+    let auth_metrics = match old {
+        Some(o) if Arc::ptr_eq(&o.chain, &chain) => o.auth_metrics.clone(),
+        _ if auth_methods.is_empty() => None,
+        _ => Some(Arc::new(metrics.auth_for(&r.id, &auth_methods))),
+    };
     Ok(Route {
         id: r.id.clone(),
         hash,
+        auth_metrics,
         chain,
         backends,
         split,

@@ -54,6 +54,45 @@ pub struct ConsumerConfig {
     pub credentials: BTreeMap<String, serde_json::Value>,
 }
 
+/// What a redacted credential value reads in admin output and `sluice get`.
+pub const REDACTED: &str = "<redacted>";
+
+impl ConsumerConfig {
+    /// This consumer with every credential value replaced by [`REDACTED`] (method and
+    /// field names kept), for the admin API, `sluice get` and `sluice diff`.
+    pub fn redacted(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            credentials: self
+                .credentials
+                .iter()
+                .map(|(k, v)| (k.clone(), redact_value(v)))
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// `v` with every leaf (string, number, boolean) replaced by [`REDACTED`].
+pub fn redact_value(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), redact_value(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(redact_value).collect()),
+        Value::Null => Value::Null,
+        _ => Value::String(REDACTED.into()),
+    }
+}
+
+/// A consumer as a raw JSON value (an etcd object, a document's list item) with the
+/// values under its `credentials` redacted; anything else is kept as it is.
+pub fn redact_consumer_value(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(c) = v.get_mut("credentials") {
+        *c = redact_value(c);
+    }
+    v
+}
+
 /// Process-wide settings. Changing these needs a restart (or a graceful upgrade).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -249,6 +249,17 @@ pub struct FileRef<'a> {
     pub pem_label: &'static str,
 }
 
+/// A parse error's message, without the value it quotes when the path is inside a
+/// consumer's credentials (serde's "invalid type: string \"…\"" would print a secret).
+fn hide_credential(path: &str, message: String) -> String {
+    let in_credentials = path.starts_with("consumers[") && path.contains(".credentials");
+    if in_credentials && (message.starts_with("invalid type") || message.starts_with("invalid value")) {
+        "invalid value (not shown: it may be a credential)".into()
+    } else {
+        message
+    }
+}
+
 /// Deserializes a value already parsed, reporting the path of the first field that does
 /// not fit the model.
 pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigErrors> {
@@ -309,8 +320,8 @@ impl Config {
                     let original = remap.original(&err.path);
                     let set_aside = set_aside(&mut value, &err.path, &mut remap, &mut aside);
                     errors.push(ConfigError {
+                        message: hide_credential(&original, err.message),
                         path: original.clone(),
-                        message: err.message,
                     });
                     match set_aside {
                         Some(removed) => removed_paths.push(removed),
@@ -485,6 +496,16 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether `name` is usable as a consumer or group name: 1–128 of `[A-Za-z0-9._@-]`
+/// (it goes into etcd keys, upstream headers and the access log as is).
+pub fn is_valid_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
 /// Whether `pattern` is a valid host pattern: a DNS name, or `*.` followed by one.
 pub fn is_valid_host_pattern(pattern: &str) -> bool {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
@@ -598,6 +619,34 @@ impl Validator<'_> {
         let mut route_ids = HashSet::new();
         for (i, r) in c.routes.iter().enumerate() {
             self.route(&format!("routes[{i}]"), r, &mut route_ids, &upstream_ids);
+        }
+        let mut consumer_names = HashSet::new();
+        for (i, consumer) in c.consumers.iter().enumerate() {
+            self.consumer(&format!("consumers[{i}]"), consumer, &mut consumer_names);
+        }
+    }
+
+    /// A consumer's name and groups; its credentials are checked by each method's filter
+    /// kind (`sluice_filters::validate_filters`).
+    fn consumer(&mut self, p: &str, c: &crate::model::ConsumerConfig, names: &mut HashSet<String>) {
+        if !is_valid_consumer_name(&c.name) {
+            self.err(
+                format!("{p}.name"),
+                format!("invalid consumer name {:?}: use 1-128 of [A-Za-z0-9._@-]", c.name),
+            );
+        } else if !names.insert(c.name.clone()) {
+            self.err(format!("{p}.name"), format!("duplicate consumer {:?}", c.name));
+        }
+        let mut groups = HashSet::new();
+        for (j, g) in c.groups.iter().enumerate() {
+            if !is_valid_consumer_name(g) {
+                self.err(
+                    format!("{p}.groups[{j}]"),
+                    format!("invalid group name {g:?}: use 1-128 of [A-Za-z0-9._@-]"),
+                );
+            } else if !groups.insert(g.as_str()) {
+                self.err(format!("{p}.groups[{j}]"), format!("group {g:?} is listed twice"));
+            }
         }
     }
 
@@ -878,6 +927,33 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn a_credential_that_does_not_parse_is_not_echoed() {
+        let text = format!("{BASE}consumers: [{{name: a, credentials: 'hunter2-secret'}}]");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("consumers[0].credentials: invalid value (not shown"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn consumer_names_and_groups_are_checked() {
+        let text = format!(
+            "{BASE}consumers: [{{name: alice@x, groups: [staff, staff]}}, {{name: alice@x}}, {{name: 'bad/name', groups: ['a,b']}}]"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "consumers[0].groups[1]: group \"staff\" is listed twice",
+                "consumers[1].name: duplicate consumer \"alice@x\"",
+                "consumers[2].name: invalid consumer name \"bad/name\": use 1-128 of [A-Za-z0-9._@-]",
+                "consumers[2].groups[0]: invalid group name \"a,b\": use 1-128 of [A-Za-z0-9._@-]",
+            ]
+        );
     }
 
     #[test]

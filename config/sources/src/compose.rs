@@ -20,6 +20,10 @@ pub struct Resources {
     pub routes: BTreeMap<String, serde_json::Value>,
     /// Upstreams by id (the last segment of `{prefix}/upstreams/{id}`). Default: none.
     pub upstreams: BTreeMap<String, serde_json::Value>,
+    /// Consumers by name (the last segment of `{prefix}/consumers/{name}`).
+    /// Default: none.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, serde_json::Value>,
     /// Keys that could not be read: the value is neither JSON nor YAML, the key is of an
     /// unknown or unsupported kind, or its id is invalid. The path of each error is the
     /// full etcd key (`/sluice/routes/foo`). Default: none.
@@ -28,15 +32,25 @@ pub struct Resources {
     pub revision: i64,
 }
 
-/// The two kinds of resource etcd holds, in the order they are composed.
-const KINDS: [&str; 2] = ["upstreams", "routes"];
+/// The kinds of resource etcd holds, in the order they are composed.
+const KINDS: [&str; 3] = ["upstreams", "routes", "consumers"];
+
+/// The field that names an object of `kind`, and that its key's last segment gives:
+/// `name` for consumers, `id` for the others.
+pub fn id_field(kind: &str) -> &'static str {
+    if kind == "consumers" {
+        "name"
+    } else {
+        "id"
+    }
+}
 
 impl Resources {
     fn kind(&self, kind: &str) -> &BTreeMap<String, serde_json::Value> {
-        if kind == "routes" {
-            &self.routes
-        } else {
-            &self.upstreams
+        match kind {
+            "routes" => &self.routes,
+            "consumers" => &self.consumers,
+            _ => &self.upstreams,
         }
     }
 }
@@ -110,7 +124,7 @@ pub fn compose_all(
             .flatten()
             .enumerate()
         {
-            if let Some(id) = item.get("id").and_then(|v| v.as_str()) {
+            if let Some(id) = item.get(id_field(kind)).and_then(|v| v.as_str()) {
                 ids.entry(id.to_string())
                     .or_insert_with(|| base_path(base_origin, &format!("{kind}[{i}]")));
             }
@@ -154,9 +168,10 @@ pub fn compose_all(
                     });
                     continue;
                 };
-                match obj.get("id") {
+                let field = id_field(kind);
+                match obj.get(field) {
                     None => {
-                        obj.insert("id".into(), serde_json::Value::String(id.clone()));
+                        obj.insert(field.into(), serde_json::Value::String(id.clone()));
                     }
                     Some(serde_json::Value::String(given)) if given == id => {}
                     Some(given) => {
@@ -164,16 +179,16 @@ pub fn compose_all(
                             set_aside_upstreams.insert(id.clone());
                         }
                         errors.push(ConfigError {
-                            path: format!("{key}.id"),
-                            message: format!("id {given} does not match the key's id {id:?}"),
+                            path: format!("{key}.{field}"),
+                            message: format!("{field} {given} does not match the key's {field} {id:?}"),
                         });
                         continue;
                     }
                 }
                 if let Some(first) = ids.get(id) {
                     errors.push(ConfigError {
-                        path: format!("{key}.id"),
-                        message: format!("duplicate id {id:?}: also defined at {first}"),
+                        path: format!("{key}.{field}"),
+                        message: format!("duplicate {field} {id:?}: also defined at {first}"),
                     });
                     continue;
                 }
@@ -268,9 +283,39 @@ mod tests {
         Resources {
             routes: map(routes),
             upstreams: map(upstreams),
+            consumers: BTreeMap::new(),
             errors: Vec::new(),
             revision: 7,
         }
+    }
+
+    #[test]
+    fn consumers_from_etcd_are_named_by_their_key() {
+        let mut res = resources(&[], &[]);
+        res.consumers
+            .insert("bob".into(), serde_yaml::from_str("{groups: [g]}").unwrap());
+        res.consumers
+            .insert("eve".into(), serde_yaml::from_str("{name: mallory}").unwrap());
+        res.consumers
+            .insert("alice".into(), serde_yaml::from_str("{}").unwrap());
+        let base = format!("{BASE}consumers: [{{name: alice}}]\n");
+        assert_eq!(
+            errors(&base, &res),
+            [
+                "/sluice/consumers/alice.name: duplicate name \"alice\": also defined at sluice.yaml: consumers[0]",
+                "/sluice/consumers/eve.name: name \"mallory\" does not match the key's name \"eve\"",
+            ]
+        );
+        res.consumers.remove("alice");
+        res.consumers.remove("eve");
+        let c = compose(
+            parse_value(&base).unwrap(),
+            "sluice.yaml",
+            Some(("/sluice", &res)),
+        )
+        .unwrap();
+        assert_eq!(c.consumers[1].name, "bob");
+        assert_eq!(c.consumers[1].groups, ["g"]);
     }
 
     fn errors(base: &str, res: &Resources) -> Vec<String> {

@@ -4,7 +4,8 @@
 //! Key layout under a prefix (default `/sluice`):
 //!
 //! - `{prefix}/routes/{id}`: one [`sluice_config::model::RouteConfig`], as JSON or YAML;
-//! - `{prefix}/upstreams/{id}`: one [`sluice_config::model::UpstreamConfig`], as JSON or YAML.
+//! - `{prefix}/upstreams/{id}`: one [`sluice_config::model::UpstreamConfig`], as JSON or YAML;
+//! - `{prefix}/consumers/{name}`: one [`sluice_config::model::ConsumerConfig`], as JSON or YAML.
 //!
 //! `{prefix}/consumers/{id}` and `{prefix}/filters/{id}` are reserved and reported as not
 //! supported yet; any other key under the prefix is an error naming the key.
@@ -31,7 +32,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::compose::{canonical, compose, Resources};
-use sluice_config::validate::{is_valid_id, parse_value, ConfigError, ConfigErrors};
+use sluice_config::validate::{is_valid_consumer_name, is_valid_id, parse_value, ConfigError, ConfigErrors};
 
 /// How to reach etcd and where Sluice's keys live.
 #[derive(Clone)]
@@ -206,6 +207,7 @@ fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, EtcdError> {
 enum Kind {
     Routes,
     Upstreams,
+    Consumers,
 }
 
 impl Kind {
@@ -213,6 +215,7 @@ impl Kind {
         match self {
             Kind::Routes => "routes",
             Kind::Upstreams => "upstreams",
+            Kind::Consumers => "consumers",
         }
     }
 }
@@ -224,12 +227,20 @@ fn parse_key(range: &str, key: &str) -> Result<(Kind, String), String> {
     let kind = match kind {
         "routes" => Kind::Routes,
         "upstreams" => Kind::Upstreams,
-        "consumers" | "filters" => {
+        "consumers" => {
+            if !is_valid_consumer_name(id) {
+                return Err(format!(
+                    "invalid consumer name {id:?} in the key: use 1-128 of [A-Za-z0-9._@-]"
+                ));
+            }
+            return Ok((Kind::Consumers, id.to_string()));
+        }
+        "filters" => {
             return Err(format!("{kind} in etcd are not supported yet"));
         }
         other => {
             return Err(format!(
-                "unknown resource kind {other:?}; expected routes or upstreams"
+                "unknown resource kind {other:?}; expected routes, upstreams or consumers"
             ))
         }
     };
@@ -291,6 +302,9 @@ impl Store {
                 }
                 Ok(((Kind::Upstreams, id), value)) => {
                     res.upstreams.insert(id, value);
+                }
+                Ok(((Kind::Consumers, id), value)) => {
+                    res.consumers.insert(id, value);
                 }
                 Err(message) => res.errors.push(ConfigError {
                     path: key.clone(),
@@ -648,7 +662,7 @@ fn document_items(
     let Some(map) = doc.as_object() else {
         return Err(EtcdError::Invalid(ConfigErrors::one(
             "",
-            "expected a map with `routes` and `upstreams`",
+            "expected a map with `routes`, `upstreams` and `consumers`",
         )));
     };
     let mut errors = Vec::new();
@@ -657,23 +671,32 @@ fn document_items(
         let kind = match key.as_str() {
             "routes" => Kind::Routes,
             "upstreams" => Kind::Upstreams,
+            "consumers" => Kind::Consumers,
             _ => {
                 errors.push(ConfigError {
                     path: key.clone(),
-                    message: "only `routes` and `upstreams` are stored in etcd".into(),
+                    message: "only `routes`, `upstreams` and `consumers` are stored in etcd".into(),
                 });
                 continue;
             }
         };
+        let field = crate::compose::id_field(kind.as_str());
+        let valid = |id: &str| {
+            if kind == Kind::Consumers {
+                is_valid_consumer_name(id)
+            } else {
+                is_valid_id(id)
+            }
+        };
         for (i, item) in value.as_array().into_iter().flatten().enumerate() {
-            match item.get("id").and_then(|v| v.as_str()) {
-                Some(id) if is_valid_id(id) => {
+            match item.get(field).and_then(|v| v.as_str()) {
+                Some(id) if valid(id) => {
                     items.insert(format!("{}/{}/{id}", opts.base(), kind.as_str()), canonical(item));
                 }
                 // Invalid or missing ids are reported by validation.
                 _ => errors.push(ConfigError {
-                    path: format!("{}[{i}].id", kind.as_str()),
-                    message: "a valid id is required to name the etcd key".into(),
+                    path: format!("{}[{i}].{field}", kind.as_str()),
+                    message: format!("a valid {field} is required to name the etcd key"),
                 }),
             }
         }
@@ -719,18 +742,22 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
         touched: Vec::new(),
     };
     for (key, value) in &wanted {
-        let new_yaml = to_yaml(value);
+        let new_yaml = to_yaml(&shown(key, value));
         let json = serde_json::to_string(value).map_err(|e| EtcdError::Options(e.to_string()))?;
         match store.entries.get(key) {
             Some(Entry { value: Ok(old), .. }) if canonical(old) == *value => plan.unchanged += 1,
             Some(entry) => {
-                let old_yaml = entry_yaml(entry);
+                let old_yaml = entry_yaml(key, entry);
                 plan.touched.push((key.clone(), entry.mod_revision));
+                let mut diff = line_diff(&old_yaml, &new_yaml);
+                if old_yaml == new_yaml {
+                    diff.push_str("~ credentials changed (values not shown)\n");
+                }
                 plan.changes.push((
                     Change {
                         kind: ChangeKind::Update,
                         key: key.clone(),
-                        diff: line_diff(&old_yaml, &new_yaml),
+                        diff,
                     },
                     Some(json),
                 ));
@@ -750,7 +777,7 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
             if wanted.contains_key(key) {
                 continue;
             }
-            let old_yaml = entry_yaml(entry);
+            let old_yaml = entry_yaml(key, entry);
             plan.touched.push((key.clone(), entry.mod_revision));
             plan.changes.push((
                 Change {
@@ -840,6 +867,13 @@ pub async fn diff(opts: &EtcdOptions, text: &str, prune: bool) -> Result<Vec<Cha
 /// (`routes: [...]`, `upstreams: [...]`, each sorted by id) that [`apply`] accepts.
 /// Keys that cannot be read are listed as comments at the top.
 pub async fn get(opts: &EtcdOptions) -> Result<String, EtcdError> {
+    get_with(opts, false).await
+}
+
+/// [`get`], with consumers' credential values shown when `reveal` (`sluice get
+/// --show-credentials`), else redacted (`<redacted>`; such a document cannot be applied
+/// back as is).
+pub async fn get_with(opts: &EtcdOptions, reveal: bool) -> Result<String, EtcdError> {
     let mut client = connect(opts).await?;
     let store = read_store(&mut client, opts).await?;
     let res = store.resources(&opts.range());
@@ -860,21 +894,51 @@ pub async fn get(opts: &EtcdOptions) -> Result<String, EtcdError> {
             })
             .collect()
     };
-    let doc = serde_json::json!({
+    let consumers: Vec<serde_json::Value> = res
+        .consumers
+        .iter()
+        .map(|(name, value)| {
+            let mut value = if reveal {
+                value.clone()
+            } else {
+                sluice_config::model::redact_consumer_value(value)
+            };
+            if let Some(obj) = value.as_object_mut() {
+                obj.entry("name")
+                    .or_insert_with(|| serde_json::Value::String(name.clone()));
+            }
+            value
+        })
+        .collect();
+    let mut doc = serde_json::json!({
         "routes": with_id(&res.routes),
         "upstreams": with_id(&res.upstreams),
     });
+    if !consumers.is_empty() {
+        doc["consumers"] = serde_json::Value::Array(consumers);
+    }
     out.push_str(&to_yaml(&doc));
     Ok(out)
 }
 
 /// A value as YAML text.
-/// An entry's value as YAML, or a comment saying why it cannot be read.
-fn entry_yaml(entry: &Entry) -> String {
+/// An entry's value as YAML (a consumer's credentials redacted), or a comment saying
+/// why it cannot be read.
+fn entry_yaml(key: &str, entry: &Entry) -> String {
     entry
         .value
         .as_ref()
-        .map_or_else(|e| format!("# unreadable: {e}\n"), to_yaml)
+        .map_or_else(|e| format!("# unreadable: {e}\n"), |v| to_yaml(&shown(key, v)))
+}
+
+/// The value of `key` as `diff` and `get` print it: a consumer's credential values
+/// redacted.
+fn shown(key: &str, value: &serde_json::Value) -> serde_json::Value {
+    if key.contains("/consumers/") {
+        sluice_config::model::redact_consumer_value(value)
+    } else {
+        value.clone()
+    }
 }
 
 fn to_yaml(value: &serde_json::Value) -> String {
@@ -933,12 +997,15 @@ mod tests {
         );
         assert_eq!(
             parse_key(r, "/sluice/services/x").unwrap_err(),
-            "unknown resource kind \"services\"; expected routes or upstreams"
+            "unknown resource kind \"services\"; expected routes, upstreams or consumers"
         );
         assert_eq!(
-            parse_key(r, "/sluice/consumers/x").unwrap_err(),
-            "consumers in etcd are not supported yet"
+            parse_key(r, "/sluice/consumers/alice@x"),
+            Ok((Kind::Consumers, "alice@x".into()))
         );
+        assert!(parse_key(r, "/sluice/consumers/a,b")
+            .unwrap_err()
+            .starts_with("invalid consumer name"));
         assert!(parse_key(r, "/sluice/routes/a/b")
             .unwrap_err()
             .starts_with("invalid id"));

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::filter::Filter;
 
+pub mod acl;
+pub mod auth;
 pub mod direct_response;
 pub mod headers;
 #[cfg(feature = "test-kinds")]
@@ -74,6 +76,9 @@ pub struct Shared {
     pub runtime: Option<tokio::runtime::Handle>,
     /// The JWKS key sets of the `jwt` filters, one per URL. Default: empty.
     pub jwks: jwt::jwks::JwksRegistry,
+    /// The consumer table of the config last compiled, reused while the consumers stay
+    /// the same (see [`crate::consumers::Consumers::of`]). Default: empty.
+    pub consumers: crate::consumers::ConsumerCache,
 }
 
 impl std::fmt::Debug for Shared {
@@ -94,6 +99,10 @@ pub static REGISTRY: &[Kind] = &[
     #[cfg(feature = "test-kinds")]
     panic::KIND,
     jwt::KIND,
+    auth::KIND,
+    crate::auth::key_auth::KIND,
+    crate::auth::basic_auth::KIND,
+    acl::KIND,
 ];
 
 /// The kind called `name`.

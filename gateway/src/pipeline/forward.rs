@@ -77,6 +77,9 @@ pub fn upstream_request(
             .map_err(|e| Error::because(InternalError, "rewritten path is not a valid URI", e))?;
         upstream.set_uri(uri);
     }
+    if !ctx.filter.strip_query_params.is_empty() {
+        strip_query(upstream, &ctx.filter.strip_query_params)?;
+    }
     // Each insert below names its header by a `&'static str` spelled as pingora's case
     // map would store the `HeaderName` (lower case, as the upstream has always seen
     // it): pingora keeps a static name without copying it, where it copies a
@@ -198,6 +201,33 @@ fn write_v4(buf: &mut [u8; 15], octets: [u8; 4]) -> usize {
         n += 1;
     }
     n
+}
+
+/// Removes the query parameters `names` (a credential a filter took from the query)
+/// from the upstream request's URI.
+fn strip_query(upstream: &mut RequestHeader, names: &[std::sync::Arc<str>]) -> Result<()> {
+    let Some(query) = upstream.uri.query() else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.iter().any(|n| **n == *name)
+        })
+        .collect();
+    let path = upstream.uri.path();
+    let pq = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| Error::because(InternalError, "URI without the credential", e))?;
+    upstream.set_uri(uri);
+    Ok(())
 }
 
 /// Passes the identified consumer upstream, and never a client's claim to be one.

@@ -35,6 +35,9 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
     route
         .map_or(gateway.metrics.unrouted(), |r| &*r.metrics)
         .observe(status, elapsed);
+    if let (Some(note), Some(auth)) = (ctx.filter.auth, route.and_then(|r| r.auth_metrics.as_deref())) {
+        auth.observe(note);
+    }
     let wants_record = route.is_some_and(|r| r.chain.has_complete_phase());
     let access_log = ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log);
     if wants_record || access_log {
@@ -82,6 +85,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
                 error: done.error,
+                consumer: ctx.filter.identity.as_ref().map(|i| i.consumer.clone()),
             });
         }
     }
