@@ -183,6 +183,10 @@ pub struct FilterCtx {
     pub identity: Option<Identity>,
     /// Which backend should serve the request. Default: [`BackendHint::Split`].
     pub backend: BackendHint,
+    /// Typed per-request values a filter keeps between its own phases (what forward
+    /// auth copies upstream, the origin CORS echoes), one value per type. Empty (and
+    /// unallocated) by default.
+    pub ext: http::Extensions,
 }
 
 /// The finished request, as the completion phase sees it.

@@ -41,6 +41,7 @@ impl SharedState {
             discovery: crate::discovery::Discovery::default(),
             filters: sluice_filters::Shared {
                 runtime: crate::background::handle(),
+                ..Default::default()
             },
             endpoints: Mutex::default(),
             routes: Mutex::default(),

@@ -12,8 +12,11 @@ use serde::de::DeserializeOwned;
 
 use crate::filter::Filter;
 
+pub mod cors;
 pub mod direct_response;
+pub mod forward_auth;
 pub mod headers;
+pub mod ip_restriction;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -69,6 +72,9 @@ pub struct Shared {
     /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
     /// Default: none (validation only).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The `forward_auth` filters' keep-alive HTTP client and outcome counters.
+    /// Default: a new, empty pool.
+    pub forward_auth: forward_auth::Pool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -85,6 +91,9 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    ip_restriction::KIND,
+    cors::KIND,
+    forward_auth::KIND,
 ];
 
 /// The kind called `name`.
