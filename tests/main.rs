@@ -9,6 +9,7 @@
 
 mod support;
 
+mod access_edge;
 mod access_log;
 mod admin;
 mod backends;
