@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::support::{free_port, upstream_entries, Gateway, Mode, TestUpstream};
+use crate::support::{free_port, upstream_entries, Gateway, Mode, TestCa, TestUpstream, TlsUpstream};
 
 /// A gateway listening on `127.0.0.1` (`web`) and `[::1]` (`web6`, port [`Edge::v6`]).
 struct Edge {
@@ -214,6 +214,51 @@ async fn forward_auth_failure_modes_answer_within_the_timeout() {
         m.get("sluice_forward_auth_total", &[("result", "allowed")]),
         Some(0.0),
         "every result is exported from the start"
+    );
+}
+
+#[tokio::test]
+async fn forward_auth_over_https_trusts_its_ca_file_only() {
+    let app = TestUpstream::start("app").await;
+    let ca = TestCa::new("auth-ca");
+    let auth = TlsUpstream::start("tls-auth", &ca.issue(&["127.0.0.1"])).await;
+    let url = format!("https://127.0.0.1:{}/verify", auth.addr().port());
+    let yaml = format!(
+        "listeners: [{{name: web, listen: \"{{{{http}}}}\"}}]\nupstreams:\n{}routes:\n{}",
+        upstream_entries(&[&app]),
+        format_args!(
+            r#"
+- id: private
+  upstream: app
+  match: {{path: {{prefix: /private}}}}
+  filters: [{{forward_auth: {{url: "{url}", ca_file: "{{{{file:auth-ca.pem}}}}", upstream_headers: [x-upstream]}}}}]
+- id: public-roots
+  upstream: app
+  match: {{path: {{prefix: /public}}}}
+  filters: [{{forward_auth: {{url: "{url}"}}}}]
+"#
+        )
+    );
+    let gw = Gateway::builder(&yaml)
+        .upstream(&app)
+        .file("auth-ca.pem", ca.pem())
+        .start()
+        .await;
+
+    let resp = gw.get("/private").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo = json(resp).await;
+    assert_eq!(echo["headers"]["x-upstream"], "tls-auth", "{echo}");
+    assert_eq!(auth.handshakes().len(), 1);
+
+    // The test CA is not a public root: the handshake fails, and on_error (deny) answers.
+    let resp = gw.get("/public").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.requests(), 1);
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value("sluice_forward_auth_total", &[("result", "unreachable")]),
+        1.0
     );
 }
 

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -79,9 +80,13 @@ pub enum OnError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthSpec {
-    /// The service's URL, `http://host:port/path?query`; it is called with `GET`.
-    /// Required.
+    /// The service's URL, `http://` or `https://host:port/path?query`; it is called
+    /// with `GET`. Required.
     pub url: String,
+    /// For an `https` URL: a PEM file of the CA certificates to trust instead of the
+    /// public roots (Mozilla's, built in). Read when the filter is built. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Request headers copied to the service (every value). Default:
     /// `[authorization, cookie]`.
     #[serde(default = "default_request_headers")]
@@ -130,7 +135,7 @@ fn default_max_body() -> usize {
 pub enum Failure {
     /// No complete answer within `timeout`.
     Timeout,
-    /// The connection could not be made.
+    /// The connection (or its TLS handshake) could not be made.
     Unreachable,
     /// The answer was not usable: a protocol error, a body over `max_body_bytes`, no
     /// runtime to run on.
@@ -176,27 +181,67 @@ impl Stats {
     }
 }
 
-/// The process's forward-auth HTTP client (one keep-alive pool for every
-/// `forward_auth` filter of every snapshot) and its outcome counters. Cloning shares
-/// both.
+/// The forward-auth HTTP client type: HTTP/1.1 over plain TCP or TLS, pooled.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The process's forward-auth HTTP client (one keep-alive pool, trusting the public
+/// roots, for every `forward_auth` filter of every snapshot; a filter with its own
+/// `ca_file` has its own) and the outcome counters. Cloning shares both.
 #[derive(Clone)]
 pub struct Pool {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: HttpClient,
     /// Outcome counters of every call.
     pub stats: Arc<Stats>,
 }
 
+/// A pooled client trusting `roots`.
+fn client(roots: rustls::RootCertStore) -> Result<HttpClient, String> {
+    let tls =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector))
+}
+
+fn public_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// The CA certificates of PEM file `path`.
+fn file_roots(path: &str) -> Result<rustls::RootCertStore, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+        let cert = cert.map_err(|e| format!("{path}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{path}: no certificate"));
+    }
+    Ok(roots)
+}
+
 impl Default for Pool {
     fn default() -> Pool {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Pool {
-            client,
+            // The provider's default protocol versions always exist.
+            client: client(public_roots()).unwrap_or_else(|e| panic!("forward-auth TLS client: {e}")),
             stats: Arc::default(),
         }
     }
@@ -233,6 +278,8 @@ pub struct ForwardAuth {
     on_error: OnError,
     max_body: usize,
     pool: Pool,
+    /// The pool's client, or this filter's own for its `ca_file`.
+    client: HttpClient,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -267,18 +314,16 @@ impl ForwardAuth {
     ) -> Result<ForwardAuth, Vec<SpecError>> {
         let mut errors = Vec::new();
         let uri = match spec.url.parse::<Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) => Some(u),
-            Ok(u) if u.scheme_str() == Some("https") => {
-                errors.push(SpecError::at(
-                    "url",
-                    "https is not supported yet: use http:// (a sidecar or a local service)",
-                ));
-                None
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                Some(u)
             }
             Ok(_) => {
                 errors.push(SpecError::at(
                     "url",
-                    format!("{:?} is not an http:// URL with a host", spec.url),
+                    format!("{:?} is not an http:// or https:// URL with a host", spec.url),
                 ));
                 None
             }
@@ -286,6 +331,20 @@ impl ForwardAuth {
                 errors.push(SpecError::at("url", format!("invalid URL {:?}: {e}", spec.url)));
                 None
             }
+        };
+        let client = match &spec.ca_file {
+            None => Some(pool.client.clone()),
+            Some(_) if uri.as_ref().is_some_and(|u| u.scheme_str() != Some("https")) => {
+                errors.push(SpecError::at("ca_file", "only for an https:// url"));
+                None
+            }
+            Some(path) => match file_roots(path).and_then(client) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(SpecError::at("ca_file", e));
+                    None
+                }
+            },
         };
         let request_headers = names("request_headers", &spec.request_headers, &mut errors);
         let upstream_headers = names("upstream_headers", &spec.upstream_headers, &mut errors);
@@ -301,8 +360,8 @@ impl ForwardAuth {
         if spec.max_body_bytes == 0 {
             errors.push(SpecError::at("max_body_bytes", "must be above 0"));
         }
-        match uri {
-            Some(uri) if errors.is_empty() => Ok(ForwardAuth {
+        match (uri, client) {
+            (Some(uri), Some(client)) if errors.is_empty() => Ok(ForwardAuth {
                 uri,
                 request_headers,
                 upstream_headers,
@@ -313,6 +372,7 @@ impl ForwardAuth {
                 on_error: spec.on_error,
                 max_body: spec.max_body_bytes,
                 pool,
+                client,
                 runtime,
             }),
             _ => Err(errors),
@@ -380,7 +440,7 @@ impl ForwardAuth {
         else {
             return Outcome::Failed(Failure::Invalid);
         };
-        let client = self.pool.client.clone();
+        let client = self.client.clone();
         let (timeout, max) = (self.timeout, self.max_body);
         let task = rt.spawn(async move {
             let exchange = async {
@@ -522,14 +582,21 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
-    /// A one-answer-per-connection-request HTTP/1.1 server on 127.0.0.1 that answers
-    /// every request with `answer` (after `delay`) and reports each request head.
-    async fn service(answer: &'static str, delay: Duration) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1 that answers every request with
+    /// `answer` (after `delay`) and reports each request head, with its connection's
+    /// number (from 1).
+    async fn service(
+        answer: &'static str,
+        delay: Duration,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let mut conns = 0;
             while let Ok((mut s, _)) = l.accept().await {
+                conns += 1;
+                let conn = conns;
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -542,7 +609,7 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head: Vec<u8> = buf.drain(..end + 4).collect();
-                            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                            let _ = tx.send((conn, String::from_utf8_lossy(&head).into_owned()));
                             tokio::time::sleep(delay).await;
                             if s.write_all(answer.as_bytes()).await.is_err() {
                                 return;
@@ -620,7 +687,9 @@ mod tests {
         ]);
         let mut c = ctx();
         assert!(matches!(f.on_request(&req.view(), &mut c).await, Flow::Continue));
-        let head = seen.recv().await.unwrap().to_ascii_lowercase();
+        let (conn, head) = seen.recv().await.unwrap();
+        assert_eq!(conn, 1);
+        let head = head.to_ascii_lowercase();
         assert!(head.starts_with("get /verify?x=1 http/1.1\r\n"), "{head}");
         for line in [
             "authorization: bearer t",
@@ -653,7 +722,11 @@ mod tests {
         // The connection is kept alive and reused for the next call.
         let mut c = ctx();
         assert!(matches!(f.on_request(&req.view(), &mut c).await, Flow::Continue));
-        assert!(seen.recv().await.is_some());
+        assert_eq!(
+            seen.recv().await.unwrap().0,
+            1,
+            "the second call reuses the connection"
+        );
     }
 
     #[tokio::test]
@@ -805,10 +878,23 @@ mod tests {
             ["url", "request_headers[1]", "groups_header", "timeout"],
             "{errs:?}"
         );
-        let errs = crate::kinds::build_for_test(build, &serde_json::json!({"url": "https://auth.test/"}))
-            .err()
-            .unwrap();
-        assert!(errs[0].message.contains("https"), "{errs:?}");
+        let errs = crate::kinds::build_for_test(
+            build,
+            &serde_json::json!({"url": "http://auth.test/", "ca_file": "/nonexistent.pem"}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs[0].path, "ca_file", "{errs:?}");
+        let errs = crate::kinds::build_for_test(
+            build,
+            &serde_json::json!({"url": "https://auth.test/", "ca_file": "/nonexistent.pem"}),
+        )
+        .err()
+        .unwrap();
+        assert!(errs[0].message.starts_with("/nonexistent.pem: "), "{errs:?}");
+        assert!(
+            crate::kinds::build_for_test(build, &serde_json::json!({"url": "https://auth.test/"})).is_ok()
+        );
         let errs = crate::kinds::build_for_test(
             build,
             &serde_json::json!({"url": "http://a/", "on_error": "maybe"}),
