@@ -20,9 +20,10 @@
 //!   no CORS header. Either way the upstream is not called.
 //! - An **actual request** (any other request with `Origin`) from an allowed origin
 //!   goes upstream as usual and its response gets `Access-Control-Allow-Origin`,
-//!   `-Allow-Credentials` and `-Expose-Headers`; from another origin it goes upstream
-//!   too and its response gets no CORS header (the browser then withholds it from the
-//!   page). Responses that depend on the origin get `Vary: Origin`.
+//!   `-Allow-Credentials` and `-Expose-Headers` (replacing the upstream's); from another
+//!   origin it goes upstream too and its response gets no CORS header, the upstream's
+//!   removed (the browser then withholds it from the page). Responses that depend on
+//!   the origin get `Vary: Origin`.
 //! - With `allow_credentials: true`, `*` in `allow_origins`, `allow_methods` or
 //!   `allow_headers` is answered with the request's own origin, method or headers,
 //!   never a literal `*` (which browsers refuse on credentialed requests).
@@ -56,7 +57,9 @@ pub const KIND: Kind = Kind {
 pub struct CorsSpec {
     /// Origins allowed: exact (`https://app.example.com`, `http://localhost:3000`), a
     /// wildcard of subdomains (`https://*.example.com`: one or more labels before
-    /// `.example.com`, same scheme and port), or `*` for any origin. Required, non-empty.
+    /// `.example.com`, same scheme and port), any host of a scheme (`https://*`), or `*`
+    /// for any origin. A scheme's default port is the same origin as none. Required,
+    /// non-empty.
     pub allow_origins: Vec<String>,
     /// Methods a preflight allows, or `[*]` for any (the requested method is echoed).
     /// Default: `GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS`.
@@ -105,6 +108,20 @@ enum OriginRule {
     Exact(String),
     /// `scheme://*.suffix[:port]`: `prefix` is `scheme://`, `suffix` is `.suffix[:port]`.
     Subdomains { prefix: String, suffix: String },
+    /// `scheme://*[:port]`: any host with that scheme and port; `suffix` is `[:port]`.
+    AnyHost { prefix: String, suffix: String },
+}
+
+/// `origin` without its scheme's default port (`https://a.test:443` is
+/// `https://a.test`), as browsers serialize it.
+fn without_default_port(origin: &str) -> &str {
+    if origin.starts_with("https://") {
+        origin.strip_suffix(":443").unwrap_or(origin)
+    } else if origin.starts_with("http://") {
+        origin.strip_suffix(":80").unwrap_or(origin)
+    } else {
+        origin
+    }
 }
 
 impl OriginRule {
@@ -112,7 +129,7 @@ impl OriginRule {
         if s == "*" {
             return Ok(OriginRule::Any);
         }
-        let lower = s.to_ascii_lowercase();
+        let lower = without_default_port(&s.to_ascii_lowercase()).to_string();
         if lower == "null" {
             return Ok(OriginRule::Exact(lower));
         }
@@ -134,6 +151,16 @@ impl OriginRule {
             h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
         };
+        if rest == "*" || rest.starts_with("*:") {
+            let port = &rest[1..];
+            if port.len() > 1 && !port[1..].bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("{s:?}: the port must be a number"));
+            }
+            return Ok(OriginRule::AnyHost {
+                prefix: format!("{scheme}://"),
+                suffix: port.to_string(),
+            });
+        }
         if let Some(suffix) = rest.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') || !host_chars(suffix) {
                 return Err(format!("{s:?}: a wildcard origin is `scheme://*.domain[:port]`"));
@@ -165,6 +192,10 @@ impl OriginRule {
                 .is_some_and(|label| {
                     !label.is_empty() && !label.starts_with('.') && !label.contains([':', '/', '@'])
                 }),
+            OriginRule::AnyHost { prefix, suffix } => origin
+                .strip_prefix(prefix.as_str())
+                .and_then(|host| host.strip_suffix(suffix.as_str()))
+                .is_some_and(|host| !host.is_empty() && !host.contains([':', '/', '@'])),
         }
     }
 }
@@ -199,6 +230,11 @@ struct Allowed(HeaderValue);
 /// Marks a preflight the filter answered (its response already has its headers).
 #[derive(Debug, Clone)]
 struct Preflight;
+
+/// Marks a request whose origin is not allowed: its response must carry no CORS header,
+/// even one the upstream set.
+#[derive(Debug, Clone)]
+struct Refused;
 
 /// A comma-separated header value from `items`, checked as header names (`names`) or
 /// methods; errors at `field[i]`.
@@ -287,9 +323,10 @@ impl Cors {
         }
         let text = origin.to_str().ok()?;
         let lower = text.to_ascii_lowercase();
+        let lower = without_default_port(&lower);
         self.origins
             .iter()
-            .any(|r| r.matches(&lower))
+            .any(|r| r.matches(lower))
             .then(|| origin.clone())
     }
 
@@ -365,9 +402,13 @@ impl Filter for Cors {
             ctx.ext.insert(Preflight);
             return self.preflight(origin, req);
         }
-        if let Some(allow) = self.allow_origin(origin) {
-            ctx.ext.insert(Allowed(allow));
-        }
+        match self.allow_origin(origin) {
+            Some(allow) => ctx.ext.insert(Allowed(allow)),
+            None => ctx
+                .ext
+                .insert(Refused)
+                .map(|Refused| Allowed(HeaderValue::from_static(""))),
+        };
         Flow::Continue
     }
 
@@ -458,11 +499,24 @@ mod tests {
         assert!(port.matches("http://x.local.test:8080"));
         assert!(!port.matches("http://x.local.test"));
         assert!(!OriginRule::Any.matches("null"));
+        let any_https = OriginRule::parse("https://*").unwrap();
+        assert!(any_https.matches("https://a.b.test"));
+        assert!(!any_https.matches("http://a.test"));
+        assert!(!any_https.matches("https://a.test:8443"));
+        let any_port = OriginRule::parse("http://*:8080").unwrap();
+        assert!(any_port.matches("http://localhost:8080"));
+        assert!(!any_port.matches("http://localhost"));
+        // Default ports are the same origin as none (Gateway API's rule).
+        let default_port = OriginRule::parse("https://app.test:443").unwrap();
+        assert!(default_port.matches("https://app.test"));
+        assert_eq!(without_default_port("https://app.test:443"), "https://app.test");
+        assert_eq!(without_default_port("http://app.test:80"), "http://app.test");
+        assert_eq!(without_default_port("http://app.test:443"), "http://app.test:443");
         for bad in [
             "example.com",
             "https://a.example.com/",
             "https://a.*.com",
-            "https://*",
+            "https://*:x",
             "ht tp://x",
             "https://a b",
         ] {
