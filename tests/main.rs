@@ -11,6 +11,7 @@ mod support;
 
 mod access_jwt;
 mod access_auth;
+mod access_edge;
 mod access_log;
 mod admin;
 mod backends;

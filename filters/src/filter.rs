@@ -190,6 +190,10 @@ pub struct FilterCtx {
     /// Query parameters to remove from the request sent upstream (a key-auth credential
     /// taken from the query). Default: none.
     pub strip_query_params: Vec<Arc<str>>,
+    /// Typed per-request values a filter keeps between its own phases (what forward
+    /// auth copies upstream, the origin CORS echoes), one value per type. Empty (and
+    /// unallocated) by default.
+    pub ext: http::Extensions,
 }
 
 /// The finished request, as the completion phase sees it.

@@ -7,6 +7,7 @@
 //! and its sources in `sluice-config`.
 
 pub mod access_log;
+pub mod access_metrics;
 pub mod admin;
 pub mod background;
 pub mod balancer;

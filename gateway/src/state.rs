@@ -36,13 +36,17 @@ pub struct SharedState {
 impl SharedState {
     /// Empty state reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
+        let filters = sluice_filters::Shared {
+            runtime: crate::background::handle(),
+            ..Default::default()
+        };
+        metrics.register(Box::new(crate::access_metrics::ForwardAuthCollector::new(
+            filters.forward_auth.stats.clone(),
+        )));
         SharedState {
             metrics,
             discovery: crate::discovery::Discovery::default(),
-            filters: sluice_filters::Shared {
-                runtime: crate::background::handle(),
-                ..Default::default()
-            },
+            filters,
             endpoints: Mutex::default(),
             routes: Mutex::default(),
             breakers: Mutex::default(),

@@ -14,11 +14,14 @@ use crate::filter::Filter;
 
 pub mod acl;
 pub mod auth;
+pub mod cors;
 pub mod direct_response;
+pub mod forward_auth;
 pub mod headers;
 #[cfg(feature = "test-kinds")]
 pub mod panic;
 pub mod jwt;
+pub mod ip_restriction;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -79,6 +82,9 @@ pub struct Shared {
     /// The consumer table of the config last compiled, reused while the consumers stay
     /// the same (see [`crate::consumers::Consumers::of`]). Default: empty.
     pub consumers: crate::consumers::ConsumerCache,
+    /// The `forward_auth` filters' keep-alive HTTP client and outcome counters.
+    /// Default: a new, empty pool.
+    pub forward_auth: forward_auth::Pool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -103,6 +109,9 @@ pub static REGISTRY: &[Kind] = &[
     crate::auth::key_auth::KIND,
     crate::auth::basic_auth::KIND,
     acl::KIND,
+    ip_restriction::KIND,
+    cors::KIND,
+    forward_auth::KIND,
 ];
 
 /// The kind called `name`.
