@@ -20,8 +20,8 @@ pub mod router;
 pub mod weighted;
 
 pub use filter::{
-    BackendHint, Built, Chain, Completion, Filter, FilterCtx, Flow, HeaderEdit, Identity, Phases, Reject,
-    RejectKind, RequestView, Response,
+    BackendHint, Built, Chain, Completion, CustomReject, Filter, FilterCtx, Flow, HeaderEdit, Identity,
+    LimitNote, Phases, Reject, RejectKind, RequestView, Response,
 };
 pub use kinds::{BuildCtx, Shared};
 
@@ -53,6 +53,10 @@ pub fn build_chain(
     previous: Option<&Chain>,
     ctx: &BuildCtx<'_>,
 ) -> Result<Chain, Vec<ConfigError>> {
+    let ctx = &BuildCtx {
+        route: &route.id,
+        ..*ctx
+    };
     let reuse = |key: &str, spec: &serde_json::Value| {
         previous?
             .built()
@@ -140,10 +144,7 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
 /// answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
     let shared = Shared::default();
-    let ctx = BuildCtx {
-        config,
-        shared: &shared,
-    };
+    let ctx = BuildCtx::new(config, &shared);
     let mut errors = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -195,15 +196,7 @@ mod tests {
     ) -> Result<Chain, Vec<ConfigError>> {
         let config = Config::default();
         let shared = Shared::default();
-        super::build_chain(
-            route,
-            path,
-            previous,
-            &BuildCtx {
-                config: &config,
-                shared: &shared,
-            },
-        )
+        super::build_chain(route, path, previous, &BuildCtx::new(&config, &shared))
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct AccessRecord {
     pub user_agent: Option<String>,
     /// The gateway's error code (`ErrorKind::code`), when it answered with an error.
     pub error: Option<&'static str>,
+    /// The rate or concurrency limit that answered, and its decision; the line's
+    /// `limit` and `limit_decision` are left out when none did.
+    pub limit: Option<sluice_filters::LimitNote>,
 }
 
 /// The JSON shape of a line.
@@ -92,6 +95,10 @@ struct Line<'a> {
     breaker: Option<&'static str>,
     user_agent: Option<&'a str>,
     error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_decision: Option<&'static str>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -120,6 +127,8 @@ impl AccessRecord {
             breaker: self.breaker.map(BreakerState::as_str),
             user_agent: self.user_agent.as_deref(),
             error: self.error,
+            limit: self.limit.as_ref().map(|l| &*l.name),
+            limit_decision: self.limit.as_ref().map(|l| l.decision),
         };
         // Serializing plain strings and numbers into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut *out, &line);
@@ -275,6 +284,7 @@ mod tests {
             breaker: Some(BreakerState::HalfOpen),
             user_agent: Some("curl/8.5.0".into()),
             error: None,
+            limit: None,
         }
     }
 
@@ -305,6 +315,18 @@ mod tests {
         assert_eq!(v["breaker"], serde_json::Value::Null);
         assert_eq!(v["error"], "no_route");
         assert_eq!(v["path"], "/a\"b");
+        let limited = AccessRecord {
+            limit: Some(sluice_filters::LimitNote {
+                name: "hourly".into(),
+                decision: "rejected",
+            }),
+            ..record("y")
+        };
+        let mut out = Vec::new();
+        limited.write_line(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["limit"], "hourly");
+        assert_eq!(v["limit_decision"], "rejected");
     }
 
     /// A writer that blocks in its first `write` until released, and keeps what it got.

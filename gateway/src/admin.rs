@@ -108,6 +108,7 @@ async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
                     "served_by_fallback": b.served_by_fallback.as_ref().map(prometheus::IntCounter::get),
                 })).collect::<Vec<_>>(),
                 "filters": r.chain.kinds(),
+                "limits": crate::limit_metrics::describe_limits(cfg),
             })
         })
         .collect();

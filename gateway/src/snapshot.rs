@@ -183,10 +183,7 @@ impl Snapshot {
                 &upstreams,
                 old_routes.get(r.id.as_str()).copied(),
                 state,
-                &sluice_filters::BuildCtx {
-                    config: &config,
-                    shared: &state.filters,
-                },
+                &sluice_filters::BuildCtx::new(&config, &state.filters),
             ) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),

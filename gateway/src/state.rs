@@ -37,10 +37,12 @@ impl SharedState {
     /// Empty state reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
         SharedState {
-            metrics,
+            metrics: metrics.clone(),
             discovery: crate::discovery::Discovery::default(),
             filters: sluice_filters::Shared {
                 runtime: crate::background::handle(),
+                limit_metrics: Some(crate::limit_metrics::sink(&metrics)),
+                ..Default::default()
             },
             endpoints: Mutex::default(),
             routes: Mutex::default(),

@@ -14,6 +14,7 @@ use crate::filter::Filter;
 
 pub mod direct_response;
 pub mod headers;
+pub mod limit_conn;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -58,6 +59,20 @@ pub struct BuildCtx<'a> {
     pub config: &'a sluice_config::Config,
     /// Process-wide services every build shares, which outlive reloads.
     pub shared: &'a Shared,
+    /// The id of the route the filter is built for (a metric label, a shared store's
+    /// key prefix); set by [`crate::build_chain`]. Default: empty.
+    pub route: &'a str,
+}
+
+impl<'a> BuildCtx<'a> {
+    /// A context over `config` and `shared`, for no route in particular.
+    pub fn new(config: &'a sluice_config::Config, shared: &'a Shared) -> BuildCtx<'a> {
+        BuildCtx {
+            config,
+            shared,
+            route: "",
+        }
+    }
 }
 
 /// Process-wide services shared by the filters of every snapshot (connection pools,
@@ -69,12 +84,19 @@ pub struct Shared {
     /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
     /// Default: none (validation only).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Where the limit filters report decisions and Redis calls (the gateway's
+    /// Prometheus metrics). Default: none (nothing is counted).
+    pub limit_metrics: Option<Arc<dyn rate_limit::metrics::LimitMetrics>>,
+    /// Connection pools to Redis servers for cluster-wide limits, one per URL, kept
+    /// across reloads. Default: empty.
+    pub redis: Arc<rate_limit::redis::RedisPools>,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("runtime", &self.runtime.is_some())
+            .field("limit_metrics", &self.limit_metrics.is_some())
             .finish()
     }
 }
@@ -85,6 +107,7 @@ pub static REGISTRY: &[Kind] = &[
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
+    limit_conn::KIND,
 ];
 
 /// The kind called `name`.
@@ -114,11 +137,5 @@ pub(crate) fn build_for_test(
 ) -> BuildResult {
     let config = sluice_config::Config::default();
     let shared = Shared::default();
-    build(
-        spec,
-        &BuildCtx {
-            config: &config,
-            shared: &shared,
-        },
-    )
+    build(spec, &BuildCtx::new(&config, &shared))
 }

@@ -82,6 +82,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
                 error: done.error,
+                limit: ctx.filter.limit.clone(),
             });
         }
     }
