@@ -9,6 +9,7 @@
 
 mod support;
 
+mod access_limits;
 mod access_log;
 mod admin;
 mod backends;
