@@ -9,9 +9,10 @@
 
 mod support;
 
-mod access_jwt;
 mod access_auth;
 mod access_edge;
+mod access_jwt;
+mod access_limits;
 mod access_log;
 mod admin;
 mod backends;

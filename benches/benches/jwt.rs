@@ -122,15 +122,9 @@ fn jwt_benches(c: &mut Criterion) {
         let config = sluice_config::Config::default();
         let shared = Shared::default();
         let spec: JwtSpec = serde_json::from_value(case.spec.clone()).expect("spec");
-        let jwt = Jwt::new(
-            &spec,
-            &BuildCtx {
-                config: &config,
-                shared: &shared,
-            },
-        )
-        .expect("build")
-        .with_clock(|| NOW);
+        let jwt = Jwt::new(&spec, &BuildCtx::new(&config, &shared))
+            .expect("build")
+            .with_clock(|| NOW);
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::AUTHORIZATION,

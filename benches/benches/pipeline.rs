@@ -64,7 +64,7 @@ fn route_match(c: &mut Criterion) {
 }
 
 fn build_ctx<'a>(config: &'a Config, shared: &'a sluice_filters::Shared) -> sluice_filters::BuildCtx<'a> {
-    sluice_filters::BuildCtx { config, shared }
+    sluice_filters::BuildCtx::new(config, shared)
 }
 
 fn chain(c: &mut Criterion) {

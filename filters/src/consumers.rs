@@ -265,20 +265,14 @@ mod tests {
     fn the_table_is_cached_while_consumers_are_unchanged() {
         let shared = Shared::default();
         let a: Config = serde_yaml::from_str("consumers: [{name: a, groups: [g]}, {name: b}]").unwrap();
-        let ctx = BuildCtx {
-            config: &a,
-            shared: &shared,
-        };
+        let ctx = BuildCtx::new(&a, &shared);
         let t1 = Consumers::of(&ctx);
         let t2 = Consumers::of(&ctx);
         assert!(Arc::ptr_eq(&t1, &t2));
         assert_eq!(&*t1.get("a").unwrap().groups[0], "g");
         assert!(t1.get("c").is_none());
         let b: Config = serde_yaml::from_str("consumers: [{name: a, groups: [h]}, {name: b}]").unwrap();
-        let t3 = Consumers::of(&BuildCtx {
-            config: &b,
-            shared: &shared,
-        });
+        let t3 = Consumers::of(&BuildCtx::new(&b, &shared));
         assert!(!Arc::ptr_eq(&t1, &t3));
         assert_ne!(t1.digest(), t3.digest());
         let i1 = t3.index("x", |c| c.len());
@@ -293,13 +287,7 @@ mod tests {
         )
         .unwrap();
         let shared = Shared::default();
-        let errs = validate(
-            &c,
-            &BuildCtx {
-                config: &c,
-                shared: &shared,
-            },
-        );
+        let errs = validate(&c, &BuildCtx::new(&c, &shared));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "consumers[0].credentials.nope");
         let r = serde_json::to_string(&redacted(&c.consumers)).unwrap();

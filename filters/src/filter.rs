@@ -89,6 +89,19 @@ pub struct Reject {
     pub message: String,
     /// Headers added to the error response.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A configured status and body replacing the standard ones (the error code in the
+    /// logs and metrics stays the kind's). Default: none.
+    pub custom: Option<Arc<CustomReject>>,
+}
+
+/// A configured answer for a refusal: the status and body a user chose instead of the
+/// gateway's JSON error (e.g. a rate limit answering `503` with its own text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomReject {
+    /// The status. Default: the kind's own.
+    pub status: Option<StatusCode>,
+    /// The body and its content type. Default: the gateway's JSON error body.
+    pub body: Option<(HeaderValue, Bytes)>,
 }
 
 impl Reject {
@@ -98,7 +111,14 @@ impl Reject {
             kind,
             message: message.into(),
             headers: Vec::new(),
+            custom: None,
         }
+    }
+
+    /// Replaces the standard status and body with `custom`'s (where it sets them).
+    pub fn with_custom(mut self, custom: Option<Arc<CustomReject>>) -> Reject {
+        self.custom = custom;
+        self
     }
 
     /// Adds a header to the error response.
@@ -194,6 +214,25 @@ pub struct FilterCtx {
     /// auth copies upstream, the origin CORS echoes), one value per type. Empty (and
     /// unallocated) by default.
     pub ext: http::Extensions,
+    /// The rate or concurrency limit that answered last (for the access log): its
+    /// configured name and decision. Default: none.
+    pub limit: Option<LimitNote>,
+    /// Things a filter holds for the request's lifetime (a concurrency permit, what its
+    /// response phase needs). Dropped with the request context, whatever the outcome
+    /// (answered, error, client gone, panic), which is what releases a permit.
+    /// Default: empty.
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Which limit answered a request, and how: set by the `rate_limit` and `limit_conn`
+/// filters, read by the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitNote {
+    /// The limit's configured name.
+    pub name: Arc<str>,
+    /// The decision, from a closed set (`allowed`, `rejected`, `fail_open`,
+    /// `fail_closed`, `fallback_allowed`, `fallback_rejected`).
+    pub decision: &'static str,
 }
 
 /// The finished request, as the completion phase sees it.

@@ -22,8 +22,8 @@ pub mod router;
 pub mod weighted;
 
 pub use filter::{
-    BackendHint, Built, Chain, Completion, Filter, FilterCtx, Flow, HeaderEdit, Identity, Phases, Reject,
-    RejectKind, RequestView, Response,
+    BackendHint, Built, Chain, Completion, CustomReject, Filter, FilterCtx, Flow, HeaderEdit, Identity,
+    LimitNote, Phases, Reject, RejectKind, RequestView, Response,
 };
 pub use kinds::{BuildCtx, Shared};
 
@@ -55,6 +55,10 @@ pub fn build_chain(
     previous: Option<&Chain>,
     ctx: &BuildCtx<'_>,
 ) -> Result<Chain, Vec<ConfigError>> {
+    let ctx = &BuildCtx {
+        route: &route.id,
+        ..*ctx
+    };
     // A filter that reads consumers is kept only while the consumers are unchanged.
     let mut consumers_digest: Option<String> = None;
     let mut reuse = |key: &str, spec: &serde_json::Value| {
@@ -151,10 +155,7 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
 /// route without backends has a filter that answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
     let shared = Shared::default();
-    let ctx = BuildCtx {
-        config,
-        shared: &shared,
-    };
+    let ctx = BuildCtx::new(config, &shared);
     let mut errors = consumers::validate(config, &ctx);
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -206,15 +207,7 @@ mod tests {
     ) -> Result<Chain, Vec<ConfigError>> {
         let config = Config::default();
         let shared = Shared::default();
-        super::build_chain(
-            route,
-            path,
-            previous,
-            &BuildCtx {
-                config: &config,
-                shared: &shared,
-            },
-        )
+        super::build_chain(route, path, previous, &BuildCtx::new(&config, &shared))
     }
 
     #[test]
@@ -238,10 +231,7 @@ mod tests {
         let shared = Shared::default();
         let build = |consumers: &str, previous: Option<&Chain>| {
             let config: Config = serde_yaml::from_str(consumers).unwrap();
-            let ctx = BuildCtx {
-                config: &config,
-                shared: &shared,
-            };
+            let ctx = BuildCtx::new(&config, &shared);
             let digest = consumers::Consumers::of(&ctx).digest().to_string();
             let chain = super::build_chain(&r, "routes[0]", previous, &ctx).unwrap();
             assert!(chain.consumers_fresh(&digest));

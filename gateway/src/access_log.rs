@@ -71,6 +71,9 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
     /// The consumer an authentication filter identified (never a credential).
     pub consumer: Option<std::sync::Arc<str>>,
+    /// The rate or concurrency limit that answered, and its decision; the line's
+    /// `limit` and `limit_decision` are left out when none did.
+    pub limit: Option<sluice_filters::LimitNote>,
 }
 
 /// The JSON shape of a line.
@@ -95,6 +98,10 @@ struct Line<'a> {
     user_agent: Option<&'a str>,
     error: Option<&'static str>,
     consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_decision: Option<&'static str>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -124,6 +131,8 @@ impl AccessRecord {
             user_agent: self.user_agent.as_deref(),
             error: self.error,
             consumer: self.consumer.as_deref(),
+            limit: self.limit.as_ref().map(|l| &*l.name),
+            limit_decision: self.limit.as_ref().map(|l| l.decision),
         };
         // Serializing plain strings and numbers into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut *out, &line);
@@ -280,6 +289,7 @@ mod tests {
             user_agent: Some("curl/8.5.0".into()),
             error: None,
             consumer: Some("alice".into()),
+            limit: None,
         }
     }
 
@@ -310,6 +320,18 @@ mod tests {
         assert_eq!(v["breaker"], serde_json::Value::Null);
         assert_eq!(v["error"], "no_route");
         assert_eq!(v["path"], "/a\"b");
+        let limited = AccessRecord {
+            limit: Some(sluice_filters::LimitNote {
+                name: "hourly".into(),
+                decision: "rejected",
+            }),
+            ..record("y")
+        };
+        let mut out = Vec::new();
+        limited.write_line(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["limit"], "hourly");
+        assert_eq!(v["limit_decision"], "rejected");
     }
 
     /// A writer that blocks in its first `write` until released, and keeps what it got.

@@ -253,6 +253,7 @@ async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
                 })).collect::<Vec<_>>(),
                 "filters": r.chain.kinds(),
                 "auth": r.chain.auth_methods(),
+                "limits": crate::limit_metrics::describe_limits(cfg),
             })
         })
         .collect();

@@ -182,6 +182,28 @@ pub fn error_response(kind: ErrorKind, message: &str, request_id: &str, id_heade
     }
 }
 
+/// The response for a filter's refusal: the JSON error of its kind with the filter's
+/// headers, or, when the filter was configured with its own answer
+/// ([`sluice_filters::CustomReject`]), that status and body (the error code in logs
+/// and metrics stays the kind's).
+pub fn reject_response(reject: sluice_filters::Reject, request_id: &str, id_header: &HeaderName) -> Response {
+    let kind = ErrorKind::Rejected(reject.kind);
+    let mut resp = error_response(kind, &reject.message, request_id, id_header);
+    if let Some(custom) = &reject.custom {
+        if let Some(status) = custom.status {
+            resp.status = status;
+        }
+        if let Some((content_type, body)) = &custom.body {
+            resp.headers.retain(|(k, _)| k != http::header::CONTENT_TYPE);
+            resp.headers
+                .push((http::header::CONTENT_TYPE, content_type.clone()));
+            resp.body = body.clone();
+        }
+    }
+    resp.headers.extend(reject.headers);
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ pub mod echo;
 pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod limit_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

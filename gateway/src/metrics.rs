@@ -61,6 +61,15 @@ pub struct Metrics {
     /// is an authentication method's name (or `any`), `outcome` one of `ok`, `missing`,
     /// `invalid`, `forbidden`, `anonymous`.
     pub auth: IntCounterVec,
+    /// `sluice_ratelimit_decisions_total{route, limit, decision}`.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `sluice_redis_request_duration_seconds`: one limit decision's Redis round trip.
+    pub redis_duration: Histogram,
+    /// `sluice_redis_errors_total{reason}`.
+    pub redis_errors: IntCounterVec,
+    /// `sluice_ratelimit_fallback_active`: Redis stores unreachable now (their limits use
+    /// their fallback).
+    pub ratelimit_fallback: IntGauge,
     unrouted: RouteMetrics,
 }
 
@@ -190,9 +199,36 @@ impl Metrics {
             "Authentication decisions, by route, method and outcome.",
             &["route", "method", "outcome"],
         );
+        let ratelimit_decisions = counter(
+            "sluice_ratelimit_decisions_total",
+            "Rate and concurrency limit decisions, by route, limit name and decision.",
+            &["route", "limit", "decision"],
+        );
+        let redis_duration = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_redis_request_duration_seconds",
+                "Round trip of one cluster-wide limit decision in Redis.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        ));
+        let redis_errors = counter(
+            "sluice_redis_errors_total",
+            "Failed or skipped Redis calls of cluster-wide limits, by reason.",
+            &["reason"],
+        );
+        let ratelimit_fallback = must(IntGauge::new(
+            "sluice_ratelimit_fallback_active",
+            "Redis stores unreachable now, whose limits use their fallback.",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(auth.clone()),
+            Box::new(ratelimit_decisions.clone()),
+            Box::new(redis_duration.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(ratelimit_fallback.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(source_connected.clone()),
             Box::new(source_revision.clone()),
@@ -237,6 +273,10 @@ impl Metrics {
             source_revision,
             access_log_dropped,
             auth,
+            ratelimit_decisions,
+            redis_duration,
+            redis_errors,
+            ratelimit_fallback,
             unrouted,
         }
     }

@@ -172,10 +172,7 @@ impl Snapshot {
                     .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
             ),
         };
-        let ctx = sluice_filters::BuildCtx {
-            config: &config,
-            shared: &state.filters,
-        };
+        let ctx = sluice_filters::BuildCtx::new(&config, &state.filters);
         // Consumers' credentials are checked by their methods (the model checks names).
         errors.extend(sluice_filters::consumers::validate(&config, &ctx));
         let consumers_digest = sluice_filters::consumers::Consumers::of(&ctx)

@@ -38,13 +38,14 @@ impl SharedState {
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
         let filters = sluice_filters::Shared {
             runtime: crate::background::handle(),
+            limit_metrics: Some(crate::limit_metrics::sink(&metrics)),
             ..Default::default()
         };
         metrics.register(Box::new(crate::access_metrics::ForwardAuthCollector::new(
             filters.forward_auth.stats.clone(),
         )));
         SharedState {
-            metrics,
+            metrics: metrics.clone(),
             discovery: crate::discovery::Discovery::default(),
             filters,
             endpoints: Mutex::default(),

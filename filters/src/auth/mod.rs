@@ -586,10 +586,7 @@ pub(crate) mod tests {
         config: &Config,
     ) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
         let shared = Shared::default();
-        let ctx = BuildCtx {
-            config,
-            shared: &shared,
-        };
+        let ctx = BuildCtx::new(config, &shared);
         (crate::kinds::find(kind).unwrap().build)(&spec, &ctx)
     }
 

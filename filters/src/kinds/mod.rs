@@ -18,10 +18,11 @@ pub mod cors;
 pub mod direct_response;
 pub mod forward_auth;
 pub mod headers;
+pub mod ip_restriction;
+pub mod jwt;
+pub mod limit_conn;
 #[cfg(feature = "test-kinds")]
 pub mod panic;
-pub mod jwt;
-pub mod ip_restriction;
 pub mod rate_limit;
 pub mod redirect;
 
@@ -66,6 +67,20 @@ pub struct BuildCtx<'a> {
     pub config: &'a sluice_config::Config,
     /// Process-wide services every build shares, which outlive reloads.
     pub shared: &'a Shared,
+    /// The id of the route the filter is built for (a metric label, a shared store's
+    /// key prefix); set by [`crate::build_chain`]. Default: empty.
+    pub route: &'a str,
+}
+
+impl<'a> BuildCtx<'a> {
+    /// A context over `config` and `shared`, for no route in particular.
+    pub fn new(config: &'a sluice_config::Config, shared: &'a Shared) -> BuildCtx<'a> {
+        BuildCtx {
+            config,
+            shared,
+            route: "",
+        }
+    }
 }
 
 /// Process-wide services shared by the filters of every snapshot (connection pools,
@@ -85,6 +100,12 @@ pub struct Shared {
     /// The `forward_auth` filters' keep-alive HTTP client and outcome counters.
     /// Default: a new, empty pool.
     pub forward_auth: forward_auth::Pool,
+    /// Where the limit filters report decisions and Redis calls (the gateway's
+    /// Prometheus metrics). Default: none (nothing is counted).
+    pub limit_metrics: Option<Arc<dyn rate_limit::metrics::LimitMetrics>>,
+    /// Connection pools to Redis servers for cluster-wide limits, one per URL, kept
+    /// across reloads. Default: empty.
+    pub redis: Arc<rate_limit::redis::RedisPools>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -92,6 +113,7 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("runtime", &self.runtime.is_some())
             .field("jwks", &self.jwks)
+            .field("limit_metrics", &self.limit_metrics.is_some())
             .finish()
     }
 }
@@ -112,6 +134,7 @@ pub static REGISTRY: &[Kind] = &[
     ip_restriction::KIND,
     cors::KIND,
     forward_auth::KIND,
+    limit_conn::KIND,
 ];
 
 /// The kind called `name`.
@@ -141,13 +164,7 @@ pub(crate) fn build_for_test(
 ) -> BuildResult {
     let config = sluice_config::Config::default();
     let shared = Shared::default();
-    build(
-        spec,
-        &BuildCtx {
-            config: &config,
-            shared: &shared,
-        },
-    )
+    build(spec, &BuildCtx::new(&config, &shared))
 }
 
 #[cfg(all(test, not(feature = "test-kinds")))]

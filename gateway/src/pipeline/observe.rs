@@ -86,6 +86,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                     .map(str::to_string),
                 error: done.error,
                 consumer: ctx.filter.identity.as_ref().map(|i| i.consumer.clone()),
+                limit: ctx.filter.limit.clone(),
             });
         }
     }

@@ -10,7 +10,7 @@ use sluice_filters::{Chain, Response};
 
 use super::forward::{case_name, RespEdit};
 use super::{Answer, Ctx};
-use crate::error::{error_response, ErrorKind};
+use crate::error::{error_response, reject_response, ErrorKind};
 use crate::resilience::BREAKER_HEADER;
 
 /// Sends `answer`; the request phase then ends (`Ok(true)`: pingora proxies nothing).
@@ -24,9 +24,7 @@ pub async fn answer(session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Res
         Answer::Reject(reject) => {
             let kind = ErrorKind::Rejected(reject.kind);
             ctx.error = Some(kind);
-            let mut resp = error_response(kind, &reject.message, &ctx.filter.request_id, &id_header(ctx));
-            resp.headers.extend(reject.headers);
-            resp
+            reject_response(reject, &ctx.filter.request_id, &id_header(ctx))
         }
     };
     // A filter's answer or refusal passes through the route's response filters.

@@ -228,6 +228,8 @@ pub struct Jwt {
     consumer_claim: String,
     require_consumer: bool,
     consumers: HashMap<String, Vec<Arc<str>>>,
+    /// The digest of the consumers it was built with: a change rebuilds it.
+    consumers_digest: String,
     challenge_missing: HeaderValue,
     challenge_invalid: HeaderValue,
     clock: fn() -> u64,
@@ -521,6 +523,7 @@ impl Jwt {
             consumer_claim: spec.consumer_claim.clone(),
             require_consumer: spec.require_consumer,
             consumers,
+            consumers_digest: crate::consumers::Consumers::of(ctx).digest().to_string(),
             challenge_missing,
             challenge_invalid,
             clock: system_now,
@@ -705,6 +708,10 @@ fn strip_cookie(headers: &mut dyn HeaderEdit, name: &str) {
 impl Filter for Jwt {
     fn kind(&self) -> &'static str {
         "jwt"
+    }
+
+    fn consumers_digest(&self) -> Option<&str> {
+        Some(&self.consumers_digest)
     }
 
     fn phases(&self) -> Phases {

@@ -25,15 +25,9 @@ fn jwt(spec: serde_json::Value) -> Jwt {
 fn jwt_with(spec: serde_json::Value, config: &sluice_config::Config) -> Jwt {
     let shared = Shared::default();
     let spec: JwtSpec = serde_json::from_value(spec).unwrap();
-    Jwt::new(
-        &spec,
-        &BuildCtx {
-            config,
-            shared: &shared,
-        },
-    )
-    .unwrap()
-    .with_clock(clock)
+    Jwt::new(&spec, &BuildCtx::new(config, &shared))
+        .unwrap()
+        .with_clock(clock)
 }
 
 fn errors(spec: serde_json::Value) -> Vec<String> {
@@ -433,23 +427,9 @@ async fn unknown_kids_refetch_at_most_once_per_interval() {
     let spec: JwtSpec = serde_json::from_value(json!({"jwks": {
         "url": url, "refresh": "1h", "min_refetch_interval": "1h", "wait": "2s"}}))
     .unwrap();
-    let j = Jwt::new(
-        &spec,
-        &BuildCtx {
-            config: &config,
-            shared: &shared,
-        },
-    )
-    .unwrap();
+    let j = Jwt::new(&spec, &BuildCtx::new(&config, &shared)).unwrap();
     // A second filter naming the URL shares the source.
-    let j2 = Jwt::new(
-        &spec,
-        &BuildCtx {
-            config: &config,
-            shared: &shared,
-        },
-    )
-    .unwrap();
+    let j2 = Jwt::new(&spec, &BuildCtx::new(&config, &shared)).unwrap();
     assert!(Arc::ptr_eq(j.jwks_source().unwrap(), j2.jwks_source().unwrap()));
     assert_eq!(shared.jwks.live(), 1);
     let private = std::fs::read(fixture("rsa-private.pem")).unwrap();
