@@ -17,6 +17,7 @@ mod config_center;
 mod discovery;
 mod drain;
 mod errors;
+mod hardening_framing;
 mod lifecycle;
 mod load_balancing;
 mod protocols;

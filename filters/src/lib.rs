@@ -13,6 +13,7 @@ use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
 
 pub mod filter;
+pub mod framing;
 pub mod kinds;
 pub mod resilience;
 pub mod rewrite;
