@@ -397,12 +397,17 @@ pub fn is_valid_host(v: &[u8]) -> bool {
     if host.is_empty() {
         return false;
     }
-    if host[0] != b'['
-        && !host
+    if host[0] != b'[' {
+        if !host
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
-        return false;
+        {
+            return false;
+        }
+        // No empty label (a trailing dot, the root, is allowed).
+        if host[0] == b'.' || host.windows(2).any(|w| w == b"..") {
+            return false;
+        }
     }
     match port {
         [] => true,
@@ -670,6 +675,12 @@ mod tests {
             "two Hosts"
         );
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400, "bad Host");
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: .example\r\n\r\n"),
+            400,
+            "empty label"
+        );
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a..b\r\n\r\n"), 400, "empty label");
         assert_eq!(
             status("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"),
             400,

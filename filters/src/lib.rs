@@ -12,6 +12,7 @@
 use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
 
+pub mod cookie;
 pub mod filter;
 pub mod framing;
 pub mod kinds;
