@@ -19,6 +19,9 @@ use crate::support::{eventually, Gateway};
 /// How long a raw exchange may take before the test gives up on it.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Requests an upstream received: each head and its decoded body.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// An HTTP/1.1 upstream on 127.0.0.1 that records every byte each connection sends it
 /// and every request head it parses, and answers each request `200 ok` (or, for the
 /// path `/bighead`, with a response head of 80 KiB).
@@ -27,7 +30,7 @@ struct RecordingUpstream {
     /// Every byte received, over all connections, in arrival order per read.
     bytes: Arc<Mutex<Vec<u8>>>,
     /// Each request: its head and its decoded body.
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Received,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,11 +75,7 @@ impl RecordingUpstream {
 }
 
 /// Serves one upstream connection: requests framed by `Content-Length` or chunked.
-async fn serve(
-    mut stream: TcpStream,
-    bytes: Arc<Mutex<Vec<u8>>>,
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
-) {
+async fn serve(mut stream: TcpStream, bytes: Arc<Mutex<Vec<u8>>>, requests: Received) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let Some(head_end) = read_until(&mut stream, &mut buf, &bytes, b"\r\n\r\n").await else {
@@ -271,7 +270,7 @@ impl Conn {
     /// The status of the next complete response; `None` when the connection closed.
     async fn response(&mut self) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
-        while !(complete(&self.got) && !statuses(&self.got).is_empty()) {
+        while !complete(&self.got) || statuses(&self.got).is_empty() {
             let mut chunk = [0u8; 16 * 1024];
             match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await

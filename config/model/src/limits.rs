@@ -82,9 +82,9 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % (1024 * 1024) == 0 {
+        if n != 0 && n.is_multiple_of(1024 * 1024) {
             write!(f, "{}MiB", n / (1024 * 1024))
-        } else if n != 0 && n % 1024 == 0 {
+        } else if n != 0 && n.is_multiple_of(1024) {
             write!(f, "{}KiB", n / 1024)
         } else {
             write!(f, "{n}B")
@@ -319,9 +319,7 @@ pub fn validate_buffering(p: &str, b: &RequestBuffering) -> Vec<ConfigError> {
     match b {
         RequestBuffering::On { max } if max.0 == 0 || max.0 > PINGORA_REPLAY_BUFFER => vec![ConfigError {
             path: format!("{p}.max"),
-            message: format!(
-                "must be between 1 byte and 64KiB (pingora's replay buffer); use `off` to stream larger bodies"
-            ),
+            message: "must be between 1 byte and 64KiB (pingora's replay buffer); use `off` to stream larger bodies".to_string(),
         }],
         _ => Vec::new(),
     }
