@@ -643,3 +643,40 @@ routes:
     .await;
     assert_eq!(ex.statuses, [200], "{}", ex.text);
 }
+
+#[tokio::test]
+async fn http2_requests_get_the_same_limits() {
+    use crate::support::h2c_request;
+    let up = RecordingUpstream::start().await;
+    let gw = gateway(&up).await;
+    let addr = gw.http_addr();
+    let request = |path: &str| {
+        http::Request::builder()
+            .uri(format!("http://test{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    // 101 fields: 431, nothing upstream.
+    let mut req = request("/bad-h2-count");
+    for i in 0..101 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            http::HeaderValue::from_static("v"),
+        );
+    }
+    let resp = h2c_request(addr, req).await;
+    assert_eq!(resp.head.status, 431, "{:?}", resp.body);
+    // A 9 KiB path: 414.
+    let resp = h2c_request(addr, request(&format!("/bad-h2-uri-{}", "u".repeat(9 * 1024)))).await;
+    assert_eq!(resp.head.status, 414, "{:?}", resp.body);
+    // A Content-Length over the route's limit: 413 before the body is read.
+    let mut req = request("/small/bad-h2-413");
+    *req.body_mut() = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 2048]));
+    let resp = h2c_request(addr, req).await;
+    assert_eq!(resp.head.status, 413, "{:?}", resp.body);
+    assert!(!up.saw("bad-"), "no refused h2 request reached the upstream");
+    // A valid h2 request is served.
+    let resp = h2c_request(addr, request("/ok-h2")).await;
+    assert_eq!(resp.head.status, 200);
+    assert!(up.saw("/ok-h2"));
+}
