@@ -23,6 +23,7 @@ mod discovery;
 mod drain;
 mod errors;
 mod hardening_conn;
+mod hardening_framing;
 mod lifecycle;
 mod load_balancing;
 mod monitoring;

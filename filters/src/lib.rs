@@ -14,7 +14,9 @@ use sluice_config::ConfigError;
 
 pub mod auth;
 pub mod consumers;
+pub mod cookie;
 pub mod filter;
+pub mod framing;
 pub mod kinds;
 pub mod resilience;
 pub mod rewrite;

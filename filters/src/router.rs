@@ -397,12 +397,16 @@ impl Router {
                 let mut rest = host;
                 while let Some(dot) = rest.find('.') {
                     let suffix = &rest[dot..];
-                    if let Some(m) = self
-                        .wildcard
-                        .get(suffix)
-                        .and_then(|b| b.find(&self.matchers, input))
-                    {
-                        return Some(m);
+                    // A wildcard needs a label in front: `*.example` is not `.example`
+                    // (found by fuzzing).
+                    if suffix.len() < host.len() {
+                        if let Some(m) = self
+                            .wildcard
+                            .get(suffix)
+                            .and_then(|b| b.find(&self.matchers, input))
+                        {
+                            return Some(m);
+                        }
                     }
                     rest = &rest[dot + 1..];
                 }
@@ -576,6 +580,8 @@ mod tests {
         assert_eq!(find(&r, "GET", "www.example.com", "/", &[]), Some(1));
         assert_eq!(find(&r, "GET", "example.com", "/", &[]), Some(0));
         assert_eq!(find(&r, "GET", "other.org", "/", &[]), Some(0));
+        // Found by fuzzing: a wildcard needs a label in front of its suffix.
+        assert_eq!(find(&r, "GET", ".example.com", "/", &[]), Some(0));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
+use sluice_filters::framing::Refusal;
 use sluice_filters::{RejectKind, Response};
 
 /// Why the gateway answered with an error.
@@ -35,6 +36,9 @@ pub enum ErrorKind {
     Rejected(RejectKind),
     /// A bug or resource problem inside the gateway.
     Internal,
+    /// The request's framing, size or head broke a strict check
+    /// ([`sluice_filters::framing`], `pipeline/strict.rs`): 400, 413, 414, 431 or 501.
+    Framing(Refusal),
 }
 
 impl ErrorKind {
@@ -51,6 +55,7 @@ impl ErrorKind {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Framing(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => StatusCode::BAD_REQUEST,
                 RejectKind::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -75,6 +80,13 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Downstream => "downstream",
             ErrorKind::Internal => "internal",
+            ErrorKind::Framing(r) => match r {
+                Refusal::BadRequest(_) => "malformed_request",
+                Refusal::NotImplemented(_) => "not_implemented",
+                Refusal::HeaderTooLarge(_) => "header_too_large",
+                Refusal::UriTooLong => "uri_too_long",
+                Refusal::PayloadTooLarge => "payload_too_large",
+            },
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => "bad_request",
                 RejectKind::Unauthenticated => "unauthenticated",
@@ -100,6 +112,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "the upstream's circuit breaker is open",
             ErrorKind::Downstream => "the request could not be read",
             ErrorKind::Internal => "internal gateway error",
+            ErrorKind::Framing(r) => r.reason(),
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => "the request is not acceptable here",
                 RejectKind::Unauthenticated => "authentication is required",

@@ -3,7 +3,8 @@
 //!
 //! | pingora hook               | phases                                                           |
 //! |----------------------------|------------------------------------------------------------------|
-//! | `request_filter`           | ingress → route (match, filters) → select (backend) → admit (breaker) |
+//! | `request_filter`           | ingress → strict (head) → route (match, filters) → strict (body) → select (backend) → admit (breaker) |
+//! | `request_body_filter`      | strict (a streamed body's limit)                                 |
 //! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
 //! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
 //! | `upstream_response_filter` | outcome (upstream-response filters, outlier record, retry a status) |
@@ -22,7 +23,7 @@ use pingora::proxy::FailToProxy;
 
 use crate::error::ErrorKind;
 use crate::gateway::Gateway;
-use crate::pipeline::{admit, forward, ingress, observe, outcome, respond, route, select, Ctx};
+use crate::pipeline::{admit, forward, ingress, observe, outcome, respond, route, select, strict, Ctx};
 
 /// The proxy for one listener.
 pub struct SluiceProxy {
@@ -53,11 +54,14 @@ impl ProxyHttp for SluiceProxy {
         let r = crate::unwind::catch(async {
             let stop = match ingress::begin(&self.gateway, session, ctx) {
                 Some(a) => Some(a),
-                None => match route::find(session, ctx) {
+                None => match strict::head(session, ctx).or_else(|| route::find(session, ctx)) {
                     Some(a) => Some(a),
                     None => match route::filters(session, ctx, self.scheme).await {
                         Some(a) => Some(a),
-                        None => select::backend(ctx).or_else(|| admit::breaker(ctx)),
+                        None => match strict::body(session, ctx).await {
+                            Some(a) => Some(a),
+                            None => select::backend(ctx).or_else(|| admit::breaker(ctx)),
+                        },
                     },
                 },
             };
@@ -68,6 +72,16 @@ impl ProxyHttp for SluiceProxy {
         })
         .await;
         crate::unwind::or_internal(r, ctx, "request_filter")
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        strict::body_chunk(session, ctx, body)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -90,6 +104,7 @@ impl ProxyHttp for SluiceProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strict::response_head(resp, ctx)?;
         let r = crate::unwind::catch_sync(|| outcome::upstream_response(session, resp, ctx));
         crate::unwind::or_internal(r, ctx, "upstream_response_filter")
     }

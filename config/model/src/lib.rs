@@ -10,6 +10,7 @@
 //! gateway's snapshot, built from a validated [`Config`].
 
 pub mod connections;
+pub mod limits;
 pub mod model;
 pub mod resilience;
 pub mod validate;

@@ -130,6 +130,12 @@ pub struct ServerConfig {
     /// limits, for every listener (a listener's `connections` overrides them).
     /// Default: see [`crate::connections::ConnectionLimits`].
     pub connections: crate::connections::ConnectionLimits,
+    /// Request limits (head size, header count, URI, body) and the upstream response
+    /// head limit. Default: see [`crate::limits::LimitsConfig`].
+    pub limits: crate::limits::LimitsConfig,
+    /// Request buffering for every route (`off`, `on` or `{max: <size>}`), overridable
+    /// per route. Default: `{max: 64KiB}`; see [`crate::limits::RequestBuffering`].
+    pub request_buffering: crate::limits::RequestBuffering,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +151,8 @@ impl Default for ServerConfig {
             access_log: false,
             work_stealing: false,
             connections: crate::connections::ConnectionLimits::default(),
+            limits: crate::limits::LimitsConfig::default(),
+            request_buffering: crate::limits::RequestBuffering::default(),
         }
     }
 }
@@ -519,6 +527,13 @@ pub struct RouteConfig {
     /// upstream from all routes together. Default: the upstream's.
     #[serde(default)]
     pub retries: Option<RetryConfig>,
+    /// Limit overrides for this route (`max_request_body`). Default: the server's.
+    #[serde(default, skip_serializing_if = "crate::limits::RouteLimits::is_empty")]
+    pub limits: crate::limits::RouteLimits,
+    /// Request buffering on this route (`off` for streaming uploads, or `{max: <size>}`).
+    /// Default: `server.request_buffering`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_buffering: Option<crate::limits::RequestBuffering>,
 }
 
 /// One weighted backend of a route.

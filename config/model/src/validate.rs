@@ -611,6 +611,12 @@ impl Validator<'_> {
         }
         self.header_name("server.request_id_header", &c.server.request_id_header);
         self.connections(c);
+        self.errors
+            .extend(crate::limits::validate_limits("server.limits", &c.server.limits));
+        self.errors.extend(crate::limits::validate_buffering(
+            "server.request_buffering",
+            &c.server.request_buffering,
+        ));
 
         let mut upstream_ids = HashSet::new();
         for (i, u) in c.upstreams.iter().enumerate() {
@@ -744,6 +750,12 @@ impl Validator<'_> {
 
     fn route(&mut self, p: &str, r: &RouteConfig, ids: &mut HashSet<String>, upstreams: &HashSet<String>) {
         self.id(&format!("{p}.id"), &r.id, ids);
+        if let Some(b) = &r.request_buffering {
+            self.errors.extend(crate::limits::validate_buffering(
+                &format!("{p}.request_buffering"),
+                b,
+            ));
+        }
         let m = &r.matches;
         for (i, h) in m.hosts.iter().enumerate() {
             if !is_valid_host_pattern(h) {

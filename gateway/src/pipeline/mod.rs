@@ -11,6 +11,7 @@
 //! | [`outcome`]  | each try's result: outlier detection, retries with policy and budget, the upstream-response filters |
 //! | [`respond`]  | gateway-made answers and errors, through the one error mapping          |
 //! | [`observe`]  | the completion phase: breaker verdict, metrics, completion filters, access log |
+//! | [`strict`]   | strict request framing, limits, request buffering (before any upstream) |
 //!
 //! The per-request context ([`Ctx`]) is grouped into typed parts: the routing decision,
 //! the filters' shared state (request id, client, identity, backend hint), the
@@ -39,6 +40,7 @@ pub mod outcome;
 pub mod respond;
 pub mod route;
 pub mod select;
+pub mod strict;
 
 /// Decrements an endpoint's in-flight count when dropped.
 pub struct InFlight(pub Arc<EndpointState>);
@@ -120,6 +122,8 @@ pub struct Ctx {
     pub timing: Timing,
     /// Why the gateway answered with an error, if it did.
     pub error: Option<ErrorKind>,
+    /// What the strict framing check learned, and the body's buffering ([`strict`]).
+    pub strict: strict::Strict,
     _request: crate::shutdown::RequestGuard,
 }
 
@@ -137,6 +141,7 @@ impl Ctx {
                 upstream_header: None,
             },
             error: None,
+            strict: strict::Strict::default(),
             _request: crate::shutdown::RequestGuard::new(),
         }
     }
