@@ -40,6 +40,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
+        .route("/api/v1/events", get(events))
         .with_state(gateway)
         .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
@@ -47,6 +48,29 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// `?since=<seq>&limit=<n>` for `/api/v1/events`.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Only events with a larger seq. Default: 0 (all kept).
+    #[serde(default)]
+    since: u64,
+    /// At most this many (oldest first). Default: 1000.
+    #[serde(default = "default_events_limit")]
+    limit: usize,
+}
+
+fn default_events_limit() -> usize {
+    1000
+}
+
+/// The recent gateway events (`crate::events`), oldest first, with `last_seq` (the
+/// newest recorded) to pass as `since` next time.
+async fn events(axum::extract::Query(q): axum::extract::Query<EventsQuery>) -> Json<Value> {
+    let (list, last) = crate::events::since(q.since, q.limit);
+    let list: Vec<&crate::events::Recorded> = list.iter().map(|e| &**e).collect();
+    Json(json!({ "events": list, "last_seq": last }))
 }
 
 async fn readyz(State(g): State<Arc<Gateway>>) -> impl IntoResponse {
