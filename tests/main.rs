@@ -19,6 +19,7 @@ mod drain;
 mod errors;
 mod lifecycle;
 mod load_balancing;
+mod log_sinks;
 mod protocols;
 mod reload_state;
 mod resilience;

@@ -20,7 +20,11 @@ pub fn tansu() -> PathBuf {
         return PathBuf::from(p);
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|f| f.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("tansu"))
+                .find(|f| f.is_file())
+        })
         .unwrap_or_default();
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
     on_path
@@ -36,9 +40,11 @@ pub fn tansu() -> PathBuf {
 /// The venv python with confluent-kafka: `$SLUICE_TEST_PYTHON`, else
 /// `~/.cache/sluice/venv/bin/python`.
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("SLUICE_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice/venv/bin/python")
-    });
+    let p = std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice/venv/bin/python")
+        });
     assert!(
         p.is_file(),
         "{} not found: run `scripts/deps.sh test` (it creates the venv with confluent-kafka), or set SLUICE_TEST_PYTHON",
@@ -59,7 +65,11 @@ pub struct Kafka {
 impl Kafka {
     /// Starts a broker on a free port and creates `topics` (name, partitions).
     pub async fn start(topics: &[(&str, u32)]) -> Kafka {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut k = Kafka {
             child: None,
             port,
@@ -101,7 +111,11 @@ impl Kafka {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen within 20 s: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 20 s: {}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for (topic, partitions) in self.topics.clone() {
@@ -153,7 +167,10 @@ impl Kafka {
         let mut s = String::new();
         for i in 1..=self.starts {
             for ext in ["out", "err"] {
-                s.push_str(&std::fs::read_to_string(self.dir.path().join(format!("tansu.{i}.{ext}"))).unwrap_or_default());
+                s.push_str(
+                    &std::fs::read_to_string(self.dir.path().join(format!("tansu.{i}.{ext}")))
+                        .unwrap_or_default(),
+                );
             }
         }
         s

@@ -19,6 +19,7 @@ pub mod dns;
 #[path = "../../config/sources/tests/support/mod.rs"]
 pub mod etcd;
 pub mod gateway;
+pub mod kafka;
 pub mod metrics;
 pub mod tls;
 pub mod tls_upstream;
