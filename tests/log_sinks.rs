@@ -119,10 +119,9 @@ logging:
     assert_eq!(opened_record["breaker"], "open");
 
     // Events: two config applies and the breaker opening, with its window figures.
-    let mut events: Vec<Value> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        events = kafka
+    let events: Vec<Value> = loop {
+        let events: Vec<Value> = kafka
             .consume("events", 3, Duration::from_secs(20))
             .await
             .into_iter()
@@ -133,10 +132,10 @@ logging:
             .iter()
             .any(|e| e["kind"] == "breaker_transition" && e["to"] == "open");
         if applied >= 2 && opened {
-            break;
+            break events;
         }
         assert!(Instant::now() < deadline, "events on Kafka: {events:?}");
-    }
+    };
     let applied: Vec<&Value> = events.iter().filter(|e| e["kind"] == "config_applied").collect();
     assert_eq!(applied[0]["version"], 1);
     assert_eq!(applied[1]["version"], 2);

@@ -178,7 +178,7 @@ pub enum SinkConfig {
     /// A file, JSON lines, appended to; reopened on SIGUSR1 (for logrotate).
     File(FileSink),
     /// A Kafka topic, one record per message.
-    Kafka(KafkaSink),
+    Kafka(Box<KafkaSink>),
 }
 
 /// Default buffer: 8192 records.
