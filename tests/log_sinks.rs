@@ -201,6 +201,33 @@ logging:
         "{later:?}"
     );
     assert_eq!(listed["last_seq"], list.last().unwrap()["seq"]);
+
+    // A rejected update is an event too, with its errors; version 2 keeps serving.
+    let last = listed["last_seq"].as_u64().unwrap();
+    gw.reload(&config("- {id: broken, upstream: nowhere}")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rejected = loop {
+        let v = gw.admin_json(&format!("/api/v1/events?since={last}")).await;
+        if let Some(e) = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "config_rejected")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no config_rejected event: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rejected["version"], 2, "{rejected}");
+    let errors = rejected["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .contains("routes[2].upstream: unknown upstream")),
+        "{rejected}"
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
