@@ -1,20 +1,44 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Sluice needs. Usage: scripts/deps.sh build|test|bench
 #   build: cmake (libz-ng-sys, aws-lc-sys), protoc (etcd-client), a C toolchain
-#   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool, Chromium + chromedriver (the integration tests start real ones)
+#   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool, Chromium +
+#          chromedriver (the integration tests start real ones), python3-venv, and (see
+#          the end) the Kafka-protocol broker tansu and a venv with confluent-kafka
+#          (librdkafka) for the log-sink tests
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
 want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
 case "${1:-build}" in
   build) ;;
-  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus chromium chromium-driver) ;;
+  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus chromium chromium-driver python3-venv) ;;
   bench) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus nginx haproxy) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-[ ${#missing[@]} -eq 0 ] && exit 0
-sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-echo "installing: ${missing[*]}" >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-build}" = test ]; then
+  # tansu: the Kafka-compatible broker the log-sink tests start (tests/support/kafka.rs).
+  # Installed once into ~/.cargo/bin, where it stays; a cold install takes 10-35 minutes
+  # on 2 shared cores (35 min measured with other builds running), so it runs only when
+  # tansu is missing.
+  if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+    echo "installing tansu (cargo install tansu --features dynostore --locked)" >&2
+    cargo install tansu --features dynostore --locked \
+      || cargo install tansu --features dynostore
+  fi
+  # librdkafka through confluent-kafka, the independent client the tests read back with.
+  venv="${SLUICE_TEST_VENV:-$HOME/.cache/sluice/venv}"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka" 2>/dev/null; then
+    echo "creating $venv with confluent-kafka" >&2
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q confluent-kafka
+  fi
+fi

@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
+# Where the log-sink tests find tansu and the confluent-kafka venv (tests/support/kafka.rs).
+export SLUICE_TEST_PYTHON="${SLUICE_TEST_VENV:-$HOME/.cache/sluice/venv}/bin/python"
+[ -x "$HOME/.cargo/bin/tansu" ] && export SLUICE_TANSU="${SLUICE_TANSU:-$HOME/.cargo/bin/tansu}"
 cargo fmt --all -- --check
 # The integration tests need the test-only filter kinds (a `panic` kind, to show that a
 # bug in one request does not take the process down); a build without this feature, as

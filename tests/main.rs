@@ -26,6 +26,7 @@ mod hardening_conn;
 mod hardening_framing;
 mod lifecycle;
 mod load_balancing;
+mod log_sinks;
 mod monitoring;
 mod protocols;
 mod reload_state;

@@ -1,12 +1,13 @@
-//! The access log: one JSON line per request, written off the request path.
+//! The access log: one JSON record per request, written off the request path.
 //!
 //! A worker builds an [`AccessRecord`] (owned small strings and numbers, no formatting)
-//! and hands it to [`AccessLog::submit`], which is one `try_send` on a bounded channel:
-//! a worker never blocks on the log. When the channel is full the record is dropped and
-//! counted in `sluice_access_log_dropped_total`. One writer thread formats the records
-//! as JSON lines into a buffered destination (stdout by default, or a file) and flushes
-//! whenever the channel runs empty, so lines appear promptly when traffic is light and
-//! are written in large chunks when it is heavy.
+//! and hands it to the access-log stream's sinks ([`crate::sinks`]: stdout, a file,
+//! Kafka; `logging.access_log` in the config, or `server.access_log: true` for stdout),
+//! each of which takes it with one `try_send` on its own bounded queue: a worker never
+//! blocks on the log. A sink whose queue is full drops the record and counts it in
+//! `sluice_log_dropped_total{stream="access_log", sink, reason}` (and, all sinks
+//! together, `sluice_access_log_dropped_total`). The sinks' writers format the records
+//! with the configured field set (`logging.access_log.fields`, every field by default).
 //!
 //! A line looks like (one line, wrapped here):
 //!
@@ -18,15 +19,18 @@
 //!  "breaker":"closed","user_agent":"curl/8.5.0","error":null,"consumer":"alice"}
 //! ```
 
-use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use serde::Serialize;
+use sluice_config::logging::{AccessField, KafkaKey};
+use sluice_config::Config;
 use sluice_filters::resilience::BreakerState;
+
+use crate::sinks::{LogMetrics, LogRecord, Sinks};
 
 /// One finished request, as the access log records it. Built on the worker; formatted
 /// on the writer thread.
@@ -76,196 +80,136 @@ pub struct AccessRecord {
     pub limit: Option<sluice_filters::LimitNote>,
 }
 
-/// The JSON shape of a line.
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    request_id: &'a str,
-    client: Option<IpAddr>,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: &'a str,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    duration_ms: f64,
-    upstream: Option<&'a str>,
-    upstream_ms: Option<f64>,
-    route: Option<&'a str>,
-    backend: Option<&'a str>,
-    retries: u32,
-    breaker: Option<&'static str>,
-    user_agent: Option<&'a str>,
-    error: Option<&'static str>,
-    consumer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit_decision: Option<&'static str>,
-}
-
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Writes `"key":value` (a comma before all but the first).
+fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &T) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Serializing plain strings and numbers into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
 impl AccessRecord {
-    /// Appends the record as one JSON line (with its `\n`) to `out`.
+    /// Appends the record as one JSON line (with its `\n`) to `out`, with every field.
     pub fn write_line(&self, out: &mut Vec<u8>) {
-        let line = Line {
-            time: humantime::format_rfc3339_millis(self.time).to_string(),
-            request_id: &self.request_id,
-            client: self.client,
-            method: self.method.as_str(),
-            host: self.host.as_deref(),
-            path: &self.path,
-            status: self.status,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            duration_ms: millis(self.duration),
-            upstream: self.upstream.as_deref(),
-            upstream_ms: self.upstream_time.map(millis),
-            route: self.route.as_deref(),
-            backend: self.backend.as_deref(),
-            retries: self.retries,
-            breaker: self.breaker.map(BreakerState::as_str),
-            user_agent: self.user_agent.as_deref(),
-            error: self.error,
-            consumer: self.consumer.as_deref(),
-            limit: self.limit.as_ref().map(|l| &*l.name),
-            limit_decision: self.limit.as_ref().map(|l| l.decision),
-        };
-        // Serializing plain strings and numbers into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &line);
+        self.write_fields(&AccessField::ALL, out);
         out.push(b'\n');
     }
-}
 
-/// Where the access log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// The process's stdout (what `server.access_log: true` means).
-    Stdout,
-    /// A file, appended to (created if missing).
-    File(PathBuf),
-}
-
-/// How the access log is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessLogConfig {
-    /// Where lines go. Default: stdout.
-    pub destination: Destination,
-    /// Records the channel holds before new ones are dropped. Default: 8192.
-    pub capacity: usize,
-}
-
-impl Default for AccessLogConfig {
-    fn default() -> Self {
-        Self {
-            destination: Destination::Stdout,
-            capacity: 8192,
+    /// Appends the record as one JSON object with `fields`, in that order.
+    pub fn write_fields(&self, fields: &[AccessField], out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        let o = &mut *out;
+        for f in fields {
+            let k = f.as_str();
+            match f {
+                AccessField::Time => field(
+                    o,
+                    &mut first,
+                    k,
+                    &humantime::format_rfc3339_millis(self.time).to_string(),
+                ),
+                AccessField::RequestId => field(o, &mut first, k, &self.request_id),
+                AccessField::Client => field(o, &mut first, k, &self.client),
+                AccessField::Method => field(o, &mut first, k, self.method.as_str()),
+                AccessField::Host => field(o, &mut first, k, &self.host),
+                AccessField::Path => field(o, &mut first, k, &self.path),
+                AccessField::Status => field(o, &mut first, k, &self.status),
+                AccessField::BytesIn => field(o, &mut first, k, &self.bytes_in),
+                AccessField::BytesOut => field(o, &mut first, k, &self.bytes_out),
+                AccessField::DurationMs => field(o, &mut first, k, &millis(self.duration)),
+                AccessField::Upstream => field(o, &mut first, k, &self.upstream),
+                AccessField::UpstreamMs => field(o, &mut first, k, &self.upstream_time.map(millis)),
+                AccessField::Route => field(o, &mut first, k, &self.route),
+                AccessField::Backend => field(o, &mut first, k, &self.backend),
+                AccessField::Retries => field(o, &mut first, k, &self.retries),
+                AccessField::Breaker => field(o, &mut first, k, &self.breaker.map(BreakerState::as_str)),
+                AccessField::UserAgent => field(o, &mut first, k, &self.user_agent),
+                AccessField::Error => field(o, &mut first, k, &self.error),
+                AccessField::Consumer => field(o, &mut first, k, &self.consumer.as_deref()),
+                AccessField::Limit => {
+                    if let Some(l) = &self.limit {
+                        field(o, &mut first, k, &*l.name);
+                    }
+                }
+                AccessField::LimitDecision => {
+                    if let Some(l) = &self.limit {
+                        field(o, &mut first, k, l.decision);
+                    }
+                }
+            }
         }
+        out.push(b'}');
     }
 }
 
-/// The handle workers submit records to. Cheap to share (`&self`); the writer thread
-/// ends when the handle is dropped, after writing what is queued.
-#[derive(Debug)]
+impl LogRecord for AccessRecord {
+    fn write_json(&self, fields: &[AccessField], out: &mut Vec<u8>) {
+        self.write_fields(fields, out);
+    }
+
+    fn key(&self, key: KafkaKey) -> Option<&str> {
+        crate::sinks::kafka::key_of(key, self.route.as_deref(), Some(&self.request_id))
+    }
+
+    fn timestamp(&self) -> SystemTime {
+        self.time
+    }
+}
+
+/// The access log: the sinks in effect, swapped when a reload changes `logging` (the
+/// old sinks drain what they hold and end). Workers load it once per request.
 pub struct AccessLog {
-    tx: SyncSender<AccessRecord>,
+    sinks: ArcSwap<Sinks<AccessRecord>>,
+    metrics: LogMetrics,
     dropped: IntCounter,
 }
 
 impl AccessLog {
-    /// Starts the writer thread for `config`, counting dropped records in `dropped`
-    /// (`sluice_access_log_dropped_total`). A file that cannot be opened is reported and
-    /// the log falls back to stdout.
-    pub fn start(config: &AccessLogConfig, dropped: IntCounter) -> AccessLog {
-        let out: Box<dyn Write + Send> = match &config.destination {
-            Destination::Stdout => Box::new(io::stdout()),
-            Destination::File(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path)
-            {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot open the access log file, using stdout: {e}");
-                    Box::new(io::stdout())
-                }
-            },
+    /// The access log for `config` (its `logging.access_log` and `server.access_log`);
+    /// every drop is also counted in `dropped` (`sluice_access_log_dropped_total`).
+    pub fn start(config: &Config, metrics: LogMetrics, dropped: IntCounter) -> AccessLog {
+        let log = AccessLog {
+            sinks: ArcSwap::from_pointee(Sinks::none()),
+            metrics,
+            dropped,
         };
-        Self::with_writer(config.capacity, out, dropped)
+        log.reconfigure(config);
+        log
     }
 
-    /// Starts the writer thread writing to `out` (tests give their own writer).
-    pub fn with_writer(capacity: usize, out: Box<dyn Write + Send>, dropped: IntCounter) -> AccessLog {
-        let (tx, rx) = sync_channel(capacity.max(1));
-        let spawned = std::thread::Builder::new()
-            .name("sluice-access-log".into())
-            .spawn(move || write_loop(&rx, out));
-        if let Err(e) = spawned {
-            // Without a writer every record is dropped, and counted.
-            tracing::error!("cannot start the access log writer: {e}");
-        }
-        AccessLog { tx, dropped }
+    /// Starts the sinks of `config` and swaps them in.
+    pub fn reconfigure(&self, config: &Config) {
+        let sinks = Sinks::start(
+            "access_log",
+            &config.logging.access_sinks(config.server.access_log),
+            &config.logging.access_log.fields,
+            &self.metrics,
+            Some(self.dropped.clone()),
+        );
+        self.sinks.store(Arc::new(sinks));
     }
 
-    /// Queues `record` for the writer, without ever blocking: when the queue is full (or
-    /// the writer is gone) the record is dropped and counted.
+    /// The sinks in effect: load once per request, check [`Sinks::is_empty`] before
+    /// building a record, then [`Sinks::submit`] it (never blocks).
     #[inline]
-    pub fn submit(&self, record: AccessRecord) {
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
+    pub fn current(&self) -> arc_swap::Guard<Arc<Sinks<AccessRecord>>> {
+        self.sinks.load()
     }
-}
-
-/// How often the writer wakes to take what the workers queued. The writer never blocks
-/// on the channel: a receiver that waits would have every worker's `try_send` wake it (a
-/// system call and a context switch per request, on the workers' own CPU).
-const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// The writer thread: every [`DRAIN_EVERY`] it takes every queued record, formats them
-/// into a buffer, and writes and flushes the batch (so a busy gateway makes one write
-/// per batch, not one per request); ends when every sender is gone and the queue is
-/// empty.
-fn write_loop(rx: &Receiver<AccessRecord>, out: Box<dyn Write + Send>) {
-    use std::sync::mpsc::TryRecvError;
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
-    let mut line = Vec::with_capacity(512);
-    loop {
-        let mut wrote = false;
-        let gone = loop {
-            match rx.try_recv() {
-                Ok(record) => {
-                    line.clear();
-                    record.write_line(&mut line);
-                    if let Err(e) = out.write_all(&line) {
-                        tracing::warn!("access log write failed: {e}");
-                    }
-                    wrote = true;
-                }
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
-            }
-        };
-        if wrote {
-            if let Err(e) = out.flush() {
-                tracing::warn!("access log flush failed: {e}");
-            }
-        }
-        if gone {
-            break;
-        }
-        std::thread::sleep(DRAIN_EVERY);
-    }
-    let _ = out.flush();
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::mpsc;
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
     fn record(id: &str) -> AccessRecord {
@@ -334,76 +278,19 @@ mod tests {
         assert_eq!(v["limit_decision"], "rejected");
     }
 
-    /// A writer that blocks in its first `write` until released, and keeps what it got.
-    struct Blocked {
-        entered: mpsc::Sender<()>,
-        release: Arc<Mutex<mpsc::Receiver<()>>>,
-        got: Arc<Mutex<Vec<u8>>>,
-        waited: bool,
-    }
-
-    impl Write for Blocked {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if !self.waited {
-                self.waited = true;
-                let _ = self.entered.send(());
-                let _ = self.release.lock().unwrap().recv();
-            }
-            self.got.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
-    fn a_full_channel_drops_and_counts_and_never_blocks() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let writer = Blocked {
-            entered: entered_tx,
-            release: Arc::new(Mutex::new(release_rx)),
-            got: got.clone(),
-            waited: false,
-        };
-        let dropped = IntCounter::new("dropped", "test").unwrap();
-        // A 1-byte buffer makes the first line reach the writer at once.
-        let log = AccessLog::with_writer(4, Box::new(BufWriter::with_capacity(1, writer)), dropped.clone());
-        log.submit(record("first"));
-        // The writer thread now holds "first" and is stuck in `write`.
-        entered.recv_timeout(Duration::from_secs(10)).unwrap();
-        for i in 0..10 {
-            log.submit(record(&format!("queued-{i}")));
-        }
-        // 4 fit in the channel, 6 are dropped; submitting did not block.
-        assert_eq!(dropped.get(), 6);
-        release.send(()).unwrap();
-        drop(log);
-        // The writer drains what was queued and ends; poll for its output.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
-            let ids: Vec<String> = text
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string())
-                .collect();
-            if ids.len() == 5 {
-                assert_eq!(
-                    ids,
-                    [
-                        "\"first\"",
-                        "\"queued-0\"",
-                        "\"queued-1\"",
-                        "\"queued-2\"",
-                        "\"queued-3\""
-                    ]
-                );
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "writer output: {text}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    fn a_field_set_picks_and_orders_the_fields() {
+        let mut out = Vec::new();
+        record("abc").write_fields(
+            &[AccessField::Status, AccessField::Route, AccessField::UpstreamMs],
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"status":201,"route":"users","upstream_ms":1.0}"#
+        );
+        assert_eq!(record("abc").key(KafkaKey::Route), Some("users"));
+        assert_eq!(record("abc").key(KafkaKey::RequestId), Some("abc"));
+        assert_eq!(record("abc").key(KafkaKey::None), None);
     }
 }

@@ -51,6 +51,7 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .route("/api/v1/stats", get(crate::dashboard::stats))
         .route("/dashboard", get(crate::dashboard::page))
+        .route("/api/v1/events", get(events))
         .with_state(gateway)
         .layer(axum::middleware::from_fn_with_state(auth, authorize))
         .layer(CompressionLayer::new())
@@ -133,7 +134,8 @@ impl AdminAuth {
             return false;
         }
         if method == Method::GET || method == Method::HEAD {
-            self.for_reads && path != "/healthz" && path != "/readyz"
+            // The dashboard page itself carries no data; it asks for the token and sends it.
+            self.for_reads && path != "/healthz" && path != "/readyz" && path != "/dashboard"
         } else {
             true
         }
@@ -174,6 +176,29 @@ async fn authorize(State(auth): State<Arc<AdminAuth>>, req: Request, next: Next)
             .into_response();
     }
     next.run(req).await
+}
+
+/// `?since=<seq>&limit=<n>` for `/api/v1/events`.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Only events with a larger seq. Default: 0 (all kept).
+    #[serde(default)]
+    since: u64,
+    /// At most this many (oldest first). Default: 1000.
+    #[serde(default = "default_events_limit")]
+    limit: usize,
+}
+
+fn default_events_limit() -> usize {
+    1000
+}
+
+/// The recent gateway events (`crate::events`), oldest first, with `last_seq` (the
+/// newest recorded) to pass as `since` next time.
+async fn events(axum::extract::Query(q): axum::extract::Query<EventsQuery>) -> Json<Value> {
+    let (list, last) = crate::events::since(q.since, q.limit);
+    let list: Vec<&crate::events::Recorded> = list.iter().map(|e| &**e).collect();
+    Json(json!({ "events": list, "last_seq": last }))
 }
 
 async fn readyz(State(g): State<Arc<Gateway>>) -> impl IntoResponse {

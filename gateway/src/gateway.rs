@@ -11,8 +11,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_config::{Config, ConfigErrors};
 
-use crate::access_log::{AccessLog, AccessLogConfig};
+use crate::access_log::AccessLog;
+use crate::events::{self, Event};
 use crate::metrics::Metrics;
+use crate::sinks::{LogMetrics, Sinks};
 use crate::snapshot::{Provenance, Snapshot};
 use crate::state::SharedState;
 
@@ -50,6 +52,13 @@ fn warn_restart_only(current: &Config, next: &Config) {
     }
 }
 
+/// Points the events stream at `config`'s `logging.events` sinks and history size.
+fn configure_events(config: &Config, metrics: &LogMetrics) {
+    let sinks = Sinks::start("events", &config.logging.events.sinks, &[], metrics, None);
+    let queue = metrics.dropped.with_label_values(&["events", "_queue", "full"]);
+    events::configure(sinks, config.logging.events.history, queue);
+}
+
 /// The gateway's shared core.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
@@ -57,9 +66,11 @@ pub struct Gateway {
     pub state: SharedState,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The access log's queue to its writer thread (written to while
-    /// `server.access_log` is on).
+    /// The access log's sinks (`logging.access_log`, or stdout with
+    /// `server.access_log`).
     pub access_log: AccessLog,
+    /// The log sinks' metrics.
+    log_metrics: LogMetrics,
     ready: AtomicBool,
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
@@ -78,13 +89,22 @@ impl Gateway {
     pub fn new(config: Config, provenance: Provenance, ready: bool) -> Result<Arc<Gateway>, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
         let state = SharedState::new(metrics.clone());
+        let log_metrics = LogMetrics::new(&metrics);
+        let access_log = AccessLog::start(&config, log_metrics.clone(), metrics.access_log_dropped.clone());
+        configure_events(&config, &log_metrics);
         let snapshot = Snapshot::compile(config, 1, provenance.clone(), &state, None)?;
         metrics.config_version.set(1);
+        events::emit(Event::ConfigApplied {
+            version: 1,
+            source: provenance.source.clone(),
+            revision: provenance.revision,
+        });
         metrics.reloads.with_label_values(&["applied"]).inc();
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             state,
-            access_log: AccessLog::start(&AccessLogConfig::default(), metrics.access_log_dropped.clone()),
+            access_log,
+            log_metrics,
             metrics,
             ready: AtomicBool::new(ready),
             next_version: AtomicU64::new(2),
@@ -196,6 +216,13 @@ impl Gateway {
             Ok(Some(snapshot)) => {
                 *self.provenance.lock() = provenance.clone();
                 let version = snapshot.version;
+                let previous = self.snapshot.load_full();
+                let relog = previous.config.logging != snapshot.config.logging
+                    || previous.config.server.access_log != snapshot.config.server.access_log;
+                if relog {
+                    self.access_log.reconfigure(&snapshot.config);
+                    configure_events(&snapshot.config, &self.log_metrics);
+                }
                 self.snapshot.store(Arc::new(snapshot));
                 self.ready.store(true, Ordering::Release);
                 self.state.collect_garbage();
@@ -207,15 +234,27 @@ impl Gateway {
                     .apply_latency
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(version, source = %provenance.source, "config applied");
+                events::emit(Event::ConfigApplied {
+                    version,
+                    source: provenance.source,
+                    revision: provenance.revision,
+                });
                 Ok(ApplyOutcome::Applied)
             }
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["rejected"]).inc();
                 tracing::warn!(source = %provenance.source, "config rejected:\n{errors}");
+                let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                events::emit(Event::ConfigRejected {
+                    version: self.snapshot.load().version,
+                    source: provenance.source.clone(),
+                    revision: provenance.revision,
+                    errors: list.clone(),
+                });
                 *self.last_rejection.lock() = Some(Rejection {
                     at: SystemTime::now(),
                     source: provenance.source,
-                    errors: errors.0.iter().map(ToString::to_string).collect(),
+                    errors: list,
                 });
                 Err(errors)
             }

@@ -43,12 +43,14 @@ type Probes = Arc<Mutex<HashMap<(String, String), Probe>>>;
 /// Runs the health checker until the process ends.
 pub async fn run(gateway: Arc<Gateway>) {
     let probes: Probes = Arc::default();
+    let mut ejected = HashSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         let now = Instant::now();
         let snap = gateway.snapshot();
+        crate::events::watch_ejections(&snap, &mut ejected, now);
         let mut live = HashSet::new();
         for up in snap.upstreams.values() {
             let set = up.endpoints.load();
@@ -121,6 +123,12 @@ impl Check {
                     // Back from unhealthy: ramp up again (when the upstream has slow start).
                     self.state.start_ramp(Instant::now());
                     tracing::warn!(upstream = %self.key.0, endpoint = %self.key.1, "health check: endpoint is healthy again");
+                    crate::events::emit(crate::events::Event::HealthChanged {
+                        upstream: self.key.0.clone(),
+                        endpoint: self.key.1.clone(),
+                        healthy: true,
+                        reason: None,
+                    });
                 }
             }
             Err(why) => {
@@ -129,6 +137,12 @@ impl Check {
                 if healthy && probe.failures >= self.config.unhealthy_threshold {
                     self.state.healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(upstream = %self.key.0, endpoint = %self.key.1, reason = %why, "health check: endpoint is unhealthy");
+                    crate::events::emit(crate::events::Event::HealthChanged {
+                        upstream: self.key.0.clone(),
+                        endpoint: self.key.1.clone(),
+                        healthy: false,
+                        reason: Some(why),
+                    });
                 }
             }
         }

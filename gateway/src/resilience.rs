@@ -81,6 +81,14 @@ impl RouteBreaker {
             reason = %t.reason,
             "circuit breaker state changed"
         );
+        crate::events::emit(crate::events::Event::BreakerTransition {
+            route: self.route.clone(),
+            upstream: self.upstream.clone(),
+            from: t.from,
+            to: t.to,
+            reason: t.reason,
+            window: t.window,
+        });
     }
 
     /// The [`BREAKER_HEADER`] value for an answer shaped while in `state`.

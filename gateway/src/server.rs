@@ -112,6 +112,8 @@ pub fn run(
         .spawn(move || admin_thread(admin_gateway, admin_addr, auth, sources, base, base_hash))
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
 
+    // File log sinks reopen on SIGUSR1 (logrotate); installed before anything can signal.
+    crate::sinks::install_reopen_signal();
     tracing::info!(listeners = config.listeners.len(), admin = %admin_addr, "sluice starting");
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(crate::shutdown::Signals {

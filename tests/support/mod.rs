@@ -20,6 +20,7 @@ pub mod dns;
 pub mod etcd;
 pub mod gateway;
 pub mod jwks;
+pub mod kafka;
 pub mod metrics;
 pub mod redis;
 pub mod tls;

@@ -11,6 +11,7 @@
 
 pub mod connections;
 pub mod limits;
+pub mod logging;
 pub mod model;
 pub mod resilience;
 pub mod validate;

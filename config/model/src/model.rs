@@ -33,6 +33,9 @@ pub struct Config {
     /// Consumers: named identities with credentials and groups, which authentication
     /// filters identify (see `docs/access-control.md`). Default: none.
     pub consumers: Vec<ConsumerConfig>,
+    /// Where the access log and the gateway's events go (sinks, fields). Default: see
+    /// [`crate::logging::LoggingConfig`] (no sinks).
+    pub logging: crate::logging::LoggingConfig,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
@@ -120,7 +123,8 @@ pub struct ServerConfig {
     /// Name of the request id header, generated when absent and propagated upstream and
     /// back to the client. Default: `x-request-id`.
     pub request_id_header: String,
-    /// Whether to write one JSON access-log line per request to stdout. Default: `false`.
+    /// Whether to write one JSON access-log line per request to stdout: the same as one
+    /// `stdout` sink in `logging.access_log.sinks` (not both). Default: `false`.
     pub access_log: bool,
     /// Let idle worker threads take tasks from busy ones. Off, each thread runs its own
     /// single-threaded runtime and keeps its connections (nginx's model), which is faster

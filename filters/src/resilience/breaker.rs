@@ -135,6 +135,36 @@ pub struct Transition {
     pub to: BreakerState,
     /// Why, for logs and the admin API, e.g. `failure rate 62.0% >= 50.0% over 20 calls`.
     pub reason: String,
+    /// The window figures that decided it, when a rate over the closed window or a
+    /// half-open trial did (`None` for time-driven, consecutive-failure and operator
+    /// transitions).
+    pub window: Option<WindowFigures>,
+}
+
+/// The figures behind a rate-driven transition (for events and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WindowFigures {
+    /// Calls in the closed window, or probes the trial was judged over.
+    pub calls: u32,
+    /// Failed calls among them.
+    pub failures: u32,
+    /// Slow calls among them.
+    pub slow: u32,
+    /// Failure rate, percent.
+    pub failure_rate: f64,
+    /// Slow-call rate, percent.
+    pub slow_call_rate: f64,
+    /// `failure_rate_threshold`, percent.
+    pub failure_rate_threshold: f64,
+    /// `slow_call_rate_threshold`, percent.
+    pub slow_call_rate_threshold: f64,
+}
+
+impl Transition {
+    fn with_window(mut self, window: WindowFigures) -> Transition {
+        self.window = Some(window);
+        self
+    }
 }
 
 /// What a call did, as the breaker counts it.
@@ -716,7 +746,12 @@ impl CircuitBreaker {
             return None;
         }
         self.published.fetch_max(word, Ordering::AcqRel);
-        let t = Transition { from, to, reason };
+        let t = Transition {
+            from,
+            to,
+            reason,
+            window: None,
+        };
         self.last_transition.store(Some(Arc::new((t.clone(), now))));
         Some(t)
     }
@@ -862,7 +897,16 @@ impl CircuitBreaker {
         } else {
             return None;
         };
-        self.trip(phase, reason, now)
+        let figures = WindowFigures {
+            calls,
+            failures,
+            slow,
+            failure_rate,
+            slow_call_rate: slow_rate,
+            failure_rate_threshold: s.failure_rate_threshold,
+            slow_call_rate_threshold: s.slow_call_rate_threshold,
+        };
+        self.trip(phase, reason, now).map(|t| t.with_window(figures))
     }
 
     fn record_probe(
@@ -904,6 +948,23 @@ impl CircuitBreaker {
     /// Ends a trial: open again when the probes' failure or slow-call rate over `basis`
     /// probes reaches its threshold, closed with an empty window otherwise.
     fn judge(&self, phase: &Arc<Phase>, trial: &Trial, basis: u32, now: Instant) -> Option<Transition> {
+        let s = &phase.settings;
+        let failure_rate = rate(trial.failures, basis);
+        let slow_rate = rate(trial.slow, basis);
+        let figures = WindowFigures {
+            calls: basis,
+            failures: trial.failures,
+            slow: trial.slow,
+            failure_rate,
+            slow_call_rate: slow_rate,
+            failure_rate_threshold: s.failure_rate_threshold,
+            slow_call_rate_threshold: s.slow_call_rate_threshold,
+        };
+        self.judge_inner(phase, trial, basis, now)
+            .map(|t| t.with_window(figures))
+    }
+
+    fn judge_inner(&self, phase: &Arc<Phase>, trial: &Trial, basis: u32, now: Instant) -> Option<Transition> {
         let s = &phase.settings;
         let failure_rate = rate(trial.failures, basis);
         let slow_rate = rate(trial.slow, basis);

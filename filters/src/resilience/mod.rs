@@ -37,7 +37,7 @@ mod window;
 
 pub use breaker::{
     Acquire, Admission, BreakerSnapshot, BreakerState, CallOutcome, CircuitBreaker, Forced, Permit,
-    Transition, TransitionSnapshot, TrialSnapshot,
+    Transition, TransitionSnapshot, TrialSnapshot, WindowFigures,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use outlier::{EjectionEvent, EjectionReason, EndpointSnapshot, OutlierDetector, OutlierSnapshot};

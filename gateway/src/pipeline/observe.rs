@@ -39,7 +39,8 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
         auth.observe(note);
     }
     let wants_record = route.is_some_and(|r| r.chain.has_complete_phase());
-    let access_log = ctx.snapshot.as_ref().is_some_and(|s| s.config.server.access_log);
+    let sinks = gateway.access_log.current();
+    let access_log = !sinks.is_empty();
     if wants_record || access_log {
         let endpoint = ctx.resilience.tried.last().map(|t| t.endpoint().key.as_str());
         let done = Completion {
@@ -62,7 +63,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
         }
         if access_log {
             let req = session.req_header();
-            gateway.access_log.submit(AccessRecord {
+            sinks.submit(AccessRecord {
                 time: std::time::SystemTime::now() - elapsed,
                 request_id: ctx.filter.request_id.clone(),
                 client: ctx.filter.client_ip,

@@ -104,6 +104,14 @@ fn record_try(ctx: &mut Ctx, outcome: UpstreamOutcome) {
             enforced = ev.enforced,
             "outlier detection ejected an endpoint"
         );
+        crate::events::emit(crate::events::Event::EndpointEjected {
+            upstream: up.id.clone(),
+            endpoint: ev.address.clone(),
+            reason: ev.reason,
+            detail: ev.detail.clone(),
+            duration_ms: u64::try_from(ev.duration.as_millis()).unwrap_or(u64::MAX),
+            enforced: ev.enforced,
+        });
     }
 }
 
