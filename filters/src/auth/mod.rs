@@ -43,6 +43,7 @@ use crate::filter::{
 use crate::kinds::{parse, BuildCtx, BuildResult, SpecError};
 
 pub mod acl;
+pub mod adapters;
 pub mod basic_auth;
 pub mod key_auth;
 
@@ -101,12 +102,18 @@ pub trait AuthMethod: Send + Sync {
     }
 }
 
+/// What a method's build returns: the method, or every error in its spec.
+pub type MethodResult = Result<Arc<dyn AuthMethod>, Vec<SpecError>>;
+
+/// A method's build: parses, validates and builds it from its spec.
+pub type MethodBuild = fn(&serde_json::Value, &BuildCtx<'_>) -> MethodResult;
+
 /// A method's registry entry.
 pub struct MethodKind {
     /// The name in config (`methods: [{key_auth: ..}]`, `credentials: {key_auth: ..}`).
     pub name: &'static str,
     /// Parses, validates and builds the method from its spec.
-    pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> Result<Arc<dyn AuthMethod>, Vec<SpecError>>,
+    pub build: MethodBuild,
     /// Checks every consumer's `credentials.<name>` (and their uniqueness across
     /// consumers); errors carry full paths, e.g. `consumers[2].credentials.key_auth.keys[0]`.
     /// `None` for a method without consumer credentials (forward-auth): a consumer
@@ -115,7 +122,12 @@ pub struct MethodKind {
 }
 
 /// Every authentication method, one line each.
-pub static METHODS: &[MethodKind] = &[key_auth::METHOD, basic_auth::METHOD];
+pub static METHODS: &[MethodKind] = &[
+    key_auth::METHOD,
+    basic_auth::METHOD,
+    adapters::JWT,
+    adapters::FORWARD_AUTH,
+];
 
 /// The method called `name`.
 pub fn find_method(name: &str) -> Option<&'static MethodKind> {
