@@ -24,7 +24,9 @@ fn consumers_yaml(n: usize, hashed: bool) -> String {
         } else {
             key
         };
-        y.push_str(&format!("  - {{name: c{i}, credentials: {{key_auth: {{keys: ['{stored}']}}}}}}\n"));
+        y.push_str(&format!(
+            "  - {{name: c{i}, credentials: {{key_auth: {{keys: ['{stored}']}}}}}}\n"
+        ));
     }
     y
 }
@@ -41,9 +43,11 @@ fn lookup(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("hit", &label), &hit, |b, k| {
             b.iter(|| black_box(index.lookup(black_box(k.as_bytes()))).is_some())
         });
-        g.bench_with_input(BenchmarkId::new("miss", &label), &"no-such-key-0123456789", |b, k| {
-            b.iter(|| black_box(index.lookup(black_box(k.as_bytes()))).is_none())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("miss", &label),
+            &"no-such-key-0123456789",
+            |b, k| b.iter(|| black_box(index.lookup(black_box(k.as_bytes()))).is_none()),
+        );
     }
     g.finish();
 }
@@ -58,7 +62,10 @@ fn filter(c: &mut Criterion) {
     let kind = sluice_filters::kinds::find("key_auth").expect("key_auth kind");
     let f = (kind.build)(&serde_json::json!({}), &ctx).unwrap_or_else(|_| panic!("key_auth builds"));
     let mut headers = HeaderMap::new();
-    headers.insert("apikey", HeaderValue::from_static("key-00005000-0123456789abcdef"));
+    headers.insert(
+        "apikey",
+        HeaderValue::from_static("key-00005000-0123456789abcdef"),
+    );
     headers.insert("accept", HeaderValue::from_static("*/*"));
     let method = Method::GET;
     let view = RequestView {

@@ -101,12 +101,15 @@ pub trait AuthMethod: Send + Sync {
     }
 }
 
+/// What a method's build returns: the method, or every error in its spec.
+pub type MethodResult = Result<Arc<dyn AuthMethod>, Vec<SpecError>>;
+
 /// A method's registry entry.
 pub struct MethodKind {
     /// The name in config (`methods: [{key_auth: ..}]`, `credentials: {key_auth: ..}`).
     pub name: &'static str,
     /// Parses, validates and builds the method from its spec.
-    pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> Result<Arc<dyn AuthMethod>, Vec<SpecError>>,
+    pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> MethodResult,
     /// Checks every consumer's `credentials.<name>` (and their uniqueness across
     /// consumers); errors carry full paths, e.g. `consumers[2].credentials.key_auth.keys[0]`.
     /// `None` for a method without consumer credentials (forward-auth): a consumer
