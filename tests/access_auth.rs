@@ -146,6 +146,17 @@ async fn send(
     (status, h, body)
 }
 
+/// The metrics once `sluice_auth_total` of each `(route, n)` sums to `n` (decisions are
+/// counted when a request ends, just after its response).
+async fn auth_metrics(gw: &Gateway, totals: &[(&str, f64)]) -> crate::support::Metrics {
+    gw.metrics_when(Duration::from_secs(10), |m| {
+        totals
+            .iter()
+            .all(|(route, n)| m.value("sluice_auth_total", &[("route", route)]) == *n)
+    })
+    .await
+}
+
 fn www_auth(h: &reqwest::header::HeaderMap) -> Vec<String> {
     h.get_all("www-authenticate")
         .iter()
@@ -195,7 +206,7 @@ async fn key_auth_from_header_query_or_hash_and_the_key_is_not_proxied() {
     let (status, _, _) = send(gw, &format!("/visible?apikey={ALICE_KEY}"), &[]).await;
     assert_eq!(status, 401);
 
-    let m = gw.metrics().await;
+    let m = auth_metrics(gw, &[("key", 5.0), ("key-visible", 2.0)]).await;
     let count = |route: &str, outcome: &str| {
         m.value(
             "sluice_auth_total",
@@ -238,7 +249,7 @@ async fn basic_auth_with_argon2_and_bcrypt_hashes() {
     assert_eq!(status, 401);
     assert_eq!(www_auth(&h), ["Basic realm=\"staff-area\", charset=\"UTF-8\""]);
     assert_eq!(body["message"], "authentication required");
-    let m = gw.metrics().await;
+    let m = auth_metrics(gw, &[("basic", 8.0)]).await;
     let count = |outcome: &str| {
         m.value(
             "sluice_auth_total",
@@ -273,7 +284,7 @@ async fn any_of_several_methods_with_an_anonymous_consumer() {
             "Basic realm=\"sluice\", charset=\"UTF-8\""
         ]
     );
-    let m = gw.metrics().await;
+    let m = auth_metrics(gw, &[("any", 4.0)]).await;
     assert_eq!(
         m.value(
             "sluice_auth_total",
@@ -317,7 +328,7 @@ async fn consumer_and_group_acls_allow_and_deny() {
     assert_eq!(status, 200);
     let (status, _, _) = send(gw, "/no-bob", &[("apikey", BOB_KEY)]).await;
     assert_eq!(status, 403);
-    let m = gw.metrics().await;
+    let m = auth_metrics(gw, &[("staff", 3.0), ("no-bob", 2.0)]).await;
     assert_eq!(
         m.value(
             "sluice_auth_total",

@@ -175,9 +175,6 @@ impl Snapshot {
         let ctx = sluice_filters::BuildCtx::new(&config, &state.filters);
         // Consumers' credentials are checked by their methods (the model checks names).
         errors.extend(sluice_filters::consumers::validate(&config, &ctx));
-        let consumers_digest = sluice_filters::consumers::Consumers::of(&ctx)
-            .digest()
-            .to_string();
         let old_routes: HashMap<&str, &Route> = previous
             .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
             .unwrap_or_default();
@@ -192,7 +189,6 @@ impl Snapshot {
                 old_routes.get(r.id.as_str()).copied(),
                 state,
                 &ctx,
-                &consumers_digest,
             ) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),
@@ -286,8 +282,6 @@ pub fn endpoints_only_change(current: &Config, next: &Config) -> Option<Vec<usiz
     Some(changed)
 }
 
-// The compile inputs of one route; grouping them in a struct would only move the list.
-#[allow(clippy::too_many_arguments)]
 fn compile_route(
     r: &RouteConfig,
     path: &str,
@@ -296,14 +290,16 @@ fn compile_route(
     old: Option<&Route>,
     state: &SharedState,
     ctx: &sluice_filters::BuildCtx<'_>,
-    consumers_digest: &str,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
     // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
     let missing_backend = sluice_filters::missing_backend(r, path);
     // An unchanged route keeps its chain, unless a filter of it reads consumers and the
     // consumers changed (then `build_chain` rebuilds just those filters).
-    let (chain, rewrite) = match old.filter(|o| o.hash == hash && o.chain.consumers_fresh(consumers_digest)) {
+    let fresh = |c: &sluice_filters::Chain| {
+        !c.uses_consumers() || c.consumers_fresh(sluice_filters::consumers::Consumers::of(ctx).digest())
+    };
+    let (chain, rewrite) = match old.filter(|o| o.hash == hash && fresh(&o.chain)) {
         Some(o) => (o.chain.clone(), o.rewrite.clone()),
         None => (
             Arc::new(
