@@ -55,10 +55,7 @@ fn lookup(c: &mut Criterion) {
 fn filter(c: &mut Criterion) {
     let config: Config = serde_yaml::from_str(&consumers_yaml(10_000, false)).expect("consumers");
     let shared = Shared::default();
-    let ctx = BuildCtx {
-        config: &config,
-        shared: &shared,
-    };
+    let ctx = BuildCtx::new(&config, &shared);
     let kind = sluice_filters::kinds::find("key_auth").expect("key_auth kind");
     let f = (kind.build)(&serde_json::json!({}), &ctx).unwrap_or_else(|_| panic!("key_auth builds"));
     let mut headers = HeaderMap::new();
