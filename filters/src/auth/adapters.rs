@@ -116,3 +116,74 @@ impl AuthMethod for ForwardMethod {
         false
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::auth::tests::{build, config, run};
+    use crate::filter::{Flow, RejectKind};
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!";
+
+    fn token(sub: &str) -> String {
+        let claims = serde_json::json!({"sub": sub, "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_route_accepts_any_of_key_auth_and_a_jwt() {
+        let c = config(
+            r#"
+consumers:
+  - {name: alice, groups: [staff], credentials: {key_auth: {keys: [alice-key]}}}
+  - {name: svc, groups: [internal]}
+"#,
+        );
+        let f = build(
+            "auth",
+            serde_json::json!({"methods": [
+                {"key_auth": {}},
+                {"jwt": {"keys": [{"alg": "HS256", "secret": SECRET}], "require_consumer": true}},
+            ]}),
+            &c,
+        )
+        .unwrap();
+        let (flow, ctx) = run(&*f, &[("apikey", "alice-key")], None);
+        assert!(matches!(flow, Flow::Continue), "{flow:?}");
+        assert_eq!(&*ctx.identity.unwrap().consumer, "alice");
+        let bearer = format!("Bearer {}", token("svc"));
+        let (flow, ctx) = run(&*f, &[("authorization", &bearer)], None);
+        assert!(matches!(flow, Flow::Continue), "{flow:?}");
+        let id = ctx.identity.unwrap();
+        assert_eq!(&*id.consumer, "svc");
+        assert_eq!(id.groups.iter().map(|g| &**g).collect::<Vec<_>>(), ["internal"]);
+        // A token for nobody the config knows, and no credential at all: 401.
+        let bearer = format!("Bearer {}", token("mallory"));
+        let (flow, _) = run(&*f, &[("authorization", &bearer)], None);
+        assert!(
+            matches!(flow, Flow::Reject(ref r) if r.kind == RejectKind::Unauthenticated),
+            "{flow:?}"
+        );
+        let (flow, _) = run(&*f, &[], None);
+        match flow {
+            Flow::Reject(r) => {
+                assert_eq!(r.kind, RejectKind::Unauthenticated);
+                let challenges: Vec<_> = r
+                    .headers
+                    .iter()
+                    .map(|(_, v)| v.to_str().unwrap().to_string())
+                    .collect();
+                assert!(
+                    challenges.iter().any(|c| c.starts_with("Bearer")),
+                    "{challenges:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
