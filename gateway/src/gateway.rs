@@ -242,7 +242,6 @@ impl Gateway {
                 Ok(ApplyOutcome::Applied)
             }
             Err(errors) => {
-                self.metrics.reloads.with_label_values(&["rejected"]).inc();
                 tracing::warn!(source = %provenance.source, "config rejected:\n{errors}");
                 let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 events::emit(Event::ConfigRejected {
@@ -256,6 +255,8 @@ impl Gateway {
                     source: provenance.source,
                     errors: list,
                 });
+                // Counted last, so whoever sees the count also sees the rejection.
+                self.metrics.reloads.with_label_values(&["rejected"]).inc();
                 Err(errors)
             }
         }
