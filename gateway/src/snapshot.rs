@@ -18,7 +18,7 @@ use sluice_config::{Config, ConfigError, ConfigErrors};
 use sluice_filters::resilience::RetryPolicy;
 use sluice_filters::rewrite::PathRewrite;
 use sluice_filters::router::Router;
-use sluice_filters::weighted::WeightedSequence;
+use sluice_filters::split::LiveSplit;
 use sluice_filters::Chain;
 
 use crate::metrics::{AuthMetrics, RetryMetrics, RouteMetrics};
@@ -60,9 +60,10 @@ pub struct Route {
     pub chain: Arc<Chain>,
     /// Where it forwards: none when its filters answer every request.
     pub backends: Vec<Backend>,
-    /// The weighted split between `backends` (kept across reloads that leave the
-    /// weights as they are, so the order goes on where it was).
-    pub split: Arc<WeightedSequence>,
+    /// The live weighted split between `backends`, shared by id with every snapshot
+    /// (kept across reloads; a rollout may override the config's weights), with the
+    /// per-backend figures a canary analysis reads.
+    pub split: Arc<LiveSplit>,
     /// Path rewrite.
     pub rewrite: Option<Arc<PathRewrite>>,
     /// The route's metric handles.
@@ -364,10 +365,11 @@ fn compile_route(
         });
     }
     let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-    let split = match old {
-        Some(o) if o.backends.iter().map(|b| b.weight).eq(weights.iter().copied()) => o.split.clone(),
-        _ => Arc::new(WeightedSequence::new(&weights)),
-    };
+    let ids: Vec<Arc<str>> = backends
+        .iter()
+        .map(|b| Arc::from(b.upstream.id.as_str()))
+        .collect();
+    let split = state.filters.splits.for_route(&r.id, &ids, &weights);
     let auth_methods = chain.auth_methods();
     let auth_metrics = match old {
         Some(o) if Arc::ptr_eq(&o.chain, &chain) => o.auth_metrics.clone(),

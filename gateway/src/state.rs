@@ -140,6 +140,7 @@ impl SharedState {
         self.routes.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.outliers.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.budgets.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.filters.splits.prune();
         self.breakers.lock().retain(|(route, upstream), v| {
             let keep = Arc::strong_count(v) > 1;
             if !keep {

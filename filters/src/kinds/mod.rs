@@ -106,6 +106,9 @@ pub struct Shared {
     /// Connection pools to Redis servers for cluster-wide limits, one per URL, kept
     /// across reloads. Default: empty.
     pub redis: Arc<rate_limit::redis::RedisPools>,
+    /// Every route's live split between its backends, by route id, kept across reloads
+    /// (canary rules read it, rollouts set its override). Default: empty.
+    pub splits: Arc<crate::split::Splits>,
 }
 
 impl std::fmt::Debug for Shared {
