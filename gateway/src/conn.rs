@@ -147,7 +147,7 @@ pub enum CloseReason {
     /// The client reset more HTTP/2 streams than `http2.max_resets` allows.
     ResetFlood,
     /// An HTTP/1.x request line the stream wrapper refused (400): an invalid method,
-    /// an illegal byte in the target, HTTP/0.9, a bad version ([`crate::request_line`]).
+    /// an illegal byte in the target, HTTP/0.9, a bad version ([`sluice_filters::request_line`]).
     MalformedRequestLine,
 }
 
