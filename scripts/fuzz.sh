@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The longer fuzz run: the property-based targets of filters/tests/fuzz.rs (config
-# parser and validator, router, header and cookie parsing, strict request framing),
+# parser and validator, router, header and cookie parsing, strict request framing,
+# the request-line scanner),
 # which `cargo test` runs for a few seconds each, run here for about MINUTES in all.
 #
 #   scripts/fuzz.sh [minutes]        (default 10)
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
 threads="${FUZZ_THREADS:-2}"
-targets=8
+targets=9
 secs=$(( minutes * 60 * threads / targets ))
 (( secs > 0 )) || secs=1
 log="$(mktemp)"

@@ -463,14 +463,11 @@ async fn malformed_requests_are_refused_before_any_upstream_byte() {
         );
         still_serving(&gw, &up, i).await;
     }
-    // HTTP/0.9 (a request line without a version) is not a complete HTTP/1.x head to
-    // pingora's parser, which waits for more: the client ending its side gets the
-    // connection closed without an answer, and nothing reaches the upstream.
-    let ex = exchange(gw.http_addr(), b"GET /bad-09\r\n\r\n", true).await;
-    assert!(
-        ex.closed && ex.statuses.iter().all(|s| *s == 400),
-        "HTTP/0.9: {ex:?}"
-    );
+    // HTTP/0.9 (a request line without a version), which pingora's parser would wait
+    // on: the connection wrapper answers 400 (see also
+    // `illegal_request_lines_are_refused_as_the_client_sent_them`).
+    let ex = exchange(gw.http_addr(), b"GET /bad-09\r\n\r\n", false).await;
+    assert!(ex.closed && ex.statuses == [400], "HTTP/0.9: {ex:?}");
     assert!(!up.saw("bad-"), "HTTP/0.9 reached the upstream");
     still_serving(&gw, &up, cases.len()).await;
 
@@ -679,4 +676,217 @@ async fn http2_requests_get_the_same_limits() {
     let resp = h2c_request(addr, request("/ok-h2")).await;
     assert_eq!(resp.head.status, 200);
     assert!(up.saw("/ok-h2"));
+}
+
+/// A gateway whose head timeout (60 s) is far longer than any answer the request-line
+/// tests expect, so an answer cannot be the timeout's.
+async fn patient_gateway(up: &RecordingUpstream) -> Gateway {
+    Gateway::builder(
+        r#"
+server: {connections: {head_timeout: 60s, idle_timeout: 60s}}
+listeners: [{name: web, listen: "{{http}}"}]
+upstreams: [{id: rec, endpoints: [{address: "{{rec}}"}]}]
+routes: [{id: all, upstream: rec}]
+"#,
+    )
+    .var("rec", &up.addr.to_string())
+    .start()
+    .await
+}
+
+/// Asserts the gateway's own answer to a refused request line: one 400, the JSON error
+/// naming the problem, the connection closed.
+fn assert_line_refused(name: &str, ex: &Exchange) {
+    assert_eq!(ex.statuses, [400], "{name}: {}", ex.text);
+    assert!(ex.closed, "{name}: the connection is closed after the refusal");
+    assert!(
+        ex.text.contains("Connection: close") && ex.text.contains(r#""error":"malformed_request""#),
+        "{name}: {}",
+        ex.text
+    );
+}
+
+#[tokio::test]
+async fn illegal_request_lines_are_refused_as_the_client_sent_them() {
+    let up = RecordingUpstream::start().await;
+    let gw = patient_gateway(&up).await;
+    // pingora percent-encodes the first group before any hook could see them, and
+    // accepts the second group as they are; the wrapper refuses all of them.
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, target) in [
+        ("space", &b"/bad-a b"[..]),
+        ("two spaces inside", b"/bad-a b c"),
+        ("tab", b"/bad-a\tb"),
+        ("control character", b"/bad-a\x01b"),
+        ("NUL", b"/bad-a\x00b"),
+        ("DEL", b"/bad-a\x7fb"),
+        ("raw byte over 0x7f", b"/bad-a\xffb"),
+        ("non-ASCII UTF-8", "/bad-é".as_bytes()),
+        ("double quote", b"/bad-\"q\""),
+        ("less than", b"/bad-<x"),
+        ("greater than", b"/bad->x"),
+        ("backslash", b"/bad-a\\b"),
+        ("caret", b"/bad-a^b"),
+        ("backtick", b"/bad-a`b"),
+        ("left brace", b"/bad-{a"),
+        ("pipe", b"/bad-a|b"),
+        ("right brace", b"/bad-a}"),
+    ] {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(target);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: test\r\n\r\n");
+        cases.push((format!("target with {name}"), raw));
+    }
+    for (name, line) in [
+        ("method with a separator", &b"G(T /bad-m1 HTTP/1.1"[..]),
+        ("method with a control character", b"GE\x01T /bad-m2 HTTP/1.1"),
+        ("method with a slash", b"GE/T /bad-m3 HTTP/1.1"),
+        ("non-ASCII method", "GÉT /bad-m4 HTTP/1.1".as_bytes()),
+        ("empty method", b" /bad-m5 HTTP/1.1"),
+        ("HTTP/2.0 on HTTP/1", b"GET /bad-v1 HTTP/2.0"),
+        ("lower-case version", b"GET /bad-v2 http/1.1"),
+    ] {
+        let mut raw = line.to_vec();
+        raw.extend_from_slice(b"\r\nHost: test\r\n\r\n");
+        cases.push((name.to_string(), raw));
+    }
+    for (i, (name, raw)) in cases.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let ex = exchange(gw.http_addr(), raw, false).await;
+        assert_line_refused(name, &ex);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name}: answered promptly"
+        );
+        assert!(!up.saw("bad-"), "{name}: nothing reached the upstream");
+        still_serving(&gw, &up, i).await;
+    }
+
+    // A target sent a byte at a time (its illegal byte in a later read than its
+    // start) is refused as well.
+    let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in b"GET /bad-slow" {
+        s.write_all(std::slice::from_ref(b)).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    let _ = s.write_all(b" x HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
+    let closed = loop {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let ex = Exchange {
+        statuses: statuses(&got),
+        closed,
+        text,
+    };
+    assert_line_refused("a split target", &ex);
+    assert!(!up.saw("bad-"), "the split target reached the upstream");
+
+    // HTTP/0.9: answered 400 at once (the head timeout is 60 s), without the client
+    // closing its side.
+    for (name, raw) in [
+        ("HTTP/0.9", &b"GET /bad-09\r\n"[..]),
+        ("HTTP/0.9 with LF", b"GET /bad-09lf\n"),
+    ] {
+        let started = std::time::Instant::now();
+        let ex = exchange(gw.http_addr(), raw, false).await;
+        assert_line_refused(name, &ex);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name}: answered in {:?}, not at the head timeout",
+            started.elapsed()
+        );
+        assert!(
+            ex.text.contains("HTTP/0.9"),
+            "{name}: the body names the problem: {}",
+            ex.text
+        );
+    }
+    assert!(!up.saw("bad-"), "HTTP/0.9 reached the upstream");
+
+    // Percent-encoded targets, and the characters RFC 3986 allows, still pass.
+    for (i, target) in ["/ok-pct%20b%7Bc%7D%22", "/ok-chars/~a-b_c.d!$&'()*+,;=:@?q=1/2"]
+        .iter()
+        .enumerate()
+    {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let ex = exchange(gw.http_addr(), raw.as_bytes(), false).await;
+        assert_eq!(ex.statuses, [200], "{target}: {}", ex.text);
+        let heads = up.requests();
+        assert!(
+            heads
+                .iter()
+                .any(|(h, _)| h.starts_with(&format!("GET {target} "))),
+            "{i}: the upstream got {target} as sent: {heads:?}"
+        );
+    }
+
+    let refused = cases.len() + 3;
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.value(
+            "sluice_connections_closed_total",
+            &[("listener", "web"), ("reason", "malformed_request_line")]
+        ),
+        refused as f64,
+        "every refusal is counted"
+    );
+    // Exactly the valid requests reached the upstream.
+    let heads: Vec<String> = up.requests().into_iter().map(|(h, _)| h).collect();
+    assert_eq!(heads.len(), cases.len() + 2, "{heads:?}");
+    assert!(heads.iter().all(|h| h.starts_with("GET /ok-")), "{heads:?}");
+}
+
+#[tokio::test]
+async fn every_request_line_on_a_keep_alive_connection_is_checked() {
+    let up = RecordingUpstream::start().await;
+    let gw = patient_gateway(&up).await;
+    // Bodies (which may hold anything, spaces and control bytes included) are not
+    // taken for request lines, and each next head is checked where it starts: after
+    // a Content-Length body, a chunked one, and none.
+    let mut c = Conn::open(gw.http_addr()).await;
+    c.send(b"POST /ok-ka1 HTTP/1.1\r\nHost: test\r\nContent-Length: 8\r\n\r\na b\x01\"<|>")
+        .await;
+    assert_eq!(c.response().await, Some(200), "first request");
+    c.send(
+        b"POST /ok-ka2 HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nG / \r\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.response().await, Some(200), "second request");
+    c.send(b"GET /ok-ka3 HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(c.response().await, Some(200), "third request");
+    c.send(b"GET /bad-ka4 b HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(
+        c.response().await,
+        Some(400),
+        "the fourth, with an illegal target"
+    );
+    let mut rest = [0u8; 64];
+    let closed = tokio::time::timeout(EXCHANGE_TIMEOUT, c.stream.read(&mut rest))
+        .await
+        .expect("the connection closes")
+        .map_or(true, |n| n == 0);
+    assert!(closed, "nothing more on the connection");
+    let bodies: Vec<(String, Vec<u8>)> = up.requests();
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert_eq!(bodies[0].1, b"a b\x01\"<|>", "the first body arrived whole");
+    assert_eq!(bodies[1].1, b"G / \r", "the chunked body arrived whole");
+    assert!(!up.saw("bad-"), "the fourth request never reached the upstream");
+
+    // The same after the first request alone: only the second is refused.
+    let mut c = Conn::open(gw.http_addr()).await;
+    c.send(b"GET /ok-kb1 HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(c.response().await, Some(200));
+    c.send(b"GET /bad-kb2\r\n").await;
+    assert_eq!(c.response().await, Some(400), "HTTP/0.9 as the second request");
+    assert!(!up.saw("bad-"));
+    still_serving(&gw, &up, 0).await;
 }

@@ -18,6 +18,7 @@ pub mod cookie;
 pub mod filter;
 pub mod framing;
 pub mod kinds;
+pub mod request_line;
 pub mod resilience;
 pub mod rewrite;
 pub mod router;

@@ -690,3 +690,83 @@ fn fuzz_router_matches_what_the_docs_say() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The request-line scanner (the connection wrapper's check, before pingora's parser)
+
+/// httparse's verdict on the request line: the errors on which pingora 0.9.1 rewrites
+/// the line (`escape_illegal_request_line`) rather than refusing it.
+fn pingora_would_rewrite(line: &[u8]) -> bool {
+    let mut raw = line.to_vec();
+    raw.extend_from_slice(b"\r\n\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; 4];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(
+        req.parse(&raw),
+        Err(httparse::Error::Token | httparse::Error::Version)
+    )
+}
+
+#[test]
+fn fuzz_request_line_scanner() {
+    use sluice_filters::request_line::{self, RequestLine, Verdict};
+    let generated =
+        (method(), target(), version(), eol()).prop_map(|(m, t, v, e)| format!("{m} {t}{v}{e}").into_bytes());
+    let bytes = prop_oneof![
+        3 => generated,
+        1 => prop::collection::vec(any::<u8>(), 0..48),
+        1 => prop::collection::vec(any::<u8>(), 0..32).prop_map(|mut v| {
+            v.splice(0..0, b"GET /".iter().copied());
+            v.extend_from_slice(b" HTTP/1.1\r\n");
+            v
+        }),
+    ];
+    let refused = AtomicU64::new(0);
+    fuzz(
+        "request_line",
+        (bytes, prop::collection::vec(any::<prop::sample::Index>(), 0..4)),
+        |(raw, cuts)| {
+            let whole = request_line::check(&raw);
+            // The verdict does not depend on how the bytes arrive.
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(raw.len() + 1)).collect();
+            at.sort_unstable();
+            let mut s = RequestLine::new();
+            let mut v = Verdict::More;
+            let mut from = 0;
+            for to in at.into_iter().chain([raw.len()]) {
+                v = s.feed(&raw[from..to]);
+                from = to;
+                if v != Verdict::More {
+                    break;
+                }
+            }
+            prop_assert_eq!(v, whole, "split verdict");
+            if matches!(whole, Verdict::Refuse(_)) {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+            // Whatever pingora would rewrite is refused before it sees it: a line the
+            // scanner passes reaches pingora's parser as the client sent it.
+            if let Some(end) = raw.iter().position(|&b| b == b'\n' || b == b'\r') {
+                let line = &raw[..end];
+                if whole == Verdict::Pass && line != b"PRI * HTTP/2.0" {
+                    prop_assert!(
+                        !pingora_would_rewrite(line),
+                        "passed a line pingora rewrites: {:?}",
+                        line.escape_ascii().to_string()
+                    );
+                }
+                if pingora_would_rewrite(line) && !line.starts_with(b"PRI * ") {
+                    prop_assert!(
+                        matches!(whole, Verdict::Refuse(_)),
+                        "did not refuse {:?}",
+                        line.escape_ascii().to_string()
+                    );
+                }
+            }
+            Ok(())
+        },
+    );
+    let refused = refused.load(Ordering::Relaxed);
+    println!("fuzz request_line: {refused} lines refused");
+    assert!(refused > 0, "the generator reaches refused lines");
+}

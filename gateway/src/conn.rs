@@ -15,7 +15,15 @@
 //!   connection past `max_connections`, wraps the stream in [`Watched`] (which notes when
 //!   the first byte of each request arrives and counts the client's HTTP/2 `RST_STREAM`
 //!   frames against a budget, answering a flood with `GOAWAY` and closing), and closes a
-//!   connection on which nothing arrives within `head_timeout`.
+//!   connection on which nothing arrives within `head_timeout`. [`Watched`] also scans
+//!   each HTTP/1.x request line as it arrives, before pingora's parser sees it
+//!   ([`sluice_filters::request_line`]): pingora percent-encodes an illegal target
+//!   (`/a b` becomes `/a%20b`) before any hook runs and never answers HTTP/0.9, so an
+//!   invalid method, an illegal target byte, HTTP/0.9 or a bad version is answered here,
+//!   `400` with `Connection: close`, and pingora sees the end of the stream. A request's
+//!   head starts at its first byte, which the wrapper already notes: pingora (without
+//!   pipelining, which Sluice does not enable) reads nothing of a next request before it
+//!   starts serving it, and drops a connection on which it read past a request's end.
 //! - [`Guarded`], the HTTP application, one call per HTTP/1.x request: it sets the body
 //!   read timeout, and closes the connection when the keep-alive idle timeout passes
 //!   with no byte of a next request, or when the head is not complete `head_timeout`
@@ -44,6 +52,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use sluice_config::connections::ResolvedLimits;
+use sluice_filters::request_line::{LineRefusal, RequestLine, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 tokio::task_local! {
@@ -108,15 +117,19 @@ impl ConnState {
         }
     }
 
-    /// Called by the stream wrapper when a read returned data.
+    /// Called by the stream wrapper when a read returned data; `true` when the data is
+    /// the first of a request (on HTTP/1.x: where its head begins).
     #[inline]
-    fn on_data(&self) {
+    fn on_data(&self) -> bool {
         if self.armed.load(Ordering::Relaxed) {
             self.armed.store(false, Ordering::Relaxed);
             let ns = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(NONE - 1);
             self.first_byte.store(ns, Ordering::Relaxed);
             self.any_byte.store(true, Ordering::Relaxed);
             self.first_byte_arrived.notify_one();
+            true
+        } else {
+            false
         }
     }
 }
@@ -133,14 +146,18 @@ pub enum CloseReason {
     ConnectionLimit,
     /// The client reset more HTTP/2 streams than `http2.max_resets` allows.
     ResetFlood,
+    /// An HTTP/1.x request line the stream wrapper refused (400): an invalid method,
+    /// an illegal byte in the target, HTTP/0.9, a bad version ([`sluice_filters::request_line`]).
+    MalformedRequestLine,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 4] = [
+    const ALL: [CloseReason; 5] = [
         CloseReason::HeadTimeout,
         CloseReason::IdleTimeout,
         CloseReason::ConnectionLimit,
         CloseReason::ResetFlood,
+        CloseReason::MalformedRequestLine,
     ];
 
     /// The metric label.
@@ -150,6 +167,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ConnectionLimit => "connection_limit",
             CloseReason::ResetFlood => "h2_reset_flood",
+            CloseReason::MalformedRequestLine => "malformed_request_line",
         }
     }
 }
@@ -166,7 +184,7 @@ pub struct ConnMetrics {
 /// One listener's connection metric handles.
 #[derive(Clone)]
 pub struct ListenerMetrics {
-    closed: [IntCounter; 4],
+    closed: [IntCounter; 5],
     open: IntGauge,
 }
 
@@ -525,7 +543,42 @@ pub struct Watched {
     /// Set once the connection is being closed for a reset flood: every later read and
     /// write fails.
     killed: bool,
+    /// The current HTTP/1.x request line, scanned as it arrives (restarted at the first
+    /// byte of each request).
+    line: RequestLine,
+    /// A request line was refused: the 400 still being written, then end of stream.
+    refusal: Option<Refusing>,
+    /// Bytes read by [`Peek::try_peek`] (pingora's h2c preface check), served again
+    /// by the next reads: `rewind[pos..len]`.
+    rewind: [u8; H2_PREFACE.len()],
+    rewind_len: u8,
+    rewind_pos: u8,
     metrics: ListenerMetrics,
+}
+
+/// The answer to a refused request line, being written.
+struct Refusing {
+    response: Vec<u8>,
+    sent: usize,
+}
+
+impl Refusing {
+    /// `HTTP/1.1 400` with `Connection: close` and the JSON error body the gateway's
+    /// other refusals carry (there is no request id: no request was read).
+    fn new(r: LineRefusal) -> Refusing {
+        let body = serde_json::json!({
+            "error": "malformed_request",
+            "status": 400,
+            "message": r.reason(),
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+        Refusing { response, sent: 0 }
+    }
 }
 
 impl std::fmt::Debug for Watched {
@@ -543,7 +596,34 @@ impl Watched {
             max_resets: l.h2_max_resets,
             reset_window: l.h2_reset_window,
             killed: false,
+            line: RequestLine::new(),
+            refusal: None,
+            rewind: [0; H2_PREFACE.len()],
+            rewind_len: 0,
+            rewind_pos: 0,
             metrics,
+        }
+    }
+
+    /// Writes the refusal's answer; `Ready(Ok)` once it is written and flushed (or the
+    /// client is gone), after which every read is the end of the stream.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(r) = &mut self.refusal else {
+            return Poll::Ready(Ok(()));
+        };
+        while r.sent < r.response.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &r.response[r.sent..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    r.sent = r.response.len();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(n)) => r.sent += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -630,13 +710,39 @@ impl AsyncRead for Watched {
         if self.killed {
             return Poll::Ready(Err(flood()));
         }
-        let before = buf.filled().len();
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.refusal.is_some() {
+            // Nothing more is read: pingora sees the end of the stream once the 400 is
+            // out, and closes the connection.
+            return this.poll_refusal(cx);
+        }
+        let before = buf.filled().len();
+        let r = if this.rewind_pos < this.rewind_len {
+            let avail = &this.rewind[usize::from(this.rewind_pos)..usize::from(this.rewind_len)];
+            let n = avail.len().min(buf.remaining());
+            buf.put_slice(&avail[..n]);
+            this.rewind_pos += n as u8;
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = r {
             let data = &buf.filled()[before..];
             if !data.is_empty() {
-                this.state.on_data();
+                if this.state.on_data() {
+                    // The first byte of a request: on HTTP/1.x its head starts here
+                    // (pingora reads nothing of the next request before it starts it).
+                    this.line = RequestLine::new();
+                }
+                if !this.line.is_done() && !matches!(this.h2, H2Watch::Frames { .. }) {
+                    if let Verdict::Refuse(why) = this.line.feed(data) {
+                        tracing::debug!("request line refused: {why}");
+                        this.metrics.closed(CloseReason::MalformedRequestLine).inc();
+                        buf.set_filled(before);
+                        this.refusal = Some(Refusing::new(why));
+                        return this.poll_refusal(cx);
+                    }
+                }
                 if !matches!(this.h2, H2Watch::Off) && !this.scan_inbound(data) {
                     this.kill(cx);
                     return Poll::Ready(Err(flood()));
@@ -651,6 +757,13 @@ impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.killed {
             return Poll::Ready(Err(flood()));
+        }
+        if self.refusal.is_some() {
+            // The connection answered its refusal; nothing else goes out on it.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "request line refused",
+            )));
         }
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -673,7 +786,7 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if !matches!(self.h2, H2Watch::Frames { .. }) && !self.killed {
+        if !matches!(self.h2, H2Watch::Frames { .. }) && !self.killed && self.refusal.is_none() {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
         // HTTP/2: the outgoing frame boundaries are tracked on plain writes.
@@ -749,8 +862,30 @@ impl GetSocketDigest for Watched {
 
 #[async_trait]
 impl Peek for Watched {
+    /// Pingora's h2c check peeks at the first 24 bytes; the TCP stream's own peek waits
+    /// for all 24, so a shorter HTTP/1.x request (`GET /\r\n`, HTTP/0.9) would wait
+    /// for the head timeout. This one stops at the first byte that is not the HTTP/2
+    /// preface's and keeps what it read for the next reads (which scan it as usual).
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        if buf.len() != H2_PREFACE.len() || self.rewind_len != 0 {
+            return self.inner.try_peek(buf).await;
+        }
+        let mut have = 0;
+        while have < buf.len() {
+            let n = self.inner.read(&mut self.rewind[have..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            have += n;
+            self.rewind_len = have as u8;
+            if self.rewind[..have] != H2_PREFACE[..have] {
+                break;
+            }
+        }
+        buf[..have].copy_from_slice(&self.rewind[..have]);
+        buf[have..].fill(0);
+        Ok(true)
     }
 }
 

@@ -95,9 +95,11 @@ impl ConnectionLimits {
     pub const DEFAULT_MAX_REQUESTS: u32 = 1000;
     /// Default connections per listener: 10000.
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-    /// Default HTTP/2 concurrent streams: 100 (nginx `http2_max_concurrent_streams`).
+    /// Default HTTP/2 concurrent streams: 100 (RFC 9113's suggested minimum; nginx
+    /// `http2_max_concurrent_streams` is 128).
     pub const DEFAULT_H2_STREAMS: u32 = 100;
-    /// Default HTTP/2 header list size: 64 KiB (pingora's and Envoy's default).
+    /// Default HTTP/2 header list size: 64 KiB (pingora's default; Envoy's
+    /// `max_request_headers_kb` is 60 KiB).
     pub const DEFAULT_H2_HEADER_LIST: u32 = 64 * 1024;
     /// Default reset budget: 100 resets.
     pub const DEFAULT_H2_MAX_RESETS: u32 = 100;
