@@ -21,6 +21,7 @@ pub mod kinds;
 pub mod resilience;
 pub mod rewrite;
 pub mod router;
+pub mod trace;
 pub mod weighted;
 
 pub use filter::{
