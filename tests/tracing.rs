@@ -64,7 +64,10 @@ impl Receiver {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         let spans: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         for s in &spans {
-            assert!(s.get("error").is_none(), "the receiver could not decode a body: {s}");
+            assert!(
+                s.get("error").is_none(),
+                "the receiver could not decode a body: {s}"
+            );
         }
         spans
     }
@@ -79,9 +82,11 @@ impl Receiver {
 
     /// Waits until trace `trace` has at least `n` spans, and returns them.
     async fn wait_for(&self, trace: &str, n: usize) -> Vec<Value> {
-        eventually(Duration::from_secs(10), &format!("{n} spans of trace {trace}"), || async {
-            self.trace(trace).len() >= n
-        })
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} spans of trace {trace}"),
+            || async { self.trace(trace).len() >= n },
+        )
         .await;
         self.trace(trace)
     }
@@ -212,7 +217,10 @@ upstreams:
     assert_eq!(body["headers"]["tracestate"], "rojo=00f067aa0ba902b7");
     let tp = body["headers"]["traceparent"].as_str().unwrap().to_string();
     assert!(tp.starts_with(&format!("00-{caller_trace}-")), "{tp}");
-    assert!(!tp.contains("00f067aa0ba902b7"), "our span, not the caller's: {tp}");
+    assert!(
+        !tp.contains("00f067aa0ba902b7"),
+        "our span, not the caller's: {tp}"
+    );
     let spans = rx.wait_for(caller_trace, 2).await;
     let server = one(&spans, "server span", |s| s["kind"] == SERVER);
     assert_eq!(server["parent_span_id"], "00f067aa0ba902b7");
@@ -224,7 +232,10 @@ upstreams:
     // A bad traceparent is ignored (a new trace), not refused; its tracestate dropped.
     let resp = gw
         .request(reqwest::Method::GET, "/users/9")
-        .header("traceparent", format!("00-{}-00f067aa0ba902b7-01", caller_trace.to_uppercase()))
+        .header(
+            "traceparent",
+            format!("00-{}-00f067aa0ba902b7-01", caller_trace.to_uppercase()),
+        )
         .header("tracestate", "rojo=1")
         .send()
         .await
@@ -236,7 +247,10 @@ upstreams:
     let new_trace = tp.split('-').nth(1).unwrap().to_string();
     assert_ne!(new_trace, caller_trace);
     let spans = rx.wait_for(&new_trace, 2).await;
-    assert_eq!(one(&spans, "server span", |s| s["kind"] == SERVER)["parent_span_id"], "");
+    assert_eq!(
+        one(&spans, "server span", |s| s["kind"] == SERVER)["parent_span_id"],
+        ""
+    );
 
     // An upstream 5xx: the server span's status is Error.
     let resp = gw.get("/status/503").await;
@@ -258,7 +272,9 @@ upstreams:
     assert_eq!(auth_span["kind"], CLIENT);
     assert_eq!(auth_span["parent_span_id"], server["span_id"]);
     assert_eq!(auth_span["attributes"]["sluice.auth.outcome"], "allowed");
-    let try_ = one(&spans, "try span", |s| s["kind"] == CLIENT && s["name"] != "forward_auth");
+    let try_ = one(&spans, "try span", |s| {
+        s["kind"] == CLIENT && s["name"] != "forward_auth"
+    });
     assert_eq!(try_["span_id"], parent);
     assert!(auth_span["end"].as_u64().unwrap() <= try_["start"].as_u64().unwrap());
 
@@ -267,8 +283,14 @@ upstreams:
             m.value("sluice_trace_spans_exported_total", &[]) >= 11.0
         })
         .await;
-    assert_eq!(m.value("sluice_trace_spans_exported_total", &[]), rx.spans().len() as f64);
-    assert_eq!(m.value("sluice_trace_spans_dropped_total", &[("reason", "queue_full")]), 0.0);
+    assert_eq!(
+        m.value("sluice_trace_spans_exported_total", &[]),
+        rx.spans().len() as f64
+    );
+    assert_eq!(
+        m.value("sluice_trace_spans_dropped_total", &[("reason", "queue_full")]),
+        0.0
+    );
 }
 
 #[tokio::test]

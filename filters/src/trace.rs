@@ -255,8 +255,16 @@ mod tests {
         let unsampled = parse_traceparent(TP.replace("-01", "-00").as_bytes()).unwrap();
         assert!(!unsampled.sampled);
         // Other flag bits do not make it sampled; bit 0 does.
-        assert!(!parse_traceparent(TP.replace("-01", "-02").as_bytes()).unwrap().sampled);
-        assert!(parse_traceparent(TP.replace("-01", "-03").as_bytes()).unwrap().sampled);
+        assert!(
+            !parse_traceparent(TP.replace("-01", "-02").as_bytes())
+                .unwrap()
+                .sampled
+        );
+        assert!(
+            parse_traceparent(TP.replace("-01", "-03").as_bytes())
+                .unwrap()
+                .sampled
+        );
         // A later version: the first four fields, and more after a dash.
         let future = format!("{}-extra", TP.replacen("00", "cc", 1));
         assert_eq!(parse_traceparent(future.as_bytes()).unwrap().trace_id, p.trace_id);
@@ -355,9 +363,7 @@ mod tests {
             state
         };
         let tenth = Sampler::new(0.1, true);
-        let kept = (0..20_000)
-            .filter(|_| tenth.sample(None, &id(next())))
-            .count();
+        let kept = (0..20_000).filter(|_| tenth.sample(None, &id(next()))).count();
         assert!((1_700..2_300).contains(&kept), "{kept}");
         assert_eq!(Sampler::new(7.0, true), all);
     }

@@ -111,9 +111,9 @@ impl Default for ExportConfig {
 /// The endpoint split into what the exporter connects to: `(host, port, path)`. `Err`
 /// says what is wrong with it.
 pub fn parse_endpoint(endpoint: &str) -> Result<(String, u16, String), String> {
-    let rest = endpoint
-        .strip_prefix("http://")
-        .ok_or_else(|| "must start with http:// (OTLP over HTTP/protobuf; https is not supported yet)".to_string())?;
+    let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
+        "must start with http:// (OTLP over HTTP/protobuf; https is not supported yet)".to_string()
+    })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/v1/traces"),
@@ -133,7 +133,8 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(String, u16, String), String> {
     let port = if port.is_empty() {
         80
     } else {
-        port.parse::<u16>().map_err(|_| format!("invalid port {port:?}"))?
+        port.parse::<u16>()
+            .map_err(|_| format!("invalid port {port:?}"))?
     };
     if path.contains(char::is_whitespace) || path.contains('#') {
         return Err("invalid path".into());
@@ -179,8 +180,14 @@ pub fn validate(t: &TracingConfig) -> Vec<ConfigError> {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !valid_name {
             err(&format!("headers.{name}"), "invalid header name".into());
-        } else if ["host", "content-length", "content-type", "connection", "transfer-encoding"]
-            .contains(&name.to_ascii_lowercase().as_str())
+        } else if [
+            "host",
+            "content-length",
+            "content-type",
+            "connection",
+            "transfer-encoding",
+        ]
+        .contains(&name.to_ascii_lowercase().as_str())
         {
             err(&format!("headers.{name}"), "set by the exporter itself".into());
         }
@@ -231,9 +238,12 @@ mod tests {
                 flush_interval: Duration::ZERO,
                 timeout: Duration::from_secs(120),
             },
-            headers: [("bad name".to_string(), "v".to_string()), ("content-type".into(), "x".into())]
-                .into_iter()
-                .collect(),
+            headers: [
+                ("bad name".to_string(), "v".to_string()),
+                ("content-type".into(), "x".into()),
+            ]
+            .into_iter()
+            .collect(),
         };
         let paths: Vec<String> = validate(&t).into_iter().map(|e| e.path).collect();
         assert_eq!(

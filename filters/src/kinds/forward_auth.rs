@@ -500,7 +500,12 @@ impl ForwardAuth {
         }
     }
 
-    async fn call(&self, req: &RequestView<'_>, ctx: &mut FilterCtx, traceparent: Option<HeaderValue>) -> Outcome {
+    async fn call(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut FilterCtx,
+        traceparent: Option<HeaderValue>,
+    ) -> Outcome {
         let mut request = self.auth_request(req, ctx);
         if let Some(tp) = traceparent {
             request.headers_mut().insert(TRACEPARENT, tp);

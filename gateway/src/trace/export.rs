@@ -24,9 +24,17 @@ use super::otlp;
 use super::{FinishedSpan, TraceMetrics};
 
 /// Starts the exporter thread for `config`, reading `rx`.
-pub fn spawn(config: TracingConfig, rx: Receiver<Vec<FinishedSpan>>, metrics: TraceMetrics) -> Result<(), String> {
+pub fn spawn(
+    config: TracingConfig,
+    rx: Receiver<Vec<FinishedSpan>>,
+    metrics: TraceMetrics,
+) -> Result<(), String> {
     let (host, port, path) = parse_endpoint(&config.endpoint)?;
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let uri: Uri = format!("http://{host}:{port}{path}")
         .parse()
         .map_err(|e| format!("tracing.endpoint: {e}"))?;
@@ -47,13 +55,16 @@ pub fn spawn(config: TracingConfig, rx: Receiver<Vec<FinishedSpan>>, metrics: Tr
     std::thread::Builder::new()
         .name("sluice-trace-export".into())
         .spawn(move || {
-            rt.block_on(run(Exporter {
-                config,
-                uri,
-                headers,
-                metrics,
-                last_warning: None,
-            }, rx));
+            rt.block_on(run(
+                Exporter {
+                    config,
+                    uri,
+                    headers,
+                    metrics,
+                    last_warning: None,
+                },
+                rx,
+            ));
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the exporter thread: {e}"))
@@ -134,7 +145,10 @@ impl Exporter {
         };
         self.metrics.dropped_export_failed.inc_by(n);
         // One warning a minute at most: a dead collector must not flood the log.
-        if self.last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
             self.last_warning = Some(Instant::now());
             tracing::warn!(endpoint = %self.uri, "tracing: export of {n} spans failed: {result}");
         }

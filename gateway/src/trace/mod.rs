@@ -343,7 +343,10 @@ impl RequestTrace {
             attrs.push(("network.peer.port", AttrValue::Int(i64::from(ep.addr.port()))));
         }
         if done.status != 0 {
-            attrs.push(("http.response.status_code", AttrValue::Int(i64::from(done.status))));
+            attrs.push((
+                "http.response.status_code",
+                AttrValue::Int(i64::from(done.status)),
+            ));
         }
         attrs.push(("sluice.retries", AttrValue::Int(i64::from(done.retries))));
         if let Some(b) = done.breaker {
@@ -493,11 +496,7 @@ mod tests {
         assert_eq!(rt.parent, None);
         assert_eq!(rt.tracestate, None, "no tracestate without a valid traceparent");
         assert!(!rt.sampled, "ratio 0 for a new trace");
-        assert!(rt
-            .upstream_traceparent()
-            .to_str()
-            .unwrap()
-            .ends_with("-00"));
+        assert!(rt.upstream_traceparent().to_str().unwrap().ends_with("-00"));
     }
 
     #[test]
@@ -511,10 +510,7 @@ mod tests {
         rt.start_try();
         let second = rt.upstream_traceparent();
         assert_ne!(first, second);
-        assert!(second
-            .to_str()
-            .unwrap()
-            .contains(&w3c::hex(&rt.tries[1].span_id)));
+        assert!(second.to_str().unwrap().contains(&w3c::hex(&rt.tries[1].span_id)));
     }
 
     #[test]
