@@ -4,7 +4,7 @@
 #   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool, Chromium +
 #          chromedriver (the integration tests start real ones), python3-venv, and (see
 #          the end) the Kafka-protocol broker tansu and a venv with confluent-kafka
-#          (librdkafka) for the log-sink tests
+#          (librdkafka) for the log-sink tests and opentelemetry-proto for the tracing tests
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
 want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
@@ -35,10 +35,11 @@ if [ "${1:-build}" = test ]; then
   fi
   # librdkafka through confluent-kafka, the independent client the tests read back with.
   venv="${SLUICE_TEST_VENV:-$HOME/.cache/sluice/venv}"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka" 2>/dev/null; then
-    echo "creating $venv with confluent-kafka" >&2
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, opentelemetry.proto" 2>/dev/null; then
+    echo "creating $venv with confluent-kafka and opentelemetry-proto" >&2
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q confluent-kafka
+    # opentelemetry-proto: the tracing tests' OTLP receiver decodes with it.
+    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto
   fi
 fi

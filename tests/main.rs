@@ -33,6 +33,7 @@ mod reload_state;
 mod resilience;
 mod routing;
 mod timeouts;
+mod tracing;
 mod transforms;
 mod upstream_tls;
 mod validate;

@@ -23,6 +23,7 @@ pub mod resilience;
 pub mod rewrite;
 pub mod router;
 pub mod split;
+pub mod trace;
 pub mod weighted;
 
 pub use filter::{

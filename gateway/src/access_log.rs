@@ -78,6 +78,9 @@ pub struct AccessRecord {
     /// The rate or concurrency limit that answered, and its decision; the line's
     /// `limit` and `limit_decision` are left out when none did.
     pub limit: Option<sluice_filters::LimitNote>,
+    /// The request's trace id and server span id when tracing is on; the line's
+    /// `trace_id` and `span_id` are left out when it is off.
+    pub trace: Option<(sluice_filters::trace::TraceId, sluice_filters::trace::SpanId)>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -144,6 +147,16 @@ impl AccessRecord {
                 AccessField::LimitDecision => {
                     if let Some(l) = &self.limit {
                         field(o, &mut first, k, l.decision);
+                    }
+                }
+                AccessField::TraceId => {
+                    if let Some((t, _)) = &self.trace {
+                        field(o, &mut first, k, &sluice_filters::trace::hex(t));
+                    }
+                }
+                AccessField::SpanId => {
+                    if let Some((_, s)) = &self.trace {
+                        field(o, &mut first, k, &sluice_filters::trace::hex(s));
                     }
                 }
             }
@@ -234,6 +247,7 @@ mod tests {
             error: None,
             consumer: Some("alice".into()),
             limit: None,
+            trace: None,
         }
     }
 
@@ -276,6 +290,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["limit"], "hourly");
         assert_eq!(v["limit_decision"], "rejected");
+        let traced = AccessRecord {
+            trace: Some(([0xab; 16], [0x01; 8])),
+            ..record("z")
+        };
+        let mut out = Vec::new();
+        traced.write_line(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["span_id"], "01".repeat(8));
     }
 
     #[test]

@@ -32,5 +32,6 @@ pub mod snapshot;
 pub mod sources;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod unwind;
 pub mod upstream;

@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// Request id header.
     pub request_id_header: HeaderName,
+    /// The tracer when `tracing.enabled`; `None` (the one branch a request pays) when off.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Snapshot {
@@ -211,6 +213,7 @@ impl Snapshot {
             provenance,
             trusted_proxies: config.server.trusted_proxies.clone(),
             request_id_header,
+            tracer: state.tracing.tracer_for(&config.tracing),
             router,
             routes_hash,
             routes,
@@ -248,6 +251,7 @@ impl Snapshot {
             provenance,
             trusted_proxies: self.trusted_proxies.clone(),
             request_id_header: self.request_id_header.clone(),
+            tracer: self.tracer.clone(),
             router: self.router.clone(),
             routes_hash: self.routes_hash.clone(),
             routes: self.routes.clone(),

@@ -26,6 +26,8 @@ pub struct SharedState {
     pub discovery: crate::discovery::Discovery,
     /// The services every filter build shares (runtime, pools, key caches).
     pub filters: sluice_filters::Shared,
+    /// The tracer in effect (`tracing:`), kept by snapshots whose tracing is unchanged.
+    pub tracing: crate::trace::Tracing,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
@@ -48,6 +50,7 @@ impl SharedState {
             metrics: metrics.clone(),
             discovery: crate::discovery::Discovery::default(),
             filters,
+            tracing: crate::trace::Tracing::new(&metrics),
             endpoints: Mutex::default(),
             routes: Mutex::default(),
             breakers: Mutex::default(),

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod resilience;
+pub mod tracing;
 pub mod validate;
 
 pub use model::Config;

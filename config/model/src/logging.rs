@@ -124,11 +124,17 @@ pub enum AccessField {
     Limit,
     /// That limit's decision; left out when no limit answered.
     LimitDecision,
+    /// The W3C trace id (32 hex digits) of the request's trace; left out when tracing
+    /// is off (`tracing.enabled`).
+    TraceId,
+    /// The id (16 hex digits) of the gateway's server span for the request; left out
+    /// when tracing is off.
+    SpanId,
 }
 
 impl AccessField {
     /// Every field, in the default order.
-    pub const ALL: [AccessField; 21] = [
+    pub const ALL: [AccessField; 23] = [
         AccessField::Time,
         AccessField::RequestId,
         AccessField::Client,
@@ -150,6 +156,8 @@ impl AccessField {
         AccessField::Consumer,
         AccessField::Limit,
         AccessField::LimitDecision,
+        AccessField::TraceId,
+        AccessField::SpanId,
     ];
 
     /// The field's JSON key.
@@ -176,6 +184,8 @@ impl AccessField {
             AccessField::Consumer => "consumer",
             AccessField::Limit => "limit",
             AccessField::LimitDecision => "limit_decision",
+            AccessField::TraceId => "trace_id",
+            AccessField::SpanId => "span_id",
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Config {
     /// Where the access log and the gateway's events go (sinks, fields). Default: see
     /// [`crate::logging::LoggingConfig`] (no sinks).
     pub logging: crate::logging::LoggingConfig,
+    /// OpenTelemetry tracing (spans, W3C propagation, OTLP export). Default: off, see
+    /// [`crate::tracing::TracingConfig`].
+    pub tracing: crate::tracing::TracingConfig,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per

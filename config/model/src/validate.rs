@@ -565,6 +565,7 @@ impl Validator<'_> {
     fn config(&mut self, c: &Config) {
         self.errors
             .extend(crate::logging::validate(&c.logging, c.server.access_log));
+        self.errors.extend(crate::tracing::validate(&c.tracing));
         // A listener set aside for its own error is not also "missing".
         if c.listeners.is_empty() && !self.aside.lists.contains("listeners") {
             self.err("listeners", "at least one listener is required");

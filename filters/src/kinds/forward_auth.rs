@@ -50,6 +50,9 @@ use super::{parse, BuildCtx, Kind, SpecError};
 use crate::filter::{
     Filter, FilterCtx, Flow, HeaderEdit, Identity, Phases, Reject, RejectKind, RequestView, Response,
 };
+use crate::trace::{ChildSpan, ChildSpans, TraceContext};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The registry entry.
 pub const KIND: Kind = Kind {
@@ -425,14 +428,88 @@ impl ForwardAuth {
     /// Asks the service about `req`. On [`Outcome::Allowed`] it keeps the headers for
     /// the upstream in `ctx` and sets `ctx.identity` when `consumer_header` names one;
     /// otherwise `ctx` is unchanged. Never waits longer than `timeout`.
+    ///
+    /// When the request is traced (a [`TraceContext`] in `ctx.ext`), the call carries a
+    /// `traceparent` with a span id of its own, and a sampled trace gets a `forward_auth`
+    /// [`ChildSpan`] in `ctx.ext`'s [`ChildSpans`].
     pub async fn authenticate(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> Outcome {
-        let outcome = self.call(req, ctx).await;
+        let trace = ctx
+            .ext
+            .get::<TraceContext>()
+            .copied()
+            .map(|t| (t, crate::trace::new_span_id(), std::time::SystemTime::now()));
+        let traceparent = trace.as_ref().map(|(t, id, _)| t.traceparent(id));
+        let outcome = self.call(req, ctx, traceparent).await;
         self.pool.stats.count(&outcome);
+        if let Some((_, span_id, start)) = trace.filter(|(t, ..)| t.sampled) {
+            self.record_span(ctx, span_id, start, &outcome);
+        }
         outcome
     }
 
-    async fn call(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> Outcome {
-        let request = self.auth_request(req, ctx);
+    /// Leaves the call's span in `ctx.ext` for the gateway to export.
+    fn record_span(
+        &self,
+        ctx: &mut FilterCtx,
+        span_id: crate::trace::SpanId,
+        start: std::time::SystemTime,
+        outcome: &Outcome,
+    ) {
+        use crate::trace::AttrValue;
+        let mut attributes = vec![
+            ("http.request.method", AttrValue::Static("GET")),
+            ("url.full", AttrValue::Str(Arc::from(self.uri.to_string()))),
+        ];
+        let error = match outcome {
+            Outcome::Allowed => {
+                attributes.push(("sluice.auth.outcome", AttrValue::Static("allowed")));
+                None
+            }
+            Outcome::Denied(resp) => {
+                attributes.push(("sluice.auth.outcome", AttrValue::Static("denied")));
+                attributes.push((
+                    "http.response.status_code",
+                    AttrValue::Int(i64::from(resp.status.as_u16())),
+                ));
+                resp.status.is_server_error().then_some("auth service error")
+            }
+            Outcome::Failed(f) => {
+                let kind = match f {
+                    Failure::Timeout => "timeout",
+                    Failure::Unreachable => "unreachable",
+                    Failure::Invalid => "invalid",
+                };
+                attributes.push(("sluice.auth.outcome", AttrValue::Static("failed")));
+                attributes.push(("error.type", AttrValue::Static(kind)));
+                Some(kind)
+            }
+        };
+        let span = ChildSpan {
+            name: "forward_auth",
+            span_id,
+            start,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error,
+        };
+        match ctx.ext.get_mut::<ChildSpans>() {
+            Some(spans) => spans.0.push(span),
+            None => {
+                ctx.ext.insert(ChildSpans(vec![span]));
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut FilterCtx,
+        traceparent: Option<HeaderValue>,
+    ) -> Outcome {
+        let mut request = self.auth_request(req, ctx);
+        if let Some(tp) = traceparent {
+            request.headers_mut().insert(TRACEPARENT, tp);
+        }
         let Some(rt) = self
             .runtime
             .clone()

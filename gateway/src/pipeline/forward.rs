@@ -107,6 +107,18 @@ pub fn upstream_request(
     }
     upstream.insert_header(case_name(&snap.request_id_header), ctx.request_id_value())?;
     identity(upstream, ctx)?;
+    if let Some(trace) = &ctx.trace {
+        // Our span (this try's) is the upstream's parent; the caller's `tracestate`
+        // goes on only with a valid `traceparent` of its own.
+        upstream.insert_header("traceparent", trace.upstream_traceparent())?;
+        match &trace.tracestate {
+            Some(state) => upstream.insert_header("tracestate", state.clone())?,
+            None if upstream.headers.contains_key(&crate::trace::TRACESTATE) => {
+                upstream.remove_header(&crate::trace::TRACESTATE);
+            }
+            None => {}
+        }
+    }
     route
         .chain
         .on_upstream_request(&mut ReqEdit(upstream), &ctx.filter);

@@ -45,6 +45,11 @@ pub fn begin(gateway: &Gateway, session: &Session, ctx: &mut Ctx) -> Option<Answ
         }
     }
     (ctx.filter.client_ip, ctx.client.peer_trusted) = client_ip(peer, &req.headers, &snap);
+    if let Some(tracer) = &snap.tracer {
+        let trace = tracer.begin(&req.headers);
+        ctx.filter.ext.insert(trace.context());
+        ctx.trace = Some(trace);
+    }
     ctx.snapshot = Some(snap);
     None
 }

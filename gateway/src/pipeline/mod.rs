@@ -124,6 +124,8 @@ pub struct Ctx {
     pub error: Option<ErrorKind>,
     /// What the strict framing check learned, and the body's buffering ([`strict`]).
     pub strict: strict::Strict,
+    /// The request's trace when tracing is on ([`crate::trace`]); `None` when off.
+    pub trace: Option<Box<crate::trace::RequestTrace>>,
     _request: crate::shutdown::RequestGuard,
 }
 
@@ -142,6 +144,7 @@ impl Ctx {
             },
             error: None,
             strict: strict::Strict::default(),
+            trace: None,
             _request: crate::shutdown::RequestGuard::new(),
         }
     }

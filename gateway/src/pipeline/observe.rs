@@ -93,8 +93,46 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                 error: done.error,
                 consumer: ctx.filter.identity.as_ref().map(|i| i.consumer.clone()),
                 limit: ctx.filter.limit.clone(),
+                trace: ctx.trace.as_ref().map(|t| (t.trace_id, t.span_id)),
             });
         }
     }
+    if ctx.trace.is_some() {
+        trace(session, ctx, status);
+    }
     ctx.resilience.inflight = None;
+}
+
+/// Builds the request's spans, when its trace is sampled, and hands them to the
+/// exporter.
+fn trace(session: &Session, ctx: &mut Ctx, status: u16) {
+    let Some(trace) = ctx.trace.take() else { return };
+    if !trace.sampled {
+        return;
+    }
+    let children = crate::trace::take_children(&mut ctx.filter.ext);
+    let Some(tracer) = ctx.snapshot.as_ref().and_then(|s| s.tracer.clone()) else {
+        return;
+    };
+    let req = session.req_header();
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let done = crate::trace::Summary {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        scheme: if tls { "https" } else { "http" },
+        route: ctx.route_entry().map(|r| r.id.as_str()),
+        backend: ctx.upstream().map(|u| u.id.as_str()),
+        tried: &ctx.resilience.tried,
+        status,
+        retries: ctx.resilience.retries,
+        breaker: ctx.resilience.breaker_state.map(|s| s.as_str()),
+        error: ctx.error.map(ErrorKind::code),
+        client: ctx.filter.client_ip,
+        request_id: &ctx.filter.request_id,
+        user_agent: req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    };
+    tracer.submit(trace.finish(&done, children));
 }

@@ -85,6 +85,9 @@ pub fn proxy_failed(
 fn record_try(ctx: &mut Ctx, outcome: UpstreamOutcome) {
     let now = Instant::now();
     ctx.resilience.outcome = Some((outcome, now));
+    if let Some(trace) = ctx.trace.as_mut() {
+        trace.end_try(outcome);
+    }
     let (Some(up), Some(t)) = (ctx.upstream(), ctx.resilience.tried.last()) else {
         return;
     };

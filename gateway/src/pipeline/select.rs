@@ -102,6 +102,9 @@ pub async fn endpoint(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>>
     ctx.resilience.inflight = Some(InFlight(state));
     let peer = up.peer(&set.endpoints[idx], &backend.timeouts, limit);
     ctx.resilience.tried.push(Try { set, index: idx });
+    if let Some(trace) = ctx.trace.as_mut() {
+        trace.start_try();
+    }
     Ok(Box::new(peer))
 }
 
