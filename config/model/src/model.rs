@@ -36,6 +36,11 @@ pub struct Config {
     /// Where the access log and the gateway's events go (sinks, fields). Default: see
     /// [`crate::logging::LoggingConfig`] (no sinks).
     pub logging: crate::logging::LoggingConfig,
+    /// The Kubernetes source: Ingresses, Services and EndpointSlices of one or more
+    /// clusters (see `docs/kubernetes.md`). Needs a restart to change. Default: none
+    /// (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
