@@ -6,6 +6,8 @@
 //!   says about an object it could not take as it is.
 //! - [`endpoints`]: a Service port resolved to the endpoints of its EndpointSlices, the
 //!   shared upstream shape every translation uses.
+//! - [`gateway_api`]: the pure Gateway API translation (GatewayClass, Gateway, HTTPRoute)
+//!   and the status conditions to write back.
 //! - [`ingress`]: the pure `networking.k8s.io/v1` Ingress translation, with the
 //!   supported ingress-nginx annotations.
 //!
@@ -13,6 +15,7 @@
 //! `fn translate(objects: &ClusterObjects) -> Translation` (routes, upstreams, reports).
 
 pub mod endpoints;
+pub mod gateway_api;
 pub mod ingress;
 pub mod objects;
 
