@@ -34,7 +34,9 @@ fn render(dir: &Path) -> String {
         .arg("kustomize")
         .arg(dir)
         .output()
-        .unwrap_or_else(|e| panic!("kubectl: {e}: run `scripts/deps.sh test` (kubernetes-client) or set SLUICE_KUBECTL"));
+        .unwrap_or_else(|e| {
+            panic!("kubectl: {e}: run `scripts/deps.sh test` (kubernetes-client) or set SLUICE_KUBECTL")
+        });
     assert!(
         out.status.success(),
         "kubectl kustomize {}: {}",
@@ -86,7 +88,11 @@ fn validate(files: &[&Path], crds: &[&Path]) -> Verdict {
         .iter()
         .map(|e| e.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(out.status.success(), errors.is_empty(), "exit status and errors disagree: {stdout}");
+    assert_eq!(
+        out.status.success(),
+        errors.is_empty(),
+        "exit status and errors disagree: {stdout}"
+    );
     Verdict { checked, errors }
 }
 
@@ -122,9 +128,15 @@ fn every_overlay_renders_and_validates() {
         .iter()
         .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&"dev".into()) && names.contains(&"production".into()), "{names:?}");
+    assert!(
+        names.contains(&"dev".into()) && names.contains(&"production".into()),
+        "{names:?}"
+    );
     let tmp = tempfile::tempdir().unwrap();
-    for dir in dirs.iter().chain(std::iter::once(&repo().join("deploy/kubernetes/base"))) {
+    for dir in dirs
+        .iter()
+        .chain(std::iter::once(&repo().join("deploy/kubernetes/base")))
+    {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let text = render(dir);
         let file = tmp.path().join(format!("{name}.yaml"));
@@ -149,16 +161,22 @@ fn every_overlay_renders_and_validates() {
             ("IngressClass", "sluice"),
         ] {
             assert!(
-                v.checked.contains(&(kind.into(), obj.into(), "kubernetes".into())),
+                v.checked
+                    .contains(&(kind.into(), obj.into(), "kubernetes".into())),
                 "{name}: {kind}/{obj} not validated: {:?}",
                 v.checked
             );
         }
-        assert!(v.checked.contains(&("GatewayClass".into(), "sluice".into(), "external".into())));
+        assert!(v
+            .checked
+            .contains(&("GatewayClass".into(), "sluice".into(), "external".into())));
 
         let objs = docs(&text);
         let class = find(&objs, "GatewayClass", "sluice");
-        assert_eq!(class["spec"]["controllerName"].as_str(), Some("sluice.dev/gateway-controller"));
+        assert_eq!(
+            class["spec"]["controllerName"].as_str(),
+            Some("sluice.dev/gateway-controller")
+        );
         let ic = find(&objs, "IngressClass", "sluice");
         assert_eq!(
             ic["spec"]["controller"].as_str(),
@@ -168,15 +186,30 @@ fn every_overlay_renders_and_validates() {
         check_deployment(&name, &objs, tmp.path());
         match name.as_str() {
             "dev" => {
-                assert_eq!(find(&objs, "Deployment", "sluice")["spec"]["replicas"].as_i64(), Some(1));
-                assert_eq!(find(&objs, "HorizontalPodAutoscaler", "sluice")["spec"]["maxReplicas"].as_i64(), Some(1));
-                assert_eq!(find(&objs, "Service", "sluice")["spec"]["type"].as_str(), Some("NodePort"));
+                assert_eq!(
+                    find(&objs, "Deployment", "sluice")["spec"]["replicas"].as_i64(),
+                    Some(1)
+                );
+                assert_eq!(
+                    find(&objs, "HorizontalPodAutoscaler", "sluice")["spec"]["maxReplicas"].as_i64(),
+                    Some(1)
+                );
+                assert_eq!(
+                    find(&objs, "Service", "sluice")["spec"]["type"].as_str(),
+                    Some("NodePort")
+                );
                 find(&objs, "Secret", "sluice-admin");
             }
             "production" => {
-                assert_eq!(find(&objs, "Deployment", "sluice")["spec"]["replicas"].as_i64(), Some(3));
+                assert_eq!(
+                    find(&objs, "Deployment", "sluice")["spec"]["replicas"].as_i64(),
+                    Some(3)
+                );
                 let hpa = &find(&objs, "HorizontalPodAutoscaler", "sluice")["spec"];
-                assert_eq!((hpa["minReplicas"].as_i64(), hpa["maxReplicas"].as_i64()), (Some(3), Some(20)));
+                assert_eq!(
+                    (hpa["minReplicas"].as_i64(), hpa["maxReplicas"].as_i64()),
+                    (Some(3), Some(20))
+                );
                 // The base's behaviour survives the overlay's merge patch.
                 assert!(hpa["behavior"]["scaleDown"].is_mapping(), "{hpa:?}");
                 let sm = find(&objs, "ServiceMonitor", "sluice");
@@ -186,7 +219,10 @@ fn every_overlay_renders_and_validates() {
                 for (k, val) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
                     assert_eq!(&admin["metadata"]["labels"][k.as_str().unwrap()], val);
                 }
-                assert_eq!(admin["spec"]["ports"][0]["name"], sm["spec"]["endpoints"][0]["port"]);
+                assert_eq!(
+                    admin["spec"]["ports"][0]["name"],
+                    sm["spec"]["endpoints"][0]["port"]
+                );
                 // No fixed admin token in production.
                 assert!(!objs.iter().any(|o| o["kind"].as_str() == Some("Secret")));
             }
@@ -211,17 +247,45 @@ fn check_deployment(name: &str, objs: &[Value], tmp: &Path) {
             .as_i64()
             .unwrap()
     };
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"), "{name}");
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_str(), Some("admin"), "{name}");
-    assert_eq!(c["startupProbe"]["httpGet"]["path"].as_str(), Some("/readyz"), "{name}");
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"), "{name}");
-    let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"].as_sequence().unwrap();
-    assert_eq!(pre_stop[0].as_str(), Some("sleep"), "{name}: preStop lets endpoints drain");
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz"),
+        "{name}"
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["port"].as_str(),
+        Some("admin"),
+        "{name}"
+    );
+    assert_eq!(
+        c["startupProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz"),
+        "{name}"
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz"),
+        "{name}"
+    );
+    let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(
+        pre_stop[0].as_str(),
+        Some("sleep"),
+        "{name}: preStop lets endpoints drain"
+    );
     let sleep: i64 = pre_stop[1].as_str().unwrap().parse().unwrap();
     assert!(sleep >= 5, "{name}: preStop sleeps {sleep}s");
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
-    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
-    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
     assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string());
 
     // The config the pod mounts: from the ConfigMap the volume names.
@@ -233,7 +297,12 @@ fn check_deployment(name: &str, objs: &[Value], tmp: &Path) {
         .unwrap();
     let cm = find(objs, "ConfigMap", volume["configMap"]["name"].as_str().unwrap());
     let config_text = cm["data"]["sluice.yaml"].as_str().unwrap();
-    let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     assert_eq!(args, ["run", "--config", "/etc/sluice/sluice.yaml"], "{name}");
     let file = tmp.join(format!("{name}-sluice.yaml"));
     std::fs::write(&file, config_text).unwrap();
@@ -242,14 +311,32 @@ fn check_deployment(name: &str, objs: &[Value], tmp: &Path) {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{name}: sluice validate: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{name}: sluice validate: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let config: Value = serde_yaml::from_str(config_text).unwrap();
     let admin: std::net::SocketAddr = config["admin"]["listen"].as_str().unwrap().parse().unwrap();
-    assert_eq!(i64::from(admin.port()), port_of("admin"), "{name}: probes hit the admin listener");
-    assert!(admin.ip().is_unspecified(), "{name}: the kubelet must reach the admin listener");
-    let http: std::net::SocketAddr = config["listeners"][0]["listen"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        i64::from(admin.port()),
+        port_of("admin"),
+        "{name}: probes hit the admin listener"
+    );
+    assert!(
+        admin.ip().is_unspecified(),
+        "{name}: the kubelet must reach the admin listener"
+    );
+    let http: std::net::SocketAddr = config["listeners"][0]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(i64::from(http.port()), port_of("http"));
-    assert!(config["kubernetes"].is_mapping(), "{name}: the Kubernetes source is on");
+    assert!(
+        config["kubernetes"].is_mapping(),
+        "{name}: the Kubernetes source is on"
+    );
     // Draining fits in the grace period: preStop + grace_period + shutdown_timeout.
     let secs = |k: &str| -> i64 {
         let s = config["server"][k].as_str().unwrap();
@@ -262,8 +349,10 @@ fn check_deployment(name: &str, objs: &[Value], tmp: &Path) {
     );
     // The admin token comes from a Secret: a non-loopback admin listener needs one.
     let env = c["env"].as_sequence().unwrap();
-    assert!(env.iter().any(|e| e["name"].as_str() == Some("SLUICE_ADMIN_TOKEN")
-        && e["valueFrom"]["secretKeyRef"]["name"].as_str() == Some("sluice-admin")));
+    assert!(env
+        .iter()
+        .any(|e| e["name"].as_str() == Some("SLUICE_ADMIN_TOKEN")
+            && e["valueFrom"]["secretKeyRef"]["name"].as_str() == Some("sluice-admin")));
 }
 
 #[test]
@@ -304,7 +393,10 @@ fn rbac_is_least_privilege() {
                     "{verb} on {r:?}: writes only to status subresources and events"
                 );
             }
-            assert!(!matches!(verb.as_str(), "delete" | "deletecollection" | "escalate" | "bind" | "impersonate"));
+            assert!(!matches!(
+                verb.as_str(),
+                "delete" | "deletecollection" | "escalate" | "bind" | "impersonate"
+            ));
         }
     }
     for (group, res) in [
@@ -330,10 +422,16 @@ fn rbac_is_least_privilege() {
         ("gateway.networking.k8s.io", "httproutes/status"),
         ("sluice.dev", "sluicepolicies/status"),
     ] {
-        assert!(can(&cluster, group, res, "update") || can(&cluster, group, res, "patch"), "{group}/{res}");
+        assert!(
+            can(&cluster, group, res, "update") || can(&cluster, group, res, "patch"),
+            "{group}/{res}"
+        );
     }
     assert!(can(&cluster, "", "events", "create") && can(&cluster, "", "events", "patch"));
-    assert!(!can(&cluster, "coordination.k8s.io", "leases", "get"), "leases are namespaced: a Role");
+    assert!(
+        !can(&cluster, "coordination.k8s.io", "leases", "get"),
+        "leases are namespaced: a Role"
+    );
     let role = rules("Role", "sluice-leader-election");
     assert_eq!(role.len(), 1);
     for verb in ["get", "create", "update"] {
@@ -343,7 +441,10 @@ fn rbac_is_least_privilege() {
     assert_eq!(role_obj["metadata"]["namespace"].as_str(), Some("sluice"));
     // Both bindings name the ServiceAccount the Deployment runs as.
     let sa = find(&objs, "Deployment", "sluice")["spec"]["template"]["spec"]["serviceAccountName"].clone();
-    for (kind, name) in [("ClusterRoleBinding", "sluice"), ("RoleBinding", "sluice-leader-election")] {
+    for (kind, name) in [
+        ("ClusterRoleBinding", "sluice"),
+        ("RoleBinding", "sluice-leader-election"),
+    ] {
         let subject = &find(&objs, kind, name)["subjects"][0];
         assert_eq!(subject["name"], sa, "{kind}");
         assert_eq!(subject["namespace"].as_str(), Some("sluice"));
@@ -369,7 +470,12 @@ fn crd_and_examples_validate() {
     for section in ["auth", "rate_limit", "breaker", "rollout"] {
         let text: String = files
             .iter()
-            .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("sluicepolicy"))
+            .filter(|f| {
+                f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("sluicepolicy")
+            })
             .map(|f| std::fs::read_to_string(f).unwrap())
             .collect();
         assert!(
@@ -377,8 +483,14 @@ fn crd_and_examples_validate() {
             "an example uses `{section}`"
         );
     }
-    assert!(v.checked.contains(&("Ingress".into(), "echo".into(), "kubernetes".into())));
-    assert!(v.checked.contains(&("CustomResourceDefinition".into(), "sluicepolicies.sluice.dev".into(), "kubernetes".into())));
+    assert!(v
+        .checked
+        .contains(&("Ingress".into(), "echo".into(), "kubernetes".into())));
+    assert!(v.checked.contains(&(
+        "CustomResourceDefinition".into(),
+        "sluicepolicies.sluice.dev".into(),
+        "kubernetes".into()
+    )));
 }
 
 /// The checks above can fail: a misspelt field, a policy without targets, a policy with
@@ -428,7 +540,11 @@ fn validator_refuses_broken_objects() {
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: things.x.dev}\nspec:\n  group: x.dev\n  scope: Namespaced\n  names: {kind: Thing, plural: things}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec: {description: untyped}\n",
     );
     let v = validate(&[&unstructural], &[]);
-    assert!(v.errors.iter().any(|e| e.contains("spec: no type")), "{:?}", v.errors);
+    assert!(
+        v.errors.iter().any(|e| e.contains("spec: no type")),
+        "{:?}",
+        v.errors
+    );
 }
 
 #[test]
@@ -448,7 +564,11 @@ fn dockerfile_parses() {
         .iter()
         .find(|(i, a)| i == "RUN" && a.contains("cargo build"))
         .expect("a cargo build");
-    assert!(build.1.contains("-p sluice-gateway") && build.1.contains("--bin sluice"), "{}", build.1);
+    assert!(
+        build.1.contains("-p sluice-gateway") && build.1.contains("--bin sluice"),
+        "{}",
+        build.1
+    );
     assert!(build.1.contains("--release") && build.1.contains("--locked"));
     let copies: Vec<&String> = runtime
         .instructions
@@ -456,7 +576,9 @@ fn dockerfile_parses() {
         .filter(|(i, _)| i == "COPY")
         .map(|(_, a)| a)
         .collect();
-    assert!(copies.iter().any(|a| a.contains("--from=builder") && a.ends_with("/usr/local/bin/sluice")));
+    assert!(copies
+        .iter()
+        .any(|a| a.contains("--from=builder") && a.ends_with("/usr/local/bin/sluice")));
     // Files copied from the build context exist, and the default config is valid.
     for a in copies.iter().filter(|a| !a.contains("--from=")) {
         let src = a.split_whitespace().next().unwrap();
@@ -467,7 +589,11 @@ fn dockerfile_parses() {
                 .arg(repo().join(src))
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{src}: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "{src}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
     // Non-root: a numeric, non-zero USER in the final stage.
@@ -493,7 +619,11 @@ fn dockerfile_parses() {
             .arg(repo())
             .output()
             .unwrap();
-        assert!(out.status.success(), "docker build --check: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker build --check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -516,14 +646,33 @@ fn e2e_script_is_valid_bash() {
     let out = Command::new("bash").arg("-n").arg(&script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let readme = std::fs::read_to_string(repo().join("deploy/e2e/README.md")).unwrap();
-    assert!(readme.contains("not run in CI"), "the README says the e2e script is not run in CI");
+    assert!(
+        readme.contains("not run in CI"),
+        "the README says the e2e script is not run in CI"
+    );
 }
 
 /// A small Dockerfile parser: instructions, line continuations, stages, ARG defaults.
 mod dockerfile {
     const KNOWN: &[&str] = &[
-        "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
-        "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL", "MAINTAINER",
+        "FROM",
+        "RUN",
+        "CMD",
+        "LABEL",
+        "EXPOSE",
+        "ENV",
+        "ADD",
+        "COPY",
+        "ENTRYPOINT",
+        "VOLUME",
+        "USER",
+        "WORKDIR",
+        "ARG",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "HEALTHCHECK",
+        "SHELL",
+        "MAINTAINER",
     ];
 
     #[derive(Debug)]
@@ -575,7 +724,10 @@ mod dockerfile {
         if let Some((start, _)) = cur {
             return Err(format!("line {start}: a line continuation runs off the end"));
         }
-        let mut df = Dockerfile { args: Vec::new(), stages: Vec::new() };
+        let mut df = Dockerfile {
+            args: Vec::new(),
+            stages: Vec::new(),
+        };
         for (n, l) in logical {
             let (ins, rest) = l.split_once(char::is_whitespace).unwrap_or((l.as_str(), ""));
             let ins = ins.to_ascii_uppercase();
@@ -594,7 +746,11 @@ mod dockerfile {
                         [_, as_, name] if as_.eq_ignore_ascii_case("as") => Some(name.to_string()),
                         _ => return Err(format!("line {n}: FROM {rest}")),
                     };
-                    df.stages.push(Stage { image: parts[0].to_string(), name, instructions: Vec::new() });
+                    df.stages.push(Stage {
+                        image: parts[0].to_string(),
+                        name,
+                        instructions: Vec::new(),
+                    });
                 }
                 "ARG" if df.stages.is_empty() => {
                     let (k, v) = rest.split_once('=').unwrap_or((rest.as_str(), ""));
@@ -609,9 +765,12 @@ mod dockerfile {
                     if ins == "COPY" || ins == "ADD" {
                         for flag in rest.split_whitespace().filter(|w| w.starts_with("--from=")) {
                             let from = &flag["--from=".len()..];
-                            let earlier = names[..names.len() - 1].iter().any(|s| s.as_deref() == Some(from))
+                            let earlier = names[..names.len() - 1]
+                                .iter()
+                                .any(|s| s.as_deref() == Some(from))
                                 || from.parse::<usize>().is_ok_and(|i| i + 1 < names.len())
-                                || from.contains(':') || from.contains('/');
+                                || from.contains(':')
+                                || from.contains('/');
                             if !earlier {
                                 return Err(format!("line {n}: COPY --from names no earlier stage {from}"));
                             }

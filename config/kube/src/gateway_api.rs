@@ -53,16 +53,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use gateway_api::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom};
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
-    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::json;
 use sluice_config::model::{
-    BackendConfig, FilterConfig, HeaderRules, PathMatch, Rewrite, RouteConfig, RouteMatch, Timeouts, UpstreamConfig,
-    ValueMatch,
+    BackendConfig, FilterConfig, HeaderRules, PathMatch, Rewrite, RouteConfig, RouteMatch, Timeouts,
+    UpstreamConfig, ValueMatch,
 };
 
 use crate::endpoints::{service_upstream, PortRef, Unresolved};
@@ -303,7 +303,12 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
             let cond = match conflict {
                 Some(reason) => {
                     listeners[i].valid = false;
-                    Condition::new("Conflicted", true, reason, format!("another listener uses port {}", a.port))
+                    Condition::new(
+                        "Conflicted",
+                        true,
+                        reason,
+                        format!("another listener uses port {}", a.port),
+                    )
                 }
                 None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts"),
             };
@@ -327,7 +332,12 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
         let mut conditions = vec![if valid == listeners.len() {
             Condition::new("Accepted", true, "Accepted", "every listener is valid")
         } else if valid > 0 {
-            Condition::new("Accepted", true, "ListenersNotValid", "some listeners are not valid")
+            Condition::new(
+                "Accepted",
+                true,
+                "ListenersNotValid",
+                "some listeners are not valid",
+            )
         } else {
             Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid")
         }];
@@ -367,7 +377,14 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
     });
     let mut upstreams: BTreeMap<String, UpstreamConfig> = BTreeMap::new();
     for route in routes {
-        translate_route(objects, controller, route, &mut gateways, &mut upstreams, &mut out);
+        translate_route(
+            objects,
+            controller,
+            route,
+            &mut gateways,
+            &mut upstreams,
+            &mut out,
+        );
     }
     out.translation.upstreams = upstreams.into_values().collect();
 
@@ -451,7 +468,11 @@ fn check_listener<'a>(
     let status = ListenerStatus {
         name: l.name.clone(),
         attached_routes: 0,
-        supported_kinds: if takes_http_routes { vec!["HTTPRoute".into()] } else { Vec::new() },
+        supported_kinds: if takes_http_routes {
+            vec!["HTTPRoute".into()]
+        } else {
+            Vec::new()
+        },
         conditions,
     };
     (listener, status)
@@ -465,30 +486,48 @@ fn https_certificates(
     certs: &mut Vec<(String, String)>,
 ) -> Result<(), (&'static str, String)> {
     let Some(tls) = &l.tls else {
-        return Err(("InvalidCertificateRef", "an HTTPS listener needs tls.certificateRefs".into()));
+        return Err((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
     };
     if tls.mode.as_ref().is_some_and(|m| enum_str(m) == "Passthrough") {
-        return Err(("InvalidCertificateRef", "TLS mode Passthrough is not supported".into()));
+        return Err((
+            "InvalidCertificateRef",
+            "TLS mode Passthrough is not supported".into(),
+        ));
     }
     let refs = tls.certificate_refs.clone().unwrap_or_default();
     if refs.is_empty() {
-        return Err(("InvalidCertificateRef", "an HTTPS listener needs tls.certificateRefs".into()));
+        return Err((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
     }
     for r in refs {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
         if !group.is_empty() || kind != "Secret" {
-            return Err(("InvalidCertificateRef", format!("certificateRef {group}/{kind} is not a Secret")));
+            return Err((
+                "InvalidCertificateRef",
+                format!("certificateRef {group}/{kind} is not a Secret"),
+            ));
         }
         let ns = r.namespace.clone().unwrap_or_else(|| namespace.to_string());
         if ns != namespace {
             return Err((
                 "RefNotPermitted",
-                format!("Secret {ns}/{} is in another namespace (ReferenceGrants are not supported)", r.name),
+                format!(
+                    "Secret {ns}/{} is in another namespace (ReferenceGrants are not supported)",
+                    r.name
+                ),
             ));
         }
         let Some(secret) = objects.secret(&ns, &r.name) else {
-            return Err(("InvalidCertificateRef", format!("Secret {ns}/{} not found", r.name)));
+            return Err((
+                "InvalidCertificateRef",
+                format!("Secret {ns}/{} not found", r.name),
+            ));
         };
         let data = secret.data.clone().unwrap_or_default();
         if !data.contains_key("tls.crt") || !data.contains_key("tls.key") {
@@ -553,8 +592,16 @@ fn translate_route(
     if let Some(hosts) = &hosts {
         let groups = host_groups(hosts);
         for (ri, rule) in route.spec.rules.clone().unwrap_or_default().iter().enumerate() {
-            let parts = rule_parts(objects, &namespace, rule, &me, upstreams, &mut out.translation.reports, &mut resolved);
-            if let Some(why) = &parts.invalid {
+            let parts = rule_parts(
+                objects,
+                &namespace,
+                rule,
+                &me,
+                upstreams,
+                &mut out.translation.reports,
+                &mut resolved,
+            );
+            if let (Some(why), true) = (&parts.invalid, parts.unsupported) {
                 dropped.push(format!("rule {ri}: {why}"));
             }
             let matches = rule.matches.clone().unwrap_or_default();
@@ -601,7 +648,12 @@ fn translate_route(
         }];
         conditions.push(resolved_cond.clone());
         if !dropped.is_empty() && rules > dropped.len() {
-            conditions.push(Condition::new("PartiallyInvalid", true, "UnsupportedValue", dropped.join("; ")));
+            conditions.push(Condition::new(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                dropped.join("; "),
+            ));
         }
         statuses.push(ParentStatus {
             parent_ref: parent,
@@ -645,7 +697,8 @@ fn attach(
     let selected: Vec<usize> = (0..g.listeners.len())
         .filter(|&i| {
             let l = g.listeners[i].spec;
-            parent.section_name.as_ref().is_none_or(|s| *s == l.name) && parent.port.is_none_or(|p| p == l.port)
+            parent.section_name.as_ref().is_none_or(|s| *s == l.name)
+                && parent.port.is_none_or(|p| p == l.port)
         })
         .collect();
     if selected.is_empty() {
@@ -731,11 +784,10 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 fn host_intersection(a: &str, b: &str) -> Option<String> {
     let covers = |wild: &str, other: &str| -> bool {
         match wild.strip_prefix("*.") {
-            Some(suffix) => other
-                .strip_prefix("*.")
-                .map_or(other.len() > suffix.len() + 1 && other.ends_with(&format!(".{suffix}")), |o| {
-                    o == suffix || o.ends_with(&format!(".{suffix}"))
-                }),
+            Some(suffix) => other.strip_prefix("*.").map_or(
+                other.len() > suffix.len() + 1 && other.ends_with(&format!(".{suffix}")),
+                |o| o == suffix || o.ends_with(&format!(".{suffix}")),
+            ),
             None => false,
         }
     };
@@ -756,7 +808,8 @@ fn host_groups(hosts: &Hosts) -> Vec<Vec<String>> {
     match hosts {
         None => vec![Vec::new()],
         Some(set) => {
-            let (wild, exact): (Vec<String>, Vec<String>) = set.iter().cloned().partition(|h| h.starts_with("*."));
+            let (wild, exact): (Vec<String>, Vec<String>) =
+                set.iter().cloned().partition(|h| h.starts_with("*."));
             [exact, wild].into_iter().filter(|g| !g.is_empty()).collect()
         }
     }
@@ -766,14 +819,16 @@ fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
     let mut rm = RouteMatch::default();
     let path = m.path.clone().unwrap_or_default();
     let value = path.value.clone().unwrap_or_else(|| "/".into());
-    rm.path = Some(match path.r#type.unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
-        HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
-        HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(value),
-        HttpRouteRulesMatchesPathType::RegularExpression => {
-            regex_ok(&value)?;
-            PathMatch::Regex(value)
-        }
-    });
+    rm.path = Some(
+        match path.r#type.unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+            HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+            HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(value),
+            HttpRouteRulesMatchesPathType::RegularExpression => {
+                regex_ok(&value)?;
+                PathMatch::Regex(value)
+            }
+        },
+    );
     if let Some(method) = &m.method {
         rm.methods.push(enum_str(method));
     }
@@ -783,7 +838,10 @@ fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
         if !seen.insert(h.name.to_ascii_lowercase()) {
             continue;
         }
-        let regex = matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression));
+        let regex = matches!(
+            h.r#type,
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+        );
         rm.headers.push(value_match(h.name, h.value, regex)?);
     }
     let mut seen = BTreeSet::new();
@@ -791,7 +849,10 @@ fn route_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
         if !seen.insert(q.name.clone()) {
             continue;
         }
-        let regex = matches!(q.r#type, Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression));
+        let regex = matches!(
+            q.r#type,
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+        );
         rm.query.push(value_match(q.name, q.value, regex)?);
     }
     Ok(rm)
@@ -828,6 +889,10 @@ struct RuleParts {
     timeouts: Timeouts,
     /// Why the rule answers 500 instead.
     invalid: Option<String>,
+    /// Whether `invalid` comes from a value Sluice does not support (a filter, a
+    /// timeout): the route is then partially invalid. Backend problems are
+    /// `ResolvedRefs`' business instead.
+    unsupported: bool,
 }
 
 impl RuleParts {
@@ -852,10 +917,9 @@ impl RuleParts {
             r.filters = vec![direct(500, why)];
             return r;
         }
-        let prefix_match = m
-            .path
-            .as_ref()
-            .is_none_or(|p| p.r#type.is_none() || matches!(p.r#type, Some(HttpRouteRulesMatchesPathType::PathPrefix)));
+        let prefix_match = m.path.as_ref().is_none_or(|p| {
+            p.r#type.is_none() || matches!(p.r#type, Some(HttpRouteRulesMatchesPathType::PathPrefix))
+        });
         if let Some(p) = &self.rewrite_full {
             r.rewrite = Some(Rewrite {
                 strip_prefix: false,
@@ -881,7 +945,11 @@ impl RuleParts {
                 }
             });
         }
-        if !r.filters.iter().any(|f| f.kind == "redirect" || f.kind == "direct_response") {
+        if !r
+            .filters
+            .iter()
+            .any(|f| f.kind == "redirect" || f.kind == "direct_response")
+        {
             r.backends = self.backends.clone();
         }
         r
@@ -920,6 +988,7 @@ fn rule_parts(
                 FilterError::Unsupported(msg) => report(reports, "UnsupportedFilter", msg),
                 FilterError::Invalid(msg) => {
                     parts.invalid.get_or_insert(msg);
+                    parts.unsupported = true;
                 }
             }
         }
@@ -934,7 +1003,10 @@ fn rule_parts(
                     Ok(d) if d.is_zero() => {}
                     Ok(d) => *slot = Some(std::time::Duration::from_millis(d.as_millis() as u64)),
                     Err(e) => {
-                        parts.invalid.get_or_insert(format!("timeouts.{field} {v:?}: {e}"));
+                        parts
+                            .invalid
+                            .get_or_insert(format!("timeouts.{field} {v:?}: {e}"));
+                        parts.unsupported = true;
                     }
                 }
             }
@@ -1028,7 +1100,12 @@ fn filter(
             for h in m.add.unwrap_or_default() {
                 ops.add.insert(h.name.to_ascii_lowercase(), h.value);
             }
-            ops.remove.extend(m.remove.unwrap_or_default().into_iter().map(|h| h.to_ascii_lowercase()));
+            ops.remove.extend(
+                m.remove
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase()),
+            );
         }
         HttpRouteRulesFiltersType::ResponseHeaderModifier => {
             let m = f.response_header_modifier.clone().unwrap_or_default();
@@ -1039,7 +1116,12 @@ fn filter(
             for h in m.add.unwrap_or_default() {
                 ops.add.insert(h.name.to_ascii_lowercase(), h.value);
             }
-            ops.remove.extend(m.remove.unwrap_or_default().into_iter().map(|h| h.to_ascii_lowercase()));
+            ops.remove.extend(
+                m.remove
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase()),
+            );
         }
         HttpRouteRulesFiltersType::RequestRedirect => {
             let r = f.request_redirect.clone().unwrap_or_default();
@@ -1057,7 +1139,10 @@ fn filter(
             if let Some(p) = &r.path {
                 match p.r#type {
                     HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
-                        spec.insert("path".into(), json!(p.replace_full_path.clone().unwrap_or_default()));
+                        spec.insert(
+                            "path".into(),
+                            json!(p.replace_full_path.clone().unwrap_or_default()),
+                        );
                     }
                     HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
                         return Err(FilterError::Invalid(
@@ -1091,7 +1176,9 @@ fn filter(
             let c = f.cors.clone().unwrap_or_default();
             let origins = c.allow_origins.unwrap_or_default();
             if origins.is_empty() {
-                return Err(FilterError::Unsupported("CORS without allowOrigins allows nothing; ignored".into()));
+                return Err(FilterError::Unsupported(
+                    "CORS without allowOrigins allows nothing; ignored".into(),
+                ));
             }
             let mut spec = json!({
                 "allow_origins": origins,
@@ -1137,13 +1224,19 @@ fn backend(
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err(("InvalidKind", format!("backendRef {group}/{kind} {} is not a Service", b.name)));
+        return Err((
+            "InvalidKind",
+            format!("backendRef {group}/{kind} {} is not a Service", b.name),
+        ));
     }
     let ns = b.namespace.clone().unwrap_or_else(|| namespace.to_string());
     if ns != namespace {
         return Err((
             "RefNotPermitted",
-            format!("Service {ns}/{} is in another namespace (ReferenceGrants are not supported)", b.name),
+            format!(
+                "Service {ns}/{} is in another namespace (ReferenceGrants are not supported)",
+                b.name
+            ),
         ));
     }
     let Some(port) = b.port else {
@@ -1170,7 +1263,13 @@ fn enum_str<T: Serialize>(t: &T) -> String {
 fn clean_id(id: &str) -> String {
     let clean: String = id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if clean.len() <= 128 {
         return clean;

@@ -106,7 +106,9 @@ fn assert_valid(t: &GatewayTranslation) {
 }
 
 fn cond<'a>(c: &'a [Condition], type_: &str) -> &'a Condition {
-    c.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} in {c:?}"))
+    c.iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {c:?}"))
 }
 
 fn parent_conditions(t: &GatewayTranslation) -> &[Condition] {
@@ -118,12 +120,22 @@ fn route<'a>(t: &'a GatewayTranslation, id: &str) -> &'a RouteConfig {
         .routes
         .iter()
         .find(|r| r.id == id)
-        .unwrap_or_else(|| panic!("no route {id}: {:?}", t.translation.routes.iter().map(|r| &r.id).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no route {id}: {:?}",
+                t.translation.routes.iter().map(|r| &r.id).collect::<Vec<_>>()
+            )
+        })
 }
 
 #[test]
 fn only_our_class_is_accepted() {
-    let t = translate(&with_route(&route_yaml("  rules: [{backendRefs: [{name: echo, port: 80}]}]\n")), GATEWAY_CONTROLLER);
+    let t = translate(
+        &with_route(&route_yaml(
+            "  rules: [{backendRefs: [{name: echo, port: 80}]}]\n",
+        )),
+        GATEWAY_CONTROLLER,
+    );
     assert_eq!(t.classes.len(), 1);
     assert_eq!(t.classes[0].class.name, "sluice");
     assert_eq!(cond(&t.classes[0].conditions, "Accepted").reason, "Accepted");
@@ -150,23 +162,44 @@ fn path_matches_and_weighted_backends() {
     assert_valid(&t);
     // Multiple matches are ORed: one route each (×2 host groups: the `shop` listener's
     // wildcard and any host from the `http` listener collapse to any host).
-    assert_eq!(route(&t, "gw.demo.r.0.0").matches.path, Some(PathMatch::Exact("/exact".into())));
-    assert_eq!(route(&t, "gw.demo.r.0.1").matches.path, Some(PathMatch::Prefix("/api".into())));
-    assert_eq!(route(&t, "gw.demo.r.0.2").matches.path, Some(PathMatch::Regex("/v[0-9]+/.*".into())));
+    assert_eq!(
+        route(&t, "gw.demo.r.0.0").matches.path,
+        Some(PathMatch::Exact("/exact".into()))
+    );
+    assert_eq!(
+        route(&t, "gw.demo.r.0.1").matches.path,
+        Some(PathMatch::Prefix("/api".into()))
+    );
+    assert_eq!(
+        route(&t, "gw.demo.r.0.2").matches.path,
+        Some(PathMatch::Regex("/v[0-9]+/.*".into()))
+    );
     let b = &route(&t, "gw.demo.r.0.1").backends;
     assert_eq!(b.len(), 2);
     assert_eq!((b[0].upstream.as_str(), b[0].weight), ("k8s.demo.echo.80", 90));
     assert_eq!((b[1].upstream.as_str(), b[1].weight), ("k8s.demo.canary.80", 10));
-    let ups: Vec<_> = t.translation.upstreams.iter().map(|u| (u.id.as_str(), u.endpoints.len())).collect();
+    let ups: Vec<_> = t
+        .translation
+        .upstreams
+        .iter()
+        .map(|u| (u.id.as_str(), u.endpoints.len()))
+        .collect();
     assert_eq!(ups, [("k8s.demo.canary.80", 1), ("k8s.demo.echo.80", 2)]);
     let c = parent_conditions(&t);
-    assert_eq!((cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()), (true, "Accepted"));
+    assert_eq!(
+        (cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()),
+        (true, "Accepted")
+    );
     assert_eq!(cond(c, "ResolvedRefs").reason, "ResolvedRefs");
     assert_eq!(t.routes[0].generation, Some(2));
     assert_eq!(t.routes[0].parents[0].controller_name, GATEWAY_CONTROLLER);
     // Both listeners took the route.
     assert_eq!(
-        t.gateways[0].listeners.iter().map(|l| l.attached_routes).collect::<Vec<_>>(),
+        t.gateways[0]
+            .listeners
+            .iter()
+            .map(|l| l.attached_routes)
+            .collect::<Vec<_>>(),
         [1, 1]
     );
 }
@@ -174,7 +207,10 @@ fn path_matches_and_weighted_backends() {
 #[test]
 fn no_match_is_prefix_slash() {
     let t = translate_route("  rules: [{backendRefs: [{name: echo, port: 80}]}]\n");
-    assert_eq!(route(&t, "gw.demo.r.0.0").matches.path, Some(PathMatch::Prefix("/".into())));
+    assert_eq!(
+        route(&t, "gw.demo.r.0.0").matches.path,
+        Some(PathMatch::Prefix("/".into()))
+    );
 }
 
 #[test]
@@ -186,7 +222,10 @@ fn header_query_and_method_matches() {
     let m = &route(&t, "gw.demo.r.0.0").matches;
     assert_eq!(m.methods, ["POST"]);
     assert_eq!(m.headers.len(), 2, "only the first match of a header name counts");
-    assert_eq!((m.headers[0].name.as_str(), m.headers[0].exact.as_deref()), ("X-Env", Some("canary")));
+    assert_eq!(
+        (m.headers[0].name.as_str(), m.headers[0].exact.as_deref()),
+        ("X-Env", Some("canary"))
+    );
     assert_eq!(m.headers[1].regex.as_deref(), Some("v[12]"));
     assert_eq!(m.query[0].exact.as_deref(), Some("1"));
     assert_eq!(m.query[1].regex.as_deref(), Some("a.*"));
@@ -197,8 +236,16 @@ fn an_invalid_regex_drops_the_match_with_a_report() {
     let t = translate_route(
         "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/(['}}]\n    backendRefs: [{name: echo, port: 80}]\n  - backendRefs: [{name: echo, port: 80}]\n",
     );
-    assert!(t.translation.routes.iter().all(|r| !r.id.starts_with("gw.demo.r.0.")));
-    assert!(t.translation.reports.iter().any(|r| r.message.contains("invalid regular expression")));
+    assert!(t
+        .translation
+        .routes
+        .iter()
+        .all(|r| !r.id.starts_with("gw.demo.r.0.")));
+    assert!(t
+        .translation
+        .reports
+        .iter()
+        .any(|r| r.message.contains("invalid regular expression")));
     let c = parent_conditions(&t);
     assert!(cond(c, "Accepted").status);
     assert_eq!(cond(c, "PartiallyInvalid").reason, "UnsupportedValue");
@@ -216,7 +263,10 @@ fn hostnames_intersect_with_listeners() {
     assert_valid(&t);
     // Exact names and the wildcard are separate routes (Sluice ranks any exact host as
     // exact).
-    assert_eq!(route(&t, "gw.demo.r.0.0").matches.hosts, ["a.shop.test", "other.test"]);
+    assert_eq!(
+        route(&t, "gw.demo.r.0.0").matches.hosts,
+        ["a.shop.test", "other.test"]
+    );
     assert_eq!(route(&t, "gw.demo.r.0.0.w").matches.hosts, ["*.shop.test"]);
 
     // Only the shop listener: other.test does not match it.
@@ -227,7 +277,14 @@ fn hostnames_intersect_with_listeners() {
         GATEWAY_CONTROLLER,
     );
     assert_eq!(route(&t, "gw.demo.r.0.0").matches.hosts, ["x.y.shop.test"]);
-    assert_eq!(t.gateways[0].listeners.iter().map(|l| l.attached_routes).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        t.gateways[0]
+            .listeners
+            .iter()
+            .map(|l| l.attached_routes)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
 
     // No hostname in common: NoMatchingListenerHostname, and no routes.
     let t = translate(
@@ -237,16 +294,25 @@ fn hostnames_intersect_with_listeners() {
         GATEWAY_CONTROLLER,
     );
     let c = parent_conditions(&t);
-    assert_eq!((cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()), (false, "NoMatchingListenerHostname"));
+    assert_eq!(
+        (cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()),
+        (false, "NoMatchingListenerHostname")
+    );
     assert!(t.translation.routes.is_empty());
     // A route without hostnames on the shop listener gets the listener's.
-    assert_eq!(intersect(Some("*.shop.test"), &[]), Some(vec!["*.shop.test".to_string()]));
+    assert_eq!(
+        intersect(Some("*.shop.test"), &[]),
+        Some(vec!["*.shop.test".to_string()])
+    );
     assert_eq!(intersect(None, &[]), None);
     assert_eq!(
         intersect(Some("a.test"), &["*.test".into(), "test".into()]),
         Some(vec!["a.test".to_string()])
     );
-    assert_eq!(intersect(Some("*.a.test"), &["*.test".into()]), Some(vec!["*.a.test".to_string()]));
+    assert_eq!(
+        intersect(Some("*.a.test"), &["*.test".into()]),
+        Some(vec!["*.a.test".to_string()])
+    );
     assert_eq!(intersect(Some("*.a.test"), &["a.test".into()]), Some(vec![]));
 }
 
@@ -262,14 +328,27 @@ fn section_name_and_port_select_listeners() {
     };
     let t = one("{name: web, sectionName: nope}");
     let c = parent_conditions(&t);
-    assert_eq!((cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()), (false, "NoMatchingParent"));
+    assert_eq!(
+        (cond(c, "Accepted").status, cond(c, "Accepted").reason.as_str()),
+        (false, "NoMatchingParent")
+    );
     let t = one("{name: web, port: 8080}");
     assert_eq!(cond(parent_conditions(&t), "Accepted").reason, "NoMatchingParent");
     let t = one("{name: web, sectionName: http, port: 80}");
     assert!(cond(parent_conditions(&t), "Accepted").status);
-    assert_eq!(t.routes[0].parents[0].parent_ref.section_name.as_deref(), Some("http"));
+    assert_eq!(
+        t.routes[0].parents[0].parent_ref.section_name.as_deref(),
+        Some("http")
+    );
     assert_eq!(t.routes[0].parents[0].parent_ref.namespace, "demo");
-    assert_eq!(t.gateways[0].listeners.iter().map(|l| l.attached_routes).collect::<Vec<_>>(), [1, 0]);
+    assert_eq!(
+        t.gateways[0]
+            .listeners
+            .iter()
+            .map(|l| l.attached_routes)
+            .collect::<Vec<_>>(),
+        [1, 0]
+    );
     // Two parentRefs, one of another controller's Gateway (absent here): one status.
     let t = one("{name: web, sectionName: http}, {name: elsewhere}");
     assert_eq!(t.routes[0].parents.len(), 1);
@@ -281,7 +360,10 @@ fn routes_from_other_namespaces_need_allowed_routes() {
         "{CLASS_AND_GATEWAY}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: team}}\nspec:\n  parentRefs: [{{name: web, namespace: demo}}]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
     );
     let t = translate(&objects(&yaml), GATEWAY_CONTROLLER);
-    assert_eq!(cond(parent_conditions(&t), "Accepted").reason, "NotAllowedByListeners");
+    assert_eq!(
+        cond(parent_conditions(&t), "Accepted").reason,
+        "NotAllowedByListeners"
+    );
     let yaml = yaml.replace(
         "- {name: http, protocol: HTTP, port: 80}",
         "- {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}",
@@ -290,7 +372,13 @@ fn routes_from_other_namespaces_need_allowed_routes() {
     let c = parent_conditions(&t);
     assert!(cond(c, "Accepted").status);
     // The Service is looked up in the route's namespace, where there is none.
-    assert_eq!((cond(c, "ResolvedRefs").status, cond(c, "ResolvedRefs").reason.as_str()), (false, "BackendNotFound"));
+    assert_eq!(
+        (
+            cond(c, "ResolvedRefs").status,
+            cond(c, "ResolvedRefs").reason.as_str()
+        ),
+        (false, "BackendNotFound")
+    );
 }
 
 #[test]
@@ -324,7 +412,9 @@ fn request_redirect() {
     // A redirect needs no backendRefs: not an invalid rule.
     assert!(cond(parent_conditions(&t), "Accepted").status);
     // Default status 302.
-    let t = translate_route("  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]\n");
+    let t = translate_route(
+        "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]\n",
+    );
     assert_eq!(route(&t, "gw.demo.r.0.0").filters[0].spec["status"], 302);
 }
 
@@ -338,7 +428,10 @@ fn url_rewrite() {
     let rw = r.rewrite.clone().unwrap();
     assert!(rw.strip_prefix);
     assert_eq!(rw.prefix.as_deref(), Some("/api"));
-    assert_eq!(r.headers.request.set.get("host").map(String::as_str), Some("internal.test"));
+    assert_eq!(
+        r.headers.request.set.get("host").map(String::as_str),
+        Some("internal.test")
+    );
     let rw = route(&t, "gw.demo.r.1.0").rewrite.clone().unwrap();
     assert_eq!(rw.path.as_deref(), Some("/index.html"));
     assert!(!rw.strip_prefix);
@@ -399,14 +492,29 @@ fn unresolved_backends_and_empty_rules() {
         "  rules:\n  - backendRefs: [{name: missing, port: 80}]\n  - backendRefs: [{name: echo, port: 80}, {name: missing, port: 80}]\n  - backendRefs: [{group: example.com, kind: Bucket, name: b}]\n  - {}\n  - backendRefs: [{name: echo, port: 80, weight: 0}]\n",
     );
     assert_valid(&t);
-    let status = |id: &str| route(&t, id).filters.first().map(|f| f.spec["status"].as_u64().unwrap());
+    let status = |id: &str| {
+        route(&t, id)
+            .filters
+            .first()
+            .map(|f| f.spec["status"].as_u64().unwrap())
+    };
     assert_eq!(status("gw.demo.r.0.0"), Some(500), "only an unknown Service: 500");
-    assert_eq!(route(&t, "gw.demo.r.1.0").backends.len(), 1, "the valid backend keeps serving");
+    assert_eq!(
+        route(&t, "gw.demo.r.1.0").backends.len(),
+        1,
+        "the valid backend keeps serving"
+    );
     assert_eq!(status("gw.demo.r.2.0"), Some(500));
     assert_eq!(status("gw.demo.r.3.0"), Some(500), "no backendRefs: 500");
     assert_eq!(status("gw.demo.r.4.0"), Some(500), "every weight 0: 500");
     let c = parent_conditions(&t);
-    assert_eq!((cond(c, "ResolvedRefs").status, cond(c, "ResolvedRefs").reason.as_str()), (false, "BackendNotFound"));
+    assert_eq!(
+        (
+            cond(c, "ResolvedRefs").status,
+            cond(c, "ResolvedRefs").reason.as_str()
+        ),
+        (false, "BackendNotFound")
+    );
     // A Service without ready endpoints resolves, and answers 503 until one is ready.
     let yaml = format!(
         "{CLASS_AND_GATEWAY}\n---\n{}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: idle, namespace: demo}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n",
@@ -417,7 +525,10 @@ fn unresolved_backends_and_empty_rules() {
     assert!(cond(parent_conditions(&t), "ResolvedRefs").status);
     // A cross-namespace backend needs a ReferenceGrant, which is not read.
     let t = translate_route("  rules: [{backendRefs: [{name: echo, namespace: other, port: 80}]}]\n");
-    assert_eq!(cond(parent_conditions(&t), "ResolvedRefs").reason, "RefNotPermitted");
+    assert_eq!(
+        cond(parent_conditions(&t), "ResolvedRefs").reason,
+        "RefNotPermitted"
+    );
 }
 
 #[test]
@@ -452,11 +563,23 @@ spec:
     let l = |name: &str| g.listeners.iter().find(|l| l.name == name).unwrap();
     assert!(cond(&l("https").conditions, "ResolvedRefs").status);
     assert!(cond(&l("https").conditions, "Programmed").status);
-    assert_eq!(cond(&l("missing").conditions, "ResolvedRefs").reason, "InvalidCertificateRef");
-    assert_eq!(cond(&l("foreign").conditions, "ResolvedRefs").reason, "RefNotPermitted");
-    assert_eq!(cond(&l("tcp").conditions, "Accepted").reason, "UnsupportedProtocol");
+    assert_eq!(
+        cond(&l("missing").conditions, "ResolvedRefs").reason,
+        "InvalidCertificateRef"
+    );
+    assert_eq!(
+        cond(&l("foreign").conditions, "ResolvedRefs").reason,
+        "RefNotPermitted"
+    );
+    assert_eq!(
+        cond(&l("tcp").conditions, "Accepted").reason,
+        "UnsupportedProtocol"
+    );
     assert!(!cond(&l("tcp").conditions, "Programmed").status);
-    assert_eq!(cond(&l("dup1").conditions, "Conflicted").reason, "HostnameConflict");
+    assert_eq!(
+        cond(&l("dup1").conditions, "Conflicted").reason,
+        "HostnameConflict"
+    );
     assert!(cond(&l("dup2").conditions, "Conflicted").status);
     assert_eq!(cond(&l("https").conditions, "Conflicted").reason, "NoConflicts");
     assert_eq!(l("https").supported_kinds, ["HTTPRoute"]);
@@ -492,7 +615,10 @@ fn precedence_is_creation_time_then_name() {
     );
     let t = translate(&objects(&yaml), GATEWAY_CONTROLLER);
     let ids: Vec<&str> = t.translation.routes.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["gw.demo.z-old.0.0", "gw.demo.a-new.0.0", "gw.demo.b-new.0.0"]);
+    assert_eq!(
+        ids,
+        ["gw.demo.z-old.0.0", "gw.demo.a-new.0.0", "gw.demo.b-new.0.0"]
+    );
 }
 
 #[test]
@@ -500,7 +626,10 @@ fn condition_to_k8s() {
     let c = Condition::new("Accepted", true, "Accepted", "ok");
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     let k = c.to_k8s(Some(4), now.clone());
-    assert_eq!((k.type_.as_str(), k.status.as_str(), k.reason.as_str()), ("Accepted", "True", "Accepted"));
+    assert_eq!(
+        (k.type_.as_str(), k.status.as_str(), k.reason.as_str()),
+        ("Accepted", "True", "Accepted")
+    );
     assert_eq!((k.observed_generation, k.last_transition_time), (Some(4), now));
 }
 
@@ -516,7 +645,10 @@ fn long_ids_stay_valid_and_distinct() {
 /// The example in deploy/kubernetes/examples/gateway-api.yaml translates as documented.
 #[test]
 fn the_deploy_example_translates() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/examples/gateway-api.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/examples/gateway-api.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: wildcard-example-com, namespace: demo}\ntype: kubernetes.io/tls\ndata: {tls.crt: Y2VydA==, tls.key: a2V5}\n";
     let yaml = format!(
@@ -530,14 +662,26 @@ fn the_deploy_example_translates() {
     assert_eq!(t.routes.len(), 2);
     for r in &t.routes {
         let c = &r.parents[0].conditions;
-        assert!(cond(c, "Accepted").status && cond(c, "ResolvedRefs").status, "{r:?}");
+        assert!(
+            cond(c, "Accepted").status && cond(c, "ResolvedRefs").status,
+            "{r:?}"
+        );
     }
     let api = route(&t, "gw.demo.echo.0.0");
     assert_eq!(api.matches.hosts, ["echo.example.com"]);
     assert_eq!(api.matches.methods, ["GET"]);
-    assert_eq!(api.backends.iter().map(|b| b.weight).collect::<Vec<_>>(), [90, 10]);
-    assert_eq!(route(&t, "gw.demo.echo.0.1").matches.headers[0].name, "x-api-version");
+    assert_eq!(
+        api.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [90, 10]
+    );
+    assert_eq!(
+        route(&t, "gw.demo.echo.0.1").matches.headers[0].name,
+        "x-api-version"
+    );
     assert_eq!(route(&t, "gw.demo.echo.2.0").filters[0].spec["status"], 301);
-    assert_eq!(route(&t, "gw.demo.echo-https-redirect.0.0").filters[0].spec["scheme"], "https");
+    assert_eq!(
+        route(&t, "gw.demo.echo-https-redirect.0.0").filters[0].spec["scheme"],
+        "https"
+    );
     assert_eq!(t.certificates.len(), 1);
 }
