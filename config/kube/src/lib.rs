@@ -15,5 +15,7 @@
 pub mod endpoints;
 pub mod ingress;
 pub mod objects;
+pub mod source;
 
 pub use objects::{ClusterObjects, ObjectRef, Report, Translation};
+pub use source::KubernetesSource;
