@@ -18,5 +18,7 @@ pub mod endpoints;
 pub mod gateway_api;
 pub mod ingress;
 pub mod objects;
+pub mod source;
 
 pub use objects::{ClusterObjects, ObjectRef, Report, Translation};
+pub use source::KubernetesSource;
