@@ -4,7 +4,9 @@
 #   test:  build + etcd, Redis, curl, wrk, h2load, Prometheus + promtool, Chromium +
 #          chromedriver (the integration tests start real ones), python3-venv, and (see
 #          the end) the Kafka-protocol broker tansu and a venv with confluent-kafka
-#          (librdkafka) for the log-sink tests and opentelemetry-proto for the tracing tests
+#          (librdkafka) for the log-sink tests and opentelemetry-proto for the tracing tests;
+#          kubectl (kubernetes-client, for `kubectl kustomize`) and kubernetes-validate in
+#          the venv for tests/deploy.rs
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
 want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
@@ -14,6 +16,12 @@ case "${1:-build}" in
   bench) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus nginx haproxy) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
+# tests/deploy.rs renders the Kustomize overlays with `kubectl kustomize`: Debian's
+# kubernetes-client, unless a kubectl (another package's) is installed already, which
+# would conflict with it over /usr/bin/kubectl.
+if [ "${1:-build}" = test ] && ! command -v kubectl >/dev/null 2>&1; then
+  want+=(kubernetes-client)
+fi
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,11 +43,13 @@ if [ "${1:-build}" = test ]; then
   fi
   # librdkafka through confluent-kafka, the independent client the tests read back with.
   venv="${SLUICE_TEST_VENV:-$HOME/.cache/sluice/venv}"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, opentelemetry.proto" 2>/dev/null; then
-    echo "creating $venv with confluent-kafka and opentelemetry-proto" >&2
+  # opentelemetry-proto: the tracing tests' OTLP receiver decodes with it.
+  # kubernetes-validate (it brings jsonschema and PyYAML): the offline schema checks of
+  # tests/deploy.rs (tests/fixtures/deploy/validate.py).
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, opentelemetry.proto, kubernetes_validate, jsonschema" 2>/dev/null; then
+    echo "creating $venv with confluent-kafka, opentelemetry-proto, kubernetes-validate and jsonschema" >&2
     mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv"
-    # opentelemetry-proto: the tracing tests' OTLP receiver decodes with it.
-    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto kubernetes-validate jsonschema
   fi
 fi

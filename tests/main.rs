@@ -19,6 +19,7 @@ mod backends;
 mod chaos;
 mod config_center;
 mod dashboard;
+mod deploy;
 mod discovery;
 mod drain;
 mod errors;

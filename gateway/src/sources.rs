@@ -62,13 +62,30 @@ impl Sources {
     /// The sources to follow, in compose order: the file (starting from `base`, the
     /// document the gateway started from, and its hash), then etcd.
     pub fn list(&self, base: Value, base_hash: String) -> Vec<Box<dyn Source>> {
+        let kubernetes = kubernetes_config(&base);
         let mut list: Vec<Box<dyn Source>> = vec![Box::new(
             FileSource::new(self.file.clone(), self.watch).starting_from(base, base_hash),
         )];
         if let Some(opts) = &self.etcd {
             list.push(Box::new(EtcdSource::new(opts.clone())));
         }
+        if let Some(cfg) = kubernetes {
+            list.push(Box::new(sluice_kube::KubernetesSource::new(cfg)));
+        }
         list
+    }
+}
+
+/// The document's `kubernetes` section, when it has one that reads (validation reports
+/// one that does not). Read once at start: changing it needs a restart.
+fn kubernetes_config(base: &Value) -> Option<sluice_config::kubernetes::KubernetesConfig> {
+    let v = base.get("kubernetes").filter(|v| !v.is_null())?;
+    match serde_json::from_value(v.clone()) {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            tracing::error!("kubernetes: {e}; the Kubernetes source is off");
+            None
+        }
     }
 }
 

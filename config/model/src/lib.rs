@@ -10,6 +10,7 @@
 //! gateway's snapshot, built from a validated [`Config`].
 
 pub mod connections;
+pub mod kubernetes;
 pub mod limits;
 pub mod logging;
 pub mod model;

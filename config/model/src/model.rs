@@ -39,6 +39,11 @@ pub struct Config {
     /// OpenTelemetry tracing (spans, W3C propagation, OTLP export). Default: off, see
     /// [`crate::tracing::TracingConfig`].
     pub tracing: crate::tracing::TracingConfig,
+    /// The Kubernetes source: Ingresses, Services and EndpointSlices of one or more
+    /// clusters (see `docs/kubernetes.md`). Needs a restart to change. Default: none
+    /// (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per

@@ -1,0 +1,24 @@
+//! Sluice's Kubernetes config source.
+//!
+//! - [`objects`]: [`ClusterObjects`], the set of Kubernetes objects one translation reads
+//!   (Ingresses, IngressClasses, Services, EndpointSlices, Secrets, and the Gateway API
+//!   objects), gathered from every watched cluster, and [`Report`], what a translation
+//!   says about an object it could not take as it is.
+//! - [`endpoints`]: a Service port resolved to the endpoints of its EndpointSlices, the
+//!   shared upstream shape every translation uses.
+//! - [`gateway_api`]: the pure Gateway API translation (GatewayClass, Gateway, HTTPRoute)
+//!   and the status conditions to write back.
+//! - [`ingress`]: the pure `networking.k8s.io/v1` Ingress translation, with the
+//!   supported ingress-nginx annotations.
+//!
+//! Every translation has one shape:
+//! `fn translate(objects: &ClusterObjects) -> Translation` (routes, upstreams, reports).
+
+pub mod endpoints;
+pub mod gateway_api;
+pub mod ingress;
+pub mod objects;
+pub mod source;
+
+pub use objects::{ClusterObjects, ObjectRef, Report, Translation};
+pub use source::KubernetesSource;

@@ -1,0 +1,575 @@
+//! The Kubernetes [`Source`]: one set of watchers per cluster, their reflector stores
+//! merged into one [`ClusterObjects`], translated, and published as resources under
+//! the prefix `kubernetes`.
+//!
+//! - Per cluster (in-cluster config, or a kubeconfig path) and per watched namespace (or
+//!   all), a `kube::runtime::watcher` with a reflector store for Ingress, Service,
+//!   EndpointSlice (those with a `kubernetes.io/service-name` label) and Secret (type
+//!   `kubernetes.io/tls`), and one for the cluster-scoped IngressClasses. The watcher
+//!   lists in pages (`limit`, `continue`), watches from the list's resourceVersion with
+//!   bookmarks, resumes from the last seen resourceVersion when a watch ends or drops,
+//!   and lists again after a 410 Expired; the store keeps serving the last complete list
+//!   meanwhile.
+//! - Every change wakes the translator, which waits `debounce` for more, then merges the
+//!   stores (clusters in priority order; EndpointSlices from all of them, at their
+//!   cluster's priority), translates, checks each route on its own (a route that does
+//!   not validate is left out and reported, so one bad Ingress does not block the
+//!   others), and publishes the result if it changed. A change of endpoints only takes
+//!   the gateway's endpoint fast path (no router recompile).
+//! - Reports are logged once, and written once as `Warning` Events on their object in
+//!   the cluster it came from.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use sluice_config::kubernetes::{ClusterConfig, KubernetesConfig};
+use sluice_config::model::{RouteConfig, UpstreamConfig};
+use sluice_sources::{Content, Resources, Source, SourceContext, SourceState};
+use tokio::sync::Notify;
+
+use crate::objects::PrioritizedSlice;
+use crate::{ClusterObjects, Report, Translation};
+
+/// The prefix the source's resources are published under; errors name
+/// `kubernetes/routes/<id>`.
+pub const PREFIX: &str = "kubernetes";
+
+/// Per-watcher counters for the status.
+#[derive(Default)]
+struct WatchStats {
+    synced: AtomicBool,
+    errors: AtomicU64,
+    events: AtomicU64,
+}
+
+/// The stores of one cluster.
+struct ClusterStores {
+    cfg: ClusterConfig,
+    client: Option<Client>,
+    ingresses: Vec<Store<Ingress>>,
+    classes: Vec<Store<IngressClass>>,
+    services: Vec<Store<Service>>,
+    slices: Vec<Store<EndpointSlice>>,
+    secrets: Vec<Store<Secret>>,
+    stats: Vec<Arc<WatchStats>>,
+    error: Option<String>,
+}
+
+impl ClusterStores {
+    fn synced(&self) -> bool {
+        self.client.is_some() && self.stats.iter().all(|s| s.synced.load(Ordering::Acquire))
+    }
+}
+
+/// The Kubernetes config source.
+pub struct KubernetesSource {
+    cfg: KubernetesConfig,
+}
+
+impl KubernetesSource {
+    /// A source for the clusters of `cfg`.
+    pub fn new(cfg: KubernetesConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+/// Builds a client for one cluster.
+pub async fn client_for(cluster: &ClusterConfig) -> Result<Client, String> {
+    let config = match &cluster.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {path}: {e}"))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {path}: {e}"))?
+        }
+        None => kube::Config::infer().await.map_err(|e| format!("in-cluster config: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("client: {e}"))
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+    wake: Arc<Notify>,
+    what: String,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> (Store<K>, Arc<WatchStats>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stats = Arc::new(WatchStats::default());
+    let st = stats.clone();
+    let stream = reflector::reflector(writer, watcher::watcher(api, wc).default_backoff());
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::InitDone) => {
+                    st.synced.store(true, Ordering::Release);
+                    tracing::debug!("kubernetes {what}: listed");
+                    wake.notify_one();
+                }
+                Ok(Event::Apply(_) | Event::Delete(_)) => {
+                    st.events.fetch_add(1, Ordering::Relaxed);
+                    wake.notify_one();
+                }
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Err(e) => {
+                    st.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("kubernetes {what}: {e}; retrying");
+                }
+            }
+        }
+    }));
+    (reader, stats)
+}
+
+async fn start_cluster(
+    cfg: &KubernetesConfig,
+    cluster: &ClusterConfig,
+    wake: Arc<Notify>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> ClusterStores {
+    let mut stores = ClusterStores {
+        cfg: cluster.clone(),
+        client: None,
+        ingresses: Vec::new(),
+        classes: Vec::new(),
+        services: Vec::new(),
+        slices: Vec::new(),
+        secrets: Vec::new(),
+        stats: Vec::new(),
+        error: None,
+    };
+    let client = match client_for(cluster).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("kubernetes cluster {}: {e}", cluster.name);
+            stores.error = Some(e);
+            return stores;
+        }
+    };
+    let base = watcher::Config::default().page_size(cfg.page_size.max(1));
+    let namespaces: Vec<Option<String>> = if cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cfg.namespaces.iter().cloned().map(Some).collect()
+    };
+    let name = &cluster.name;
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    for ns in &namespaces {
+        let at = ns.as_deref().unwrap_or("*");
+        let (s, st) = spawn_watch(
+            api::<Ingress>(&client, ns),
+            base.clone(),
+            wake.clone(),
+            format!("{name}: ingresses in {at}"),
+            tasks,
+        );
+        stores.ingresses.push(s);
+        stores.stats.push(st);
+        let (s, st) = spawn_watch(
+            api::<Service>(&client, ns),
+            base.clone(),
+            wake.clone(),
+            format!("{name}: services in {at}"),
+            tasks,
+        );
+        stores.services.push(s);
+        stores.stats.push(st);
+        let (s, st) = spawn_watch(
+            api::<EndpointSlice>(&client, ns),
+            base.clone().labels(crate::endpoints::SERVICE_NAME_LABEL),
+            wake.clone(),
+            format!("{name}: endpointslices in {at}"),
+            tasks,
+        );
+        stores.slices.push(s);
+        stores.stats.push(st);
+        let (s, st) = spawn_watch(
+            api::<Secret>(&client, ns),
+            base.clone().fields("type=kubernetes.io/tls"),
+            wake.clone(),
+            format!("{name}: secrets in {at}"),
+            tasks,
+        );
+        stores.secrets.push(s);
+        stores.stats.push(st);
+    }
+    let (s, st) = spawn_watch(
+        Api::<IngressClass>::all(client.clone()),
+        base.clone(),
+        wake.clone(),
+        format!("{name}: ingressclasses"),
+        tasks,
+    );
+    stores.classes.push(s);
+    stores.stats.push(st);
+    stores.client = Some(client);
+    stores
+}
+
+fn key<K: ResourceExt>(k: &K) -> (String, String) {
+    (k.namespace().unwrap_or_default(), k.name_any())
+}
+
+/// Merges the stores of every cluster (in priority order): the first cluster holding an
+/// object wins, EndpointSlices are kept from all. Returns the objects and, for each
+/// object uid, the index of the cluster it came from.
+fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>) {
+    fn take<K: Resource<DynamicType = ()> + Clone>(
+        stores: &[Store<K>],
+        out: &mut BTreeMap<(String, String), K>,
+        origin: &mut HashMap<String, usize>,
+        ci: usize,
+    ) {
+        for s in stores {
+            for obj in s.state() {
+                let k = key(obj.as_ref());
+                if !out.contains_key(&k) {
+                    if let Some(uid) = obj.uid() {
+                        origin.insert(uid, ci);
+                    }
+                    out.insert(k, obj.as_ref().clone());
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..clusters.len()).collect();
+    order.sort_by_key(|&i| clusters[i].cfg.priority);
+    let mut origin = HashMap::new();
+    let (mut ing, mut cls, mut svc, mut sec) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut slices = Vec::new();
+    for &ci in &order {
+        let c = &clusters[ci];
+        take(&c.ingresses, &mut ing, &mut origin, ci);
+        take(&c.classes, &mut cls, &mut origin, ci);
+        take(&c.services, &mut svc, &mut origin, ci);
+        take(&c.secrets, &mut sec, &mut origin, ci);
+        let mut mine: Vec<_> = c.slices.iter().flat_map(Store::state).collect();
+        mine.sort_by_key(|s| key(s.as_ref()));
+        slices.extend(mine.into_iter().map(|s| PrioritizedSlice {
+            priority: c.cfg.priority,
+            slice: s.as_ref().clone(),
+        }));
+    }
+    let objects = ClusterObjects {
+        ingresses: ing.into_values().collect(),
+        ingress_classes: cls.into_values().collect(),
+        services: svc.into_values().collect(),
+        endpoint_slices: slices,
+        secrets: sec.into_values().collect(),
+        ..ClusterObjects::default()
+    };
+    (objects, origin)
+}
+
+/// Checks each route with the upstreams it names, alone: a route that does not validate
+/// (an annotation value the model refuses) is left out and reported. Filter specs are
+/// checked by building them, as `sluice validate` does.
+pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
+    let upstreams: BTreeMap<&str, &UpstreamConfig> = t.upstreams.iter().map(|u| (u.id.as_str(), u)).collect();
+    let shared = sluice_filters::kinds::Shared::default();
+    let mut keep: Vec<RouteConfig> = Vec::new();
+    let mut reports = Vec::new();
+    for r in &t.routes {
+        let mut config = sluice_config::Config {
+            listeners: vec![sluice_config::model::ListenerConfig {
+                name: "check".into(),
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                tls: None,
+                http2: true,
+                connections: Default::default(),
+            }],
+            routes: vec![r.clone()],
+            ..Default::default()
+        };
+        config.upstreams = r
+            .backend_list()
+            .iter()
+            .filter_map(|b| upstreams.get(b.upstream.as_str()).map(|u| (*u).clone()))
+            .collect();
+        let mut errors: Vec<String> = match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        };
+        if errors.is_empty() {
+            let ctx = sluice_filters::kinds::BuildCtx::new(&config, &shared);
+            for (i, f) in r.filters.iter().enumerate() {
+                match sluice_filters::kinds::find(&f.kind) {
+                    Some(kind) => {
+                        if let Err(es) = (kind.build)(&f.spec, &ctx) {
+                            errors.extend(es.iter().map(|e| format!("filters[{i}].{}: {e:?}", f.kind)));
+                        }
+                    }
+                    None => errors.push(format!("filters[{i}]: unknown kind {}", f.kind)),
+                }
+            }
+        }
+        if errors.is_empty() {
+            keep.push(r.clone());
+        } else if let Some(obj) = owner_of(&r.id, objects) {
+            reports.push(Report {
+                object: obj,
+                reason: "InvalidRoute".into(),
+                message: format!("route {} left out: {}", r.id, errors.join("; ")),
+            });
+        } else {
+            tracing::warn!("kubernetes: route {} left out: {}", r.id, errors.join("; "));
+        }
+    }
+    t.routes = keep;
+    t.reports.extend(reports);
+    // Upstreams no route names any more are dropped.
+    let named: BTreeSet<String> = t
+        .routes
+        .iter()
+        .flat_map(RouteConfig::backend_list)
+        .map(|b| b.upstream)
+        .collect();
+    t.upstreams.retain(|u| named.contains(&u.id));
+}
+
+/// The Ingress a route id (`k8s.<ns>.<name>.…`) came from.
+fn owner_of(route: &str, objects: &ClusterObjects) -> Option<crate::ObjectRef> {
+    let rest = route.strip_prefix("k8s.")?;
+    objects.ingresses.iter().find_map(|i| {
+        let (ns, name) = key(i);
+        rest.starts_with(&format!("{ns}.{name}."))
+            .then(|| crate::ObjectRef::of(i))
+    })
+}
+
+/// Translates the merged objects: the Ingresses of `class`. (The Gateway API
+/// translation joins here.)
+pub fn translate_all(objects: &ClusterObjects, class: &str) -> Translation {
+    let mut t = crate::ingress::translate(objects, class);
+    check_routes(&mut t, objects);
+    t
+}
+
+fn resources(t: &Translation, revision: i64) -> Resources {
+    let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
+    Resources {
+        routes: t
+            .routes
+            .iter()
+            .map(|r| (r.id.clone(), to_value(serde_json::to_value(r))))
+            .collect(),
+        upstreams: t
+            .upstreams
+            .iter()
+            .map(|u| (u.id.clone(), to_value(serde_json::to_value(u))))
+            .collect(),
+        consumers: BTreeMap::new(),
+        errors: Vec::new(),
+        revision,
+    }
+}
+
+async fn post_event(client: Client, report: Report) {
+    let ns = if report.object.namespace.is_empty() {
+        "default".to_string()
+    } else {
+        report.object.namespace.clone()
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ev = KubeEvent {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some(format!("{}.", report.object.name)),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(report.object.api_version.clone()),
+            kind: Some(report.object.kind.clone()),
+            name: Some(report.object.name.clone()),
+            namespace: (!report.object.namespace.is_empty()).then(|| report.object.namespace.clone()),
+            uid: (!report.object.uid.is_empty()).then(|| report.object.uid.clone()),
+            ..Default::default()
+        },
+        reason: Some(report.reason.clone()),
+        message: Some(report.message.clone()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("sluice".into()),
+            host: None,
+        }),
+        reporting_component: Some("sluice.dev/ingress-controller".into()),
+        reporting_instance: Some(hostname()),
+        action: Some("Translate".into()),
+        count: Some(1),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        ..Default::default()
+    };
+    let api: Api<KubeEvent> = Api::namespaced(client, &ns);
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::warn!("kubernetes: cannot write the event on {}: {e}", report.object);
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()))
+        .unwrap_or_else(|_| "sluice".into())
+}
+
+fn status(cfg: &KubernetesConfig, clusters: &[ClusterStores], t: Option<&Translation>, publishes: u64) -> Value {
+    json!({
+        "kind": "kubernetes",
+        "ingress_class": cfg.ingress_class,
+        "namespaces": cfg.namespaces,
+        "clusters": clusters.iter().map(|c| json!({
+            "name": c.cfg.name,
+            "priority": c.cfg.priority,
+            "synced": c.synced(),
+            "error": c.error,
+            "watch_errors": c.stats.iter().map(|s| s.errors.load(Ordering::Relaxed)).sum::<u64>(),
+            "events": c.stats.iter().map(|s| s.events.load(Ordering::Relaxed)).sum::<u64>(),
+        })).collect::<Vec<_>>(),
+        "routes": t.map_or(0, |t| t.routes.len()),
+        "upstreams": t.map_or(0, |t| t.upstreams.len()),
+        "reports": t.map_or(0, |t| t.reports.len()),
+        "publishes": publishes,
+    })
+}
+
+#[async_trait::async_trait]
+impl Source for KubernetesSource {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.cfg.clusters.iter().map(|c| c.name.as_str()).collect();
+        format!("kubernetes:{}", names.join(","))
+    }
+
+    fn initial(&self) -> SourceState {
+        SourceState {
+            connected: Some(false),
+            status: status(&self.cfg, &[], None, 0),
+            ..SourceState::default()
+        }
+    }
+
+    async fn run(self: Box<Self>, ctx: SourceContext) {
+        let wake = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        let mut clusters = Vec::new();
+        for c in &self.cfg.clusters {
+            clusters.push(start_cluster(&self.cfg, c, wake.clone(), &mut tasks).await);
+        }
+        let _abort = AbortAll(tasks);
+        // The first publish: once every cluster has listed everything, or at the sync
+        // timeout with what the others said.
+        let deadline = tokio::time::Instant::now() + self.cfg.sync_timeout;
+        loop {
+            if clusters.iter().all(ClusterStores::synced) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, wake.notified()).await.is_err() {
+                let late: Vec<&str> = clusters
+                    .iter()
+                    .filter(|c| !c.synced())
+                    .map(|c| c.cfg.name.as_str())
+                    .collect();
+                tracing::warn!(
+                    "kubernetes: clusters {late:?} not listed after {:?}; serving what the others say",
+                    self.cfg.sync_timeout
+                );
+                break;
+            }
+        }
+        let mut last: Option<Resources> = None;
+        let mut seen_reports: BTreeSet<Report> = BTreeSet::new();
+        let mut publishes = 0u64;
+        let mut revision = 0i64;
+        loop {
+            let (objects, origin) = merge(&clusters);
+            let t = translate_all(&objects, &self.cfg.ingress_class);
+            for r in &t.reports {
+                if seen_reports.insert(r.clone()) {
+                    tracing::warn!(object = %r.object, reason = %r.reason, "kubernetes: {}", r.message);
+                    if self.cfg.events {
+                        let ci = origin.get(&r.object.uid).copied().unwrap_or(0);
+                        if let Some(client) = clusters.get(ci).and_then(|c| c.client.clone()) {
+                            tokio::spawn(post_event(client, r.clone()));
+                        }
+                    }
+                }
+            }
+            // Forget reports that no longer hold, so they are reported again if they come back.
+            let now: BTreeSet<&Report> = t.reports.iter().collect();
+            seen_reports.retain(|r| now.contains(r));
+            let res = resources(&t, revision + 1);
+            let changed = last.as_ref().is_none_or(|l| l.routes != res.routes || l.upstreams != res.upstreams);
+            let synced = clusters.iter().all(ClusterStores::synced);
+            if changed {
+                revision += 1;
+                publishes += 1;
+                let st = status(&self.cfg, &clusters, Some(&t), publishes);
+                ctx.out.publish(
+                    Content::Resources {
+                        prefix: PREFIX.into(),
+                        resources: Arc::new(res.clone()),
+                    },
+                    |s| {
+                        s.revision = Some(revision);
+                        s.connected = Some(synced);
+                        s.status = st;
+                    },
+                );
+                last = Some(res);
+            } else {
+                let st = status(&self.cfg, &clusters, Some(&t), publishes);
+                ctx.out.update(|s| {
+                    s.connected = Some(synced);
+                    s.status = st;
+                });
+            }
+            if ctx.out.is_closed() {
+                return;
+            }
+            wake.notified().await;
+            // Gather a burst into one translation.
+            tokio::time::sleep(self.cfg.debounce).await;
+        }
+    }
+}
+
+/// Aborts the watch tasks when the source ends.
+struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
