@@ -24,6 +24,7 @@ mod drain;
 mod errors;
 mod hardening_conn;
 mod hardening_framing;
+mod kubernetes;
 mod lifecycle;
 mod load_balancing;
 mod log_sinks;
