@@ -57,7 +57,9 @@ fn rule(host: &str, paths: &[(&str, &str, &str)]) -> Value {
 fn config(clusters: &[(&str, u32)]) -> String {
     let list: Vec<String> = clusters
         .iter()
-        .map(|(name, p)| format!("{{name: {name}, kubeconfig: \"{{{{file:{name}.kubeconfig}}}}\", priority: {p}}}"))
+        .map(|(name, p)| {
+            format!("{{name: {name}, kubeconfig: \"{{{{file:{name}.kubeconfig}}}}\", priority: {p}}}")
+        })
         .collect();
     format!(
         "listeners: [{{name: web, listen: \"{{{{http}}}}\"}}]\nkubernetes:\n  clusters: [{}]\n  namespaces: [{NS}]\n  page_size: 1\n  debounce: 5ms\n",
@@ -111,8 +113,10 @@ async fn ingress_routes_by_host_and_path_and_reports_unsupported_annotations() {
         "sluice",
         json!({"nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers x;",
                "nginx.ingress.kubernetes.io/proxy-read-timeout": "30"}),
-        json!([rule("a.example", &[("/", "Prefix", "web"), ("/api", "Prefix", "api")]),
-               rule("b.example", &[("/only", "Exact", "api")])]),
+        json!([
+            rule("a.example", &[("/", "Prefix", "web"), ("/api", "Prefix", "api")]),
+            rule("b.example", &[("/only", "Exact", "api")])
+        ]),
     ));
     fake.apply(ingress(
         "not-ours",
@@ -125,10 +129,22 @@ async fn ingress_routes_by_host_and_path_and_reports_unsupported_annotations() {
         answers(&gw, "a.example", "/api/x").await == (StatusCode::OK, "api".into())
     })
     .await;
-    assert_eq!(answers(&gw, "a.example", "/").await, (StatusCode::OK, "web".into()));
-    assert_eq!(answers(&gw, "a.example", "/apix").await, (StatusCode::OK, "web".into()));
-    assert_eq!(answers(&gw, "b.example", "/only").await, (StatusCode::OK, "api".into()));
-    assert_eq!(answers(&gw, "b.example", "/only/more").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answers(&gw, "a.example", "/").await,
+        (StatusCode::OK, "web".into())
+    );
+    assert_eq!(
+        answers(&gw, "a.example", "/apix").await,
+        (StatusCode::OK, "web".into())
+    );
+    assert_eq!(
+        answers(&gw, "b.example", "/only").await,
+        (StatusCode::OK, "api".into())
+    );
+    assert_eq!(
+        answers(&gw, "b.example", "/only/more").await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(answers(&gw, "c.example", "/").await.0, StatusCode::NOT_FOUND);
     assert_eq!(other.requests(), 0, "an Ingress of another class is not served");
     // The unsupported annotation is an Event on the Ingress (and nothing on the supported one).
@@ -138,23 +154,36 @@ async fn ingress_routes_by_host_and_path_and_reports_unsupported_annotations() {
                 && e["involvedObject"]["name"] == "site"
                 && e["involvedObject"]["kind"] == "Ingress"
                 && e["type"] == "Warning"
-                && e["message"].as_str().unwrap_or("").contains("configuration-snippet")
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("configuration-snippet")
         })
     })
     .await;
     assert!(
-        !fake.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("proxy-read-timeout")),
+        !fake
+            .events()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap_or("").contains("proxy-read-timeout")),
         "a supported annotation is not reported: {:?}",
         fake.events()
     );
-    assert!(gw.logs().contains("configuration-snippet"), "the report is logged too");
+    assert!(
+        gw.logs().contains("configuration-snippet"),
+        "the report is logged too"
+    );
     // The lists were paged (page_size 1, three Services).
     let requests = fake.requests();
     assert!(
-        requests.iter().any(|r| r.contains("/services?") && r.contains("continue=")),
+        requests
+            .iter()
+            .any(|r| r.contains("/services?") && r.contains("continue=")),
         "no paged list: {requests:?}"
     );
-    assert!(requests.iter().any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")));
+    assert!(requests
+        .iter()
+        .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")));
 }
 
 #[tokio::test]
@@ -190,7 +219,8 @@ async fn canary_annotations_split_by_weight_and_override_by_header() {
     let client = http_client();
     let url = gw.http_url("/");
     eventually(WAIT, "the canary header route", || async {
-        get(&client, &url, "shop.example", &[("x-canary", "always")]).await == Ok((StatusCode::OK, "canh".into()))
+        get(&client, &url, "shop.example", &[("x-canary", "always")]).await
+            == Ok((StatusCode::OK, "canh".into()))
     })
     .await;
     // Two canaries on one host, by weight: 70 / 10 / 20 of 2000 requests, within 2 points.
@@ -200,21 +230,35 @@ async fn canary_annotations_split_by_weight_and_override_by_header() {
         let (status, up) = get(&client, &url, "shop.example", &[]).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         *counts.entry(up).or_default() += 1;
-        assert!(started.elapsed() < Duration::from_secs(60), "too slow: {counts:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "too slow: {counts:?}"
+        );
     }
     for (name, share) in [("stable", 70.0), ("cana", 10.0), ("canb", 20.0)] {
         let got = *counts.get(name).unwrap_or(&0) as f64 / 20.0;
-        assert!((got - share).abs() <= 2.0, "{name}: {got}% of requests, expected {share}% ({counts:?})");
+        assert!(
+            (got - share).abs() <= 2.0,
+            "{name}: {got}% of requests, expected {share}% ({counts:?})"
+        );
     }
-    assert_eq!(counts.get("canh"), None, "the header canary takes no weighted share");
+    assert_eq!(
+        counts.get("canh"),
+        None,
+        "the header canary takes no weighted share"
+    );
     // The header overrides: always → the canary, never → the main backend.
     for _ in 0..20 {
         assert_eq!(
-            get(&client, &url, "shop.example", &[("x-canary", "always")]).await.unwrap(),
+            get(&client, &url, "shop.example", &[("x-canary", "always")])
+                .await
+                .unwrap(),
             (StatusCode::OK, "canh".into())
         );
         assert_eq!(
-            get(&client, &url, "shop.example", &[("x-canary", "never")]).await.unwrap(),
+            get(&client, &url, "shop.example", &[("x-canary", "never")])
+                .await
+                .unwrap(),
             (StatusCode::OK, "stable".into())
         );
     }
@@ -252,9 +296,17 @@ async fn endpoint_slice_change_moves_traffic_without_a_failed_request() {
     fake.apply(ingress_class());
     fake.apply(service("app"));
     fake.apply(pod_slice("app", &p1, true, false));
-    fake.apply(ingress("app", "sluice", json!({}), json!([rule("app.example", &[("/", "Prefix", "app")])])));
+    fake.apply(ingress(
+        "app",
+        "sluice",
+        json!({}),
+        json!([rule("app.example", &[("/", "Prefix", "app")])]),
+    ));
     let gw = start(&[("local", 0, &fake)]).await;
-    eventually(WAIT, "p1 serving", || async { answers(&gw, "app.example", "/").await == (StatusCode::OK, "p1".into()) }).await;
+    eventually(WAIT, "p1 serving", || async {
+        answers(&gw, "app.example", "/").await == (StatusCode::OK, "p1".into())
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let task = drive(gw.http_url("/"), "app.example", stop.clone());
     eventually(WAIT, "the loop running", || async { p1.requests() > 20 }).await;
@@ -271,10 +323,17 @@ async fn endpoint_slice_change_moves_traffic_without_a_failed_request() {
     .await;
     fake.delete(&pod_slice("app", &p1, false, true));
     let p2_count = p2.requests();
-    eventually(WAIT, "more requests after the delete", || async { p2.requests() > p2_count + 20 }).await;
+    eventually(WAIT, "more requests after the delete", || async {
+        p2.requests() > p2_count + 20
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let seen = task.await.unwrap();
-    assert!(seen.failures.is_empty(), "failed requests during the change: {:?}", seen.failures);
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests during the change: {:?}",
+        seen.failures
+    );
     let first_p2 = seen
         .answers
         .iter()
@@ -295,7 +354,12 @@ async fn the_same_service_in_two_clusters_fails_over_and_back() {
         fake.apply(ingress_class());
         fake.apply(service("app"));
         fake.apply(pod_slice("app", pod, true, false));
-        fake.apply(ingress("app", "sluice", json!({}), json!([rule("app.example", &[("/", "Prefix", "app")])])));
+        fake.apply(ingress(
+            "app",
+            "sluice",
+            json!({}),
+            json!([rule("app.example", &[("/", "Prefix", "app")])]),
+        ));
     }
     let gw = start(&[("local", 0, &local), ("remote", 1, &remote)]).await;
     let only_from = |name: &'static str| {
@@ -328,7 +392,12 @@ async fn recovers_after_a_dropped_watch_and_a_410_without_missing_a_change() {
     fake.apply(ingress_class());
     fake.apply(service("app"));
     fake.apply(pod_slice("app", &p1, true, false));
-    fake.apply(ingress("app", "sluice", json!({}), json!([rule("app.example", &[("/", "Prefix", "app")])])));
+    fake.apply(ingress(
+        "app",
+        "sluice",
+        json!({}),
+        json!([rule("app.example", &[("/", "Prefix", "app")])]),
+    ));
     let gw = start(&[("local", 0, &fake)]).await;
     let serves = |name: &'static str| {
         let url = gw.http_url("/");

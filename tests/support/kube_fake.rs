@@ -150,7 +150,9 @@ fn labels_match(obj: &Value, selector: &str) -> bool {
 /// Whether `obj` passes a field selector (`path=v,...`, dotted paths).
 fn fields_match(obj: &Value, selector: &str) -> bool {
     selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let Some((path, v)) = term.split_once('=') else { return true };
+        let Some((path, v)) = term.split_once('=') else {
+            return true;
+        };
         let mut cur = obj;
         for seg in path.split('.') {
             cur = &cur[seg];
@@ -207,7 +209,9 @@ impl FakeKube {
         let (st, ch, dr) = (state.clone(), changes.clone(), drops.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, ch, dr) = (st.clone(), ch.clone(), dr.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -265,7 +269,11 @@ impl FakeKube {
         };
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         obj["metadata"]["uid"] = json!(uid);
-        let kind = if s.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        let kind = if s.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         s.objects.insert(key, obj.clone());
         let change = Change {
             rv,
@@ -283,7 +291,9 @@ impl FakeKube {
         let resource = resource_of(obj);
         let mut s = self.state.lock().unwrap();
         let key = (resource.clone(), meta(obj, "namespace"), meta(obj, "name"));
-        let Some(mut old) = s.objects.remove(&key) else { return };
+        let Some(mut old) = s.objects.remove(&key) else {
+            return;
+        };
         s.rv += 1;
         let rv = s.rv;
         old["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -332,22 +342,33 @@ async fn handle(
 ) -> Response<Body> {
     let uri = req.uri().clone();
     let method = req.method().clone();
-    state
-        .lock()
-        .unwrap()
-        .requests
-        .push(format!("{method} {}", uri.path_and_query().map_or("", |p| p.as_str())));
+    state.lock().unwrap().requests.push(format!(
+        "{method} {}",
+        uri.path_and_query().map_or("", |p| p.as_str())
+    ));
     let Some((resource, ns)) = parse_path(uri.path()) else {
-        return full(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}));
+        return full(
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        );
     };
     if method == hyper::Method::POST {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let mut s = state.lock().unwrap();
         s.rv += 1;
         s.uid += 1;
         let name = format!("{}{:x}", meta(&obj, "generateName"), s.uid);
-        obj["metadata"]["name"] = json!(if meta(&obj, "name").is_empty() { name } else { meta(&obj, "name") });
+        obj["metadata"]["name"] = json!(if meta(&obj, "name").is_empty() {
+            name
+        } else {
+            meta(&obj, "name")
+        });
         obj["metadata"]["namespace"] = json!(ns);
         obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
         obj["apiVersion"] = json!("v1");
@@ -442,7 +463,8 @@ async fn handle(
                 }
             }
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let stream =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
         return Response::builder()
             .status(200)
             .header("content-type", "application/json")
@@ -457,7 +479,11 @@ async fn handle(
         .filter(|((res, _, _), obj)| matches(res, obj))
         .map(|(_, o)| o.clone())
         .collect();
-    let limit: usize = q.get("limit").and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(usize::MAX);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(usize::MAX);
     // A continue token is "<resourceVersion>:<offset>": later pages are of the same snapshot
     // in a real server; here the offset into the current list is enough for the tests.
     let (rv, offset) = match q.get("continue").and_then(|c| c.split_once(':')) {

@@ -38,8 +38,8 @@ pub use client::{
 };
 pub use dns::TestDns;
 pub use etcd::Etcd;
-pub use kube_fake::FakeKube;
 pub use gateway::{Gateway, GatewayBuilder, Signal, Successor};
+pub use kube_fake::FakeKube;
 pub use metrics::Metrics;
 pub use redis::Redis;
 pub use tls::{TestCa, TestCert};

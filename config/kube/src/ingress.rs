@@ -853,7 +853,10 @@ mod tests {
     fn objects(ingresses: Vec<Ingress>, services: &[&str]) -> ClusterObjects {
         ClusterObjects {
             ingresses,
-            services: services.iter().map(|s| serde_json::from_value(svc(s)).unwrap()).collect(),
+            services: services
+                .iter()
+                .map(|s| serde_json::from_value(svc(s)).unwrap())
+                .collect(),
             endpoint_slices: services
                 .iter()
                 .enumerate()
@@ -867,14 +870,26 @@ mod tests {
     fn paths_hosts_and_default_backend() {
         let mut spec = rules(
             "A.example",
-            json!([path("/", "Prefix", "web"), path("/api/", "Prefix", "api"), path("/x", "Exact", "api"), path("/i", "ImplementationSpecific", "api")]),
+            json!([
+                path("/", "Prefix", "web"),
+                path("/api/", "Prefix", "api"),
+                path("/x", "Exact", "api"),
+                path("/i", "ImplementationSpecific", "api")
+            ]),
         );
         spec["defaultBackend"] = json!({"service": {"name": "web", "port": {"number": 80}}});
         let o = objects(vec![ing("site", json!({}), spec)], &["web", "api"]);
         let t = translate(&o, "sluice");
         assert!(t.reports.is_empty(), "{:?}", t.reports);
-        let paths: Vec<_> = t.routes.iter().map(|r| (r.matches.hosts.clone(), r.matches.path.clone())).collect();
-        assert_eq!(paths[0], (vec!["a.example".to_string()], Some(PathMatch::Prefix("/".into()))));
+        let paths: Vec<_> = t
+            .routes
+            .iter()
+            .map(|r| (r.matches.hosts.clone(), r.matches.path.clone()))
+            .collect();
+        assert_eq!(
+            paths[0],
+            (vec!["a.example".to_string()], Some(PathMatch::Prefix("/".into())))
+        );
         assert_eq!(paths[1].1, Some(PathMatch::Prefix("/api".into())));
         assert_eq!(paths[2].1, Some(PathMatch::Exact("/x".into())));
         assert_eq!(paths[3].1, Some(PathMatch::Prefix("/i".into())));
@@ -900,33 +915,61 @@ mod tests {
         let o = objects(
             vec![
                 ing("main", json!({}), spec("stable")),
-                ing("a", json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "10"}), spec("cana")),
-                ing("b", json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "20"}), spec("canb")),
+                ing(
+                    "a",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "10"}),
+                    spec("cana"),
+                ),
+                ing(
+                    "b",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "20"}),
+                    spec("canb"),
+                ),
                 ing(
                     "h",
                     json!({c: "true", "nginx.ingress.kubernetes.io/canary-by-header": "x-c", "nginx.ingress.kubernetes.io/canary-by-header-value": "yes"}),
                     spec("canh"),
                 ),
-                ing("k", json!({c: "true", "nginx.ingress.kubernetes.io/canary-by-cookie": "beta"}), spec("canh")),
+                ing(
+                    "k",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-by-cookie": "beta"}),
+                    spec("canh"),
+                ),
             ],
             &["stable", "cana", "canb", "canh"],
         );
         let t = translate(&o, "sluice");
         assert!(t.reports.is_empty(), "{:?}", t.reports);
         let main = t.routes.iter().find(|r| r.id == "k8s.ns.main.r0.p0").unwrap();
-        let w: Vec<(String, u32)> = main.backends.iter().map(|b| (b.upstream.clone(), b.weight)).collect();
+        let w: Vec<(String, u32)> = main
+            .backends
+            .iter()
+            .map(|b| (b.upstream.clone(), b.weight))
+            .collect();
         assert_eq!(
             w,
-            vec![("k8s.ns.stable.80".into(), 70), ("k8s.ns.cana.80".into(), 10), ("k8s.ns.canb.80".into(), 20)]
+            vec![
+                ("k8s.ns.stable.80".into(), 70),
+                ("k8s.ns.cana.80".into(), 10),
+                ("k8s.ns.canb.80".into(), 20)
+            ]
         );
-        let header = t.routes.iter().find(|r| r.matches.headers.iter().any(|h| h.name == "x-c")).unwrap();
-        assert_eq!(header.matches.headers[0].exact.as_deref(), Some("yes"));
-        assert_eq!(header.upstream.as_deref(), Some("k8s.ns.canh.80"));
-        let cookie = t
+        let header = t
             .routes
             .iter()
-            .find(|r| r.matches.headers.iter().any(|h| h.name == "cookie" && h.regex.as_deref().unwrap_or("").contains("beta=always")))
+            .find(|r| r.matches.headers.iter().any(|h| h.name == "x-c"))
             .unwrap();
+        assert_eq!(header.matches.headers[0].exact.as_deref(), Some("yes"));
+        assert_eq!(header.upstream.as_deref(), Some("k8s.ns.canh.80"));
+        let cookie =
+            t.routes
+                .iter()
+                .find(|r| {
+                    r.matches.headers.iter().any(|h| {
+                        h.name == "cookie" && h.regex.as_deref().unwrap_or("").contains("beta=always")
+                    })
+                })
+                .unwrap();
         assert_eq!(cookie.upstream.as_deref(), Some("k8s.ns.canh.80"));
         let never = t.routes.iter().find(|r| r.id.ends_with("cookie-never")).unwrap();
         assert_eq!(never.upstream.as_deref(), Some("k8s.ns.stable.80"));
@@ -944,7 +987,14 @@ mod tests {
             n("affinity"): "cookie", n("session-cookie-name"): "route",
             n("backend-protocol"): "GRPC", n("rewrite-target"): "/v2", n("ssl-redirect"): "false",
         });
-        let o = objects(vec![ing("site", ann, rules("a", json!([path("/api", "Prefix", "web")])))], &["web"]);
+        let o = objects(
+            vec![ing(
+                "site",
+                ann,
+                rules("a", json!([path("/api", "Prefix", "web")])),
+            )],
+            &["web"],
+        );
         let mut t = translate(&o, "sluice");
         crate::source::check_routes(&mut t, &o);
         assert!(t.reports.is_empty(), "{:?}", t.reports);
@@ -953,7 +1003,10 @@ mod tests {
         assert_eq!(r.timeouts.read, Some(std::time::Duration::from_secs(30)));
         assert_eq!(r.timeouts.write, Some(std::time::Duration::from_secs(31)));
         assert_eq!(r.limits.max_request_body, Some(ByteSize::mib(8)));
-        assert_eq!(r.headers.request.set.get("host").map(String::as_str), Some("internal.svc"));
+        assert_eq!(
+            r.headers.request.set.get("host").map(String::as_str),
+            Some("internal.svc")
+        );
         let kinds: Vec<&str> = r.filters.iter().map(|f| f.kind.as_str()).collect();
         assert_eq!(kinds, ["ip_restriction", "cors", "rate_limit", "limit_conn"]);
         assert_eq!(r.filters[2].spec["burst"], 25);
@@ -961,7 +1014,10 @@ mod tests {
         let u = &t.upstreams[0];
         assert_eq!(u.id, "k8s.ns.web.80.grpc.cookie-route");
         assert_eq!(u.protocol, UpstreamProtocol::H2);
-        assert_eq!(u.load_balancing, LoadBalancing::ConsistentHash(HashOn::Cookie("route".into())));
+        assert_eq!(
+            u.load_balancing,
+            LoadBalancing::ConsistentHash(HashOn::Cookie("route".into()))
+        );
     }
 
     #[test]
@@ -973,26 +1029,48 @@ mod tests {
             "sluice.dev/nope": "1",
             "kubectl.kubernetes.io/last-applied-configuration": "{}",
         });
-        let o = objects(vec![ing("site", ann, rules("a", json!([path("/", "Prefix", "web")])))], &["web"]);
+        let o = objects(
+            vec![ing("site", ann, rules("a", json!([path("/", "Prefix", "web")])))],
+            &["web"],
+        );
         let t = translate(&o, "sluice");
         let mut got: Vec<(&str, bool)> = t
             .reports
             .iter()
-            .map(|r| (r.reason.as_str(), r.object.name == "site" && r.object.uid == "uid-site"))
+            .map(|r| {
+                (
+                    r.reason.as_str(),
+                    r.object.name == "site" && r.object.uid == "uid-site",
+                )
+            })
             .collect();
         got.sort_unstable();
         assert_eq!(
             got,
-            [("InvalidAnnotation", true), ("UnsupportedAnnotation", true), ("UnsupportedAnnotation", true), ("UnsupportedAnnotation", true)]
+            [
+                ("InvalidAnnotation", true),
+                ("UnsupportedAnnotation", true),
+                ("UnsupportedAnnotation", true),
+                ("UnsupportedAnnotation", true)
+            ]
         );
         assert_eq!(t.routes.len(), 1, "the Ingress is still served");
     }
 
     #[test]
     fn endpoints_ready_terminating_and_none() {
-        let mut o = objects(vec![ing("site", json!({}), rules("a", json!([path("/", "Prefix", "web")])))], &["web"]);
-        o.endpoint_slices.push(slice("web", "10.0.1.1", 8080, false, true));
-        o.endpoint_slices.push(slice("web", "10.0.1.2", 8080, false, false));
+        let mut o = objects(
+            vec![ing(
+                "site",
+                json!({}),
+                rules("a", json!([path("/", "Prefix", "web")])),
+            )],
+            &["web"],
+        );
+        o.endpoint_slices
+            .push(slice("web", "10.0.1.1", 8080, false, true));
+        o.endpoint_slices
+            .push(slice("web", "10.0.1.2", 8080, false, false));
         let mut remote = slice("web", "10.9.0.1", 9090, true, false);
         remote.priority = 1;
         o.endpoint_slices.push(remote);
@@ -1004,7 +1082,11 @@ mod tests {
             .collect();
         assert_eq!(
             eps,
-            [("10.0.0.1:8080".into(), 1, 0), ("10.0.1.1:8080".into(), 0, 0), ("10.9.0.1:9090".into(), 1, 1)]
+            [
+                ("10.0.0.1:8080".into(), 1, 0),
+                ("10.0.1.1:8080".into(), 0, 0),
+                ("10.9.0.1:9090".into(), 1, 1)
+            ]
         );
         // No ready endpoint: the route answers 503 itself, and nothing is reported.
         o.endpoint_slices.clear();
