@@ -251,12 +251,11 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     ) {
         for s in stores {
             for obj in s.state() {
-                let k = key(obj.as_ref());
-                if !out.contains_key(&k) {
+                if let std::collections::btree_map::Entry::Vacant(e) = out.entry(key(obj.as_ref())) {
                     if let Some(uid) = obj.uid() {
                         origin.insert(uid, ci);
                     }
-                    out.insert(k, obj.as_ref().clone());
+                    e.insert(obj.as_ref().clone());
                 }
             }
         }
