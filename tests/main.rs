@@ -25,6 +25,7 @@ mod drain;
 mod errors;
 mod hardening_conn;
 mod hardening_framing;
+mod kubernetes;
 mod lifecycle;
 mod load_balancing;
 mod log_sinks;

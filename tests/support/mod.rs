@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod jwks;
 pub mod kafka;
+pub mod kube_fake;
 pub mod metrics;
 pub mod redis;
 pub mod tls;
@@ -38,6 +39,7 @@ pub use client::{
 pub use dns::TestDns;
 pub use etcd::Etcd;
 pub use gateway::{Gateway, GatewayBuilder, Signal, Successor};
+pub use kube_fake::FakeKube;
 pub use metrics::Metrics;
 pub use redis::Redis;
 pub use tls::{TestCa, TestCert};

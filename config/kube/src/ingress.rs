@@ -16,6 +16,28 @@
 //!   main backends.
 //! - Every annotation under `nginx.ingress.kubernetes.io/` that is not in
 //!   [`SUPPORTED`], and every value that cannot be read, is a [`Report`].
+//!
+//! | ingress-nginx annotation | Sluice |
+//! |---|---|
+//! | `canary`, `canary-weight`, `canary-weight-total` | a backend weight in the main route's split (main keeps `total − Σ canary weights`) |
+//! | `canary-by-header` (+ `-value` / `-pattern`), `canary-by-cookie` | a route of its own matching the header (exact / regex) or cookie (`always`); `never` pins the main backends |
+//! | `rewrite-target` (+ `use-regex`) | `rewrite.prefix` with `strip_prefix` on prefix paths; `rewrite.regex` on regex paths (`$1` groups) |
+//! | `app-root` | a `redirect` (302) route for the exact path `/` |
+//! | `permanent-redirect` (+ `-code`), `temporal-redirect` | a `redirect` filter (301 / code, 302) |
+//! | `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout` | route `timeouts.connect`, `read`, `write` (seconds) |
+//! | `proxy-body-size` | route `limits.max_request_body` (`0`, unlimited, is refused) |
+//! | `backend-protocol` | `HTTPS`: upstream TLS without verification (as ingress-nginx), `GRPC`: h2c, `GRPCS`: h2 over TLS |
+//! | `upstream-vhost` | `headers.request.set.host` |
+//! | `enable-cors`, `cors-allow-origin`, `-methods`, `-headers`, `-expose-headers`, `-credentials`, `-max-age` | a `cors` filter with ingress-nginx's defaults |
+//! | `whitelist-source-range` / `allowlist-source-range`, `denylist-source-range` | an `ip_restriction` filter |
+//! | `limit-rps` (+ `limit-burst-multiplier`, default 5) | a `rate_limit` filter per client IP |
+//! | `limit-connections` | a `limit_conn` filter per client IP |
+//! | `affinity: cookie`, `session-cookie-name` | the upstream's `consistent_hash: {cookie}` (Sluice hashes on the cookie; it does not set it) |
+//! | `ssl-redirect`, `force-ssl-redirect` | only `"false"` is accepted (Sluice does not redirect to HTTPS by itself); `"true"` is reported |
+//!
+//! A Service port with `backend-protocol` or `affinity` is an upstream of its own
+//! (`k8s.<ns>.<svc>.<port>.grpc`, `.cookie-<name>`), so two Ingresses can name the same
+//! Service differently.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -787,5 +809,293 @@ pub fn translate(objects: &ClusterObjects, class: &str) -> Translation {
         routes,
         upstreams: ctx.upstreams.into_values().collect(),
         reports: ctx.reports,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::objects::PrioritizedSlice;
+    use serde_json::Value;
+
+    fn svc(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"ports": [{"name": "http", "port": 80}]}})
+    }
+
+    fn slice(svc: &str, ip: &str, port: u16, ready: bool, terminating: bool) -> PrioritizedSlice {
+        PrioritizedSlice {
+            priority: 0,
+            slice: serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{svc}-{ip}"), "namespace": "ns", "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": ready, "serving": ready || terminating, "terminating": terminating}}]}))
+            .unwrap(),
+        }
+    }
+
+    fn ing(name: &str, annotations: Value, spec: Value) -> Ingress {
+        serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ns", "annotations": annotations, "uid": format!("uid-{name}")},
+            "spec": spec}))
+        .unwrap()
+    }
+
+    fn rules(host: &str, paths: Value) -> Value {
+        json!({"ingressClassName": "sluice", "rules": [{"host": host, "http": {"paths": paths}}]})
+    }
+
+    fn path(p: &str, kind: &str, svc: &str) -> Value {
+        json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"number": 80}}}})
+    }
+
+    fn objects(ingresses: Vec<Ingress>, services: &[&str]) -> ClusterObjects {
+        ClusterObjects {
+            ingresses,
+            services: services
+                .iter()
+                .map(|s| serde_json::from_value(svc(s)).unwrap())
+                .collect(),
+            endpoint_slices: services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| slice(s, &format!("10.0.0.{}", i + 1), 8080, true, false))
+                .collect(),
+            ..ClusterObjects::default()
+        }
+    }
+
+    #[test]
+    fn paths_hosts_and_default_backend() {
+        let mut spec = rules(
+            "A.example",
+            json!([
+                path("/", "Prefix", "web"),
+                path("/api/", "Prefix", "api"),
+                path("/x", "Exact", "api"),
+                path("/i", "ImplementationSpecific", "api")
+            ]),
+        );
+        spec["defaultBackend"] = json!({"service": {"name": "web", "port": {"number": 80}}});
+        let o = objects(vec![ing("site", json!({}), spec)], &["web", "api"]);
+        let t = translate(&o, "sluice");
+        assert!(t.reports.is_empty(), "{:?}", t.reports);
+        let paths: Vec<_> = t
+            .routes
+            .iter()
+            .map(|r| (r.matches.hosts.clone(), r.matches.path.clone()))
+            .collect();
+        assert_eq!(
+            paths[0],
+            (vec!["a.example".to_string()], Some(PathMatch::Prefix("/".into())))
+        );
+        assert_eq!(paths[1].1, Some(PathMatch::Prefix("/api".into())));
+        assert_eq!(paths[2].1, Some(PathMatch::Exact("/x".into())));
+        assert_eq!(paths[3].1, Some(PathMatch::Prefix("/i".into())));
+        let default = t.routes.iter().find(|r| r.id == "k8s.ns.site.default").unwrap();
+        assert!(default.matches.hosts.is_empty() && default.priority < 0);
+        assert_eq!(default.upstream.as_deref(), Some("k8s.ns.web.80"));
+        let api = t.upstreams.iter().find(|u| u.id == "k8s.ns.api.80").unwrap();
+        assert_eq!(api.endpoints[0].address, "10.0.0.2:8080");
+    }
+
+    #[test]
+    fn another_class_is_not_ours() {
+        let mut spec = rules("a", json!([path("/", "Prefix", "web")]));
+        spec["ingressClassName"] = json!("nginx");
+        let o = objects(vec![ing("site", json!({}), spec)], &["web"]);
+        assert!(translate(&o, "sluice").routes.is_empty());
+    }
+
+    #[test]
+    fn canaries_by_weight_and_header() {
+        let spec = |s: &str| rules("shop", json!([path("/", "Prefix", s)]));
+        let c = "nginx.ingress.kubernetes.io/canary";
+        let o = objects(
+            vec![
+                ing("main", json!({}), spec("stable")),
+                ing(
+                    "a",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "10"}),
+                    spec("cana"),
+                ),
+                ing(
+                    "b",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-weight": "20"}),
+                    spec("canb"),
+                ),
+                ing(
+                    "h",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-by-header": "x-c", "nginx.ingress.kubernetes.io/canary-by-header-value": "yes"}),
+                    spec("canh"),
+                ),
+                ing(
+                    "k",
+                    json!({c: "true", "nginx.ingress.kubernetes.io/canary-by-cookie": "beta"}),
+                    spec("canh"),
+                ),
+            ],
+            &["stable", "cana", "canb", "canh"],
+        );
+        let t = translate(&o, "sluice");
+        assert!(t.reports.is_empty(), "{:?}", t.reports);
+        let main = t.routes.iter().find(|r| r.id == "k8s.ns.main.r0.p0").unwrap();
+        let w: Vec<(String, u32)> = main
+            .backends
+            .iter()
+            .map(|b| (b.upstream.clone(), b.weight))
+            .collect();
+        assert_eq!(
+            w,
+            vec![
+                ("k8s.ns.stable.80".into(), 70),
+                ("k8s.ns.cana.80".into(), 10),
+                ("k8s.ns.canb.80".into(), 20)
+            ]
+        );
+        let header = t
+            .routes
+            .iter()
+            .find(|r| r.matches.headers.iter().any(|h| h.name == "x-c"))
+            .unwrap();
+        assert_eq!(header.matches.headers[0].exact.as_deref(), Some("yes"));
+        assert_eq!(header.upstream.as_deref(), Some("k8s.ns.canh.80"));
+        let cookie =
+            t.routes
+                .iter()
+                .find(|r| {
+                    r.matches.headers.iter().any(|h| {
+                        h.name == "cookie" && h.regex.as_deref().unwrap_or("").contains("beta=always")
+                    })
+                })
+                .unwrap();
+        assert_eq!(cookie.upstream.as_deref(), Some("k8s.ns.canh.80"));
+        let never = t.routes.iter().find(|r| r.id.ends_with("cookie-never")).unwrap();
+        assert_eq!(never.upstream.as_deref(), Some("k8s.ns.stable.80"));
+    }
+
+    #[test]
+    fn annotations_map_onto_sluice_features_and_validate() {
+        let n = |k: &str| format!("{NGINX}{k}");
+        let ann = json!({
+            n("proxy-connect-timeout"): "3", n("proxy-read-timeout"): "30", n("proxy-send-timeout"): "31",
+            n("proxy-body-size"): "8m", n("upstream-vhost"): "internal.svc",
+            n("enable-cors"): "true", n("cors-allow-origin"): "https://a.example, https://b.example",
+            n("whitelist-source-range"): "10.0.0.0/8, 192.168.1.1", n("denylist-source-range"): "10.6.0.0/16",
+            n("limit-rps"): "5", n("limit-connections"): "7",
+            n("affinity"): "cookie", n("session-cookie-name"): "route",
+            n("backend-protocol"): "GRPC", n("rewrite-target"): "/v2", n("ssl-redirect"): "false",
+        });
+        let o = objects(
+            vec![ing(
+                "site",
+                ann,
+                rules("a", json!([path("/api", "Prefix", "web")])),
+            )],
+            &["web"],
+        );
+        let mut t = translate(&o, "sluice");
+        crate::source::check_routes(&mut t, &o);
+        assert!(t.reports.is_empty(), "{:?}", t.reports);
+        let r = &t.routes[0];
+        assert_eq!(r.timeouts.connect, Some(std::time::Duration::from_secs(3)));
+        assert_eq!(r.timeouts.read, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(r.timeouts.write, Some(std::time::Duration::from_secs(31)));
+        assert_eq!(r.limits.max_request_body, Some(ByteSize::mib(8)));
+        assert_eq!(
+            r.headers.request.set.get("host").map(String::as_str),
+            Some("internal.svc")
+        );
+        let kinds: Vec<&str> = r.filters.iter().map(|f| f.kind.as_str()).collect();
+        assert_eq!(kinds, ["ip_restriction", "cors", "rate_limit", "limit_conn"]);
+        assert_eq!(r.filters[2].spec["burst"], 25);
+        assert_eq!(r.rewrite.as_ref().unwrap().prefix.as_deref(), Some("/v2"));
+        let u = &t.upstreams[0];
+        assert_eq!(u.id, "k8s.ns.web.80.grpc.cookie-route");
+        assert_eq!(u.protocol, UpstreamProtocol::H2);
+        assert_eq!(
+            u.load_balancing,
+            LoadBalancing::ConsistentHash(HashOn::Cookie("route".into()))
+        );
+    }
+
+    #[test]
+    fn unsupported_and_invalid_annotations_are_reported() {
+        let ann = json!({
+            "nginx.ingress.kubernetes.io/configuration-snippet": "x",
+            "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+            "nginx.ingress.kubernetes.io/limit-rps": "lots",
+            "sluice.dev/nope": "1",
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        });
+        let o = objects(
+            vec![ing("site", ann, rules("a", json!([path("/", "Prefix", "web")])))],
+            &["web"],
+        );
+        let t = translate(&o, "sluice");
+        let mut got: Vec<(&str, bool)> = t
+            .reports
+            .iter()
+            .map(|r| {
+                (
+                    r.reason.as_str(),
+                    r.object.name == "site" && r.object.uid == "uid-site",
+                )
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                ("InvalidAnnotation", true),
+                ("UnsupportedAnnotation", true),
+                ("UnsupportedAnnotation", true),
+                ("UnsupportedAnnotation", true)
+            ]
+        );
+        assert_eq!(t.routes.len(), 1, "the Ingress is still served");
+    }
+
+    #[test]
+    fn endpoints_ready_terminating_and_none() {
+        let mut o = objects(
+            vec![ing(
+                "site",
+                json!({}),
+                rules("a", json!([path("/", "Prefix", "web")])),
+            )],
+            &["web"],
+        );
+        o.endpoint_slices
+            .push(slice("web", "10.0.1.1", 8080, false, true));
+        o.endpoint_slices
+            .push(slice("web", "10.0.1.2", 8080, false, false));
+        let mut remote = slice("web", "10.9.0.1", 9090, true, false);
+        remote.priority = 1;
+        o.endpoint_slices.push(remote);
+        let t = translate(&o, "sluice");
+        let eps: Vec<(String, u32, u32)> = t.upstreams[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.weight, e.priority))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.1:8080".into(), 1, 0),
+                ("10.0.1.1:8080".into(), 0, 0),
+                ("10.9.0.1:9090".into(), 1, 1)
+            ]
+        );
+        // No ready endpoint: the route answers 503 itself, and nothing is reported.
+        o.endpoint_slices.clear();
+        let t = translate(&o, "sluice");
+        assert!(t.upstreams.is_empty() && t.reports.is_empty());
+        assert_eq!(t.routes[0].filters[0].kind, "direct_response");
+        // A missing Service is reported.
+        o.services.clear();
+        let t = translate(&o, "sluice");
+        assert_eq!(t.reports[0].reason, "BackendNotFound");
     }
 }

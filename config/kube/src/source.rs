@@ -91,12 +91,15 @@ impl KubernetesSource {
 pub async fn client_for(cluster: &ClusterConfig) -> Result<Client, String> {
     let config = match &cluster.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {path}: {e}"))?;
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {path}: {e}"))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| format!("kubeconfig {path}: {e}"))?
         }
-        None => kube::Config::infer().await.map_err(|e| format!("in-cluster config: {e}"))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("in-cluster config: {e}"))?,
     };
     Client::try_from(config).map_err(|e| format!("client: {e}"))
 }
@@ -248,12 +251,11 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     ) {
         for s in stores {
             for obj in s.state() {
-                let k = key(obj.as_ref());
-                if !out.contains_key(&k) {
+                if let std::collections::btree_map::Entry::Vacant(e) = out.entry(key(obj.as_ref())) {
                     if let Some(uid) = obj.uid() {
                         origin.insert(uid, ci);
                     }
-                    out.insert(k, obj.as_ref().clone());
+                    e.insert(obj.as_ref().clone());
                 }
             }
         }
@@ -261,7 +263,8 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     let mut order: Vec<usize> = (0..clusters.len()).collect();
     order.sort_by_key(|&i| clusters[i].cfg.priority);
     let mut origin = HashMap::new();
-    let (mut ing, mut cls, mut svc, mut sec) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut ing, mut cls, mut svc, mut sec) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut slices = Vec::new();
     for &ci in &order {
         let c = &clusters[ci];
@@ -439,7 +442,12 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "sluice".into())
 }
 
-fn status(cfg: &KubernetesConfig, clusters: &[ClusterStores], t: Option<&Translation>, publishes: u64) -> Value {
+fn status(
+    cfg: &KubernetesConfig,
+    clusters: &[ClusterStores],
+    t: Option<&Translation>,
+    publishes: u64,
+) -> Value {
     json!({
         "kind": "kubernetes",
         "ingress_class": cfg.ingress_class,
@@ -528,7 +536,9 @@ impl Source for KubernetesSource {
             let now: BTreeSet<&Report> = t.reports.iter().collect();
             seen_reports.retain(|r| now.contains(r));
             let res = resources(&t, revision + 1);
-            let changed = last.as_ref().is_none_or(|l| l.routes != res.routes || l.upstreams != res.upstreams);
+            let changed = last
+                .as_ref()
+                .is_none_or(|l| l.routes != res.routes || l.upstreams != res.upstreams);
             let synced = clusters.iter().all(ClusterStores::synced);
             if changed {
                 revision += 1;
