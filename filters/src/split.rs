@@ -108,12 +108,22 @@ impl LiveSplit {
         self.stats.load().get(index).cloned()
     }
 
-    /// The backends' upstream ids, in order.
+    /// Counts one request served by backend `index` (see [`VersionStats::record`]),
+    /// without taking a reference to its figures.
+    pub fn record(&self, index: usize, status: u16, took: Duration) {
+        if let Some(stats) = self.stats.load().get(index) {
+            stats.record(status, took);
+        }
+    }
+
+    /// The backends' upstream ids, in order. Takes a lock: for build time and the admin
+    /// plane, not the request path.
     pub fn backends(&self) -> Vec<Arc<str>> {
         self.backends.lock().map(|b| b.clone()).unwrap_or_default()
     }
 
-    /// The index of the backend whose upstream is `id`.
+    /// The index of the backend whose upstream is `id`. Takes a lock: for build time and
+    /// the admin plane, not the request path.
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.backends
             .lock()
@@ -128,15 +138,15 @@ impl LiveSplit {
         let (Ok(mut ids), Ok(mut src)) = (self.backends.lock(), self.sources.lock()) else {
             return;
         };
-        if ids.as_slice() != backends {
+        let same_backends = ids.as_slice() == backends;
+        if same_backends && src.base == weights {
+            return;
+        }
+        if !same_backends {
             *ids = backends.to_vec();
             src.over = None;
             self.stats
                 .store(Arc::new(backends.iter().map(|_| Arc::default()).collect()));
-        }
-        if src.base == weights && (src.over.is_some() || *self.table.load().weights == *weights) {
-            src.base = weights.to_vec();
-            return;
         }
         src.base = weights.to_vec();
         self.publish(&src);
@@ -351,6 +361,12 @@ mod tests {
     fn override_wins_until_cleared_and_base_updates_underneath() {
         let s = LiveSplit::new(&ids(&["stable", "canary"]), &[100, 0]);
         assert_eq!(&*s.table().weights, &[100, 0]);
+        let before = arc_swap::Guard::into_inner(s.table());
+        s.set_base(&ids(&["stable", "canary"]), &[100, 0]);
+        assert!(
+            Arc::ptr_eq(&before, &s.table()),
+            "an unchanged base keeps the serving table"
+        );
         assert!(s.set_override(Some(&[90, 10])));
         assert_eq!(s.table().source, WeightSource::Override);
         s.set_base(&ids(&["stable", "canary"]), &[50, 50]);

@@ -36,9 +36,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
         .map_or(gateway.metrics.unrouted(), |r| &*r.metrics)
         .observe(status, elapsed);
     if let (Some(r), Some(b)) = (route.filter(|r| r.backends.len() > 1), ctx.routing.backend) {
-        if let Some(stats) = r.split.stats(b) {
-            stats.record(status, elapsed);
-        }
+        r.split.record(b, status, elapsed);
     }
     if let (Some(note), Some(auth)) = (ctx.filter.auth, route.and_then(|r| r.auth_metrics.as_deref())) {
         auth.observe(note);
