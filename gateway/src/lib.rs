@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod resilience;
+pub mod rollout;
 pub mod server;
 pub mod shutdown;
 pub mod sinks;
