@@ -128,6 +128,11 @@ enum Command {
         /// (`admin.token`, `admin.token_file` or SLUICE_ADMIN_TOKEN).
         #[arg(long, env = "SLUICE_ADMIN_INSECURE")]
         admin_insecure: bool,
+        /// This replica's id among the replicas sharing `--etcd` (who leads rollouts, whose
+        /// figures are whose; one etcd key segment, other characters become `-`).
+        /// Default: `{hostname}-{pid}-{4 random hex digits}`.
+        #[arg(long = "replica-id", env = "SLUICE_REPLICA_ID")]
+        replica_id: Option<String>,
     },
     /// Run a demo backend that answers every request with a JSON echo of it.
     Echo {
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
             etcd_cache,
             upgrade,
             admin_insecure,
+            replica_id,
         } => {
             init_tracing();
             let sources = match etcd.options(etcd_cache) {
@@ -219,6 +225,7 @@ fn main() -> ExitCode {
                     file: config,
                     watch: !no_watch,
                     etcd,
+                    replica_id,
                 },
                 Err(e) => return fail(e),
             };

@@ -44,6 +44,10 @@ pub struct Sources {
     pub watch: bool,
     /// etcd, for routes and upstreams. Default: none.
     pub etcd: Option<EtcdOptions>,
+    /// This replica's id among the replicas sharing [`Sources::etcd`] (rollout leadership
+    /// and figures; `--replica-id`). Default: none, meaning
+    /// [`crate::rollout::etcd_store::default_replica_id`].
+    pub replica_id: Option<String>,
 }
 
 impl Sources {

@@ -10,6 +10,10 @@
 //! `{prefix}/consumers/{id}` and `{prefix}/filters/{id}` are reserved and reported as not
 //! supported yet; any other key under the prefix is an error naming the key.
 //!
+//! `{prefix}/rollouts/` belongs to the gateway's rollout store (state, leadership and
+//! per-replica figures of progressive rollouts): this module never reads, watches into
+//! its config, prunes or conflicts on those keys.
+//!
 //! [`spawn_watch`] lists the prefix once, then follows a watch from the next revision.
 //! After a disconnect it reconnects with exponential back-off and resumes the watch where
 //! it stopped, without listing again; only when etcd has compacted the revisions it
@@ -109,6 +113,16 @@ impl EtcdOptions {
     /// The range every Sluice key is in: `{prefix}/`.
     fn range(&self) -> String {
         format!("{}/", self.base())
+    }
+
+    /// The rollout store's keys, `{prefix}/rollouts/`, which are not config.
+    fn rollouts_range(&self) -> String {
+        format!("{}/rollouts/", self.base())
+    }
+
+    /// Whether `key` is one of the rollout store's (see [`EtcdOptions::rollouts_range`]).
+    fn is_rollout_key(&self, key: &[u8]) -> bool {
+        key.starts_with(self.rollouts_range().as_bytes())
     }
 }
 
@@ -333,7 +347,7 @@ async fn read_store(client: &mut Client, opts: &EtcdOptions) -> Result<Store, Et
         revision: response.header().map_or(0, |h| h.revision()),
         ..Store::default()
     };
-    for kv in response.kvs() {
+    for kv in response.kvs().iter().filter(|kv| !opts.is_rollout_key(kv.key())) {
         store.apply_kv(kv);
     }
     Ok(store)
@@ -546,17 +560,24 @@ impl Watcher {
             let Some(store) = self.store.as_mut() else {
                 return SessionEnd::Compacted;
             };
+            let mut changed = false;
             for event in events {
                 let Some(kv) = event.kv() else { continue };
+                store.revision = store.revision.max(kv.mod_revision());
+                if self.opts.is_rollout_key(kv.key()) {
+                    continue;
+                }
+                changed = true;
                 match event.event_type() {
                     EventType::Put => store.apply_kv(kv),
                     EventType::Delete => {
                         store.entries.remove(&*String::from_utf8_lossy(kv.key()));
                     }
                 }
-                store.revision = store.revision.max(kv.mod_revision());
             }
-            self.publish();
+            if changed {
+                self.publish();
+            }
         }
     }
 
@@ -817,9 +838,15 @@ pub async fn apply(opts: &EtcdOptions, text: &str, prune: bool) -> Result<ApplyS
         if plan.changes.is_empty() {
             return Ok(summary);
         }
-        // Nothing under the prefix was created or modified after the read...
-        let mut compares =
-            vec![Compare::mod_revision(opts.range(), CompareOp::Less, plan.revision + 1).with_prefix()];
+        // Nothing under the prefix (but the rollout store's keys, which change all the
+        // time) was created or modified after the read...
+        let after_rollouts = format!("{}/rollouts0", opts.base());
+        let prefix_end = format!("{}0", opts.base());
+        let mut compares = vec![
+            Compare::mod_revision(opts.range(), CompareOp::Less, plan.revision + 1)
+                .with_range(opts.rollouts_range()),
+            Compare::mod_revision(after_rollouts, CompareOp::Less, plan.revision + 1).with_range(prefix_end),
+        ];
         // ...and no key this write changes was deleted since.
         compares.extend(
             plan.touched

@@ -343,3 +343,32 @@ async fn apply_validates_against_what_stays_in_etcd() {
     );
     assert!(c.get("/sluice/routes/s", None).await.unwrap().kvs().is_empty());
 }
+
+/// The rollout store's keys (`{prefix}/rollouts/`) are not config: the watch does not
+/// report them, `get` does not print them and `apply --prune` keeps them.
+#[tokio::test]
+async fn rollout_store_keys_are_not_config() {
+    let etcd = Etcd::start().await;
+    let opts = options(&etcd);
+    let mut c = etcd.client().await;
+    c.put("/sluice/upstreams/u", UPSTREAM, None).await.unwrap();
+    c.put("/sluice/rollouts/state/a", r#"{"step":2}"#, None).await.unwrap();
+    c.put("/sluice/rollouts/leader", "replica-1", None).await.unwrap();
+
+    let mut w = spawn_watch(options(&etcd));
+    let res = wait_for(&mut w, "the initial list", |r| r.upstreams.contains_key("u")).await;
+    assert!(res.errors.is_empty(), "{:?}", res.errors);
+    wait_connected(&mut w, true).await;
+    let published = w.resources.borrow_and_update().clone().unwrap();
+    c.put("/sluice/rollouts/stats/a/replica-1", "[]", None).await.unwrap();
+    c.put("/sluice/routes/r", route("u"), None).await.unwrap();
+    let res = wait_for(&mut w, "route r", |r| r.routes.contains_key("r")).await;
+    assert!(res.errors.is_empty(), "{:?}", res.errors);
+    assert!(res.revision > published.revision);
+
+    assert!(!get(&opts).await.unwrap().contains("rollouts"));
+    let summary = apply(&opts, DOC, true).await.unwrap();
+    assert!(summary.deleted.iter().all(|k| !k.contains("/rollouts/")), "{:?}", summary.deleted);
+    let kept = c.get("/sluice/rollouts/state/a", None).await.unwrap();
+    assert_eq!(kept.kvs()[0].value(), br#"{"step":2}"#);
+}
