@@ -36,7 +36,7 @@ use rand::Rng;
 use sluice_filters::split::StatsSample;
 use sluice_sources::etcd::{self, EtcdOptions};
 
-use super::store::{LocalStore, RolloutStore, StoreError, Stored};
+use super::store::{RolloutStore, StoreError, Stored};
 
 /// How long a replica's lease lives and how often it is renewed.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +166,8 @@ impl Shared {
 /// The rollout store of replicas sharing etcd. See the module docs.
 pub struct EtcdStore {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    /// The background task; `None` when no Tokio runtime could run it (logged).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -180,9 +181,10 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Starts the store's background task (connect, lease, campaign) on the current Tokio
-    /// runtime and returns at once; until it connects, calls fail and
-    /// [`RolloutStore::is_leader`] is false. `replica` is sanitized to one key segment.
+    /// Starts the store's background task (connect, lease, campaign) and returns at once;
+    /// until it connects, calls fail and [`RolloutStore::is_leader`] is false. The task
+    /// runs on the current Tokio runtime, or outside one on the gateway's background
+    /// runtime ([`crate::background`]). `replica` is sanitized to one key segment.
     pub fn start(opts: EtcdOptions, replica: &str, timing: LeaseTiming) -> EtcdStore {
         let base = format!("{}/rollouts", opts.prefix.trim_end_matches('/'));
         let shared = Arc::new(Shared {
@@ -196,14 +198,32 @@ impl EtcdStore {
             alive_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        let task = tokio::spawn(run(Arc::clone(&shared)));
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(crate::background::handle);
+        let task = match handle {
+            Some(h) => Some(h.spawn(run(Arc::clone(&shared)))),
+            None => {
+                tracing::error!("rollout store: no runtime for the etcd store; this replica never leads");
+                None
+            }
+        };
         EtcdStore { shared, task }
+    }
+
+    /// The store of a gateway started with `--etcd`: [`EtcdStore::start`] with the default
+    /// [`LeaseTiming`], as `replica_id` (`--replica-id`) or else [`default_replica_id`].
+    pub fn for_gateway(opts: &EtcdOptions, replica_id: Option<&str>) -> EtcdStore {
+        let replica = replica_id.map_or_else(default_replica_id, str::to_string);
+        EtcdStore::start(opts.clone(), &replica, LeaseTiming::default())
     }
 
     /// Stops campaigning and revokes the lease, so another replica takes the lead (and
     /// this replica's figures vanish) at once rather than after the lease's TTL.
     pub async fn resign(&self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         let lease = self.shared.lease.swap(0, Ordering::AcqRel);
         self.shared.lost();
         if lease != 0 {
@@ -232,7 +252,9 @@ impl EtcdStore {
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -415,24 +437,6 @@ impl RolloutStore for EtcdStore {
         }
         Ok(out)
     }
-}
-
-/// The rollout store for a process: [`EtcdStore`] when `etcd` is given (replicas share
-/// it; must be called inside a Tokio runtime), else a [`LocalStore`] (in `dir` when
-/// given, so state survives a restart; else in memory).
-pub fn store_for(
-    etcd: Option<&EtcdOptions>,
-    replica_id: Option<&str>,
-    dir: Option<&std::path::Path>,
-) -> Result<Arc<dyn RolloutStore>, StoreError> {
-    Ok(match (etcd, dir) {
-        (Some(opts), _) => {
-            let replica = replica_id.map_or_else(default_replica_id, str::to_string);
-            Arc::new(EtcdStore::start(opts.clone(), &replica, LeaseTiming::default()))
-        }
-        (None, Some(dir)) => Arc::new(LocalStore::in_dir(dir)?),
-        (None, None) => Arc::new(LocalStore::in_memory()),
-    })
 }
 
 #[cfg(test)]
