@@ -33,6 +33,7 @@ mod monitoring;
 mod protocols;
 mod reload_state;
 mod resilience;
+mod rollout;
 mod routing;
 mod timeouts;
 mod tracing;

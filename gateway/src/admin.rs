@@ -52,6 +52,12 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .route("/api/v1/stats", get(crate::dashboard::stats))
         .route("/dashboard", get(crate::dashboard::page))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/rollouts", get(crate::rollout::admin::list))
+        .route("/api/v1/rollouts/{route}", get(crate::rollout::admin::one))
+        .route(
+            "/api/v1/rollouts/{route}/{command}",
+            post(crate::rollout::admin::command),
+        )
         .with_state(gateway)
         .layer(axum::middleware::from_fn_with_state(auth, authorize))
         .layer(CompressionLayer::new())

@@ -71,6 +71,8 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// The log sinks' metrics.
     log_metrics: LogMetrics,
+    /// Progressive rollouts: their store (set at start) and metrics.
+    pub rollouts: crate::rollout::Rollouts,
     ready: AtomicBool,
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
@@ -105,6 +107,7 @@ impl Gateway {
             state,
             access_log,
             log_metrics,
+            rollouts: crate::rollout::Rollouts::new(&metrics),
             metrics,
             ready: AtomicBool::new(ready),
             next_version: AtomicU64::new(2),

@@ -5,6 +5,8 @@
 //! - `sluice validate --config PATH` checks a config and prints every error with its
 //!   field path.
 //! - `sluice apply|get|diff --etcd URL,...` manage the routes, upstreams and consumers kept in etcd.
+//! - `sluice rollout status|pause|resume|promote|abort [ROUTE] --admin URL` shows and
+//!   steers progressive rollouts.
 //! - `sluice echo` runs a demo backend.
 
 use std::path::PathBuf;
@@ -133,6 +135,24 @@ enum Command {
         /// Default: `{hostname}-{pid}-{4 random hex digits}`.
         #[arg(long = "replica-id", env = "SLUICE_REPLICA_ID")]
         replica_id: Option<String>,
+        /// Directory where progressive rollouts keep their state (one JSON file per
+        /// route), so a restarted process continues them. Default: /tmp/sluice-state.
+        #[arg(long = "state-dir", env = "SLUICE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show or steer the progressive rollouts of a running gateway (its admin API).
+    Rollout {
+        /// `status` (every rollout, or ROUTE's), `pause`, `resume`, `promote` or `abort`.
+        #[arg(value_parser = ["status", "pause", "resume", "promote", "abort"])]
+        action: String,
+        /// The route whose rollout to show or steer (required but for `status`).
+        route: Option<String>,
+        /// The admin API's base URL.
+        #[arg(long, env = "SLUICE_ADMIN_URL", default_value = "http://127.0.0.1:9900")]
+        admin: String,
+        /// The admin token (`Authorization: Bearer`). Prefer the environment variable.
+        #[arg(long = "admin-token", env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Run a demo backend that answers every request with a JSON echo of it.
     Echo {
@@ -218,6 +238,7 @@ fn main() -> ExitCode {
             upgrade,
             admin_insecure,
             replica_id,
+            state_dir,
         } => {
             init_tracing();
             let sources = match etcd.options(etcd_cache) {
@@ -236,7 +257,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match server::run(parsed, sources, base, hash, upgrade, admin_insecure) {
+            let store = match sluice_gateway::rollout::store_for(
+                state_dir.as_deref(),
+                sources.etcd.as_ref(),
+                sources.replica_id.as_deref(),
+            ) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            match server::run(parsed, sources, base, hash, upgrade, admin_insecure, store) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -274,6 +303,26 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Rollout {
+            action,
+            route,
+            admin,
+            admin_token,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(sluice_gateway::rollout::cli::run(
+                &admin,
+                admin_token.as_deref(),
+                &action,
+                route.as_deref(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::HashPassword { bcrypt } => {
             let mut line = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut line) {

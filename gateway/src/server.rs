@@ -22,7 +22,8 @@ fn secs_ceil(d: std::time::Duration) -> u64 {
 
 /// Runs the gateway until it is told to stop: serves `config` (the file alone, see
 /// [`crate::sources::initial`]) and follows `sources` from then on. With etcd the gateway
-/// is not ready until etcd (or its cache) has answered.
+/// is not ready until etcd (or its cache) has answered. Rollouts keep their state in
+/// `rollout_store` (see [`crate::rollout::store_for`]).
 pub fn run(
     config: Config,
     sources: Sources,
@@ -30,6 +31,7 @@ pub fn run(
     base_hash: String,
     upgrade: bool,
     admin_insecure: bool,
+    rollout_store: Arc<dyn crate::rollout::RolloutStore>,
 ) -> Result<(), String> {
     let auth = crate::admin::AdminAuth::resolve(&config.admin, std::env::var(crate::admin::TOKEN_ENV).ok())?;
     auth.check_listen(config.admin.listen, admin_insecure)?;
@@ -103,6 +105,10 @@ pub fn run(
             }
         }
         server.add_service(svc);
+    }
+
+    if !crate::rollout::runtime::start(gateway.clone(), rollout_store) {
+        tracing::error!("rollouts: the background runtime is not available; rollouts do not run");
     }
 
     let admin_addr = config.admin.listen;

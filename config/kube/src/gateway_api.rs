@@ -911,6 +911,7 @@ impl RuleParts {
             retries: None,
             limits: Default::default(),
             request_buffering: None,
+            rollout: None,
         };
         if let Some(why) = &self.invalid {
             r.headers = HeaderRules::default();

@@ -481,6 +481,7 @@ fn new_route(id: String, matches: RouteMatch) -> RouteConfig {
         retries: None,
         limits: Default::default(),
         request_buffering: None,
+        rollout: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod resilience;
+pub mod rollout;
 pub mod tracing;
 pub mod validate;
 

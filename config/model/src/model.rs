@@ -546,6 +546,11 @@ pub struct RouteConfig {
     /// Default: `server.request_buffering`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_buffering: Option<crate::limits::RequestBuffering>,
+    /// A progressive rollout of one of `backends` (a canary stepped up on its own live
+    /// figures, rolled back when they fail). Default: none. See
+    /// [`crate::rollout::RolloutConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutConfig>,
 }
 
 /// One weighted backend of a route.

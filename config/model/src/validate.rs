@@ -895,6 +895,9 @@ impl Validator<'_> {
         if let Some(rt) = &r.retries {
             rt.validate(&format!("{p}.retries"), &mut raw);
         }
+        if let Some(ro) = &r.rollout {
+            crate::rollout::validate(&format!("{p}.rollout"), ro, &r.backend_list(), &mut raw);
+        }
         for (path, message) in raw {
             self.err(path, message);
         }
