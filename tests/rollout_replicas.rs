@@ -277,8 +277,10 @@ async fn killing_the_leader_hands_the_rollout_over_at_the_stored_step() {
         .iter()
         .filter_map(|d| d["weight"].as_u64())
         .collect();
-    let firsts = history.iter().filter(|&&w| w == 10).count();
-    assert_eq!(firsts, 1, "the first step was taken again: {history:?}");
+    assert!(
+        history.windows(2).all(|w| w[0] <= w[1]),
+        "the rollout went back to an earlier step: {history:?}"
+    );
     for gw in &rest {
         assert_eq!(observed_split(gw, 10).await, (0, 10));
     }
