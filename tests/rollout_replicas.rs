@@ -58,7 +58,6 @@ async fn replica(etcd: &Etcd, yaml: &str, id: &str, stable: &TestUpstream, canar
         .arg("1s")
         .arg("--replica-id")
         .arg(id)
-        .env("SLUICE_STATE_DIR", "{{dir}}/state")
         .start()
         .await
 }
@@ -160,7 +159,7 @@ async fn three_replicas_follow_the_same_steps() {
         replica(&etcd, &yaml, "r3", &stable, &canary).await,
     ];
     let refs: Vec<&Gateway> = gws.iter().collect();
-    let traffic = Traffic::start(&refs, Duration::from_millis(5));
+    let traffic = Traffic::start(&refs, Duration::from_millis(10));
 
     let mut seen: [Vec<u64>; 3] = Default::default();
     let deadline = Instant::now() + WAIT;
@@ -216,7 +215,7 @@ async fn killing_the_leader_hands_the_rollout_over_at_the_stored_step() {
         replica(&etcd, &yaml, "r3", &stable, &canary).await,
     ];
     let refs: Vec<&Gateway> = gws.iter().collect();
-    let traffic = Traffic::start(&refs, Duration::from_millis(5));
+    let traffic = Traffic::start(&refs, Duration::from_millis(10));
 
     // Wait for the third step, then kill whoever leads.
     let deadline = Instant::now() + WAIT;

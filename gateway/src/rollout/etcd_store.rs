@@ -265,10 +265,17 @@ async fn run(shared: Arc<Shared>) {
         match etcd::connect(&shared.opts).await {
             Ok(client) => {
                 shared.client.store(Some(Arc::new(client.clone())));
-                if let Err(e) = session(&shared, client).await {
+                if let Err(e) = session(&shared, client.clone()).await {
                     tracing::warn!(replica = %shared.replica, "rollout store: {e}; leadership dropped");
                 }
+                // Best effort: revoke the lease we stop renewing, so that its leader key
+                // and figures go now rather than at its expiry (etcd may be unreachable).
+                let lease = shared.lease.swap(0, Ordering::AcqRel);
                 shared.lost();
+                if lease != 0 {
+                    let mut leases = client.lease_client();
+                    let _ = tokio::time::timeout(shared.timing.keep_alive, leases.revoke(lease)).await;
+                }
                 wait = shared.timing.keep_alive / 2;
             }
             Err(e) => {
