@@ -308,7 +308,8 @@ async fn session(shared: &Shared, client: Client) -> Result<(), StoreError> {
     let mut kv = client.clone();
     let mut tick = tokio::time::interval(timing.keep_alive);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending_answers = 1u32;
+    // `keep_alive` read the answer to its first request itself.
+    let mut pending_answers = 0u32;
     loop {
         tick.tick().await;
         // Renew: every answer with a positive TTL proves the lease alive at its send time.
