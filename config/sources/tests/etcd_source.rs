@@ -352,7 +352,9 @@ async fn rollout_store_keys_are_not_config() {
     let opts = options(&etcd);
     let mut c = etcd.client().await;
     c.put("/sluice/upstreams/u", UPSTREAM, None).await.unwrap();
-    c.put("/sluice/rollouts/state/a", r#"{"step":2}"#, None).await.unwrap();
+    c.put("/sluice/rollouts/state/a", r#"{"step":2}"#, None)
+        .await
+        .unwrap();
     c.put("/sluice/rollouts/leader", "replica-1", None).await.unwrap();
 
     let mut w = spawn_watch(options(&etcd));
@@ -360,7 +362,9 @@ async fn rollout_store_keys_are_not_config() {
     assert!(res.errors.is_empty(), "{:?}", res.errors);
     wait_connected(&mut w, true).await;
     let published = w.resources.borrow_and_update().clone().unwrap();
-    c.put("/sluice/rollouts/stats/a/replica-1", "[]", None).await.unwrap();
+    c.put("/sluice/rollouts/stats/a/replica-1", "[]", None)
+        .await
+        .unwrap();
     c.put("/sluice/routes/r", route("u"), None).await.unwrap();
     let res = wait_for(&mut w, "route r", |r| r.routes.contains_key("r")).await;
     assert!(res.errors.is_empty(), "{:?}", res.errors);
@@ -368,7 +372,11 @@ async fn rollout_store_keys_are_not_config() {
 
     assert!(!get(&opts).await.unwrap().contains("rollouts"));
     let summary = apply(&opts, DOC, true).await.unwrap();
-    assert!(summary.deleted.iter().all(|k| !k.contains("/rollouts/")), "{:?}", summary.deleted);
+    assert!(
+        summary.deleted.iter().all(|k| !k.contains("/rollouts/")),
+        "{:?}",
+        summary.deleted
+    );
     let kept = c.get("/sluice/rollouts/state/a", None).await.unwrap();
     assert_eq!(kept.kvs()[0].value(), br#"{"step":2}"#);
 }

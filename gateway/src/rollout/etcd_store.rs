@@ -314,7 +314,10 @@ async fn session(shared: &Shared, client: Client) -> Result<(), StoreError> {
         tick.tick().await;
         // Renew: every answer with a positive TTL proves the lease alive at its send time.
         let sent = shared.now_ms();
-        keeper.keep_alive().await.map_err(|e| shared.err("lease keep-alive", e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| shared.err("lease keep-alive", e))?;
         pending_answers += 1;
         while pending_answers > 0 {
             match tokio::time::timeout(timing.keep_alive, answers.message()).await {
@@ -419,7 +422,10 @@ impl RolloutStore for EtcdStore {
         let json = serde_json::to_vec(samples).map_err(|e| self.shared.err("put", e))?;
         let key = format!("{}{}", self.shared.stats_prefix(route), self.shared.replica);
         self.shared
-            .timed("put", client.put(key, json, Some(PutOptions::new().with_lease(lease))))
+            .timed(
+                "put",
+                client.put(key, json, Some(PutOptions::new().with_lease(lease))),
+            )
             .await?;
         Ok(())
     }
@@ -508,7 +514,10 @@ mod tests {
         connected(&store).await;
         assert!(store.load("r1").await.unwrap().is_none());
         assert!(store.store("r1", 0, b"{\"step\":1}").await.unwrap());
-        assert!(!store.store("r1", 0, b"{\"step\":9}").await.unwrap(), "create refused when present");
+        assert!(
+            !store.store("r1", 0, b"{\"step\":9}").await.unwrap(),
+            "create refused when present"
+        );
         let first = store.load("r1").await.unwrap().unwrap();
         assert_eq!(first.state, b"{\"step\":1}");
         assert!(first.revision > 0);
@@ -533,7 +542,10 @@ mod tests {
         assert!(store.load("r2").await.unwrap().is_none());
         store.delete("r1").await.unwrap();
         assert!(other.load("r1").await.unwrap().is_none());
-        assert!(other.store("r1", 0, b"{\"step\":1}").await.unwrap(), "created again after delete");
+        assert!(
+            other.store("r1", 0, b"{\"step\":1}").await.unwrap(),
+            "created again after delete"
+        );
     }
 
     #[tokio::test]
@@ -542,12 +554,19 @@ mod tests {
         let a = EtcdStore::start(opts(&etcd, "/lead"), "a", FAST);
         let b = EtcdStore::start(opts(&etcd, "/lead"), "b", FAST);
         let c = EtcdStore::start(opts(&etcd, "/lead"), "c", FAST);
-        eventually("one leader", Duration::from_secs(10), || leaders(&[&a, &b, &c]).len() == 1).await;
+        eventually("one leader", Duration::from_secs(10), || {
+            leaders(&[&a, &b, &c]).len() == 1
+        })
+        .await;
         // It stays one replica over several lease renewals.
         let first = leaders(&[&a, &b, &c]);
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(leaders(&[&a, &b, &c]), first, "leadership moved or split while nobody died");
+            assert_eq!(
+                leaders(&[&a, &b, &c]),
+                first,
+                "leadership moved or split while nobody died"
+            );
         }
         assert_eq!(a.leader_replica().await.unwrap(), Some(first[0].clone()));
         let all = [a, b, c];
@@ -576,7 +595,10 @@ mod tests {
         })
         .await;
         assert!(took <= FAST.ttl + FAST.keep_alive * 3, "took {took:?}");
-        assert_eq!(rest[0].leader_replica().await.unwrap().as_deref(), Some(rest[0].replica()));
+        assert_eq!(
+            rest[0].leader_replica().await.unwrap().as_deref(),
+            Some(rest[0].replica())
+        );
     }
 
     #[tokio::test]
@@ -625,7 +647,10 @@ mod tests {
             if names(b.replica_stats("r").await.unwrap()) == ["b"] {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(8), "a dead replica's figures stayed");
+            assert!(
+                start.elapsed() < Duration::from_secs(8),
+                "a dead replica's figures stayed"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(b.replica_stats("other").await.unwrap().is_empty());
@@ -642,7 +667,11 @@ mod tests {
         let start = Instant::now();
         let err = a.load("r").await.unwrap_err();
         assert!(err.0.contains("etcd"), "{err}");
-        assert!(start.elapsed() <= Duration::from_secs(3), "a call blocked {:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= Duration::from_secs(3),
+            "a call blocked {:?}",
+            start.elapsed()
+        );
         etcd.restart().await;
         eventually("leader again", Duration::from_secs(15), || a.is_leader()).await;
     }
