@@ -190,7 +190,7 @@ async fn step_route(
         return Ok(());
     };
     match state.weight {
-        Some(w) => split.set_override(Some(&split_weights(&split.base(), canary, w))),
+        Some(w) => split.set_override(Some(split_weights(&split.base(), canary, w).as_slice())),
         None => split.set_override(None),
     };
     let metrics = &gateway.rollouts.metrics;
