@@ -250,7 +250,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let store = match sluice_gateway::rollout::store_for(state_dir.as_deref(), sources.etcd.as_ref()) {
+            let store = match sluice_gateway::rollout::store_for(state_dir.as_deref(), sources.etcd.as_ref())
+            {
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
