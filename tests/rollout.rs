@@ -97,7 +97,8 @@ routes:
     )
 }
 
-const ANALYSIS: &str = "{min_requests: 10, failed_checks: 2, success_rate: {min: 0.95}, latency_p99: {max: 150ms}}";
+const ANALYSIS: &str =
+    "{min_requests: 10, failed_checks: 2, success_rate: {min: 0.95}, latency_p99: {max: 150ms}}";
 
 async fn start(yaml: &str, ups: &[&TestUpstream]) -> Gateway {
     Gateway::builder(yaml)
@@ -173,15 +174,36 @@ async fn a_healthy_canary_is_promoted_through_every_step_to_100() {
     );
     assert_eq!(r["weight"], 100);
     assert_eq!(r["last_analysis"]["verdict"], "pass");
-    assert!(r["last_analysis"]["canary"]["requests"].as_u64().unwrap() >= 10, "{r:#}");
+    assert!(
+        r["last_analysis"]["canary"]["requests"].as_u64().unwrap() >= 10,
+        "{r:#}"
+    );
     let seen = shares(&gw, 50).await;
-    assert_eq!(seen.get("canary"), Some(&50), "promoted: the canary serves all: {seen:?}");
+    assert_eq!(
+        seen.get("canary"),
+        Some(&50),
+        "promoted: the canary serves all: {seen:?}"
+    );
     let m = gw.metrics().await;
     assert_eq!(m.value("sluice_rollout_weight", &[("route", "api")]), 100.0);
     assert_eq!(m.value("sluice_rollout_step", &[("route", "api")]), 3.0);
-    assert_eq!(m.value("sluice_rollout_state", &[("route", "api"), ("state", "promoted")]), 1.0);
-    assert_eq!(m.value("sluice_rollout_state", &[("route", "api"), ("state", "progressing")]), 0.0);
-    assert!(m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "pass")]) >= 3.0);
+    assert_eq!(
+        m.value("sluice_rollout_state", &[("route", "api"), ("state", "promoted")]),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "sluice_rollout_state",
+            &[("route", "api"), ("state", "progressing")]
+        ),
+        0.0
+    );
+    assert!(
+        m.value(
+            "sluice_rollout_analyses_total",
+            &[("route", "api"), ("verdict", "pass")]
+        ) >= 3.0
+    );
     let events = gw.admin_json("/api/v1/events?limit=100").await;
     let steps = events.to_string().matches("rollout_step").count();
     assert!(steps >= 4, "rollout_step events: {events:#}");
@@ -204,12 +226,18 @@ async fn a_canary_that_starts_failing_is_rolled_back_to_zero() {
     traffic.stop().await;
     // Two failed intervals (the threshold), plus at most one interval in which the
     // failure began, plus ticking: well within four intervals.
-    assert!(took < Duration::from_secs(4), "rolled back {took:?} after the canary failed: {r:#}");
+    assert!(
+        took < Duration::from_secs(4),
+        "rolled back {took:?} after the canary failed: {r:#}"
+    );
     assert_eq!(r["weight"], 0);
     assert_eq!(r["failed"], 2);
     assert_eq!(r["last_analysis"]["verdict"], "fail");
     assert!(
-        r["last_analysis"]["reason"].as_str().unwrap().contains("success rate"),
+        r["last_analysis"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("success rate"),
         "{r:#}"
     );
     assert_eq!(actions(&r).last().unwrap(), "rollback@0");
@@ -218,9 +246,20 @@ async fn a_canary_that_starts_failing_is_rolled_back_to_zero() {
     assert_eq!(seen.get("stable"), Some(&50), "{seen:?}");
     assert_eq!(ups[1].requests(), 0, "rolled back: the canary gets nothing");
     let m = gw.metrics().await;
-    assert_eq!(m.value("sluice_rollout_state", &[("route", "api"), ("state", "rolled_back")]), 1.0);
+    assert_eq!(
+        m.value(
+            "sluice_rollout_state",
+            &[("route", "api"), ("state", "rolled_back")]
+        ),
+        1.0
+    );
     assert_eq!(m.value("sluice_rollout_weight", &[("route", "api")]), 0.0);
-    assert!(m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "fail")]) >= 2.0);
+    assert!(
+        m.value(
+            "sluice_rollout_analyses_total",
+            &[("route", "api"), ("verdict", "fail")]
+        ) >= 2.0
+    );
 }
 
 #[tokio::test]
@@ -235,8 +274,15 @@ async fn a_slow_canary_is_rolled_back() {
     assert_eq!(r["weight"], 0);
     let reason = r["last_analysis"]["reason"].as_str().unwrap();
     assert!(reason.contains("p99") && reason.contains("above 150ms"), "{r:#}");
-    assert!(r["last_analysis"]["canary"]["p99_ms"].as_f64().unwrap() >= 300.0, "{r:#}");
-    assert_eq!(actions(&r), ["start@0", "step@20", "hold@20", "rollback@0"], "{r:#}");
+    assert!(
+        r["last_analysis"]["canary"]["p99_ms"].as_f64().unwrap() >= 300.0,
+        "{r:#}"
+    );
+    assert_eq!(
+        actions(&r),
+        ["start@0", "step@20", "hold@20", "rollback@0"],
+        "{r:#}"
+    );
 }
 
 #[tokio::test]
@@ -248,17 +294,42 @@ async fn too_little_traffic_waits_instead_of_passing() {
     let traffic = Traffic::start(&gw, 1, Duration::from_millis(20));
     let m = gw
         .metrics_when(WAIT, |m| {
-            m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "wait")]) >= 3.0
+            m.value(
+                "sluice_rollout_analyses_total",
+                &[("route", "api"), ("verdict", "wait")],
+            ) >= 3.0
         })
         .await;
     traffic.stop().await;
-    assert_eq!(m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "pass")]), 0.0);
-    assert_eq!(m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "fail")]), 0.0);
+    assert_eq!(
+        m.value(
+            "sluice_rollout_analyses_total",
+            &[("route", "api"), ("verdict", "pass")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value(
+            "sluice_rollout_analyses_total",
+            &[("route", "api"), ("verdict", "fail")]
+        ),
+        0.0
+    );
     let r = rollout(&gw).await;
-    assert_eq!((r["state"].as_str(), r["step"].as_u64(), r["weight"].as_u64()), (Some("progressing"), Some(1), Some(20)), "{r:#}");
+    assert_eq!(
+        (r["state"].as_str(), r["step"].as_u64(), r["weight"].as_u64()),
+        (Some("progressing"), Some(1), Some(20)),
+        "{r:#}"
+    );
     assert_eq!(r["last_analysis"]["verdict"], "wait");
-    assert!(r["waiting"].as_str().unwrap().contains("waiting for traffic"), "{r:#}");
-    assert!(r["last_analysis"]["canary"]["requests"].as_u64().unwrap() > 0, "some canary traffic was seen: {r:#}");
+    assert!(
+        r["waiting"].as_str().unwrap().contains("waiting for traffic"),
+        "{r:#}"
+    );
+    assert!(
+        r["last_analysis"]["canary"]["requests"].as_u64().unwrap() > 0,
+        "some canary traffic was seen: {r:#}"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +345,10 @@ async fn pause_resume_promote_and_abort_through_the_admin_api() {
     let held = r["weight"].clone();
     // Paused for three intervals of healthy traffic: nothing moves.
     let m = gw.metrics().await;
-    let judged = m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "pass")]);
+    let judged = m.value(
+        "sluice_rollout_analyses_total",
+        &[("route", "api"), ("verdict", "pass")],
+    );
     let until = Instant::now() + Duration::from_millis(3100);
     while Instant::now() < until {
         let now = rollout(&gw).await;
@@ -282,10 +356,17 @@ async fn pause_resume_promote_and_abort_through_the_admin_api() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let r = rollout(&gw).await;
-    assert_eq!((r["state"].clone(), r["weight"].clone()), (Value::from("paused"), held), "{r:#}");
+    assert_eq!(
+        (r["state"].clone(), r["weight"].clone()),
+        (Value::from("paused"), held),
+        "{r:#}"
+    );
     let m = gw.metrics().await;
     assert_eq!(
-        m.value("sluice_rollout_analyses_total", &[("route", "api"), ("verdict", "pass")]),
+        m.value(
+            "sluice_rollout_analyses_total",
+            &[("route", "api"), ("verdict", "pass")]
+        ),
         judged,
         "nothing judged while paused"
     );
@@ -302,7 +383,10 @@ async fn pause_resume_promote_and_abort_through_the_admin_api() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     // Resume restarts an ended rollout from its first step; abort sends it back to 0.
     assert_eq!(command(&gw, "api", "resume").await.0, StatusCode::ACCEPTED);
-    wait_for(&gw, "restarted", |r| r["state"] == "progressing" && r["weight"] == 20).await;
+    wait_for(&gw, "restarted", |r| {
+        r["state"] == "progressing" && r["weight"] == 20
+    })
+    .await;
     assert_eq!(command(&gw, "api", "abort").await.0, StatusCode::ACCEPTED);
     let r = wait_for(&gw, "aborted", |r| r["state"] == "aborted").await;
     traffic.stop().await;
@@ -315,7 +399,10 @@ async fn pause_resume_promote_and_abort_through_the_admin_api() {
     assert_eq!(body["error"], "no route \"nope\"");
     let (status, body) = command(&gw, "api", "jump").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["error"].as_str().unwrap().contains("unknown rollout command \"jump\""));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown rollout command \"jump\""));
     let resp = gw.admin_get("/api/v1/rollouts/nope").await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
@@ -362,7 +449,10 @@ async fn the_cli_shows_and_steers_a_rollout() {
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["state"], "paused");
     let (ok, out) = cli(&gw, &["pause", "api"]).await;
-    assert!(!ok && out.contains("409") && out.contains("cannot pause"), "{out}");
+    assert!(
+        !ok && out.contains("409") && out.contains("cannot pause"),
+        "{out}"
+    );
     let (ok, out) = cli(&gw, &["resume", "api"]).await;
     assert!(ok, "{out}");
     wait_for(&gw, "resumed", |r| r["state"] == "progressing").await;
@@ -377,7 +467,10 @@ async fn the_cli_shows_and_steers_a_rollout() {
     wait_for(&gw, "aborted", |r| r["state"] == "aborted").await;
     traffic.stop().await;
     let (ok, out) = cli(&gw, &["abort", "nope"]).await;
-    assert!(!ok && out.contains("404") && out.contains("no route \"nope\""), "{out}");
+    assert!(
+        !ok && out.contains("404") && out.contains("no route \"nope\""),
+        "{out}"
+    );
     let (ok, out) = cli(&gw, &["pause"]).await;
     assert!(!ok && out.contains("needs a ROUTE"), "{out}");
 }
@@ -391,10 +484,23 @@ async fn a_webhook_that_says_no_holds_the_step_and_yes_lets_it_go() {
     let gw = start(&config(&refs[..2], ANALYSIS, hooks, ""), &refs).await;
     let traffic = Traffic::start(&gw, 3, Duration::from_millis(2));
     // Refused: the first step is held at 0%, asked again every interval.
-    eventually(WAIT, "the webhook to be asked three times", || async { ups[2].requests() >= 3 }).await;
+    eventually(WAIT, "the webhook to be asked three times", || async {
+        ups[2].requests() >= 3
+    })
+    .await;
     let r = rollout(&gw).await;
-    assert_eq!((r["state"].as_str(), r["weight"].as_u64()), (Some("progressing"), Some(0)), "{r:#}");
-    assert!(r["waiting"].as_str().unwrap().contains("held by a pre_step webhook"), "{r:#}");
+    assert_eq!(
+        (r["state"].as_str(), r["weight"].as_u64()),
+        (Some("progressing"), Some(0)),
+        "{r:#}"
+    );
+    assert!(
+        r["waiting"]
+            .as_str()
+            .unwrap()
+            .contains("held by a pre_step webhook"),
+        "{r:#}"
+    );
     assert!(actions(&r).contains(&"hold@0".to_string()), "{r:#}");
     ups[1].reset_requests();
     shares(&gw, 20).await;
@@ -404,7 +510,15 @@ async fn a_webhook_that_says_no_holds_the_step_and_yes_lets_it_go() {
     let r = wait_for(&gw, "promotion", |r| r["state"] == "promoted").await;
     traffic.stop().await;
     let a = actions(&r);
-    assert!(a.ends_with(&["step@20".into(), "step@50".into(), "step@100".into(), "promote@100".into()]), "{a:?}");
+    assert!(
+        a.ends_with(&[
+            "step@20".into(),
+            "step@50".into(),
+            "step@100".into(),
+            "promote@100".into()
+        ]),
+        "{a:?}"
+    );
 }
 
 #[tokio::test]
@@ -412,9 +526,8 @@ async fn state_survives_a_reload_that_does_not_touch_it_and_a_restart() {
     let ups = TestUpstream::start_many(&["stable", "canary", "other"]).await;
     let refs = [&ups[0], &ups[1], &ups[2]];
     let state_dir = tempfile::tempdir().unwrap();
-    let yaml = |extra: &str, steps: &str| {
-        config(&refs, ANALYSIS, "", extra).replace("steps: [20, 50, 100]", steps)
-    };
+    let yaml =
+        |extra: &str, steps: &str| config(&refs, ANALYSIS, "", extra).replace("steps: [20, 50, 100]", steps);
     let start_on = |yaml: String| {
         let dir = state_dir.path().display().to_string();
         async move {
@@ -438,15 +551,27 @@ async fn state_survives_a_reload_that_does_not_touch_it_and_a_restart() {
     let applied = gw.reload(&yaml(other_route, "steps: [20, 50, 100]")).await;
     assert!(applied["version"].as_u64().unwrap() >= 2, "{applied:#}");
     let r = rollout(&gw).await;
-    assert_eq!((r["state"].clone(), r["weight"].clone(), r["started_at"].clone()), (Value::from("paused"), Value::from(50), started.clone()), "{r:#}");
+    assert_eq!(
+        (r["state"].clone(), r["weight"].clone(), r["started_at"].clone()),
+        (Value::from("paused"), Value::from(50), started.clone()),
+        "{r:#}"
+    );
     let seen = shares(&gw, 100).await;
-    assert_eq!((seen.get("stable"), seen.get("canary")), (Some(&50), Some(&50)), "{seen:?}");
+    assert_eq!(
+        (seen.get("stable"), seen.get("canary")),
+        (Some(&50), Some(&50)),
+        "{seen:?}"
+    );
 
     // Killed and started again on the same state directory: it continues.
     drop(gw);
     let gw = start_on(yaml(other_route, "steps: [20, 50, 100]")).await;
     let r = wait_for(&gw, "the stored state", |r| r["state"] != "pending").await;
-    assert_eq!((r["state"].clone(), r["weight"].clone(), r["started_at"].clone()), (Value::from("paused"), Value::from(50), started), "{r:#}");
+    assert_eq!(
+        (r["state"].clone(), r["weight"].clone(), r["started_at"].clone()),
+        (Value::from("paused"), Value::from(50), started),
+        "{r:#}"
+    );
     assert_eq!(actions(&r)[..3], ["start@0", "step@20", "step@50"]);
     eventually(WAIT, "the stored weight to be served", || async {
         let seen = shares(&gw, 10).await;

@@ -190,7 +190,12 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Pushes `(field path, message)` for every problem of `r` (at `path`, e.g.
 /// `routes[0].rollout`) on a route with `backends`.
-pub fn validate(path: &str, r: &RolloutConfig, backends: &[BackendConfig], errors: &mut Vec<(String, String)>) {
+pub fn validate(
+    path: &str,
+    r: &RolloutConfig,
+    backends: &[BackendConfig],
+    errors: &mut Vec<(String, String)>,
+) {
     let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
     match backends.iter().position(|b| b.upstream == r.canary) {
         None => err(
@@ -198,10 +203,7 @@ pub fn validate(path: &str, r: &RolloutConfig, backends: &[BackendConfig], error
             format!("{:?} is not one of the route's backends", r.canary),
         ),
         Some(i) => {
-            let others = backends
-                .iter()
-                .enumerate()
-                .any(|(j, b)| j != i && b.weight > 0);
+            let others = backends.iter().enumerate().any(|(j, b)| j != i && b.weight > 0);
             if !others {
                 err(
                     "canary",
@@ -277,7 +279,10 @@ pub fn validate(path: &str, r: &RolloutConfig, backends: &[BackendConfig], error
             ),
         }
         if w.on.is_empty() {
-            err(&format!("{wp}.on"), "name at least one of pre_step, rollback, promote".into());
+            err(
+                &format!("{wp}.on"),
+                "name at least one of pre_step, rollback, promote".into(),
+            );
         }
         if w.timeout.is_zero() {
             err(&format!("{wp}.timeout"), "must be above 0".into());

@@ -51,7 +51,12 @@ fn find<'a>(snap: &'a Snapshot, id: &str) -> Result<(&'a RouteConfig, &'a Rollou
 }
 
 /// The stored state of `route` if it runs `spec` now.
-async fn current(store: &dyn RolloutStore, g: &Gateway, route: &RouteConfig, spec: &RolloutConfig) -> Result<Option<(RolloutState, u64)>, String> {
+async fn current(
+    store: &dyn RolloutStore,
+    g: &Gateway,
+    route: &RouteConfig,
+    spec: &RolloutConfig,
+) -> Result<Option<(RolloutState, u64)>, String> {
     let Some(split) = g.state.filters.splits.get(&route.id) else {
         return Ok(None);
     };
@@ -180,7 +185,10 @@ pub async fn one(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> An
 const COMMAND_ATTEMPTS: usize = 8;
 
 /// `POST /api/v1/rollouts/{route}/{command}`.
-pub async fn command(State(g): State<Arc<Gateway>>, Path((route, command)): Path<(String, String)>) -> Answer {
+pub async fn command(
+    State(g): State<Arc<Gateway>>,
+    Path((route, command)): Path<(String, String)>,
+) -> Answer {
     let store = match store_of(&g) {
         Ok(s) => s.clone(),
         Err(e) => return e,

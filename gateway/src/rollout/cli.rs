@@ -20,7 +20,10 @@ pub async fn run(admin: &str, token: Option<&str>, action: &str, route: Option<&
     let (method, path) = match (action, route) {
         ("status", None) => (http::Method::GET, "/api/v1/rollouts".to_string()),
         ("status", Some(r)) => (http::Method::GET, format!("/api/v1/rollouts/{}", encode(r))),
-        (cmd, Some(r)) => (http::Method::POST, format!("/api/v1/rollouts/{}/{cmd}", encode(r))),
+        (cmd, Some(r)) => (
+            http::Method::POST,
+            format!("/api/v1/rollouts/{}/{cmd}", encode(r)),
+        ),
         (cmd, None) => return Err(format!("`rollout {cmd}` needs a ROUTE")),
     };
     let mut req = http::Request::builder()
@@ -48,7 +51,8 @@ pub async fn run(admin: &str, token: Option<&str>, action: &str, route: Option<&
         .await
         .map_err(|_| format!("{base}: no answer within {TIMEOUT:?}"))?
         .map_err(|e| format!("{base}: {e}"))?;
-    let json: Value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let json: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     if !status.is_success() {
         let why = json
             .get("error")
@@ -69,27 +73,35 @@ pub async fn run(admin: &str, token: Option<&str>, action: &str, route: Option<&
 }
 
 fn print_table(json: &Value) {
-    let list = json.get("rollouts").and_then(Value::as_array).cloned().unwrap_or_default();
+    let list = json
+        .get("rollouts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if list.is_empty() {
         println!("no rollouts");
         return;
     }
-    println!("{:<24} {:<12} {:>5} {:>7}  LAST ANALYSIS", "ROUTE", "STATE", "STEP", "WEIGHT");
+    println!(
+        "{:<24} {:<12} {:>5} {:>7}  LAST ANALYSIS",
+        "ROUTE", "STATE", "STEP", "WEIGHT"
+    );
     for r in list {
-        let s = |k: &str| r.get(k).map_or_else(String::new, |v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-        let last = r
-            .get("last_analysis")
-            .filter(|a| !a.is_null())
-            .map_or_else(
-                || "-".to_string(),
-                |a| {
-                    format!(
-                        "{}: {}",
-                        a.get("verdict").and_then(Value::as_str).unwrap_or("?"),
-                        a.get("reason").and_then(Value::as_str).unwrap_or("")
-                    )
-                },
-            );
+        let s = |k: &str| {
+            r.get(k).map_or_else(String::new, |v| {
+                v.as_str().map_or_else(|| v.to_string(), str::to_string)
+            })
+        };
+        let last = r.get("last_analysis").filter(|a| !a.is_null()).map_or_else(
+            || "-".to_string(),
+            |a| {
+                format!(
+                    "{}: {}",
+                    a.get("verdict").and_then(Value::as_str).unwrap_or("?"),
+                    a.get("reason").and_then(Value::as_str).unwrap_or("")
+                )
+            },
+        );
         println!(
             "{:<24} {:<12} {:>5} {:>6}%  {last}",
             s("route"),

@@ -311,15 +311,10 @@ pub fn judge(spec: &RolloutConfig, f: &IntervalFigures) -> (Verdict, String) {
         let p99 = f.canary.quantile(0.99);
         if let (Some(max), Some(p99)) = (l.max, p99) {
             if p99 > max {
-                failed.push(format!(
-                    "p99 {}ms above {}ms",
-                    p99.as_millis(),
-                    max.as_millis()
-                ));
+                failed.push(format!("p99 {}ms above {}ms", p99.as_millis(), max.as_millis()));
             }
         }
-        if let (Some(ratio), Some(p99), Some(stable)) =
-            (l.max_ratio_vs_stable, p99, f.stable.quantile(0.99))
+        if let (Some(ratio), Some(p99), Some(stable)) = (l.max_ratio_vs_stable, p99, f.stable.quantile(0.99))
         {
             if p99.as_secs_f64() > ratio * stable.as_secs_f64() {
                 failed.push(format!(
@@ -436,7 +431,14 @@ impl RolloutState {
         });
     }
 
-    fn to_zero(&mut self, phase: Phase, action: &str, now_ms: u64, reason: String, effects: &mut Vec<Effect>) {
+    fn to_zero(
+        &mut self,
+        phase: Phase,
+        action: &str,
+        now_ms: u64,
+        reason: String,
+        effects: &mut Vec<Effect>,
+    ) {
         self.phase = phase;
         self.gate = None;
         self.waiting = None;
@@ -459,7 +461,12 @@ impl RolloutState {
     /// Judges the interval that ended (`figures` are its counts) when one is due, and
     /// moves on. Returns whether an interval was judged (so a new one starts: the caller
     /// takes a new baseline) and the effects.
-    pub fn tick(&mut self, spec: &RolloutConfig, now_ms: u64, figures: &IntervalFigures) -> (bool, Vec<Effect>) {
+    pub fn tick(
+        &mut self,
+        spec: &RolloutConfig,
+        now_ms: u64,
+        figures: &IntervalFigures,
+    ) -> (bool, Vec<Effect>) {
         let mut effects = Vec::new();
         if !self.interval_due(spec, now_ms) {
             return (false, effects);
@@ -496,7 +503,10 @@ impl RolloutState {
                         Phase::RolledBack,
                         "rollback",
                         now_ms,
-                        format!("{} failed analyses of {limit} allowed; last: {reason}", self.failed),
+                        format!(
+                            "{} failed analyses of {limit} allowed; last: {reason}",
+                            self.failed
+                        ),
                         &mut effects,
                     );
                 } else {
@@ -528,7 +538,13 @@ impl RolloutState {
     /// The `pre_step` webhooks' answer for the pending gate: `allowed` serves the step;
     /// a refusal holds the current one for another interval, after which the analysis
     /// runs again and, on a pass, the webhooks are asked again. Ignored with no gate.
-    pub fn gate_result(&mut self, spec: &RolloutConfig, now_ms: u64, allowed: bool, detail: String) -> Vec<Effect> {
+    pub fn gate_result(
+        &mut self,
+        spec: &RolloutConfig,
+        now_ms: u64,
+        allowed: bool,
+        detail: String,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let Some(step) = self.gate else {
             return effects;
@@ -599,7 +615,13 @@ impl RolloutState {
                 (false, effects)
             }
             Command::Abort => {
-                self.to_zero(Phase::Aborted, "abort", now_ms, "aborted by an operator".into(), &mut effects);
+                self.to_zero(
+                    Phase::Aborted,
+                    "abort",
+                    now_ms,
+                    "aborted by an operator".into(),
+                    &mut effects,
+                );
                 (false, effects)
             }
         }
@@ -722,7 +744,12 @@ mod tests {
         assert_eq!(actions(&effects), ["rollback@0", "notify:rollback"]);
         assert_eq!(s.phase, Phase::RolledBack);
         assert_eq!(s.canary_weight(), Some(0));
-        assert!(s.last_analysis.as_ref().unwrap().reason.contains("success rate 0.8000 below 0.95"));
+        assert!(s
+            .last_analysis
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("success rate 0.8000 below 0.95"));
     }
 
     #[test]
@@ -733,7 +760,11 @@ mod tests {
         s.tick(&spec, SEC, &slow);
         s.tick(&spec, 2 * SEC, &slow);
         assert_eq!(s.phase, Phase::RolledBack);
-        assert!(s.last_analysis.as_ref().unwrap().reason.contains("p99"), "{:?}", s.last_analysis);
+        assert!(
+            s.last_analysis.as_ref().unwrap().reason.contains("p99"),
+            "{:?}",
+            s.last_analysis
+        );
     }
 
     #[test]
@@ -742,16 +773,28 @@ mod tests {
             "canary: canary\nanalysis: {min_requests: 10, success_rate: {max_drop_vs_stable: 0.05}, latency_p99: {max_ratio_vs_stable: 2}}",
         )
         .unwrap();
-        let f = |c: StatsSample, st: StatsSample| IntervalFigures { canary: c, stable: st };
+        let f = |c: StatsSample, st: StatsSample| IntervalFigures {
+            canary: c,
+            stable: st,
+        };
         let ms = Duration::from_millis;
-        assert_eq!(judge(&spec, &f(sample(100, 4, ms(5)), sample(100, 0, ms(5)))).0, Verdict::Pass);
-        assert_eq!(judge(&spec, &f(sample(100, 6, ms(5)), sample(100, 0, ms(5)))).0, Verdict::Fail);
+        assert_eq!(
+            judge(&spec, &f(sample(100, 4, ms(5)), sample(100, 0, ms(5)))).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            judge(&spec, &f(sample(100, 6, ms(5)), sample(100, 0, ms(5)))).0,
+            Verdict::Fail
+        );
         assert_eq!(
             judge(&spec, &f(sample(100, 6, ms(5)), sample(100, 5, ms(5)))).0,
             Verdict::Pass,
             "stable is as bad"
         );
-        assert_eq!(judge(&spec, &f(sample(100, 0, ms(30)), sample(100, 0, ms(5)))).0, Verdict::Fail);
+        assert_eq!(
+            judge(&spec, &f(sample(100, 0, ms(30)), sample(100, 0, ms(5)))).0,
+            Verdict::Fail
+        );
         assert_eq!(
             judge(&spec, &f(sample(100, 0, ms(30)), StatsSample::default())).0,
             Verdict::Pass,
@@ -772,7 +815,11 @@ mod tests {
         assert_eq!(s.failed, 0);
         assert_eq!(s.phase, Phase::Progressing);
         assert_eq!(s.last_analysis.as_ref().unwrap().verdict, Verdict::Wait);
-        assert!(s.waiting.as_ref().unwrap().contains("5 canary requests of the 20"));
+        assert!(s
+            .waiting
+            .as_ref()
+            .unwrap()
+            .contains("5 canary requests of the 20"));
         s.tick(&spec, 6 * SEC, &healthy());
         assert_eq!(s.step, 1);
         assert_eq!(s.waiting, None);
@@ -786,10 +833,16 @@ mod tests {
         assert_eq!(actions(&effects), ["pause@10"]);
         assert!(!s.tick(&spec, 5 * SEC, &healthy()).0, "paused: nothing judged");
         assert_eq!(s.step, 0);
-        assert_eq!(Command::Pause.refused_in(s.phase).unwrap(), "cannot pause a rollout that is paused");
+        assert_eq!(
+            Command::Pause.refused_in(s.phase).unwrap(),
+            "cannot pause a rollout that is paused"
+        );
         let (fresh, _) = s.apply(&spec, 5 * SEC, Command::Resume);
         assert!(fresh);
-        assert!(!s.tick(&spec, 5 * SEC + 500, &healthy()).0, "a fresh interval after resume");
+        assert!(
+            !s.tick(&spec, 5 * SEC + 500, &healthy()).0,
+            "a fresh interval after resume"
+        );
         s.tick(&spec, 6 * SEC, &healthy());
         assert_eq!(s.canary_weight(), Some(50));
         let (_, effects) = s.apply(&spec, 7 * SEC, Command::Promote);
@@ -799,7 +852,11 @@ mod tests {
         assert_eq!(s.phase, Phase::Promoted, "abort refused once promoted");
         assert_eq!(s.history.back().unwrap().action, "refused");
         let (_, effects) = s.apply(&spec, 9 * SEC, Command::Resume);
-        assert_eq!(actions(&effects), ["resume@0", "step@10"], "an ended rollout restarts");
+        assert_eq!(
+            actions(&effects),
+            ["resume@0", "step@10"],
+            "an ended rollout restarts"
+        );
         let (_, effects) = s.apply(&spec, 10 * SEC, Command::Abort);
         assert_eq!(actions(&effects), ["abort@0"]);
         assert_eq!((s.phase, s.canary_weight()), (Phase::Aborted, Some(0)));
@@ -811,11 +868,18 @@ mod tests {
         let (mut s, effects) = RolloutState::start(&spec, "h", 0);
         assert_eq!(actions(&effects), ["gate@10"]);
         assert_eq!(s.canary_weight(), Some(0), "not served before the webhooks agree");
-        assert!(!s.tick(&spec, 5 * SEC, &healthy()).0, "nothing judged while gated");
+        assert!(
+            !s.tick(&spec, 5 * SEC, &healthy()).0,
+            "nothing judged while gated"
+        );
         let effects = s.gate_result(&spec, 4 * SEC, false, "500".into());
         assert_eq!(actions(&effects), ["hold@0"]);
         let (_, effects) = s.tick(&spec, 5 * SEC, &IntervalFigures::default());
-        assert_eq!(actions(&effects), ["gate@10"], "the first step is asked for again");
+        assert_eq!(
+            actions(&effects),
+            ["gate@10"],
+            "the first step is asked for again"
+        );
         let effects = s.gate_result(&spec, 5 * SEC, true, "200".into());
         assert_eq!(actions(&effects), ["step@10"]);
         let (_, effects) = s.tick(&spec, 6 * SEC, &healthy());
@@ -825,7 +889,11 @@ mod tests {
         assert_eq!((s.step, s.canary_weight()), (0, Some(10)));
         assert!(s.waiting.as_ref().unwrap().contains("held by a pre_step webhook"));
         let (_, effects) = s.tick(&spec, 7 * SEC, &healthy());
-        assert_eq!(actions(&effects), ["gate@50"], "asked again after another passing interval");
+        assert_eq!(
+            actions(&effects),
+            ["gate@50"],
+            "asked again after another passing interval"
+        );
         s.gate_result(&spec, 7 * SEC, true, "200".into());
         assert_eq!(s.canary_weight(), Some(50));
     }
@@ -843,7 +911,15 @@ mod tests {
         let spec = spec("");
         let (mut s, _) = RolloutState::start(&spec, "h", 0);
         for i in 0..200 {
-            s.apply(&spec, i, if i % 2 == 0 { Command::Pause } else { Command::Resume });
+            s.apply(
+                &spec,
+                i,
+                if i % 2 == 0 {
+                    Command::Pause
+                } else {
+                    Command::Resume
+                },
+            );
         }
         assert_eq!(s.history.len(), HISTORY);
         let json = serde_json::to_vec(&s).unwrap();

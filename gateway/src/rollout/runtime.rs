@@ -104,7 +104,18 @@ pub async fn run(gateway: Arc<Gateway>, store: Arc<dyn RolloutStore>) {
             let entry = seen.entry(route.id.clone()).or_insert(Seen {
                 last_analysis_ms: None,
             });
-            if let Err(e) = step_route(&gateway, &*store, &client, &route.id, spec, &route.split, entry, first).await {
+            if let Err(e) = step_route(
+                &gateway,
+                &*store,
+                &client,
+                &route.id,
+                spec,
+                &route.split,
+                entry,
+                first,
+            )
+            .await
+            {
                 tracing::warn!(route = %route.id, "rollout: {e}");
             }
         }
@@ -190,7 +201,7 @@ async fn step_route(
         return Ok(());
     };
     match state.weight {
-        Some(w) => split.set_override(Some(&split_weights(&split.base(), canary, w))),
+        Some(w) => split.set_override(Some(split_weights(&split.base(), canary, w).as_slice())),
         None => split.set_override(None),
     };
     let metrics = &gateway.rollouts.metrics;
@@ -320,7 +331,12 @@ fn payload(route: &str, action: &str, step: usize, weight: u32, state: &RolloutS
 
 /// Calls every webhook subscribed to `event`, in order; all must answer 2xx for
 /// `true`. The detail names the first that did not (or says all agreed).
-async fn call_all(client: &HttpClient, hooks: &[WebhookConfig], event: WebhookEvent, body: &Bytes) -> (bool, String) {
+async fn call_all(
+    client: &HttpClient,
+    hooks: &[WebhookConfig],
+    event: WebhookEvent,
+    body: &Bytes,
+) -> (bool, String) {
     for hook in hooks.iter().filter(|h| h.on.contains(&event)) {
         if let Err(why) = call(client, hook, body.clone()).await {
             return (false, format!("{}: {why}", hook.url));
@@ -365,7 +381,10 @@ mod tests {
 
     #[test]
     fn interval_figures_sum_replicas_and_survive_a_restart() {
-        let baseline = vec![("a".to_string(), vec![s(10), s(5)]), ("b".to_string(), vec![s(100), s(50)])];
+        let baseline = vec![
+            ("a".to_string(), vec![s(10), s(5)]),
+            ("b".to_string(), vec![s(100), s(50)]),
+        ];
         let now = vec![
             ("a".to_string(), vec![s(30), s(15)]),
             // b restarted: its counts went down, so they count from 0.
