@@ -431,7 +431,7 @@ impl RolloutState {
         });
     }
 
-    fn to_zero(
+    fn fall_to_zero(
         &mut self,
         phase: Phase,
         action: &str,
@@ -499,7 +499,7 @@ impl RolloutState {
                 self.failed += 1;
                 let limit = spec.analysis.failed_checks;
                 if self.failed >= limit {
-                    self.to_zero(
+                    self.fall_to_zero(
                         Phase::RolledBack,
                         "rollback",
                         now_ms,
@@ -615,7 +615,7 @@ impl RolloutState {
                 (false, effects)
             }
             Command::Abort => {
-                self.to_zero(
+                self.fall_to_zero(
                     Phase::Aborted,
                     "abort",
                     now_ms,
@@ -647,10 +647,8 @@ pub fn split_weights(base: &[u32], canary: usize, percent: u32) -> Vec<u32> {
         .map(|(i, &w)| {
             let v = if i == canary {
                 percent * 100
-            } else if others == 0 {
-                0
             } else {
-                (rest * u64::from(w) + others / 2) / others
+                (rest * u64::from(w) + others / 2).checked_div(others).unwrap_or(0)
             };
             u32::try_from(v).unwrap_or(u32::MAX)
         })
