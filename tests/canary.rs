@@ -30,7 +30,12 @@ async fn send(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> 
     }
     let resp = req.send().await.expect("request through the gateway");
     assert_eq!(resp.status(), StatusCode::OK);
-    let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     Seen {
         upstream: upstream_of(&resp),
         decision: h("x-sluice-backend").unwrap_or_default(),
@@ -66,7 +71,12 @@ async fn many(
         .collect();
     let mut all = Vec::with_capacity(n);
     for t in tasks {
-        all.extend(tokio::time::timeout(Duration::from_secs(120), t).await.expect("bounded in time").expect("task"));
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("bounded in time")
+                .expect("task"),
+        );
     }
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, s)| s).collect()
@@ -83,7 +93,15 @@ fn tally(seen: &[Seen]) -> BTreeMap<String, usize> {
 /// Upstreams `stable` and `canary`, route `api` over them with these weights and a
 /// `canary` filter with `spec` (YAML flow), after `before` (filters before it), with
 /// `server` settings.
-fn config(ups: &[TestUpstream], stable: u32, canary: u32, server: &str, head: &str, before: &str, spec: &str) -> String {
+fn config(
+    ups: &[TestUpstream],
+    stable: u32,
+    canary: u32,
+    server: &str,
+    head: &str,
+    before: &str,
+    spec: &str,
+) -> String {
     format!(
         r#"
 server: {{{server}}}
@@ -106,7 +124,8 @@ fn metric(m: &crate::support::Metrics, name: &str, labels: &[(&str, &str)]) -> u
 }
 
 #[tokio::test]
-async fn weights_through_the_filter_are_within_one_point_over_ten_thousand_requests_and_counted_per_version() {
+async fn weights_through_the_filter_are_within_one_point_over_ten_thousand_requests_and_counted_per_version()
+{
     let ups = TestUpstream::start_many(&["stable", "canary"]).await;
     let yaml = config(&ups, 90, 10, "", "", "", "{response_header: x-sluice-backend}");
     let gw = Gateway::start(&yaml, &[&ups[0], &ups[1]]).await;
@@ -122,18 +141,48 @@ async fn weights_through_the_filter_are_within_one_point_over_ten_thousand_reque
     // Per-version figures: responses by class, the latency histogram, the decisions.
     let m = gw
         .metrics_when(Duration::from_secs(10), |m| {
-            m.value("sluice_backend_responses_total", &[("route", "api"), ("backend", "canary"), ("class", "2xx")])
-                as usize
+            m.value(
+                "sluice_backend_responses_total",
+                &[("route", "api"), ("backend", "canary"), ("class", "2xx")],
+            ) as usize
                 == canary
         })
         .await;
     for (b, n) in [("stable", stable), ("canary", canary)] {
         let l = [("route", "api"), ("backend", b)];
-        assert_eq!(metric(&m, "sluice_backend_responses_total", &[l[0], l[1], ("class", "2xx")]), n);
-        assert_eq!(metric(&m, "sluice_backend_responses_total", &[l[0], l[1], ("class", "5xx")]), 0);
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_backend_responses_total",
+                &[l[0], l[1], ("class", "2xx")]
+            ),
+            n
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_backend_responses_total",
+                &[l[0], l[1], ("class", "5xx")]
+            ),
+            0
+        );
         assert_eq!(metric(&m, "sluice_backend_request_duration_seconds_count", &l), n);
-        assert_eq!(metric(&m, "sluice_backend_decisions_total", &[l[0], l[1], ("reason", "weight")]), n);
-        assert_eq!(metric(&m, "sluice_backend_decisions_total", &[l[0], l[1], ("reason", "header")]), 0);
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_backend_decisions_total",
+                &[l[0], l[1], ("reason", "weight")]
+            ),
+            n
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "sluice_backend_decisions_total",
+                &[l[0], l[1], ("reason", "header")]
+            ),
+            0
+        );
     }
 }
 
@@ -172,23 +221,58 @@ async fn header_cookie_query_source_and_consumer_rules_override_the_weights_in_p
         (&[("x-canary", "yes")], "stable", "stable; reason=weight"),
         (&[("x-version", "v2.1")], "canary", "canary; reason=header"),
         (&[("x-version", "v20")], "stable", "stable; reason=weight"),
-        (&[("cookie", "a=b; canary=always")], "canary", "canary; reason=cookie"),
+        (
+            &[("cookie", "a=b; canary=always")],
+            "canary",
+            "canary; reason=cookie",
+        ),
         // The header's `never` beats the cookie's `always` (header > cookie).
-        (&[("x-canary", "never"), ("cookie", "canary=always")], "stable", "stable; reason=header"),
+        (
+            &[("x-canary", "never"), ("cookie", "canary=always")],
+            "stable",
+            "stable; reason=header",
+        ),
         (&[("cookie", "canary=never")], "stable", "stable; reason=cookie"),
         // The cookie's `never` beats the query (cookie > query).
-        (&[("cookie", "canary=never"), ("x-forwarded-for", "10.9.8.7")], "stable", "stable; reason=cookie"),
-        (&[("x-forwarded-for", "10.9.8.7")], "canary", "canary; reason=source"),
-        (&[("x-forwarded-for", "2001:db8::5")], "canary", "canary; reason=source"),
-        (&[("x-forwarded-for", "192.0.2.1")], "stable", "stable; reason=weight"),
+        (
+            &[("cookie", "canary=never"), ("x-forwarded-for", "10.9.8.7")],
+            "stable",
+            "stable; reason=cookie",
+        ),
+        (
+            &[("x-forwarded-for", "10.9.8.7")],
+            "canary",
+            "canary; reason=source",
+        ),
+        (
+            &[("x-forwarded-for", "2001:db8::5")],
+            "canary",
+            "canary; reason=source",
+        ),
+        (
+            &[("x-forwarded-for", "192.0.2.1")],
+            "stable",
+            "stable; reason=weight",
+        ),
         (&[("apikey", ALICE_KEY)], "canary", "canary; reason=consumer"),
-        (&[("apikey", ALICE_KEY), ("x-canary", "never")], "stable", "stable; reason=header"),
+        (
+            &[("apikey", ALICE_KEY), ("x-canary", "never")],
+            "stable",
+            "stable; reason=header",
+        ),
     ];
     let mut ids = Vec::new();
     for (headers, upstream, decision) in cases {
         let s = send(&client, &url, headers).await;
-        assert_eq!((s.upstream.as_str(), s.decision.as_str()), (*upstream, *decision), "{headers:?}");
-        ids.push((s.request_id, decision.split("reason=").nth(1).unwrap_or_default().to_string()));
+        assert_eq!(
+            (s.upstream.as_str(), s.decision.as_str()),
+            (*upstream, *decision),
+            "{headers:?}"
+        );
+        ids.push((
+            s.request_id,
+            decision.split("reason=").nth(1).unwrap_or_default().to_string(),
+        ));
     }
     // The query rule, alone and below the cookie.
     let q = gw.http_url("/x?b=2&version=v2");
@@ -216,12 +300,19 @@ async fn header_cookie_query_source_and_consumer_rules_override_the_weights_in_p
     .await;
     let all = lines();
     for (id, reason) in &ids {
-        let line = all.iter().find(|l| l["request_id"] == id.as_str()).expect("a line per request");
+        let line = all
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .expect("a line per request");
         assert_eq!(line["backend_reason"], reason.as_str(), "{line}");
     }
     let m = gw.metrics().await;
     let d = |b: &str, r: &str| {
-        metric(&m, "sluice_backend_decisions_total", &[("route", "api"), ("backend", b), ("reason", r)])
+        metric(
+            &m,
+            "sluice_backend_decisions_total",
+            &[("route", "api"), ("backend", b), ("reason", r)],
+        )
     };
     assert_eq!(d("canary", "header"), 2);
     assert_eq!(d("canary", "source"), 2);
@@ -253,17 +344,24 @@ async fn sticky_keys_stay_put_follow_the_weight_and_stay_on_the_canary_when_its_
     let after = many(&gw, KEYS, 8, user).await;
     for (i, s) in after.iter().enumerate() {
         if on_canary[i] {
-            assert_eq!(s.upstream, "canary", "key user-{i} left the canary when its weight rose");
+            assert_eq!(
+                s.upstream, "canary",
+                "key user-{i} left the canary when its weight rose"
+            );
         }
     }
     let n = after.iter().filter(|s| s.upstream == "canary").count();
-    assert!((1_900..=2_100).contains(&n), "{n} of {KEYS} keys on the canary at 40%");
+    assert!(
+        (1_900..=2_100).contains(&n),
+        "{n} of {KEYS} keys on the canary at 40%"
+    );
 }
 
 #[tokio::test]
 async fn keyless_clients_get_a_cookie_and_stay_on_their_version() {
     let ups = TestUpstream::start_many(&["stable", "canary"]).await;
-    let spec = "{sticky: {key: cookie, cookie: {max_age: 1d, same_site: lax}}, response_header: x-sluice-backend}";
+    let spec =
+        "{sticky: {key: cookie, cookie: {max_age: 1d, same_site: lax}}, response_header: x-sluice-backend}";
     let gw = Gateway::start(&config(&ups, 50, 50, "", "", "", spec), &[&ups[0], &ups[1]]).await;
     let client = http_client();
     let url = gw.http_url("/x");
@@ -273,7 +371,10 @@ async fn keyless_clients_get_a_cookie_and_stay_on_their_version() {
         assert!(s.decision.ends_with("reason=weight"), "{s:?}");
         let cookie = s.set_cookie.clone().expect("a keyless client gets a cookie");
         assert!(cookie.starts_with("sluice_canary="), "{cookie}");
-        assert!(cookie.contains("; Max-Age=86400") && cookie.contains("; SameSite=Lax"), "{cookie}");
+        assert!(
+            cookie.contains("; Max-Age=86400") && cookie.contains("; SameSite=Lax"),
+            "{cookie}"
+        );
         let pair = cookie.split(';').next().unwrap_or_default().to_string();
         for _ in 0..5 {
             let again = send(&client, &url, &[("cookie", &pair)]).await;

@@ -356,8 +356,10 @@ impl Metrics {
         VersionMetrics {
             by_class: CLASSES.map(|c| self.backend_responses.with_label_values(&[route, backend, c])),
             latency: self.backend_latency.with_label_values(&[route, backend]),
-            decisions: sluice_filters::BackendReason::ALL
-                .map(|r| self.backend_decisions.with_label_values(&[route, backend, r.as_str()])),
+            decisions: sluice_filters::BackendReason::ALL.map(|r| {
+                self.backend_decisions
+                    .with_label_values(&[route, backend, r.as_str()])
+            }),
         }
     }
 

@@ -27,10 +27,16 @@ pub fn backend(ctx: &mut Ctx) -> Option<Answer> {
     };
     // The split decides when no filter did (or a filter named no backend of the route).
     let (chosen, reason) = match named {
-        Some(i) => (Some(i), ctx.filter.backend_reason.unwrap_or(BackendReason::Weight)),
+        Some(i) => (
+            Some(i),
+            ctx.filter.backend_reason.unwrap_or(BackendReason::Weight),
+        ),
         None => (route.split.next(), BackendReason::Weight),
     };
-    if let Some(b) = chosen.and_then(|i| route.backends.get(i)).filter(|_| route.backends.len() > 1) {
+    if let Some(b) = chosen
+        .and_then(|i| route.backends.get(i))
+        .filter(|_| route.backends.len() > 1)
+    {
         b.version.decision(reason);
     }
     match chosen {

@@ -291,7 +291,10 @@ fn build(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>
     // config may not).
     let route = ctx.config.routes.iter().find(|r| r.id == ctx.route);
     let backends = route.map(|r| r.backend_list());
-    let canary = Canary::new(&spec, backends.as_deref().map(|b| b.iter().map(|b| b.upstream.as_str())))?;
+    let canary = Canary::new(
+        &spec,
+        backends.as_deref().map(|b| b.iter().map(|b| b.upstream.as_str())),
+    )?;
     let split = match &backends {
         Some(b) if !b.is_empty() => {
             let ids: Vec<Arc<str>> = b.iter().map(|b| Arc::from(b.upstream.as_str())).collect();
@@ -320,7 +323,10 @@ enum Cond {
     Cookie(String, ValueTest),
     Query(String, ValueTest),
     Source(IpSet),
-    Consumer { ids: Vec<Arc<str>>, groups: Vec<Arc<str>> },
+    Consumer {
+        ids: Vec<Arc<str>>,
+        groups: Vec<Arc<str>>,
+    },
 }
 
 /// A compiled rule.
@@ -374,8 +380,8 @@ impl Rule {
             Cond::Source(set) => ctx.client_ip.filter(|ip| set.contains(*ip)).map(|_| Verdict::To),
             Cond::Consumer { ids, groups } => {
                 let who = ctx.identity.as_ref()?;
-                let hit = ids.iter().any(|c| *c == who.consumer)
-                    || who.groups.iter().any(|g| groups.contains(g));
+                let hit =
+                    ids.iter().any(|c| *c == who.consumer) || who.groups.iter().any(|g| groups.contains(g));
                 hit.then_some(Verdict::To)
             }
         }
@@ -495,7 +501,10 @@ impl Canary {
                 let name = match HeaderName::from_bytes(h.name.as_bytes()) {
                     Ok(n) => n,
                     Err(_) => {
-                        errors.push(SpecError::at(at("header.name"), format!("{:?} is not a header name", h.name)));
+                        errors.push(SpecError::at(
+                            at("header.name"),
+                            format!("{:?} is not a header name", h.name),
+                        ));
                         continue;
                     }
                 };
@@ -526,17 +535,30 @@ impl Canary {
                 }
                 (Stage::Source, Cond::Source(IpSet::new(&nets)))
             } else {
-                let ids: Vec<Arc<str>> = r.consumer.iter().flatten().map(|c| Arc::from(c.as_str())).collect();
-                let groups: Vec<Arc<str>> = r.groups.iter().flatten().map(|g| Arc::from(g.as_str())).collect();
+                let ids: Vec<Arc<str>> = r
+                    .consumer
+                    .iter()
+                    .flatten()
+                    .map(|c| Arc::from(c.as_str()))
+                    .collect();
+                let groups: Vec<Arc<str>> =
+                    r.groups.iter().flatten().map(|g| Arc::from(g.as_str())).collect();
                 if ids.is_empty() && groups.is_empty() {
-                    errors.push(SpecError::at(format!("rules[{i}]"), "`consumer`/`groups` need at least one entry"));
+                    errors.push(SpecError::at(
+                        format!("rules[{i}]"),
+                        "`consumer`/`groups` need at least one entry",
+                    ));
                 }
                 (Stage::Consumer, Cond::Consumer { ids, groups })
             };
             if !order.contains(&stage) {
                 errors.push(SpecError::at(
                     format!("rules[{i}]"),
-                    format!("a `{}` rule, but `precedence` does not list `{}`", stage.as_str(), stage.as_str()),
+                    format!(
+                        "a `{}` rule, but `precedence` does not list `{}`",
+                        stage.as_str(),
+                        stage.as_str()
+                    ),
                 ));
             }
             let rule = Rule {
@@ -550,13 +572,19 @@ impl Canary {
         }
         let sticky = spec.sticky.as_ref().and_then(|s| sticky_of(s, &mut errors));
         if spec.sticky.is_some() && !order.contains(&Stage::Sticky) {
-            errors.push(SpecError::at("sticky", "set, but `precedence` does not list `sticky`"));
+            errors.push(SpecError::at(
+                "sticky",
+                "set, but `precedence` does not list `sticky`",
+            ));
         }
         let response_header = match &spec.response_header {
             Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    errors.push(SpecError::at("response_header", format!("{h:?} is not a header name")));
+                    errors.push(SpecError::at(
+                        "response_header",
+                        format!("{h:?} is not a header name"),
+                    ));
                     None
                 }
             },
@@ -641,7 +669,9 @@ impl Canary {
         new_key: &mut Option<String>,
     ) -> Option<Decision> {
         let s = self.sticky.as_ref()?;
-        let on = |key: &[u8], reason| sticky::backend_for(sticky::point(key), &table.weights).map(|i| Decision::Index(i, reason));
+        let on = |key: &[u8], reason| {
+            sticky::backend_for(sticky::point(key), &table.weights).map(|i| Decision::Index(i, reason))
+        };
         let mut ip = [0u8; 16];
         let key: Option<&[u8]> = match &s.key {
             StickyKeyOf::Cookie(name) => crate::cookie::get(req.headers, name).map(str::as_bytes),
@@ -683,7 +713,10 @@ fn value_test(v: &ValueMatchSpec, at: &str, errors: &mut Vec<SpecError>) -> Opti
     }
     let n = usize::from(v.exact.is_some()) + usize::from(v.regex.is_some()) + usize::from(v.present);
     if n > 1 {
-        errors.push(SpecError::at(at, "give at most one of `exact`, `regex`, `present`"));
+        errors.push(SpecError::at(
+            at,
+            "give at most one of `exact`, `regex`, `present`",
+        ));
         return None;
     }
     if let Some(e) = &v.exact {
@@ -720,7 +753,10 @@ fn sticky_of(s: &StickySpec, errors: &mut Vec<SpecError>) -> Option<Sticky> {
             }
         },
         StickyKey::Consumer | StickyKey::ClientIp if s.name.is_some() => {
-            errors.push(SpecError::at("sticky.name", "only with `key: cookie` or `key: header`"));
+            errors.push(SpecError::at(
+                "sticky.name",
+                "only with `key: cookie` or `key: header`",
+            ));
             return None;
         }
         StickyKey::Consumer => StickyKeyOf::Consumer,
@@ -745,11 +781,17 @@ fn sticky_of(s: &StickySpec, errors: &mut Vec<SpecError>) -> Option<Sticky> {
     };
     let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
     if name.is_empty() || !name.chars().all(token) {
-        errors.push(SpecError::at("sticky.cookie.name", format!("{name:?} is not a cookie name")));
+        errors.push(SpecError::at(
+            "sticky.cookie.name",
+            format!("{name:?} is not a cookie name"),
+        ));
         return None;
     }
     if spec.path.chars().any(|c| c == ';' || c.is_ascii_control()) {
-        errors.push(SpecError::at("sticky.cookie.path", "must not hold `;` or control characters"));
+        errors.push(SpecError::at(
+            "sticky.cookie.path",
+            "must not hold `;` or control characters",
+        ));
         return None;
     }
     let mut attributes = format!("; Path={}", spec.path);
@@ -783,7 +825,8 @@ impl Filter for Canary {
     fn phases(&self) -> Phases {
         Phases {
             request: true,
-            response: self.response_header.is_some() || self.sticky.as_ref().is_some_and(|s| s.cookie.is_some()),
+            response: self.response_header.is_some()
+                || self.sticky.as_ref().is_some_and(|s| s.cookie.is_some()),
             ..Phases::default()
         }
     }

@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(share_of_points(&[1, 0], 0), SPACE);
         assert_eq!(backend_for(5, &[0, 0]), None);
         // A zero-weight base with a canary below another: the canaries tile the space.
-        assert_eq!(share_of_points(&[0, 1, 1], 1) + share_of_points(&[0, 1, 1], 2), SPACE);
+        assert_eq!(
+            share_of_points(&[0, 1, 1], 1) + share_of_points(&[0, 1, 1], 2),
+            SPACE
+        );
     }
 
     #[test]

@@ -19,11 +19,19 @@ fn errors(yaml: &str) -> Vec<String> {
     let spec: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
     let spec: CanarySpec = match parse(&spec) {
         Ok(s) => s,
-        Err(es) => return es.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        Err(es) => {
+            return es
+                .into_iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect()
+        }
     };
     match Canary::new(&spec, Some(["stable", "canary"].into_iter())) {
         Ok(_) => vec![],
-        Err(es) => es.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        Err(es) => es
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect(),
     }
 }
 
@@ -91,23 +99,53 @@ fn header_beats_cookie_beats_query_beats_source_beats_consumer_by_default() {
         }),
         ..FilterCtx::default()
     };
-    let r = Req::new(&[("x-canary", "never"), ("cookie", "canary=always")], Some("version=v2"));
+    let r = Req::new(
+        &[("x-canary", "never"), ("cookie", "canary=always")],
+        Some("version=v2"),
+    );
     // `never` on the header wins over the cookie's `always`: pinned to the base.
-    assert_eq!(decide(&c, &split, &r, &ctx).0, Decision::Index(0, BackendReason::Header));
-    let r = Req::new(&[("x-canary", "maybe"), ("cookie", "canary=always")], Some("version=v2"));
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("canary", BackendReason::Cookie));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        Decision::Index(0, BackendReason::Header)
+    );
+    let r = Req::new(
+        &[("x-canary", "maybe"), ("cookie", "canary=always")],
+        Some("version=v2"),
+    );
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("canary", BackendReason::Cookie)
+    );
     let r = Req::new(&[], Some("a=1&version=v2"));
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("canary", BackendReason::Query));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("canary", BackendReason::Query)
+    );
     let r = Req::new(&[], Some("version=v3"));
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("canary", BackendReason::Source));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("canary", BackendReason::Source)
+    );
     ctx.client_ip = Some("192.168.0.1".parse().unwrap());
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("beta", BackendReason::Consumer));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("beta", BackendReason::Consumer)
+    );
     ctx.identity = None;
-    assert_eq!(decide(&c, &split, &r, &ctx).0, Decision::Index(0, BackendReason::Weight));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        Decision::Index(0, BackendReason::Weight)
+    );
     let r = Req::new(&[("x-beta", "b12")], None);
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("beta", BackendReason::Header));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("beta", BackendReason::Header)
+    );
     let r = Req::new(&[("x-beta", "xb12")], None);
-    assert_eq!(decide(&c, &split, &r, &ctx).0, Decision::Index(0, BackendReason::Weight));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        Decision::Index(0, BackendReason::Weight)
+    );
 }
 
 #[test]
@@ -122,9 +160,15 @@ fn an_explicit_precedence_reorders_the_stages() {
         ..FilterCtx::default()
     };
     let r = Req::new(&[("x-canary", "always"), ("cookie", "canary=always")], None);
-    assert_eq!(decide(&c, &split, &r, &ctx).0, named("beta", BackendReason::Consumer));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        named("beta", BackendReason::Consumer)
+    );
     let anon = FilterCtx::default();
-    assert_eq!(decide(&c, &split, &r, &anon).0, named("canary", BackendReason::Cookie));
+    assert_eq!(
+        decide(&c, &split, &r, &anon).0,
+        named("canary", BackendReason::Cookie)
+    );
 }
 
 #[test]
@@ -143,7 +187,10 @@ fn the_weighted_stage_follows_the_live_split_exactly() {
     assert_eq!(counts, [90, 10]);
     // A rollout's override applies at once.
     split.set_override(Some(&[0, 1]));
-    assert_eq!(decide(&c, &split, &r, &ctx).0, Decision::Index(1, BackendReason::Weight));
+    assert_eq!(
+        decide(&c, &split, &r, &ctx).0,
+        Decision::Index(1, BackendReason::Weight)
+    );
 }
 
 #[test]
@@ -163,7 +210,10 @@ fn sticky_keys_stay_and_keyless_clients_get_a_key_placed_by_weight() {
             on_canary += 1;
         }
     }
-    assert!((900..=1_100).contains(&on_canary), "{on_canary} of 5000 keys on the canary");
+    assert!(
+        (900..=1_100).contains(&on_canary),
+        "{on_canary} of 5000 keys on the canary"
+    );
     // No header: a random key, then the cookie holding it keeps the client put.
     let (d, key) = decide(&c, &split, &Req::new(&[], None), &ctx);
     let key = key.expect("a keyless client gets a key");
@@ -171,7 +221,10 @@ fn sticky_keys_stay_and_keyless_clients_get_a_key_placed_by_weight() {
     let Decision::Index(i, BackendReason::Weight) = d else {
         panic!("{d:?}")
     };
-    assert_eq!(decide(&c, &split, &again, &ctx), (Decision::Index(i, BackendReason::Sticky), None));
+    assert_eq!(
+        decide(&c, &split, &again, &ctx),
+        (Decision::Index(i, BackendReason::Sticky), None)
+    );
 }
 
 #[test]
@@ -199,8 +252,10 @@ fn sticky_keys_on_the_canary_stay_when_its_weight_rises() {
 
 #[test]
 fn the_response_names_the_backend_and_reason_and_sets_the_sticky_cookie() {
-    let c = canary("sticky: {key: cookie, cookie: {max_age: 1h, secure: true}}\nresponse_header: x-sluice-backend\n")
-        .with_split(Arc::new(LiveSplit::new(&ids(&["stable", "canary"]), &[1, 1])));
+    let c = canary(
+        "sticky: {key: cookie, cookie: {max_age: 1h, secure: true}}\nresponse_header: x-sluice-backend\n",
+    )
+    .with_split(Arc::new(LiveSplit::new(&ids(&["stable", "canary"]), &[1, 1])));
     assert!(c.phases().response);
     let r = Req::new(&[], None);
     let mut ctx = FilterCtx::default();
@@ -213,7 +268,10 @@ fn the_response_names_the_backend_and_reason_and_sets_the_sticky_cookie() {
     assert_eq!(out["x-sluice-backend"], format!("{id}; reason=weight").as_str());
     let cookie = out[http::header::SET_COOKIE].to_str().unwrap();
     assert!(cookie.starts_with("sluice_canary="), "{cookie}");
-    assert!(cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; Secure"), "{cookie}");
+    assert!(
+        cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; Secure"),
+        "{cookie}"
+    );
     // With the cookie back, the same backend, now as sticky.
     let value = cookie.split(';').next().unwrap();
     let r = Req::new(&[("cookie", value)], None);
@@ -241,7 +299,10 @@ fn a_client_ip_key_uses_the_address() {
         let Decision::Index(b, BackendReason::Sticky) = decide(&c, &split, &r, &ctx).0 else {
             panic!()
         };
-        assert_eq!(decide(&c, &split, &r, &ctx).0, Decision::Index(b, BackendReason::Sticky));
+        assert_eq!(
+            decide(&c, &split, &r, &ctx).0,
+            Decision::Index(b, BackendReason::Sticky)
+        );
         seen[b] += 1;
     }
     assert!(seen[0] > 50 && seen[1] > 50, "{seen:?}");
