@@ -293,9 +293,10 @@ async fn header_cookie_query_source_and_consumer_rules_override_the_weights_in_p
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     };
+    let want = ids.len();
     eventually(Duration::from_secs(10), "the access-log lines", || {
         let n = lines().iter().filter(|l| l["route"] == "api").count();
-        async move { n >= ids.len() }
+        async move { n >= want }
     })
     .await;
     let all = lines();
