@@ -380,8 +380,7 @@ impl Rule {
             Cond::Source(set) => ctx.client_ip.filter(|ip| set.contains(*ip)).map(|_| Verdict::To),
             Cond::Consumer { ids, groups } => {
                 let who = ctx.identity.as_ref()?;
-                let hit =
-                    ids.iter().any(|c| *c == who.consumer) || who.groups.iter().any(|g| groups.contains(g));
+                let hit = ids.contains(&who.consumer) || who.groups.iter().any(|g| groups.contains(g));
                 hit.then_some(Verdict::To)
             }
         }

@@ -150,7 +150,9 @@ fn header_beats_cookie_beats_query_beats_source_beats_consumer_by_default() {
 
 #[test]
 fn an_explicit_precedence_reorders_the_stages() {
-    let c = canary(&format!("{ALL_RULES}precedence: [consumer, cookie, header, query, source]\n"));
+    let c = canary(&format!(
+        "{ALL_RULES}precedence: [consumer, cookie, header, query, source]\n"
+    ));
     let split = LiveSplit::new(&ids(&["stable", "canary", "beta"]), &[1, 0, 0]);
     let ctx = FilterCtx {
         identity: Some(Identity {
