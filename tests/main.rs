@@ -16,6 +16,7 @@ mod access_limits;
 mod access_log;
 mod admin;
 mod backends;
+mod canary;
 mod chaos;
 mod config_center;
 mod dashboard;

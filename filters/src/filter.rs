@@ -191,6 +191,57 @@ pub enum BackendHint {
     Upstream(Arc<str>),
 }
 
+/// Why a request went to the backend it went to: a closed set, for the access log, the
+/// response header a canary adds and `sluice_backend_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendReason {
+    /// The route's weighted split (live weights, a rollout's override included).
+    Weight,
+    /// A canary rule on a request header.
+    Header,
+    /// A canary rule on a cookie.
+    Cookie,
+    /// A canary rule on a query parameter.
+    Query,
+    /// A canary rule on the client's network.
+    Source,
+    /// A canary rule on the consumer or its groups.
+    Consumer,
+    /// The client's sticky key (hashed onto the live weights).
+    Sticky,
+}
+
+impl BackendReason {
+    /// Every reason, in [`BackendReason::index`] order (for metric handles resolved once).
+    pub const ALL: [BackendReason; 7] = [
+        BackendReason::Weight,
+        BackendReason::Header,
+        BackendReason::Cookie,
+        BackendReason::Query,
+        BackendReason::Source,
+        BackendReason::Consumer,
+        BackendReason::Sticky,
+    ];
+
+    /// The name in logs, headers and metric labels (`weight`, `header`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendReason::Weight => "weight",
+            BackendReason::Header => "header",
+            BackendReason::Cookie => "cookie",
+            BackendReason::Query => "query",
+            BackendReason::Source => "source",
+            BackendReason::Consumer => "consumer",
+            BackendReason::Sticky => "sticky",
+        }
+    }
+
+    /// The position in [`BackendReason::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Per-request state the filters share: set by one filter, read by later ones and by
 /// the gateway's later phases.
 #[derive(Debug, Default)]
@@ -203,6 +254,10 @@ pub struct FilterCtx {
     pub identity: Option<Identity>,
     /// Which backend should serve the request. Default: [`BackendHint::Split`].
     pub backend: BackendHint,
+    /// Why the backend was chosen: set by the filter that gave the hint (a canary), or
+    /// by the gateway (`weight`) when the split decided. Default: none (no backend
+    /// chosen yet, or the request was answered before).
+    pub backend_reason: Option<BackendReason>,
     /// What the last authentication filter decided (method and outcome), for
     /// `sluice_auth_total` and for later auth filters (a consumer already identified
     /// satisfies them). Default: none.

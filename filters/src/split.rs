@@ -37,6 +37,8 @@ pub enum WeightSource {
 /// One immutable set of weights and the exact sequence that serves them.
 #[derive(Debug)]
 pub struct SplitTable {
+    /// The backends' upstream ids, in the route's order (what `weights` are for).
+    pub backends: Box<[Arc<str>]>,
     /// The weight of each backend, in the route's backend order.
     pub weights: Box<[u32]>,
     /// Where they come from.
@@ -46,8 +48,9 @@ pub struct SplitTable {
 }
 
 impl SplitTable {
-    fn new(weights: &[u32], source: WeightSource) -> SplitTable {
+    fn new(backends: &[Arc<str>], weights: &[u32], source: WeightSource) -> SplitTable {
         SplitTable {
+            backends: backends.into(),
             weights: weights.into(),
             source,
             sequence: WeightedSequence::new(weights),
@@ -88,7 +91,7 @@ impl LiveSplit {
                 base: weights.to_vec(),
                 over: None,
             }),
-            table: ArcSwap::from_pointee(SplitTable::new(weights, WeightSource::Config)),
+            table: ArcSwap::from_pointee(SplitTable::new(backends, weights, WeightSource::Config)),
             stats: ArcSwap::from_pointee(backends.iter().map(|_| Arc::default()).collect()),
         }
     }
@@ -149,13 +152,13 @@ impl LiveSplit {
                 .store(Arc::new(backends.iter().map(|_| Arc::default()).collect()));
         }
         src.base = weights.to_vec();
-        self.publish(&src);
+        self.publish(&ids, &src);
     }
 
     /// Sets (`Some`) or clears (`None`) the override. Its length must be the number of
     /// backends; a wrong length is refused (`false`).
     pub fn set_override(&self, weights: Option<&[u32]>) -> bool {
-        let Ok(mut src) = self.sources.lock() else {
+        let (Ok(ids), Ok(mut src)) = (self.backends.lock(), self.sources.lock()) else {
             return false;
         };
         if let Some(w) = weights {
@@ -168,7 +171,7 @@ impl LiveSplit {
             return true;
         }
         src.over = new;
-        self.publish(&src);
+        self.publish(&ids, &src);
         true
     }
 
@@ -177,10 +180,10 @@ impl LiveSplit {
         self.sources.lock().map(|s| s.base.clone()).unwrap_or_default()
     }
 
-    fn publish(&self, src: &Sources) {
+    fn publish(&self, ids: &[Arc<str>], src: &Sources) {
         let table = match &src.over {
-            Some(w) => SplitTable::new(w, WeightSource::Override),
-            None => SplitTable::new(&src.base, WeightSource::Config),
+            Some(w) => SplitTable::new(ids, w, WeightSource::Override),
+            None => SplitTable::new(ids, &src.base, WeightSource::Config),
         };
         self.table.store(Arc::new(table));
     }

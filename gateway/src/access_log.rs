@@ -65,6 +65,8 @@ pub struct AccessRecord {
     /// The upstream id that served the request (a backend of the route, or its
     /// breaker's fallback).
     pub backend: Option<String>,
+    /// Why that backend was chosen (the line's `backend_reason`, left out when none).
+    pub backend_reason: Option<sluice_filters::BackendReason>,
     /// Retries started.
     pub retries: u32,
     /// The route's breaker state when the request ended; `None` without a breaker.
@@ -134,6 +136,11 @@ impl AccessRecord {
                 AccessField::UpstreamMs => field(o, &mut first, k, &self.upstream_time.map(millis)),
                 AccessField::Route => field(o, &mut first, k, &self.route),
                 AccessField::Backend => field(o, &mut first, k, &self.backend),
+                AccessField::BackendReason => {
+                    if let Some(r) = self.backend_reason {
+                        field(o, &mut first, k, r.as_str());
+                    }
+                }
                 AccessField::Retries => field(o, &mut first, k, &self.retries),
                 AccessField::Breaker => field(o, &mut first, k, &self.breaker.map(BreakerState::as_str)),
                 AccessField::UserAgent => field(o, &mut first, k, &self.user_agent),
@@ -241,6 +248,7 @@ mod tests {
             upstream_time: Some(Duration::from_millis(1)),
             route: Some("users".into()),
             backend: Some("users-v1".into()),
+            backend_reason: None,
             retries: 1,
             breaker: Some(BreakerState::HalfOpen),
             user_agent: Some("curl/8.5.0".into()),
@@ -290,6 +298,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["limit"], "hourly");
         assert_eq!(v["limit_decision"], "rejected");
+        let canary = AccessRecord {
+            backend_reason: Some(sluice_filters::BackendReason::Cookie),
+            ..record("c")
+        };
+        let mut out = Vec::new();
+        canary.write_line(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#""backend":"users-v1","backend_reason":"cookie","retries""#),
+            "{text}"
+        );
         let traced = AccessRecord {
             trace: Some(([0xab; 16], [0x01; 8])),
             ..record("z")

@@ -70,6 +70,16 @@ pub struct Metrics {
     /// `sluice_ratelimit_fallback_active`: Redis stores unreachable now (their limits use
     /// their fallback).
     pub ratelimit_fallback: IntGauge,
+    /// `sluice_backend_responses_total{route, backend, class}`: per version (backend) of
+    /// a route with several backends, requests by status class.
+    pub backend_responses: IntCounterVec,
+    /// `sluice_backend_request_duration_seconds{route, backend}`: per version, latency
+    /// from arrival to end.
+    pub backend_latency: HistogramVec,
+    /// `sluice_backend_decisions_total{route, backend, reason}`: why requests went to
+    /// each backend (`weight`, `header`, `cookie`, `query`, `source`, `consumer`,
+    /// `sticky`).
+    pub backend_decisions: IntCounterVec,
     unrouted: RouteMetrics,
 }
 
@@ -222,8 +232,31 @@ impl Metrics {
             "sluice_ratelimit_fallback_active",
             "Redis stores unreachable now, whose limits use their fallback.",
         ));
+        let backend_responses = counter(
+            "sluice_backend_responses_total",
+            "Requests served by each backend (version) of a route with several backends, by status class.",
+            &["route", "backend", "class"],
+        );
+        let backend_latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_backend_request_duration_seconds",
+                "Request latency from arrival to end, by route and backend (version).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route", "backend"],
+        ));
+        let backend_decisions = counter(
+            "sluice_backend_decisions_total",
+            "Backend choices of routes with several backends, by route, backend and reason.",
+            &["route", "backend", "reason"],
+        );
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backend_responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backend_latency.clone()),
+            Box::new(backend_decisions.clone()),
+            Box::new(requests.clone()),
             Box::new(auth.clone()),
             Box::new(ratelimit_decisions.clone()),
             Box::new(redis_duration.clone()),
@@ -277,6 +310,9 @@ impl Metrics {
             redis_duration,
             redis_errors,
             ratelimit_fallback,
+            backend_responses,
+            backend_latency,
+            backend_decisions,
             unrouted,
         }
     }
@@ -312,6 +348,19 @@ impl Metrics {
             handles.push((m, outcomes));
         }
         AuthMetrics { handles }
+    }
+
+    /// The per-version handles of backend `backend` of route `route` (resolved once per
+    /// route compile).
+    pub fn version(&self, route: &str, backend: &str) -> VersionMetrics {
+        VersionMetrics {
+            by_class: CLASSES.map(|c| self.backend_responses.with_label_values(&[route, backend, c])),
+            latency: self.backend_latency.with_label_values(&[route, backend]),
+            decisions: sluice_filters::BackendReason::ALL.map(|r| {
+                self.backend_decisions
+                    .with_label_values(&[route, backend, r.as_str()])
+            }),
+        }
     }
 
     /// Handles for requests no route matched.
@@ -471,5 +520,30 @@ pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=599 => CLASSES[class_index(status)],
         _ => "none",
+    }
+}
+
+/// Pre-resolved per-version handles of one backend of one route:
+/// `sluice_backend_responses_total`, `sluice_backend_request_duration_seconds` and
+/// `sluice_backend_decisions_total`.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    by_class: [IntCounter; 6],
+    latency: Histogram,
+    decisions: [IntCounter; 7],
+}
+
+impl VersionMetrics {
+    /// Counts one finished request this backend was chosen for.
+    #[inline]
+    pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        self.by_class[class_index(status)].inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one choice of this backend, and why.
+    #[inline]
+    pub fn decision(&self, reason: sluice_filters::BackendReason) {
+        self.decisions[reason.index()].inc();
     }
 }

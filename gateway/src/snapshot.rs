@@ -21,7 +21,7 @@ use sluice_filters::router::Router;
 use sluice_filters::split::LiveSplit;
 use sluice_filters::Chain;
 
-use crate::metrics::{AuthMetrics, RetryMetrics, RouteMetrics};
+use crate::metrics::{AuthMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
 use crate::resilience::{route_retry_policy, BreakerBinding};
 use crate::state::SharedState;
 use crate::upstream::Upstream;
@@ -47,6 +47,9 @@ pub struct Backend {
     pub retries: RetryMetrics,
     /// `sluice_retries_total` handles for (route, the breaker's fallback upstream).
     pub fallback_retries: Option<RetryMetrics>,
+    /// Per-version handles (responses by class, latency, decisions by reason) for
+    /// (route, this upstream); recorded when the route has several backends.
+    pub version: VersionMetrics,
 }
 
 /// One compiled route.
@@ -359,6 +362,7 @@ fn compile_route(
                 .backend_requests
                 .with_label_values(&[r.id.as_str(), up.id.as_str()]),
             retries: metrics.retries_for(&r.id, &up.id),
+            version: metrics.version(&r.id, &up.id),
             fallback_retries: fallback.as_ref().map(|f| metrics.retries_for(&r.id, &f.id)),
             served_by_fallback: fallback.as_ref().map(|f| {
                 metrics

@@ -110,6 +110,9 @@ pub enum AccessField {
     Route,
     /// The upstream id that served the request.
     Backend,
+    /// Why that backend was chosen: `weight`, `header`, `cookie`, `query`, `source`,
+    /// `consumer` or `sticky`; left out when no backend was chosen.
+    BackendReason,
     /// Retries started.
     Retries,
     /// The route's breaker state when the request ended.
@@ -134,7 +137,7 @@ pub enum AccessField {
 
 impl AccessField {
     /// Every field, in the default order.
-    pub const ALL: [AccessField; 23] = [
+    pub const ALL: [AccessField; 24] = [
         AccessField::Time,
         AccessField::RequestId,
         AccessField::Client,
@@ -149,6 +152,7 @@ impl AccessField {
         AccessField::UpstreamMs,
         AccessField::Route,
         AccessField::Backend,
+        AccessField::BackendReason,
         AccessField::Retries,
         AccessField::Breaker,
         AccessField::UserAgent,
@@ -177,6 +181,7 @@ impl AccessField {
             AccessField::UpstreamMs => "upstream_ms",
             AccessField::Route => "route",
             AccessField::Backend => "backend",
+            AccessField::BackendReason => "backend_reason",
             AccessField::Retries => "retries",
             AccessField::Breaker => "breaker",
             AccessField::UserAgent => "user_agent",

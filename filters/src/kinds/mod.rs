@@ -14,6 +14,7 @@ use crate::filter::Filter;
 
 pub mod acl;
 pub mod auth;
+pub mod canary;
 pub mod cors;
 pub mod direct_response;
 pub mod forward_auth;
@@ -138,6 +139,7 @@ pub static REGISTRY: &[Kind] = &[
     cors::KIND,
     forward_auth::KIND,
     limit_conn::KIND,
+    canary::KIND,
 ];
 
 /// The kind called `name`.

@@ -37,6 +37,9 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
         .observe(status, elapsed);
     if let (Some(r), Some(b)) = (route.filter(|r| r.backends.len() > 1), ctx.routing.backend) {
         r.split.record(b, status, elapsed);
+        if let Some(backend) = r.backends.get(b) {
+            backend.version.observe(status, elapsed);
+        }
     }
     if let (Some(note), Some(auth)) = (ctx.filter.auth, route.and_then(|r| r.auth_metrics.as_deref())) {
         auth.observe(note);
@@ -81,6 +84,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                 upstream_time: done.upstream_time,
                 route: done.route.map(str::to_string),
                 backend: done.backend.map(str::to_string),
+                backend_reason: ctx.filter.backend_reason.filter(|_| done.backend.is_some()),
                 retries: done.retries,
                 breaker: ctx.resilience.breaker_state,
                 user_agent: req

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pingora::prelude::*;
-use sluice_filters::BackendHint;
+use sluice_filters::{BackendHint, BackendReason};
 
 use super::{Answer, Ctx, InFlight};
 use crate::error::ErrorKind;
@@ -21,13 +21,28 @@ pub fn backend(ctx: &mut Ctx) -> Option<Answer> {
     if route.backends.is_empty() {
         return Some(Answer::Error(ErrorKind::Internal, "route has no upstream".into()));
     }
-    let chosen = match &ctx.filter.backend {
-        BackendHint::Split => route.split.next(),
-        BackendHint::Upstream(id) => route.backend_of(id).or_else(|| route.split.next()),
+    let named = match &ctx.filter.backend {
+        BackendHint::Split => None,
+        BackendHint::Upstream(id) => route.backend_of(id),
     };
+    // The split decides when no filter did (or a filter named no backend of the route).
+    let (chosen, reason) = match named {
+        Some(i) => (
+            Some(i),
+            ctx.filter.backend_reason.unwrap_or(BackendReason::Weight),
+        ),
+        None => (route.split.next(), BackendReason::Weight),
+    };
+    if let Some(b) = chosen
+        .and_then(|i| route.backends.get(i))
+        .filter(|_| route.backends.len() > 1)
+    {
+        b.version.decision(reason);
+    }
     match chosen {
         Some(i) => {
             ctx.routing.backend = Some(i);
+            ctx.filter.backend_reason = Some(reason);
             None
         }
         None => Some(Answer::Error(
