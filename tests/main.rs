@@ -39,3 +39,4 @@ mod tracing;
 mod transforms;
 mod upstream_tls;
 mod validate;
+mod mirror;
