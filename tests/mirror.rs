@@ -160,20 +160,39 @@ routes:
         seen.len()
     );
     assert_eq!(mirrored(&m, "orders", "sent") as usize, seen.len());
-    for outcome in ["failed", "timeout", "dropped_queue_full", "skipped_body", "no_endpoint"] {
+    for outcome in [
+        "failed",
+        "timeout",
+        "dropped_queue_full",
+        "skipped_body",
+        "no_endpoint",
+    ] {
         assert_eq!(mirrored(&m, "orders", outcome), 0.0, "{outcome}");
     }
     let host = gw.http_addr().to_string();
     let mut ids = std::collections::BTreeSet::new();
     for s in &seen {
-        let i: usize = s.test_id.as_deref().expect("the client's headers are copied").parse().unwrap();
+        let i: usize = s
+            .test_id
+            .as_deref()
+            .expect("the client's headers are copied")
+            .parse()
+            .unwrap();
         assert!(ids.insert(i), "request {i} copied twice");
         assert_eq!(s.method, if i % 3 == 0 { "GET" } else { "POST" }, "{s:?}");
         assert_eq!(s.path, format!("/orders/{i}"), "{s:?}");
         assert_eq!(s.query.as_deref(), Some(format!("q={i}").as_str()), "{s:?}");
-        assert_eq!(s.host.as_deref(), Some(host.as_str()), "Host as the client sent it: {s:?}");
+        assert_eq!(
+            s.host.as_deref(),
+            Some(host.as_str()),
+            "Host as the client sent it: {s:?}"
+        );
         assert_eq!(s.marker.as_deref(), Some("1"), "{s:?}");
-        let body = if i % 3 == 0 { String::new() } else { format!("body-{i}") };
+        let body = if i % 3 == 0 {
+            String::new()
+        } else {
+            format!("body-{i}")
+        };
         assert_eq!(s.body, body, "{s:?}");
     }
     // Copies are spread over the run, not bunched at its start.
@@ -235,11 +254,18 @@ routes:
             (mirrored(m, "all", "timeout") + mirrored(m, "all", "dropped_queue_full")) as usize == total
         })
         .await;
-    let (timed_out, dropped) = (mirrored(&m, "all", "timeout"), mirrored(&m, "all", "dropped_queue_full"));
+    let (timed_out, dropped) = (
+        mirrored(&m, "all", "timeout"),
+        mirrored(&m, "all", "dropped_queue_full"),
+    );
     assert_eq!((timed_out + dropped) as usize, total, "{}", m.text);
     assert!(dropped > 0.0, "the queue of 16 filled: {dropped}");
     assert_eq!(mirrored(&m, "all", "sent"), 0.0);
-    assert_eq!(shadow.requests(), timed_out as usize, "every copy sent reached the mirror");
+    assert_eq!(
+        shadow.requests(),
+        timed_out as usize,
+        "every copy sent reached the mirror"
+    );
 }
 
 #[tokio::test]

@@ -86,7 +86,9 @@ impl Collector for MirrorCollector {
         let _one = self.scrape.lock();
         for ((route, upstream), counters) in self.mirrors.all() {
             for (o, now) in Outcome::ALL.iter().zip(counters.snapshot()) {
-                let c = self.counter.with_label_values(&[&route, &upstream, o.as_str()]);
+                let c = self
+                    .counter
+                    .with_label_values(&[route.as_str(), upstream.as_str(), o.as_str()]);
                 c.inc_by(now.saturating_sub(c.get()));
             }
         }

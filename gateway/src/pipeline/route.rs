@@ -3,9 +3,9 @@
 //! copies, which [`body_ready`] sends once the body is known).
 
 use pingora::proxy::Session;
+use sluice_filters::framing::BodyFraming;
 use sluice_filters::kinds::mirror::{self, RequestBody};
 use sluice_filters::router::MatchInput;
-use sluice_filters::framing::BodyFraming;
 use sluice_filters::{Flow, RequestView};
 
 use super::ingress::request_host;
