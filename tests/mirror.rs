@@ -123,7 +123,7 @@ routes:
     let total = 2000;
     for i in 0..total {
         // Every third request has no body; the others a small one.
-        let req = if i % 3 == 0 {
+        let req = if i.is_multiple_of(3) {
             client.get(gw.http_url(&format!("/orders/{i}?q={i}")))
         } else {
             client
@@ -179,7 +179,7 @@ routes:
             .parse()
             .unwrap();
         assert!(ids.insert(i), "request {i} copied twice");
-        assert_eq!(s.method, if i % 3 == 0 { "GET" } else { "POST" }, "{s:?}");
+        assert_eq!(s.method, if i.is_multiple_of(3) { "GET" } else { "POST" }, "{s:?}");
         assert_eq!(s.path, format!("/orders/{i}"), "{s:?}");
         assert_eq!(s.query.as_deref(), Some(format!("q={i}").as_str()), "{s:?}");
         assert_eq!(
@@ -188,7 +188,7 @@ routes:
             "Host as the client sent it: {s:?}"
         );
         assert_eq!(s.marker.as_deref(), Some("1"), "{s:?}");
-        let body = if i % 3 == 0 {
+        let body = if i.is_multiple_of(3) {
             String::new()
         } else {
             format!("body-{i}")

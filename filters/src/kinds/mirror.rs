@@ -172,13 +172,16 @@ impl Counters {
     }
 }
 
+/// Counters by (route id, mirror upstream id).
+type CounterList = Vec<((String, String), Arc<Counters>)>;
+
 /// The mirrors' pooled HTTP/1.1 client and their counters by (route, upstream), kept
 /// across reloads (in [`Shared`](super::Shared)). The map is touched when a filter is
 /// built and when metrics are scraped, never per request. Cloning shares both.
 #[derive(Clone)]
 pub struct Mirrors {
     client: Client<HttpConnector, Full<Bytes>>,
-    counters: Arc<Mutex<Vec<((String, String), Arc<Counters>)>>>,
+    counters: Arc<Mutex<CounterList>>,
 }
 
 impl Default for Mirrors {
@@ -216,7 +219,7 @@ impl Mirrors {
     }
 
     /// Every (route, upstream) pair's counters, for the metrics.
-    pub fn all(&self) -> Vec<((String, String), Arc<Counters>)> {
+    pub fn all(&self) -> CounterList {
         self.counters.lock().clone()
     }
 }
