@@ -179,7 +179,11 @@ routes:
             .parse()
             .unwrap();
         assert!(ids.insert(i), "request {i} copied twice");
-        assert_eq!(s.method, if i.is_multiple_of(3) { "GET" } else { "POST" }, "{s:?}");
+        assert_eq!(
+            s.method,
+            if i.is_multiple_of(3) { "GET" } else { "POST" },
+            "{s:?}"
+        );
         assert_eq!(s.path, format!("/orders/{i}"), "{s:?}");
         assert_eq!(s.query.as_deref(), Some(format!("q={i}").as_str()), "{s:?}");
         assert_eq!(
