@@ -120,7 +120,7 @@ routes:
     .start()
     .await;
     let client = http_client();
-    let total = 2000;
+    let total: usize = 2000;
     for i in 0..total {
         // Every third request has no body; the others a small one.
         let req = if i.is_multiple_of(3) {
