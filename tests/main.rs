@@ -30,6 +30,7 @@ mod kubernetes;
 mod lifecycle;
 mod load_balancing;
 mod log_sinks;
+mod mirror;
 mod monitoring;
 mod protocols;
 mod reload_state;

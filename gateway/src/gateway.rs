@@ -95,6 +95,7 @@ impl Gateway {
         let access_log = AccessLog::start(&config, log_metrics.clone(), metrics.access_log_dropped.clone());
         configure_events(&config, &log_metrics);
         let snapshot = Snapshot::compile(config, 1, provenance.clone(), &state, None)?;
+        state.upstreams.publish(&snapshot);
         metrics.config_version.set(1);
         events::emit(Event::ConfigApplied {
             version: 1,
@@ -226,6 +227,7 @@ impl Gateway {
                     self.access_log.reconfigure(&snapshot.config);
                     configure_events(&snapshot.config, &self.log_metrics);
                 }
+                self.state.upstreams.publish(&snapshot);
                 self.snapshot.store(Arc::new(snapshot));
                 self.ready.store(true, Ordering::Release);
                 self.state.collect_garbage();

@@ -22,6 +22,7 @@ pub mod health;
 pub mod limit_metrics;
 pub mod logging;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod proxy;
 pub mod resilience;

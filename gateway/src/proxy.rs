@@ -3,7 +3,7 @@
 //!
 //! | pingora hook               | phases                                                           |
 //! |----------------------------|------------------------------------------------------------------|
-//! | `request_filter`           | ingress → strict (head) → route (match, filters) → strict (body) → select (backend) → admit (breaker) |
+//! | `request_filter`           | ingress → strict (head) → route (match, filters) → strict (body) → route (mirror copies) → select (backend) → admit (breaker) |
 //! | `request_body_filter`      | strict (a streamed body's limit)                                 |
 //! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
 //! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
@@ -60,7 +60,10 @@ impl ProxyHttp for SluiceProxy {
                         Some(a) => Some(a),
                         None => match strict::body(session, ctx).await {
                             Some(a) => Some(a),
-                            None => select::backend(ctx).or_else(|| admit::breaker(ctx)),
+                            None => {
+                                route::body_ready(session, ctx);
+                                select::backend(ctx).or_else(|| admit::breaker(ctx))
+                            }
                         },
                     },
                 },

@@ -28,6 +28,8 @@ pub struct SharedState {
     pub filters: sluice_filters::Shared,
     /// The tracer in effect (`tracing:`), kept by snapshots whose tracing is unchanged.
     pub tracing: crate::trace::Tracing,
+    /// The serving snapshot's upstreams, where the `mirror` filters send copies.
+    pub upstreams: Arc<crate::mirror::UpstreamDirectory>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
@@ -38,11 +40,16 @@ pub struct SharedState {
 impl SharedState {
     /// Empty state reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
+        let upstreams = Arc::new(crate::mirror::UpstreamDirectory::default());
         let filters = sluice_filters::Shared {
             runtime: crate::background::handle(),
             limit_metrics: Some(crate::limit_metrics::sink(&metrics)),
+            endpoints: Some(upstreams.clone()),
             ..Default::default()
         };
+        metrics.register(Box::new(crate::mirror::MirrorCollector::new(
+            filters.mirrors.clone(),
+        )));
         metrics.register(Box::new(crate::access_metrics::ForwardAuthCollector::new(
             filters.forward_auth.stats.clone(),
         )));
@@ -51,6 +58,7 @@ impl SharedState {
             discovery: crate::discovery::Discovery::default(),
             filters,
             tracing: crate::trace::Tracing::new(&metrics),
+            upstreams,
             endpoints: Mutex::default(),
             routes: Mutex::default(),
             breakers: Mutex::default(),

@@ -22,6 +22,7 @@ pub mod headers;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod limit_conn;
+pub mod mirror;
 #[cfg(feature = "test-kinds")]
 pub mod panic;
 pub mod rate_limit;
@@ -110,6 +111,12 @@ pub struct Shared {
     /// Every route's live split between its backends, by route id, kept across reloads
     /// (canary rules read it, rollouts set its override). Default: empty.
     pub splits: Arc<crate::split::Splits>,
+    /// The `mirror` filters' pooled HTTP client and outcome counters. Default: a new,
+    /// empty pool.
+    pub mirrors: mirror::Mirrors,
+    /// The gateway's view of each upstream's current endpoints, where `mirror` copies
+    /// go. Default: none (nothing is mirrored: validation, unit tests).
+    pub endpoints: Option<Arc<dyn mirror::EndpointLookup>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -140,6 +147,7 @@ pub static REGISTRY: &[Kind] = &[
     forward_auth::KIND,
     limit_conn::KIND,
     canary::KIND,
+    mirror::KIND,
 ];
 
 /// The kind called `name`.

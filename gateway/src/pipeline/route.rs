@@ -1,7 +1,10 @@
 //! Route: match the request to a route, then run the route's request-phase filters
-//! (authentication, rate limits, redirects, direct responses, backend hints).
+//! (authentication, rate limits, redirects, direct responses, backend hints, mirror
+//! copies, which [`body_ready`] sends once the body is known).
 
 use pingora::proxy::Session;
+use sluice_filters::framing::BodyFraming;
+use sluice_filters::kinds::mirror::{self, RequestBody};
 use sluice_filters::router::MatchInput;
 use sluice_filters::{Flow, RequestView};
 
@@ -57,4 +60,20 @@ pub async fn filters(session: &Session, ctx: &mut Ctx, scheme: &'static str) -> 
         Flow::Respond(r) => Some(Answer::Respond(r)),
         Flow::Reject(r) => Some(Answer::Reject(r)),
     }
+}
+
+/// Once request buffering is done: hands the copies the route's `mirror` filters took
+/// to their queues, with the body when it was buffered (never waits).
+pub fn body_ready(session: &Session, ctx: &mut Ctx) {
+    if !mirror::pending(&ctx.filter) {
+        return;
+    }
+    let body = match ctx.strict.body {
+        None | Some(BodyFraming::None | BodyFraming::Length(0)) => RequestBody::Empty,
+        Some(_) if ctx.strict.buffered => {
+            RequestBody::Buffered(session.as_ref().get_retry_buffer().unwrap_or_default())
+        }
+        Some(_) => RequestBody::Streamed,
+    };
+    mirror::release(&mut ctx.filter, body);
 }
