@@ -288,11 +288,10 @@ pub async fn run(
     };
     // (kind, namespace, name) → (status written, resourceVersion it was written on).
     let mut done: HashMap<(String, String, String), (Value, String)> = HashMap::new();
-    let mut retry = false;
     loop {
         let snap = snapshots.borrow_and_update().clone();
         let leaders: Vec<bool> = clusters.iter_mut().map(|c| *c.leader.borrow_and_update()).collect();
-        retry = false;
+        let mut retry = false;
         for w in writes(&snap, &controller) {
             let ci = snap.origin.get(&w.uid).copied().unwrap_or(0);
             if !leaders.get(ci).copied().unwrap_or(false) {
@@ -328,6 +327,114 @@ pub async fn run(
             r = snapshots.changed() => if r.is_err() { return; },
             () = leader_changed => {},
             () = tokio::time::sleep(Duration::from_secs(1)), if retry => {},
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::gateway_api::{translate, GATEWAY_CONTROLLER};
+    use crate::ClusterObjects;
+
+    fn objects(route_status: Value) -> ClusterObjects {
+        let mut o = ClusterObjects::default();
+        o.gateway_classes.push(
+            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": "sluice", "generation": 1, "uid": "c", "resourceVersion": "1"},
+                "spec": {"controllerName": GATEWAY_CONTROLLER}}))
+            .unwrap(),
+        );
+        o.gateways.push(
+            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "web", "namespace": "demo", "generation": 4, "uid": "g", "resourceVersion": "2"},
+                "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}}))
+            .unwrap(),
+        );
+        o.http_routes.push(
+            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "r", "namespace": "demo", "generation": 2, "uid": "r", "resourceVersion": "3"},
+                "spec": {"parentRefs": [{"name": "web"}, {"name": "theirs"}], "rules": [{"backendRefs": [{"name": "none", "port": 80}]}]},
+                "status": route_status}))
+            .unwrap(),
+        );
+        o
+    }
+
+    fn snapshot(o: &ClusterObjects) -> StatusSnapshot {
+        StatusSnapshot {
+            classes: o.gateway_classes.clone(),
+            gateways: o.gateways.clone(),
+            routes: o.http_routes.clone(),
+            origin: HashMap::new(),
+            desired: translate(o, GATEWAY_CONTROLLER),
+        }
+    }
+
+    /// `o` with each write's status merged in, as the API server would.
+    fn applied(o: &ClusterObjects, ws: &[Write]) -> ClusterObjects {
+        let mut o = o.clone();
+        for w in ws {
+            match w.kind {
+                "GatewayClass" => o.gateway_classes[0].status = serde_json::from_value(w.status.clone()).unwrap(),
+                "Gateway" => o.gateways[0].status = serde_json::from_value(w.status.clone()).unwrap(),
+                _ => o.http_routes[0].status = serde_json::from_value(w.status.clone()).unwrap(),
+            }
+        }
+        o
+    }
+
+    const THEIRS: &str = "example.com/theirs";
+
+    fn their_parent() -> Value {
+        json!({"parentRef": {"name": "theirs"}, "controllerName": THEIRS,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                "lastTransitionTime": "2020-01-01T00:00:00Z", "observedGeneration": 1}]})
+    }
+
+    #[test]
+    fn writes_what_differs_once_and_keeps_other_controllers_parents() {
+        let o = objects(json!({"parents": [their_parent()]}));
+        let ws = writes(&snapshot(&o), GATEWAY_CONTROLLER);
+        let kinds: Vec<&str> = ws.iter().map(|w| w.kind).collect();
+        assert_eq!(kinds, ["GatewayClass", "Gateway", "HTTPRoute"]);
+        let route = &ws[2].status["parents"];
+        assert_eq!(route[0], their_parent(), "another controller's entry is kept as it is");
+        assert_eq!(route[1]["controllerName"], GATEWAY_CONTROLLER);
+        assert_eq!(route[1]["parentRef"]["name"], "web");
+        let resolved = route[1]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .unwrap();
+        assert_eq!(resolved["status"], "False");
+        assert_eq!(resolved["observedGeneration"], 2);
+        assert_eq!(ws[1].status["conditions"][0]["observedGeneration"], 4);
+        assert_eq!(ws[1].status["listeners"][0]["name"], "http");
+        // Once written, nothing differs: no write loop.
+        let after = applied(&o, &ws);
+        assert_eq!(writes(&snapshot(&after), GATEWAY_CONTROLLER), Vec::new());
+    }
+
+    #[test]
+    fn keeps_transition_times_and_writes_again_on_a_new_generation() {
+        let o = objects(Value::Null);
+        let after = applied(&o, &writes(&snapshot(&o), GATEWAY_CONTROLLER));
+        let mut old = after.clone();
+        let t0 = "2020-01-01T00:00:00Z";
+        let mut st = serde_json::to_value(&old.http_routes[0].status).unwrap();
+        for c in st["parents"][0]["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!(t0);
+        }
+        old.http_routes[0].status = serde_json::from_value(st).unwrap();
+        old.http_routes[0].metadata.generation = Some(3);
+        let ws = writes(&snapshot(&old), GATEWAY_CONTROLLER);
+        assert_eq!(ws.len(), 1, "{ws:?}");
+        for c in ws[0].status["parents"][0]["conditions"].as_array().unwrap() {
+            assert_eq!(c["lastTransitionTime"], t0, "same type and status: time kept");
+            assert_eq!(c["observedGeneration"], 3);
         }
     }
 }
