@@ -158,7 +158,7 @@ pub async fn run(client: Client, s: LeaseSettings, leader: watch::Sender<bool>) 
                     }
                 };
                 if held_by_me || free || expired {
-                    let mut next = lease.clone();
+                    let mut next = lease;
                     next.spec = Some(mine(spec, !held_by_me));
                     match api.replace(&s.name, &PostParams::default(), &next).await {
                         Ok(l) => {
