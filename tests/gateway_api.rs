@@ -192,11 +192,28 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
     assert_eq!(get("/m/x", &[("x-env", "canary")]).await.1, "b");
     assert_eq!(get("/m/x?v=2", &[]).await.1, "c");
     assert_eq!(get("/m/x?v=3", &[]).await.1, "a");
-    let (_, up, _) = echo(send(&client, reqwest::Method::POST, &gw.http_url("/m/x"), "shop.example", &[]).await).await;
+    let (_, up, _) = echo(
+        send(
+            &client,
+            reqwest::Method::POST,
+            &gw.http_url("/m/x"),
+            "shop.example",
+            &[],
+        )
+        .await,
+    )
+    .await;
     assert_eq!(up, "m");
     assert_eq!(get("/m/x", &[]).await.1, "a");
     // Another host is not the route's.
-    let other = send(&client, reqwest::Method::GET, &gw.http_url("/exact"), "other.example", &[]).await;
+    let other = send(
+        &client,
+        reqwest::Method::GET,
+        &gw.http_url("/exact"),
+        "other.example",
+        &[],
+    )
+    .await;
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 
     // Weights 3:1, observed.
@@ -206,7 +223,10 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
     }
     let w1 = f64::from(seen.get("w1").copied().unwrap_or(0)) / 400.0;
     assert_eq!(seen.values().sum::<u32>(), 400, "{seen:?}");
-    assert!((0.65..=0.85).contains(&w1), "w1 share {w1} of {seen:?}, want 0.75");
+    assert!(
+        (0.65..=0.85).contains(&w1),
+        "w1 share {w1} of {seen:?}, want 0.75"
+    );
 
     // Request and response header modifiers.
     let resp = send(
@@ -231,7 +251,14 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
     assert_eq!(body["headers"]["host"], "inner.example");
 
     // RequestRedirect.
-    let resp = send(&client, reqwest::Method::GET, &gw.http_url("/go/x"), "shop.example", &[]).await;
+    let resp = send(
+        &client,
+        reqwest::Method::GET,
+        &gw.http_url("/go/x"),
+        "shop.example",
+        &[],
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     assert!(location.starts_with("https://secure.example/go/x"), "{location}");
@@ -242,11 +269,17 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
         reqwest::Method::OPTIONS,
         &gw.http_url("/cors"),
         "shop.example",
-        &[("origin", "https://app.example"), ("access-control-request-method", "PUT")],
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "PUT"),
+        ],
     )
     .await;
     assert!(resp.status().is_success(), "{}", resp.status());
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     let resp = send(
         &client,
         reqwest::Method::GET,
@@ -259,12 +292,26 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
 
     // timeouts.request: 300ms against a pod that takes 3s.
     let started = Instant::now();
-    let resp = send(&client, reqwest::Method::GET, &gw.http_url("/slow"), "shop.example", &[]).await;
+    let resp = send(
+        &client,
+        reqwest::Method::GET,
+        &gw.http_url("/slow"),
+        "shop.example",
+        &[],
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Status written back, observed at generation 1.
-    eventually(WAIT, "the HTTPRoute's status", || async { route_status_ok(&fake, "shop", 1) }).await;
+    eventually(WAIT, "the HTTPRoute's status", || async {
+        route_status_ok(&fake, "shop", 1)
+    })
+    .await;
     eventually(WAIT, "the Gateway's and GatewayClass's status", || async {
         let g = fake.get(&gateway()).unwrap_or_default();
         let c = fake.get(&class()).unwrap_or_default();
@@ -291,7 +338,9 @@ async fn httproute_matches_weights_and_filters_are_served_and_status_is_written_
     assert_eq!(count("Gateway", "web"), 1, "{writes:?}");
     assert_eq!(count("GatewayClass", "sluice"), 1, "{writes:?}");
     assert_eq!(writes.len(), 3, "{writes:?}");
-    assert!(writes.iter().all(|w| w.field_manager == "sluice/replica-a" && w.method == "PATCH"));
+    assert!(writes
+        .iter()
+        .all(|w| w.field_manager == "sluice/replica-a" && w.method == "PATCH"));
     assert!(fake.get(&foreign).unwrap()["status"].is_null());
 
     // A change that is not the route's (a new pod for `a`) is translated, and writes nothing.
@@ -360,12 +409,22 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
     // Both replicas serve the route.
     for gw in [&one, &two] {
         eventually(WAIT, "the route served", || async {
-            let r = send(&client, reqwest::Method::GET, &gw.http_url("/"), "shop.example", &[]).await;
+            let r = send(
+                &client,
+                reqwest::Method::GET,
+                &gw.http_url("/"),
+                "shop.example",
+                &[],
+            )
+            .await;
             upstream_of(&r) == "a"
         })
         .await;
     }
-    eventually(WAIT, "the status written", || async { route_status_ok(&fake, "shop", 1) }).await;
+    eventually(WAIT, "the status written", || async {
+        route_status_ok(&fake, "shop", 1)
+    })
+    .await;
     let holder = lease_holder(&fake).expect("a holder");
     assert!(holder == "replica-1" || holder == "replica-2", "{holder}");
     // The other replica keeps reading the Lease while the holder renews it: let a few
@@ -377,12 +436,21 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
             .count()
     };
     let before = renewals(&fake);
-    eventually(WAIT, "three more renewals", || async { renewals(&fake) >= before + 3 }).await;
-    assert_eq!(lease_holder(&fake).as_deref(), Some(holder.as_str()), "the Lease did not move");
+    eventually(WAIT, "three more renewals", || async {
+        renewals(&fake) >= before + 3
+    })
+    .await;
+    assert_eq!(
+        lease_holder(&fake).as_deref(),
+        Some(holder.as_str()),
+        "the Lease did not move"
+    );
     let writes = fake.status_writes();
     assert_eq!(writes.len(), 3, "one write per object: {writes:?}");
     assert!(
-        writes.iter().all(|w| w.field_manager == format!("sluice/{holder}")),
+        writes
+            .iter()
+            .all(|w| w.field_manager == format!("sluice/{holder}")),
         "only the holder writes: {writes:?}"
     );
 
@@ -402,7 +470,10 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
     })
     .await;
     let takeover = killed.elapsed();
-    assert!(takeover >= Duration::from_millis(1500), "taken over before expiry: {takeover:?}");
+    assert!(
+        takeover >= Duration::from_millis(1500),
+        "taken over before expiry: {takeover:?}"
+    );
     let lease = fake
         .get(&json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "gw-status", "namespace": "sluice"}}))
@@ -413,7 +484,10 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
         &["shop.example", "www.shop.example"],
         json!([{"backendRefs": [backend("a", 1)]}]),
     ));
-    eventually(WAIT, "the status at generation 2", || async { route_status_ok(&fake, "shop", 2) }).await;
+    eventually(WAIT, "the status at generation 2", || async {
+        route_status_ok(&fake, "shop", 2)
+    })
+    .await;
     let late: Vec<_> = fake.status_writes().into_iter().skip(writes.len()).collect();
     assert!(!late.is_empty());
     assert!(
@@ -421,7 +495,14 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
         "{late:?}"
     );
     // The survivor serves the new hostname.
-    let r = send(&client, reqwest::Method::GET, &survivor.http_url("/"), "www.shop.example", &[]).await;
+    let r = send(
+        &client,
+        reqwest::Method::GET,
+        &survivor.http_url("/"),
+        "www.shop.example",
+        &[],
+    )
+    .await;
     assert_eq!(upstream_of(&r), "a");
     eprintln!("gateway_api: Lease taken over {takeover:?} after the holder was killed (lease_duration 2s)");
 }
@@ -447,7 +528,14 @@ async fn request_mirror_copies_to_the_mirror_service() {
     let gw = start(&fake, "", "replica-a").await;
     let client = http_client();
     eventually(WAIT, "the route served", || async {
-        let r = send(&client, reqwest::Method::GET, &gw.http_url("/"), "shop.example", &[]).await;
+        let r = send(
+            &client,
+            reqwest::Method::GET,
+            &gw.http_url("/"),
+            "shop.example",
+            &[],
+        )
+        .await;
         upstream_of(&r) == "main"
     })
     .await;
@@ -466,8 +554,18 @@ async fn request_mirror_copies_to_the_mirror_service() {
     let shadow = &pods[1];
     let before = shadow.requests();
     for _ in 0..20 {
-        let r = send(&client, reqwest::Method::GET, &gw.http_url("/x"), "shop.example", &[]).await;
+        let r = send(
+            &client,
+            reqwest::Method::GET,
+            &gw.http_url("/x"),
+            "shop.example",
+            &[],
+        )
+        .await;
         assert_eq!(upstream_of(&r), "main");
     }
-    eventually(WAIT, "20 copies at the mirror", || async { shadow.requests() >= before + 20 }).await;
+    eventually(WAIT, "20 copies at the mirror", || async {
+        shadow.requests() >= before + 20
+    })
+    .await;
 }

@@ -252,19 +252,32 @@ fn parse_object_path(path: &str) -> Option<(String, String, String, Option<Strin
     };
     let (res, ns, name, sub) = match rest {
         ["namespaces", ns, plural, name, sub @ ..] => (format!("{api}/{plural}"), ns.to_string(), name, sub),
-        [plural, name, sub @ ..] if *plural != "namespaces" => (format!("{api}/{plural}"), String::new(), name, sub),
+        [plural, name, sub @ ..] if *plural != "namespaces" => {
+            (format!("{api}/{plural}"), String::new(), name, sub)
+        }
         _ => return None,
     };
     Some((res, ns, name.to_string(), sub.first().map(|s| s.to_string())))
 }
 
 /// Stores `obj` under `key` with a new resourceVersion and tells the watches.
-fn store(s: &mut State, changes: &broadcast::Sender<Change>, key: (String, String, String), mut obj: Value, kind: &'static str) -> Value {
+fn store(
+    s: &mut State,
+    changes: &broadcast::Sender<Change>,
+    key: (String, String, String),
+    mut obj: Value,
+    kind: &'static str,
+) -> Value {
     s.rv += 1;
     let rv = s.rv;
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     s.objects.insert(key.clone(), obj.clone());
-    let change = Change { rv, kind, resource: key.0, object: obj.clone() };
+    let change = Change {
+        rv,
+        kind,
+        resource: key.0,
+        object: obj.clone(),
+    };
     s.history.push(change.clone());
     let _ = changes.send(change);
     obj
@@ -279,7 +292,12 @@ async fn handle_object(
 ) -> Response<Body> {
     let method = req.method().clone();
     let q = query(req.uri());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let key = (resource.clone(), ns.clone(), name.clone());
     let mut s = state.lock().unwrap();
@@ -309,7 +327,11 @@ async fn handle_object(
         }
         ("PUT", None) => {
             if meta(&body, "resourceVersion") != meta(&current, "resourceVersion") {
-                return status_body(409, "Conflict", &format!("the object has been modified: {resource} {ns}/{name}"));
+                return status_body(
+                    409,
+                    "Conflict",
+                    &format!("the object has been modified: {resource} {ns}/{name}"),
+                );
             }
             let mut obj = body;
             obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
@@ -528,7 +550,12 @@ async fn handle(
         );
     };
     if method == hyper::Method::POST && resource.ends_with("/leases") {
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let mut s = state.lock().unwrap();
         let key = (resource.clone(), ns.clone(), meta(&obj, "name"));

@@ -1237,7 +1237,10 @@ fn mirror(
     upstreams: &mut BTreeMap<String, UpstreamConfig>,
 ) -> Result<FilterConfig, String> {
     if !mirror_supported() {
-        return Err("RequestMirror is not supported by this build (no mirror filter); requests are not mirrored".into());
+        return Err(
+            "RequestMirror is not supported by this build (no mirror filter); requests are not mirrored"
+                .into(),
+        );
     }
     let r = &m.backend_ref;
     let as_backend = HttpRouteRulesBackendRefs {
@@ -1263,7 +1266,9 @@ fn mirror(
         (None, None) => 100.0,
     };
     if !(0.0..=100.0).contains(&percent) {
-        return Err(format!("RequestMirror percent {percent} is not in 0-100; requests are not mirrored"));
+        return Err(format!(
+            "RequestMirror percent {percent} is not in 0-100; requests are not mirrored"
+        ));
     }
     match backend(objects, namespace, &as_backend) {
         Ok(Some(u)) => {

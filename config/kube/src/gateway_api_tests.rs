@@ -484,17 +484,26 @@ fn request_mirror_becomes_the_mirror_filter_when_the_build_has_it() {
         .translation
         .reports
         .iter()
-        .any(|r| r.reason == "UnsupportedFilter" && r.message.contains("RequestMirror") && r.message.contains("missing")));
+        .any(|r| r.reason == "UnsupportedFilter"
+            && r.message.contains("RequestMirror")
+            && r.message.contains("missing")));
     if mirror_supported() {
         assert_valid(&t);
         assert_eq!(r.filters.len(), 1);
         assert_eq!(r.filters[0].kind, "mirror");
-        assert_eq!(r.filters[0].spec, json!({"upstream": "k8s.demo.canary.80", "percent": 100}));
+        assert_eq!(
+            r.filters[0].spec,
+            json!({"upstream": "k8s.demo.canary.80", "percent": 100})
+        );
         assert_eq!(
             route(&t, "gw.demo.r.1.0").filters[0].spec,
             json!({"upstream": "k8s.demo.canary.80", "percent": 12.5})
         );
-        assert!(t.translation.upstreams.iter().any(|u| u.id == "k8s.demo.canary.80"));
+        assert!(t
+            .translation
+            .upstreams
+            .iter()
+            .any(|u| u.id == "k8s.demo.canary.80"));
     } else {
         // Without the kind the config would not validate: the mirror is left out, reported.
         assert_valid(&t);

@@ -48,9 +48,7 @@ impl LeaseSettings {
             .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "default".into());
         let duration = Duration::from_secs(cfg.lease_duration.as_secs().max(1));
-        let retry = cfg
-            .retry_period
-            .clamp(Duration::from_millis(50), duration / 2);
+        let retry = cfg.retry_period.clamp(Duration::from_millis(50), duration / 2);
         LeaseSettings {
             namespace,
             name: cfg.lease_name.clone(),
@@ -103,7 +101,12 @@ pub async fn run(client: Client, s: LeaseSettings, leader: watch::Sender<bool>) 
         leader.send_if_modified(|cur| {
             if *cur != v {
                 if v {
-                    tracing::info!("kubernetes: {} holds Lease {}/{}", s.identity, s.namespace, s.name);
+                    tracing::info!(
+                        "kubernetes: {} holds Lease {}/{}",
+                        s.identity,
+                        s.namespace,
+                        s.name
+                    );
                 } else {
                     tracing::info!("kubernetes: {} lost Lease {}/{}", s.identity, s.namespace, s.name);
                 }
@@ -120,7 +123,11 @@ pub async fn run(client: Client, s: LeaseSettings, leader: watch::Sender<bool>) 
             holder_identity: Some(s.identity.clone()),
             lease_duration_seconds: Some(secs),
             renew_time: Some(now.clone()),
-            acquire_time: if acquire { Some(now.clone()) } else { spec.acquire_time.clone() },
+            acquire_time: if acquire {
+                Some(now.clone())
+            } else {
+                spec.acquire_time.clone()
+            },
             lease_transitions: if acquire {
                 Some(spec.lease_transitions.unwrap_or(0) + i32::from(spec.holder_identity.is_some()))
             } else {

@@ -240,7 +240,8 @@ async fn start_cluster(
     );
     stores.classes.push(s);
     stores.stats.push(st);
-    stores.gateway = crate::gateway_watch::start(&client, &namespaces, &base, &wake, name, &mut stores.stats, tasks);
+    stores.gateway =
+        crate::gateway_watch::start(&client, &namespaces, &base, &wake, name, &mut stores.stats, tasks);
     stores.client = Some(client);
     stores
 }
@@ -541,7 +542,11 @@ impl Source for KubernetesSource {
         for c in &self.cfg.clusters {
             clusters.push(start_cluster(&self.cfg, c, wake.clone(), &mut tasks).await);
         }
-        let statuses = self.cfg.status.write.then(|| start_status(&self.cfg, &clusters, &mut tasks));
+        let statuses = self
+            .cfg
+            .status
+            .write
+            .then(|| start_status(&self.cfg, &clusters, &mut tasks));
         let _abort = AbortAll(tasks);
         // The first publish: once every cluster has listed everything, or at the sync
         // timeout with what the others said.
@@ -649,7 +654,11 @@ fn start_status(
     for c in clusters {
         let (tx, rx) = tokio::sync::watch::channel(false);
         if let Some(client) = &c.client {
-            tasks.push(tokio::spawn(crate::lease::run(client.clone(), settings.clone(), tx)));
+            tasks.push(tokio::spawn(crate::lease::run(
+                client.clone(),
+                settings.clone(),
+                tx,
+            )));
         } else {
             held.push(tx);
         }

@@ -218,7 +218,9 @@ pub fn writes(snap: &StatusSnapshot, controller: &str) -> Vec<Write> {
         for p in &want.parents {
             let cur = existing
                 .iter()
-                .find(|e| e["controllerName"] == controller && same_parent(&e["parentRef"], &p.parent_ref, &ns))
+                .find(|e| {
+                    e["controllerName"] == controller && same_parent(&e["parentRef"], &p.parent_ref, &ns)
+                })
                 .map(|e| e["conditions"].clone())
                 .unwrap_or(Value::Null);
             parents.push(json!({
@@ -234,7 +236,11 @@ pub fn writes(snap: &StatusSnapshot, controller: &str) -> Vec<Write> {
                 .map(|p| {
                     let mut p = strip_times(p);
                     let r = &mut p["parentRef"];
-                    for (k, d) in [("group", json!("gateway.networking.k8s.io")), ("kind", json!("Gateway")), ("namespace", json!(ns))] {
+                    for (k, d) in [
+                        ("group", json!("gateway.networking.k8s.io")),
+                        ("kind", json!("Gateway")),
+                        ("namespace", json!(ns)),
+                    ] {
                         if r[k].is_null() {
                             r[k] = d;
                         }
@@ -261,7 +267,10 @@ async fn patch(client: Client, w: &Write, pp: &PatchParams) -> Result<(), kube::
     let body = json!({"status": w.status});
     let p = Patch::Merge(&body);
     match w.kind {
-        "GatewayClass" => Api::<GatewayClass>::all(client).patch_status(&w.name, pp, &p).await.map(drop),
+        "GatewayClass" => Api::<GatewayClass>::all(client)
+            .patch_status(&w.name, pp, &p)
+            .await
+            .map(drop),
         "Gateway" => Api::<Gateway>::namespaced(client, &w.namespace)
             .patch_status(&w.name, pp, &p)
             .await
@@ -290,7 +299,10 @@ pub async fn run(
     let mut done: HashMap<(String, String, String), (Value, String)> = HashMap::new();
     loop {
         let snap = snapshots.borrow_and_update().clone();
-        let leaders: Vec<bool> = clusters.iter_mut().map(|c| *c.leader.borrow_and_update()).collect();
+        let leaders: Vec<bool> = clusters
+            .iter_mut()
+            .map(|c| *c.leader.borrow_and_update())
+            .collect();
         let mut retry = false;
         for w in writes(&snap, &controller) {
             let ci = snap.origin.get(&w.uid).copied().unwrap_or(0);
@@ -307,11 +319,21 @@ pub async fn run(
             }
             match patch(client, &w, &pp).await {
                 Ok(()) => {
-                    tracing::info!("kubernetes: status of {} {}/{} written", w.kind, w.namespace, w.name);
+                    tracing::info!(
+                        "kubernetes: status of {} {}/{} written",
+                        w.kind,
+                        w.namespace,
+                        w.name
+                    );
                     done.insert(key, (stripped, w.resource_version.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!("kubernetes: cannot write the status of {} {}/{}: {e}", w.kind, w.namespace, w.name);
+                    tracing::warn!(
+                        "kubernetes: cannot write the status of {} {}/{}: {e}",
+                        w.kind,
+                        w.namespace,
+                        w.name
+                    );
                     retry = true;
                 }
             }
@@ -341,9 +363,11 @@ mod tests {
     fn objects(route_status: Value) -> ClusterObjects {
         let mut o = ClusterObjects::default();
         o.gateway_classes.push(
-            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            serde_json::from_value(
+                json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
                 "metadata": {"name": "sluice", "generation": 1, "uid": "c", "resourceVersion": "1"},
-                "spec": {"controllerName": GATEWAY_CONTROLLER}}))
+                "spec": {"controllerName": GATEWAY_CONTROLLER}}),
+            )
             .unwrap(),
         );
         o.gateways.push(
@@ -377,7 +401,9 @@ mod tests {
         let mut o = o.clone();
         for w in ws {
             match w.kind {
-                "GatewayClass" => o.gateway_classes[0].status = serde_json::from_value(w.status.clone()).unwrap(),
+                "GatewayClass" => {
+                    o.gateway_classes[0].status = serde_json::from_value(w.status.clone()).unwrap()
+                }
                 "Gateway" => o.gateways[0].status = serde_json::from_value(w.status.clone()).unwrap(),
                 _ => o.http_routes[0].status = serde_json::from_value(w.status.clone()).unwrap(),
             }
@@ -400,7 +426,11 @@ mod tests {
         let kinds: Vec<&str> = ws.iter().map(|w| w.kind).collect();
         assert_eq!(kinds, ["GatewayClass", "Gateway", "HTTPRoute"]);
         let route = &ws[2].status["parents"];
-        assert_eq!(route[0], their_parent(), "another controller's entry is kept as it is");
+        assert_eq!(
+            route[0],
+            their_parent(),
+            "another controller's entry is kept as it is"
+        );
         assert_eq!(route[1]["controllerName"], GATEWAY_CONTROLLER);
         assert_eq!(route[1]["parentRef"]["name"], "web");
         let resolved = route[1]["conditions"]

@@ -115,11 +115,15 @@ impl LocalStore {
     }
 
     fn path(&self, route: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{}.rollout.json", escape(route))))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.rollout.json", escape(route))))
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, LocalInner>, StoreError> {
-        self.inner.lock().map_err(|_| StoreError("state lock poisoned".into()))
+        self.inner
+            .lock()
+            .map_err(|_| StoreError("state lock poisoned".into()))
     }
 }
 
@@ -142,7 +146,10 @@ fn unescape(name: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            if let Some(v) = name.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(v) = name
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -229,14 +236,22 @@ mod tests {
         let store = LocalStore::in_dir(dir.path()).unwrap();
         assert!(store.load("r/1").await.unwrap().is_none());
         assert!(store.store("r/1", 0, b"{\"step\":1}").await.unwrap());
-        assert!(!store.store("r/1", 0, b"{\"step\":2}").await.unwrap(), "stale revision refused");
+        assert!(
+            !store.store("r/1", 0, b"{\"step\":2}").await.unwrap(),
+            "stale revision refused"
+        );
         let s = store.load("r/1").await.unwrap().unwrap();
         assert!(store.store("r/1", s.revision, b"{\"step\":2}").await.unwrap());
         drop(store);
         let again = LocalStore::in_dir(dir.path()).unwrap();
         assert_eq!(again.load("r/1").await.unwrap().unwrap().state, b"{\"step\":2}");
         again.delete("r/1").await.unwrap();
-        assert!(LocalStore::in_dir(dir.path()).unwrap().load("r/1").await.unwrap().is_none());
+        assert!(LocalStore::in_dir(dir.path())
+            .unwrap()
+            .load("r/1")
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]
