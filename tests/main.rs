@@ -24,6 +24,7 @@ mod deploy;
 mod discovery;
 mod drain;
 mod errors;
+mod gateway_api;
 mod hardening_conn;
 mod hardening_framing;
 mod kubernetes;

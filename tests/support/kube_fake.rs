@@ -14,6 +14,16 @@
 //! - [`FakeKube::drop_watches`] cuts every open watch mid-stream (the connection is
 //!   aborted, not ended cleanly);
 //! - `POST /api/v1/namespaces/{ns}/events`: recorded ([`FakeKube::events`]).
+//! - the Gateway API (`/apis/gateway.networking.k8s.io/v1/...`: `gatewayclasses`,
+//!   `gateways`, `httproutes`, `referencegrants`), listed and watched like the rest; an
+//!   apply keeps the object's `status` (it is a subresource) and bumps
+//!   `metadata.generation` when the `spec` changed;
+//! - `GET` of one object; the `status` subresource: `PATCH` (JSON merge patch) and `PUT`
+//!   replace only `status`, bump the resourceVersion (a `MODIFIED` event) and are
+//!   recorded with their `fieldManager` ([`FakeKube::status_writes`]);
+//! - `coordination.k8s.io/v1` Leases: `GET`, `POST` (`409 AlreadyExists` when it
+//!   exists), `PUT` with optimistic concurrency (`409 Conflict` when the body's
+//!   `metadata.resourceVersion` is not the current one); [`FakeKube::get`] reads them.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -50,7 +60,56 @@ struct State {
     expired_below: u64,
     events: Vec<Value>,
     requests: Vec<String>,
+    status_writes: Vec<StatusWrite>,
     uid: u64,
+}
+
+/// One write to a `status` subresource.
+#[derive(Clone, Debug)]
+pub struct StatusWrite {
+    /// `PATCH` or `PUT`.
+    pub method: String,
+    /// The kind written (`HTTPRoute`).
+    pub kind: String,
+    /// Empty for cluster-scoped objects.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The `fieldManager` query parameter (empty when absent).
+    pub field_manager: String,
+    /// The request body.
+    pub body: Value,
+}
+
+/// Kinds whose `status` is a subresource: an apply keeps it.
+const STATUS_KINDS: &[&str] = &["GatewayClass", "Gateway", "HTTPRoute"];
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Response<Body> {
+    full(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}),
+    )
 }
 
 /// The fake API server. Dropping it stops it.
@@ -78,6 +137,11 @@ fn resource_of(obj: &Value) -> String {
         "EndpointSlice" => "endpointslices",
         "Secret" => "secrets",
         "Event" => "events",
+        "GatewayClass" => "gatewayclasses",
+        "Gateway" => "gateways",
+        "HTTPRoute" => "httproutes",
+        "ReferenceGrant" => "referencegrants",
+        "Lease" => "leases",
         other => panic!("the fake does not serve kind {other}"),
     };
     format!("{api}/{plural}")
@@ -174,6 +238,108 @@ fn parse_path(path: &str) -> Option<(String, String)> {
         ["namespaces", ns, plural, ..] => Some((format!("{api}/{plural}"), ns.to_string())),
         [plural] => Some((format!("{api}/{plural}"), String::new())),
         _ => None,
+    }
+}
+
+/// The object a request's path names, if it names one: (resource, namespace, name,
+/// subresource).
+fn parse_object_path(path: &str) -> Option<(String, String, String, Option<String>)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (res, ns, name, sub) = match rest {
+        ["namespaces", ns, plural, name, sub @ ..] => (format!("{api}/{plural}"), ns.to_string(), name, sub),
+        [plural, name, sub @ ..] if *plural != "namespaces" => {
+            (format!("{api}/{plural}"), String::new(), name, sub)
+        }
+        _ => return None,
+    };
+    Some((res, ns, name.to_string(), sub.first().map(|s| s.to_string())))
+}
+
+/// Stores `obj` under `key` with a new resourceVersion and tells the watches.
+fn store(
+    s: &mut State,
+    changes: &broadcast::Sender<Change>,
+    key: (String, String, String),
+    mut obj: Value,
+    kind: &'static str,
+) -> Value {
+    s.rv += 1;
+    let rv = s.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    s.objects.insert(key.clone(), obj.clone());
+    let change = Change {
+        rv,
+        kind,
+        resource: key.0,
+        object: obj.clone(),
+    };
+    s.history.push(change.clone());
+    let _ = changes.send(change);
+    obj
+}
+
+/// GET of one object, PUT, PATCH of `status`, POST of a Lease.
+async fn handle_object(
+    req: Request<Incoming>,
+    state: &Arc<Mutex<State>>,
+    changes: &broadcast::Sender<Change>,
+    (resource, ns, name, sub): (String, String, String, Option<String>),
+) -> Response<Body> {
+    let method = req.method().clone();
+    let q = query(req.uri());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let key = (resource.clone(), ns.clone(), name.clone());
+    let mut s = state.lock().unwrap();
+    let Some(current) = s.objects.get(&key).cloned() else {
+        return status_body(404, "NotFound", &format!("{resource} {ns}/{name} not found"));
+    };
+    match (method.as_str(), sub.as_deref()) {
+        ("GET", _) => full(200, current),
+        ("PATCH" | "PUT", Some("status")) => {
+            s.status_writes.push(StatusWrite {
+                method: method.to_string(),
+                kind: kind_of(&resource).to_string(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                field_manager: q.get("fieldManager").cloned().unwrap_or_default(),
+                body: body.clone(),
+            });
+            let mut obj = current;
+            if method == hyper::Method::PATCH {
+                let mut st = obj["status"].clone();
+                merge_patch(&mut st, &body["status"]);
+                obj["status"] = st;
+            } else {
+                obj["status"] = body["status"].clone();
+            }
+            full(200, store(&mut s, changes, key, obj, "MODIFIED"))
+        }
+        ("PUT", None) => {
+            if meta(&body, "resourceVersion") != meta(&current, "resourceVersion") {
+                return status_body(
+                    409,
+                    "Conflict",
+                    &format!("the object has been modified: {resource} {ns}/{name}"),
+                );
+            }
+            let mut obj = body;
+            obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            obj["metadata"]["namespace"] = json!(ns);
+            obj["metadata"]["name"] = json!(name);
+            full(200, store(&mut s, changes, key, obj, "MODIFIED"))
+        }
+        _ => status_body(405, "MethodNotAllowed", "not served by the fake"),
     }
 }
 
@@ -274,6 +440,23 @@ impl FakeKube {
         } else {
             "ADDED"
         };
+        let old = s.objects.get(&key).cloned();
+        let generation = match &old {
+            Some(o) if o["spec"] == obj["spec"] => o["metadata"]["generation"].as_i64().unwrap_or(1),
+            Some(o) => o["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+            None => obj["metadata"]["generation"].as_i64().unwrap_or(1),
+        };
+        obj["metadata"]["generation"] = json!(generation);
+        if STATUS_KINDS.contains(&obj["kind"].as_str().unwrap_or("")) {
+            match old.as_ref().map(|o| o["status"].clone()) {
+                Some(st) if !st.is_null() => obj["status"] = st,
+                _ => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
         s.objects.insert(key, obj.clone());
         let change = Change {
             rv,
@@ -328,6 +511,17 @@ impl FakeKube {
         self.state.lock().unwrap().events.clone()
     }
 
+    /// The writes to `status` subresources so far, in order.
+    pub fn status_writes(&self) -> Vec<StatusWrite> {
+        self.state.lock().unwrap().status_writes.clone()
+    }
+
+    /// The stored object like `like` (apiVersion, kind, namespace, name), if any.
+    pub fn get(&self, like: &Value) -> Option<Value> {
+        let key = (resource_of(like), meta(like, "namespace"), meta(like, "name"));
+        self.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
     /// Every request so far, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -346,12 +540,35 @@ async fn handle(
         "{method} {}",
         uri.path_and_query().map_or("", |p| p.as_str())
     ));
+    if let Some(obj) = parse_object_path(uri.path()) {
+        return handle_object(req, &state, &changes, obj).await;
+    }
     let Some((resource, ns)) = parse_path(uri.path()) else {
         return full(
             404,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
         );
     };
+    if method == hyper::Method::POST && resource.ends_with("/leases") {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut s = state.lock().unwrap();
+        let key = (resource.clone(), ns.clone(), meta(&obj, "name"));
+        if s.objects.contains_key(&key) {
+            return status_body(409, "AlreadyExists", &format!("leases {} already exists", key.2));
+        }
+        s.uid += 1;
+        obj["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", s.uid));
+        obj["metadata"]["namespace"] = json!(ns);
+        obj["apiVersion"] = json!("coordination.k8s.io/v1");
+        obj["kind"] = json!("Lease");
+        return full(201, store(&mut s, &changes, key, obj, "ADDED"));
+    }
     if method == hyper::Method::POST {
         let body = req
             .into_body()
@@ -510,6 +727,11 @@ fn kind_of(resource: &str) -> &'static str {
         "services" => "Service",
         "endpointslices" => "EndpointSlice",
         "secrets" => "Secret",
+        "gatewayclasses" => "GatewayClass",
+        "gateways" => "Gateway",
+        "httproutes" => "HTTPRoute",
+        "referencegrants" => "ReferenceGrant",
+        "leases" => "Lease",
         _ => "Event",
     }
 }

@@ -20,7 +20,7 @@
 //! | `URLRewrite.hostname` | `headers.request.set.host` |
 //! | `CORS` | the `cors` filter |
 //! | `timeouts.request` / `timeouts.backendRequest` | `timeouts.total` / `timeouts.read` |
-//! | `RequestMirror` | nothing yet (reported): the config model has no mirror |
+//! | `RequestMirror` (`backendRef`, `percent` / `fraction`) | the `mirror` filter (`upstream`, `percent`), when the build has it; else reported |
 //!
 //! # Route precedence
 //!
@@ -40,7 +40,7 @@
 //!
 //! # Not (yet) supported, reported
 //!
-//! `RequestMirror` (no mirror in the model yet), `ExtensionRef` filters (the rule answers
+//! `RequestMirror` when the build has no `mirror` filter kind, `ExtensionRef` filters (the rule answers
 //! 500), per-backendRef filters (ignored), `RequestRedirect` with `ReplacePrefixMatch`
 //! (the rule answers 500), cross-namespace references (no ReferenceGrant is read:
 //! `RefNotPermitted`), `allowedRoutes.namespaces.from: Selector` (Namespaces are not
@@ -984,6 +984,13 @@ fn rule_parts(
     let mut cors = None;
     let mut redirect = None;
     for f in rule.filters.clone().unwrap_or_default() {
+        if let (HttpRouteRulesFiltersType::RequestMirror, Some(m)) = (&f.r#type, &f.request_mirror) {
+            match mirror(objects, namespace, m, upstreams) {
+                Ok(spec) => parts.filters.push(spec),
+                Err(msg) => report(reports, "UnsupportedFilter", msg),
+            }
+            continue;
+        }
         if let Err(e) = filter(&f, &mut parts, &mut cors, &mut redirect) {
             match e {
                 FilterError::Unsupported(msg) => report(reports, "UnsupportedFilter", msg),
@@ -1202,7 +1209,7 @@ fn filter(
         }
         HttpRouteRulesFiltersType::RequestMirror => {
             return Err(FilterError::Unsupported(
-                "RequestMirror is not supported yet (Sluice's config has no mirror); requests are not mirrored".into(),
+                "RequestMirror without requestMirror is ignored".into(),
             ));
         }
         HttpRouteRulesFiltersType::ExtensionRef => {
@@ -1214,6 +1221,76 @@ fn filter(
         }
     }
     Ok(())
+}
+
+/// Whether this build has the `mirror` filter kind.
+pub fn mirror_supported() -> bool {
+    sluice_filters::kinds::find("mirror").is_some()
+}
+
+/// A `RequestMirror` filter as Sluice's `mirror` filter:
+/// `{"mirror": {"upstream": <the Service port's upstream>, "percent": <percent, or
+/// fraction × 100, default 100>}}`; the mirror's upstream joins the translation.
+fn mirror(
+    objects: &ClusterObjects,
+    namespace: &str,
+    m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestMirror,
+    upstreams: &mut BTreeMap<String, UpstreamConfig>,
+) -> Result<FilterConfig, String> {
+    if !mirror_supported() {
+        return Err(
+            "RequestMirror is not supported by this build (no mirror filter); requests are not mirrored"
+                .into(),
+        );
+    }
+    let r = &m.backend_ref;
+    let as_backend = HttpRouteRulesBackendRefs {
+        group: r.group.clone(),
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        port: r.port,
+        ..Default::default()
+    };
+    let percent: f64 = match (&m.percent, &m.fraction) {
+        (Some(p), _) => f64::from(*p),
+        (None, Some(f)) => {
+            let d = f.denominator.unwrap_or(100);
+            if d <= 0 || f.numerator < 0 || f.numerator > d {
+                return Err(format!(
+                    "RequestMirror fraction {}/{d} is not valid; requests are not mirrored",
+                    f.numerator
+                ));
+            }
+            f64::from(f.numerator) * 100.0 / f64::from(d)
+        }
+        (None, None) => 100.0,
+    };
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!(
+            "RequestMirror percent {percent} is not in 0-100; requests are not mirrored"
+        ));
+    }
+    match backend(objects, namespace, &as_backend) {
+        Ok(Some(u)) => {
+            let id = u.id.clone();
+            upstreams.entry(id.clone()).or_insert(u);
+            let percent = if percent.fract() == 0.0 {
+                json!(percent as i64)
+            } else {
+                json!(percent)
+            };
+            Ok(FilterConfig {
+                kind: "mirror".into(),
+                spec: json!({"upstream": id, "percent": percent}),
+            })
+        }
+        Ok(None) => Err(format!(
+            "RequestMirror Service {} has no ready endpoint; requests are not mirrored",
+            r.name
+        )),
+        Err((_, msg)) => Err(format!("RequestMirror: {msg}; requests are not mirrored")),
+    }
 }
 
 /// A backendRef's upstream: `Ok(None)` when the Service has no ready endpoint.

@@ -471,19 +471,49 @@ fn cors_and_timeouts() {
 }
 
 #[test]
-fn request_mirror_is_reported_not_emitted() {
+fn request_mirror_becomes_the_mirror_filter_when_the_build_has_it() {
     let t = translate_route(
-        "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: canary, port: 80}}}]\n    backendRefs: [{name: echo, port: 80}]\n",
+        "  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: canary, port: 80}}}]\n    backendRefs: [{name: echo, port: 80}]\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: canary, port: 80}, fraction: {numerator: 1, denominator: 8}}}]\n    backendRefs: [{name: echo, port: 80}]\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: missing, port: 80}, percent: 5}}]\n    backendRefs: [{name: echo, port: 80}]\n",
     );
-    assert_valid(&t);
     let r = route(&t, "gw.demo.r.0.0");
-    assert!(r.filters.is_empty());
     assert_eq!(r.backends.len(), 1);
+    assert_eq!(r.backends[0].upstream, "k8s.demo.echo.80");
+    // An unknown mirror Service: reported, the rule serves without the mirror.
+    assert!(route(&t, "gw.demo.r.2.0").filters.is_empty());
     assert!(t
         .translation
         .reports
         .iter()
-        .any(|r| r.reason == "UnsupportedFilter" && r.message.contains("RequestMirror")));
+        .any(|r| r.reason == "UnsupportedFilter"
+            && r.message.contains("RequestMirror")
+            && r.message.contains("missing")));
+    if mirror_supported() {
+        assert_valid(&t);
+        assert_eq!(r.filters.len(), 1);
+        assert_eq!(r.filters[0].kind, "mirror");
+        assert_eq!(
+            r.filters[0].spec,
+            json!({"upstream": "k8s.demo.canary.80", "percent": 100})
+        );
+        assert_eq!(
+            route(&t, "gw.demo.r.1.0").filters[0].spec,
+            json!({"upstream": "k8s.demo.canary.80", "percent": 12.5})
+        );
+        assert!(t
+            .translation
+            .upstreams
+            .iter()
+            .any(|u| u.id == "k8s.demo.canary.80"));
+    } else {
+        // Without the kind the config would not validate: the mirror is left out, reported.
+        assert_valid(&t);
+        assert!(r.filters.is_empty());
+        assert!(t
+            .translation
+            .reports
+            .iter()
+            .any(|r| r.reason == "UnsupportedFilter" && r.message.contains("no mirror filter")));
+    }
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //!   shared upstream shape every translation uses.
 //! - [`gateway_api`]: the pure Gateway API translation (GatewayClass, Gateway, HTTPRoute)
 //!   and the status conditions to write back.
+//! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease; [`status`]: the
+//!   Gateway API statuses written back by the leader, only when they change.
 //! - [`ingress`]: the pure `networking.k8s.io/v1` Ingress translation, with the
 //!   supported ingress-nginx annotations.
 //!
@@ -16,9 +18,12 @@
 
 pub mod endpoints;
 pub mod gateway_api;
+mod gateway_watch;
 pub mod ingress;
+pub mod lease;
 pub mod objects;
 pub mod source;
+pub mod status;
 
 pub use objects::{ClusterObjects, ObjectRef, Report, Translation};
 pub use source::KubernetesSource;

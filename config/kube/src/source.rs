@@ -50,7 +50,7 @@ pub const PREFIX: &str = "kubernetes";
 
 /// Per-watcher counters for the status.
 #[derive(Default)]
-struct WatchStats {
+pub(crate) struct WatchStats {
     synced: AtomicBool,
     errors: AtomicU64,
     events: AtomicU64,
@@ -65,6 +65,7 @@ struct ClusterStores {
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
     secrets: Vec<Store<Secret>>,
+    gateway: crate::gateway_watch::GatewayStores,
     stats: Vec<Arc<WatchStats>>,
     error: Option<String>,
 }
@@ -104,7 +105,7 @@ pub async fn client_for(cluster: &ClusterConfig) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("client: {e}"))
 }
 
-fn spawn_watch<K>(
+pub(crate) fn spawn_watch<K>(
     api: Api<K>,
     wc: watcher::Config,
     wake: Arc<Notify>,
@@ -132,6 +133,13 @@ where
                     wake.notify_one();
                 }
                 Ok(Event::Init | Event::InitApply(_)) => {}
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => {
+                    // The kind is not installed (the Gateway API CRDs): nothing to wait for.
+                    if !st.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!("kubernetes {what}: not served by the API server; none");
+                        wake.notify_one();
+                    }
+                }
                 Err(e) => {
                     st.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("kubernetes {what}: {e}; retrying");
@@ -156,6 +164,7 @@ async fn start_cluster(
         services: Vec::new(),
         slices: Vec::new(),
         secrets: Vec::new(),
+        gateway: Default::default(),
         stats: Vec::new(),
         error: None,
     };
@@ -231,6 +240,8 @@ async fn start_cluster(
     );
     stores.classes.push(s);
     stores.stats.push(st);
+    stores.gateway =
+        crate::gateway_watch::start(&client, &namespaces, &base, &wake, name, &mut stores.stats, tasks);
     stores.client = Some(client);
     stores
 }
@@ -266,12 +277,16 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     let (mut ing, mut cls, mut svc, mut sec) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut slices = Vec::new();
+    let (mut gw_classes, mut gateways, mut http_routes) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for &ci in &order {
         let c = &clusters[ci];
         take(&c.ingresses, &mut ing, &mut origin, ci);
         take(&c.classes, &mut cls, &mut origin, ci);
         take(&c.services, &mut svc, &mut origin, ci);
         take(&c.secrets, &mut sec, &mut origin, ci);
+        take(&c.gateway.classes, &mut gw_classes, &mut origin, ci);
+        take(&c.gateway.gateways, &mut gateways, &mut origin, ci);
+        take(&c.gateway.routes, &mut http_routes, &mut origin, ci);
         let mut mine: Vec<_> = c.slices.iter().flat_map(Store::state).collect();
         mine.sort_by_key(|s| key(s.as_ref()));
         slices.extend(mine.into_iter().map(|s| PrioritizedSlice {
@@ -285,7 +300,9 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         services: svc.into_values().collect(),
         endpoint_slices: slices,
         secrets: sec.into_values().collect(),
-        ..ClusterObjects::default()
+        gateway_classes: crate::gateway_watch::ours(gw_classes.into_values()),
+        gateways: gateways.into_values().collect(),
+        http_routes: http_routes.into_values().collect(),
     };
     (objects, origin)
 }
@@ -310,10 +327,9 @@ pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
             routes: vec![r.clone()],
             ..Default::default()
         };
-        config.upstreams = r
-            .backend_list()
+        config.upstreams = route_upstreams(r)
             .iter()
-            .filter_map(|b| upstreams.get(b.upstream.as_str()).map(|u| (*u).clone()))
+            .filter_map(|id| upstreams.get(id.as_str()).map(|u| (*u).clone()))
             .collect();
         let mut errors: Vec<String> = match config.validate() {
             Ok(()) => Vec::new(),
@@ -347,17 +363,31 @@ pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
     t.routes = keep;
     t.reports.extend(reports);
     // Upstreams no route names any more are dropped.
-    let named: BTreeSet<String> = t
-        .routes
-        .iter()
-        .flat_map(RouteConfig::backend_list)
-        .map(|b| b.upstream)
-        .collect();
+    let named: BTreeSet<String> = t.routes.iter().flat_map(route_upstreams).collect();
     t.upstreams.retain(|u| named.contains(&u.id));
+}
+
+/// The upstreams a route names: its backends, and the targets of its `mirror` filters.
+fn route_upstreams(r: &RouteConfig) -> Vec<String> {
+    let mut ids: Vec<String> = r.backend_list().into_iter().map(|b| b.upstream).collect();
+    ids.extend(
+        r.filters
+            .iter()
+            .filter(|f| f.kind == "mirror")
+            .filter_map(|f| f.spec["upstream"].as_str().map(str::to_string)),
+    );
+    ids
 }
 
 /// The Ingress a route id (`k8s.<ns>.<name>.…`) came from.
 fn owner_of(route: &str, objects: &ClusterObjects) -> Option<crate::ObjectRef> {
+    if let Some(rest) = route.strip_prefix("gw.") {
+        return objects.http_routes.iter().find_map(|r| {
+            let (ns, name) = key(r);
+            rest.starts_with(&format!("{ns}.{name}."))
+                .then(|| crate::ObjectRef::of(r))
+        });
+    }
     let rest = route.strip_prefix("k8s.")?;
     objects.ingresses.iter().find_map(|i| {
         let (ns, name) = key(i);
@@ -366,12 +396,31 @@ fn owner_of(route: &str, objects: &ClusterObjects) -> Option<crate::ObjectRef> {
     })
 }
 
-/// Translates the merged objects: the Ingresses of `class`. (The Gateway API
-/// translation joins here.)
+/// Translates the merged objects: the Ingresses of `class` and the Gateway API objects
+/// of [`crate::gateway_api::GATEWAY_CONTROLLER`].
 pub fn translate_all(objects: &ClusterObjects, class: &str) -> Translation {
+    translate_with_status(objects, class).0
+}
+
+/// [`translate_all`], with the Gateway API translation's statuses beside it (its
+/// `translation` left empty: its routes, upstreams and reports are in the first).
+/// Route ids never collide (`k8s.…` for Ingresses, `gw.…` for HTTPRoutes); an upstream
+/// is one Service port (`k8s.<ns>.<svc>.<port>`) whichever object names it, so an id
+/// both give is kept once.
+pub fn translate_with_status(
+    objects: &ClusterObjects,
+    class: &str,
+) -> (Translation, crate::gateway_api::GatewayTranslation) {
     let mut t = crate::ingress::translate(objects, class);
+    let mut g = crate::gateway_api::translate(objects, crate::gateway_api::GATEWAY_CONTROLLER);
+    let gt = std::mem::take(&mut g.translation);
+    t.routes.extend(gt.routes);
+    let known: BTreeSet<String> = t.upstreams.iter().map(|u| u.id.clone()).collect();
+    t.upstreams
+        .extend(gt.upstreams.into_iter().filter(|u| !known.contains(&u.id)));
+    t.reports.extend(gt.reports);
     check_routes(&mut t, objects);
-    t
+    (t, g)
 }
 
 fn resources(t: &Translation, revision: i64) -> Resources {
@@ -493,6 +542,11 @@ impl Source for KubernetesSource {
         for c in &self.cfg.clusters {
             clusters.push(start_cluster(&self.cfg, c, wake.clone(), &mut tasks).await);
         }
+        let statuses = self
+            .cfg
+            .status
+            .write
+            .then(|| start_status(&self.cfg, &clusters, &mut tasks));
         let _abort = AbortAll(tasks);
         // The first publish: once every cluster has listed everything, or at the sync
         // timeout with what the others said.
@@ -520,7 +574,16 @@ impl Source for KubernetesSource {
         let mut revision = 0i64;
         loop {
             let (objects, origin) = merge(&clusters);
-            let t = translate_all(&objects, &self.cfg.ingress_class);
+            let (t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
+            if let Some((snapshots, _)) = &statuses {
+                snapshots.send_replace(Arc::new(crate::status::StatusSnapshot {
+                    classes: objects.gateway_classes.clone(),
+                    gateways: objects.gateways.clone(),
+                    routes: objects.http_routes.clone(),
+                    origin: origin.clone(),
+                    desired,
+                }));
+            }
             for r in &t.reports {
                 if seen_reports.insert(r.clone()) {
                     tracing::warn!(object = %r.object, reason = %r.reason, "kubernetes: {}", r.message);
@@ -571,6 +634,47 @@ impl Source for KubernetesSource {
             tokio::time::sleep(self.cfg.debounce).await;
         }
     }
+}
+
+/// Starts one Lease election per reachable cluster and the status writer. Returns the
+/// writer's snapshot channel and the election senders of unreachable clusters (held so
+/// their receivers stay quiet).
+#[allow(clippy::type_complexity)]
+fn start_status(
+    cfg: &KubernetesConfig,
+    clusters: &[ClusterStores],
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> (
+    tokio::sync::watch::Sender<Arc<crate::status::StatusSnapshot>>,
+    Vec<tokio::sync::watch::Sender<bool>>,
+) {
+    let settings = crate::lease::LeaseSettings::from_config(&cfg.status);
+    let mut held = Vec::new();
+    let mut writers = Vec::new();
+    for c in clusters {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(client) = &c.client {
+            tasks.push(tokio::spawn(crate::lease::run(
+                client.clone(),
+                settings.clone(),
+                tx,
+            )));
+        } else {
+            held.push(tx);
+        }
+        writers.push(crate::status::StatusCluster {
+            client: c.client.clone(),
+            leader: rx,
+        });
+    }
+    let (snapshots, rx) = tokio::sync::watch::channel(Arc::new(crate::status::StatusSnapshot::default()));
+    tasks.push(tokio::spawn(crate::status::run(
+        writers,
+        rx,
+        crate::gateway_api::GATEWAY_CONTROLLER.to_string(),
+        settings.identity,
+    )));
+    (snapshots, held)
 }
 
 /// Aborts the watch tasks when the source ends.

@@ -45,6 +45,59 @@ pub struct KubernetesConfig {
     /// annotation or an unresolvable reference, besides logging it. Default: `true`.
     #[serde(default = "default_true")]
     pub events: bool,
+    /// Writing the Gateway API status back (GatewayClass, Gateway, HTTPRoute), by the one
+    /// replica holding a `coordination.k8s.io/v1` Lease. Default: on, Lease
+    /// `sluice-status` in `$POD_NAMESPACE` (or `default`), 15s, renewed every 2s.
+    #[serde(default)]
+    pub status: StatusConfig,
+}
+
+/// `kubernetes.status`: status write-back and the Lease that elects the one replica
+/// doing it (one Lease per cluster, in that cluster).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Write status back at all. When off, no Lease is taken either. Default: `true`.
+    #[serde(default = "default_true")]
+    pub write: bool,
+    /// The Lease's name. Default: `sluice-status`.
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// The Lease's namespace. Default: none, meaning `$POD_NAMESPACE`, else `default`.
+    #[serde(default)]
+    pub lease_namespace: Option<String>,
+    /// How long a Lease holds without renewal (`leaseDurationSeconds`, whole seconds, at
+    /// least 1s); another replica takes it over after this. Default: `15s`.
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// How often the holder renews, and the others check, the Lease. Must be shorter
+    /// than `lease_duration`. Default: `2s`.
+    #[serde(default = "default_lease_retry", with = "humantime_serde")]
+    pub retry_period: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            write: true,
+            lease_name: default_lease_name(),
+            lease_namespace: None,
+            lease_duration: default_lease_duration(),
+            retry_period: default_lease_retry(),
+        }
+    }
+}
+
+fn default_lease_name() -> String {
+    "sluice-status".into()
+}
+
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_lease_retry() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for KubernetesConfig {
@@ -57,6 +110,7 @@ impl Default for KubernetesConfig {
             debounce: default_debounce(),
             sync_timeout: default_sync_timeout(),
             events: true,
+            status: StatusConfig::default(),
         }
     }
 }
