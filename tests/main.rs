@@ -26,6 +26,7 @@ mod errors;
 mod hardening_conn;
 mod hardening_framing;
 mod kubernetes;
+mod kubernetes_tls;
 mod lifecycle;
 mod load_balancing;
 mod log_sinks;
