@@ -10,7 +10,11 @@
 //! - **What it adds.** `auth` → an `auth` filter, `rate_limit` → a `rate_limit` filter
 //!   (in that order, after the route's own filters), `breaker` → the route's
 //!   `circuit_breaker`. The specs are those of the filter kinds and route fields, as
-//!   `docs/config.md` documents them. `rollout` is not attached yet (reported).
+//!   `docs/config.md` documents them. `rollout` → a weighted split of the route's
+//!   backend with each canary's Service (`weight` of `weight_total`), and, per canary
+//!   with a `header` or `cookie` override, a route of its own matching it (`always`, or
+//!   the `exact` / `regex` value, goes to the canary; `never` stays on the main backend),
+//!   as the Ingress canary annotations do.
 //! - **Precedence.** Per section, the most specific policy wins: an HTTPRoute rule over
 //!   the HTTPRoute over its Gateway (an Ingress's annotation and its `targetRefs` are one
 //!   level); among equals, the older policy (then the name) wins and the other is
@@ -27,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_config::model::{FilterConfig, RouteConfig, RouteMatch};
+use sluice_config::model::{BackendConfig, FilterConfig, RouteConfig, RouteMatch, ValueMatch};
 
 use crate::{ClusterObjects, ObjectRef, Report, Translation};
 
@@ -86,7 +90,61 @@ struct Spec {
     #[serde(default, rename = "breaker")]
     breaker: Option<Value>,
     #[serde(default, rename = "rollout")]
-    rollout: Option<Value>,
+    rollout: Option<Rollout>,
+}
+
+/// `spec.rollout`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollout {
+    canaries: Vec<Canary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Canary {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "backendRef")]
+    backend_ref: CanaryBackend,
+    #[serde(default)]
+    weight: u32,
+    #[serde(default = "default_weight_total")]
+    weight_total: u32,
+    #[serde(default)]
+    header: Option<HeaderOverride>,
+    #[serde(default)]
+    cookie: Option<String>,
+}
+
+fn default_weight_total() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryBackend {
+    name: String,
+    port: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderOverride {
+    name: String,
+    #[serde(default)]
+    exact: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+impl Canary {
+    fn label(&self) -> String {
+        let n = self.name.clone().unwrap_or_else(|| self.backend_ref.name.clone());
+        n.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -151,6 +209,31 @@ fn check(spec: &Value) -> Result<Spec, String> {
     });
     if let Some(b) = &s.breaker {
         probe.circuit_breaker = Some(serde_json::from_value(b.clone()).map_err(|e| format!("spec.breaker: {e}"))?);
+    }
+    if let Some(r) = &s.rollout {
+        if r.canaries.is_empty() {
+            return Err("spec.rollout.canaries: at least one canary is required".into());
+        }
+        let mut taken = 0u32;
+        for (i, c) in r.canaries.iter().enumerate() {
+            let p = format!("spec.rollout.canaries[{i}]");
+            if c.weight_total == 0 || c.weight > c.weight_total {
+                return Err(format!("{p}.weight: {} is not within weight_total {}", c.weight, c.weight_total));
+            }
+            taken = taken.saturating_add(c.weight);
+            if let Some(re) = c.header.as_ref().and_then(|h| h.regex.as_ref()) {
+                regex_syntax::Parser::new()
+                    .parse(re)
+                    .map_err(|e| format!("{p}.header.regex: {e}"))?;
+            }
+            if !(1..=65535).contains(&c.backend_ref.port) {
+                return Err(format!("{p}.backendRef.port: {} is not a port", c.backend_ref.port));
+            }
+        }
+        let total = r.canaries.iter().map(|c| c.weight_total).max().unwrap_or(100);
+        if taken > total {
+            return Err(format!("spec.rollout.canaries: the weights add up to {taken}, more than {total}"));
+        }
     }
     let errors = crate::source::route_errors(&probe, Vec::new());
     if errors.is_empty() {
@@ -271,13 +354,6 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
                 previous
             }
         };
-        if spec.as_ref().is_some_and(|s| s.rollout.is_some()) {
-            t.reports.push(Report {
-                object: policy_ref(p),
-                reason: "UnsupportedPolicy".into(),
-                message: "spec.rollout is not attached yet; the other sections are".into(),
-            });
-        }
         specs.push(spec);
     }
     // Forget policies that are gone.
@@ -339,7 +415,8 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
         return;
     }
     let mut conflicts: BTreeMap<usize, String> = BTreeMap::new();
-    for route in &mut t.routes {
+    let mut rollouts: Vec<(usize, usize)> = Vec::new();
+    for (ri, route) in t.routes.iter_mut().enumerate() {
         let mut here: Vec<&Reach> = reaches
             .iter()
             .filter(|(prefix, _)| route.id.starts_with(prefix.as_str()))
@@ -379,6 +456,11 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
         note("rate_limit", &|s| s.rate_limit.is_some(), limit);
         let breaker = pick(&|s| s.breaker.is_some());
         note("breaker", &|s| s.breaker.is_some(), breaker);
+        let rollout = pick(&|s| s.rollout.is_some());
+        note("rollout", &|s| s.rollout.is_some(), rollout);
+        if let Some(pi) = rollout {
+            rollouts.push((ri, pi));
+        }
         if let Some(a) = auth.and_then(|i| specs[i].as_ref()).and_then(|s| s.auth.clone()) {
             route.filters.push(FilterConfig {
                 kind: "auth".into(),
@@ -397,6 +479,9 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
             }
         }
     }
+    for (ri, pi) in rollouts {
+        roll_out(t, objects, &policies[pi], specs[pi].as_ref(), ri);
+    }
     for (pi, message) in conflicts {
         t.reports.push(Report {
             object: policy_ref(&policies[pi]),
@@ -404,6 +489,103 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
             message,
         });
     }
+}
+
+/// Splits route `ri` of `t` onto the canaries of `policy`'s rollout, and adds a route
+/// per header or cookie override.
+fn roll_out(t: &mut Translation, objects: &ClusterObjects, policy: &SluicePolicy, spec: Option<&Spec>, ri: usize) {
+    let Some(rollout) = spec.and_then(|s| s.rollout.as_ref()) else {
+        return;
+    };
+    let ns = policy.namespace().unwrap_or_default();
+    let base = t.routes[ri].clone();
+    let mains = base.backend_list();
+    let [main] = mains.as_slice() else {
+        t.reports.push(Report {
+            object: policy_ref(policy),
+            reason: "UnsupportedPolicy".into(),
+            message: format!(
+                "spec.rollout: route {} has no single backend to split (it answers itself or is split already); not rolled out",
+                base.id
+            ),
+        });
+        return;
+    };
+    let total = rollout.canaries.iter().map(|c| c.weight_total).max().unwrap_or(100);
+    let mut backends = Vec::new();
+    let mut extra = Vec::new();
+    for c in &rollout.canaries {
+        let port = crate::endpoints::PortRef::Number(c.backend_ref.port);
+        let up = match crate::endpoints::service_upstream(objects, &ns, &c.backend_ref.name, &port) {
+            Ok(u) => u,
+            Err(e) => {
+                t.reports.push(Report {
+                    object: policy_ref(policy),
+                    reason: "BackendNotFound".into(),
+                    message: format!("spec.rollout canary {}:{port}: {e}; not rolled out", c.backend_ref.name),
+                });
+                continue;
+            }
+        };
+        let up_id = up.id.clone();
+        if !t.upstreams.iter().any(|u| u.id == up_id) {
+            t.upstreams.push(up);
+        }
+        // Weights are out of the largest weight_total.
+        let w = u64::from(c.weight) * u64::from(total) / u64::from(c.weight_total.max(1));
+        backends.push(BackendConfig {
+            upstream: up_id.clone(),
+            weight: u32::try_from(w).unwrap_or(total),
+        });
+        let over = |suffix: &str, cond: ValueMatch, to: &str| {
+            let mut r = base.clone();
+            r.id = format!("{}.rollout.{}.{suffix}", base.id, c.label());
+            r.matches.headers.push(cond);
+            r.upstream = Some(to.to_string());
+            r.backends.clear();
+            r
+        };
+        if let Some(h) = &c.header {
+            let cond = |exact: Option<String>, regex: Option<String>| ValueMatch {
+                name: h.name.clone(),
+                exact,
+                regex,
+                present: None,
+            };
+            if h.exact.is_some() || h.regex.is_some() {
+                extra.push(over("header", cond(h.exact.clone(), h.regex.clone()), &up_id));
+            } else {
+                extra.push(over("header", cond(Some("always".into()), None), &up_id));
+                extra.push(over("header-never", cond(Some("never".into()), None), &main.upstream));
+            }
+        }
+        if let Some(name) = &c.cookie {
+            let cookie = |v: &str| ValueMatch {
+                name: "cookie".into(),
+                exact: None,
+                regex: Some(format!("(.*;\\s*)?{}={v}(;.*)?", regex_syntax::escape(name))),
+                present: None,
+            };
+            extra.push(over("cookie", cookie("always"), &up_id));
+            extra.push(over("cookie-never", cookie("never"), &main.upstream));
+        }
+    }
+    if backends.is_empty() {
+        return;
+    }
+    let taken: u32 = backends.iter().map(|b| b.weight).sum();
+    let mut all = vec![BackendConfig {
+        upstream: main.upstream.clone(),
+        weight: total.saturating_sub(taken),
+    }];
+    all.extend(backends);
+    if all.iter().all(|b| b.weight == 0) {
+        all[0].weight = 1;
+    }
+    let route = &mut t.routes[ri];
+    route.upstream = None;
+    route.backends = all;
+    t.routes.extend(extra);
 }
 
 #[cfg(test)]
@@ -495,6 +677,45 @@ mod tests {
             .collect();
         assert_eq!(reasons, [("Conflicted", "gateway-wide")]);
         assert_eq!(good.len(), 3);
+    }
+
+    #[test]
+    fn a_rollout_splits_the_route_and_adds_header_and_cookie_routes() {
+        let mut o = objects();
+        o.services.push(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "canary", "namespace": "ns"},
+                "spec": {"type": "ExternalName", "externalName": "canary.example", "ports": [{"port": 80}]}}))
+            .unwrap(),
+        );
+        let p = policy(
+            "roll",
+            json!({"targetRefs": [{"group": "networking.k8s.io", "kind": "Ingress", "name": "site"}],
+                   "rollout": {"canaries": [{"name": "v2", "backendRef": {"name": "canary", "port": 80}, "weight": 5,
+                       "header": {"name": "x-canary"}, "cookie": "canary"}]}}),
+        );
+        let mut t = translation();
+        attach(&mut t, &o, &[p], &mut LastGood::new());
+        assert!(t.reports.is_empty(), "{:?}", t.reports);
+        let r = t.routes.iter().find(|r| r.id == "k8s.ns.site.r0.p0").unwrap();
+        let split: Vec<(&str, u32)> = r.backends.iter().map(|b| (b.upstream.as_str(), b.weight)).collect();
+        assert_eq!(split, [("u", 95), ("k8s.ns.canary.80", 5)]);
+        let extra: Vec<(&str, &str)> = t
+            .routes
+            .iter()
+            .filter(|r| r.id.contains(".rollout."))
+            .map(|r| (r.id.as_str(), r.upstream.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                ("k8s.ns.site.r0.p0.rollout.v2.header", "k8s.ns.canary.80"),
+                ("k8s.ns.site.r0.p0.rollout.v2.header-never", "u"),
+                ("k8s.ns.site.r0.p0.rollout.v2.cookie", "k8s.ns.canary.80"),
+                ("k8s.ns.site.r0.p0.rollout.v2.cookie-never", "u"),
+            ]
+        );
+        assert_eq!(t.upstreams.len(), 1);
     }
 
     #[test]
