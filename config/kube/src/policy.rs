@@ -637,18 +637,19 @@ mod tests {
         }
     }
 
-    fn kinds(t: &Translation, id: &str) -> Vec<String> {
+    fn kinds(t: &Translation, id: &str) -> Vec<(String, Value)> {
         let r = t.routes.iter().find(|r| r.id == id).unwrap();
-        r.filters.iter().map(|f| format!("{}:{}", f.kind, f.spec)).collect()
+        r.filters.iter().map(|f| (f.kind.clone(), f.spec.clone())).collect()
     }
 
-    const LIMIT: &str = r#"{"requests":5,"per":"1s"}"#;
+    fn limit(requests: u32) -> Vec<(String, Value)> {
+        vec![("rate_limit".into(), json!({"requests": requests, "per": "1s"}))]
+    }
 
     #[test]
     fn attaches_by_annotation_targetref_rule_and_gateway_with_the_most_specific_winning() {
-        let limit: Value = serde_json::from_str(LIMIT).unwrap();
         let policies = vec![
-            policy("annotated", json!({"targetRefs": [], "rate_limit": limit})),
+            policy("annotated", json!({"targetRefs": [], "rate_limit": {"requests": 5, "per": "1s"}})),
             policy(
                 "gateway-wide",
                 json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}],
@@ -663,12 +664,9 @@ mod tests {
         let mut t = translation();
         let mut good = LastGood::new();
         attach(&mut t, &objects(), &policies, &mut good);
-        assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), [format!("rate_limit:{LIMIT}")]);
-        assert_eq!(
-            kinds(&t, "gw.ns.echo.0.0"),
-            [r#"rate_limit:{"per":"1s","requests":100}"#]
-        );
-        assert_eq!(kinds(&t, "gw.ns.echo.1.0"), [r#"rate_limit:{"per":"1s","requests":1}"#]);
+        assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), limit(5));
+        assert_eq!(kinds(&t, "gw.ns.echo.0.0"), limit(100));
+        assert_eq!(kinds(&t, "gw.ns.echo.1.0"), limit(1));
         assert!(kinds(&t, "k8s.ns.other.r0.p0").is_empty());
         let reasons: Vec<(&str, &str)> = t
             .reports
@@ -728,10 +726,7 @@ mod tests {
         let mut t = translation();
         let bad = policy("p", json!({"targetRefs": target, "rate_limit": {"requests": 5, "pre": "1s"}}));
         attach(&mut t, &objects(), &[bad.clone()], &mut good);
-        assert_eq!(
-            kinds(&t, "k8s.ns.site.r0.p0"),
-            [r#"rate_limit:{"per":"1s","requests":5}"#]
-        );
+        assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), limit(5));
         assert_eq!(t.reports.len(), 1, "{:?}", t.reports);
         assert_eq!(t.reports[0].reason, "InvalidPolicy");
         assert_eq!(t.reports[0].object.kind, "SluicePolicy");
