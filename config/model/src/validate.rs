@@ -418,6 +418,8 @@ impl Config {
             &self.dns,
             routes_hash,
             &self.consumers,
+            // Inline listener certificates: a rotated Secret is a change to apply.
+            &self.certificates,
         ))
     }
 
