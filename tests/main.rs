@@ -28,6 +28,7 @@ mod gateway_api;
 mod hardening_conn;
 mod hardening_framing;
 mod kubernetes;
+mod kubernetes_tls;
 mod lifecycle;
 mod load_balancing;
 mod log_sinks;

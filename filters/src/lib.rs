@@ -148,12 +148,13 @@ fn join(base: &str, sub: &str) -> String {
 }
 
 /// Whether one of the route's filters answers every request itself (a `redirect` or a
-/// `direct_response`), so the route needs no backend.
+/// `direct_response`), so the route needs no backend. A `redirect` with `only_http`
+/// lets HTTPS requests through, so it does not count.
 pub fn answers_itself(route: &RouteConfig) -> bool {
-    route
-        .filters
-        .iter()
-        .any(|f| kinds::find(&f.kind).is_some_and(|k| k.answers))
+    route.filters.iter().any(|f| {
+        kinds::find(&f.kind).is_some_and(|k| k.answers)
+            && !(f.kind == "redirect" && f.spec.get("only_http") == Some(&serde_json::Value::Bool(true)))
+    })
 }
 
 /// Checks what the config model leaves to the filter kinds: every consumer's

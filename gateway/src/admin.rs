@@ -47,6 +47,7 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .route("/api/v1/routes", get(routes))
         .route("/api/v1/upstreams", get(upstreams))
         .route("/api/v1/consumers", get(consumers))
+        .route("/api/v1/certificates", get(certificates))
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .route("/api/v1/stats", get(crate::dashboard::stats))
@@ -310,10 +311,17 @@ async fn consumers(State(g): State<Arc<Gateway>>) -> Json<Value> {
     Json(json!({ "version": s.version, "consumers": list }))
 }
 
-/// The config as the admin API shows it: consumers' credential values redacted.
+/// The certificates each TLS listener serves (names, SNI names, expiry, load errors).
+async fn certificates(State(g): State<Arc<Gateway>>) -> Json<Value> {
+    Json(json!({ "listeners": g.certs.served() }))
+}
+
+/// The config as the admin API shows it: consumers' credential values and inline
+/// certificates' private keys redacted.
 pub fn redacted_config(c: &sluice_config::Config) -> sluice_config::Config {
     sluice_config::Config {
         consumers: c.consumers.iter().map(|c| c.redacted()).collect(),
+        certificates: c.certificates.iter().map(|c| c.redacted()).collect(),
         ..c.clone()
     }
 }

@@ -69,6 +69,8 @@ pub struct Gateway {
     /// The access log's sinks (`logging.access_log`, or stdout with
     /// `server.access_log`).
     pub access_log: AccessLog,
+    /// The TLS listeners' live certificates (see [`crate::tls`]).
+    pub certs: crate::tls::LiveCerts,
     /// The log sinks' metrics.
     log_metrics: LogMetrics,
     /// Progressive rollouts: their store (set at start) and metrics.
@@ -107,6 +109,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             state,
             access_log,
+            certs: crate::tls::LiveCerts::new(&metrics),
             log_metrics,
             rollouts: crate::rollout::Rollouts::new(&metrics),
             metrics,
@@ -228,8 +231,12 @@ impl Gateway {
                     configure_events(&snapshot.config, &self.log_metrics);
                 }
                 self.state.upstreams.publish(&snapshot);
-                self.snapshot.store(Arc::new(snapshot));
+                let snapshot = Arc::new(snapshot);
+                self.snapshot.store(snapshot.clone());
                 self.ready.store(true, Ordering::Release);
+                // New certificates (inline ones from the Kubernetes source, changed file
+                // names) reach new handshakes; open connections keep theirs.
+                self.certs.refresh(&snapshot.config);
                 self.state.collect_garbage();
                 self.metrics.reloads.with_label_values(&["applied"]).inc();
                 self.metrics

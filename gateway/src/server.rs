@@ -93,11 +93,15 @@ pub fn run(
         let addr = l.listen.to_string();
         match &l.tls {
             None => svc.add_tcp(&addr),
-            Some(tls) => {
-                let resolver =
-                    crate::tls::SniResolver::new(tls).map_err(|e| format!("listener {}: {e}", l.name))?;
+            Some(_) => {
+                // Live: the files are re-read and the config's inline certificates
+                // (Kubernetes TLS Secrets) added on every change (see `tls`).
+                let resolver = gateway
+                    .certs
+                    .add_listener(&l.name, &config)
+                    .map_err(|e| format!("listener {}: {e}", l.name))?;
                 let mut settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
-                settings.set_cert_resolver(Arc::new(resolver));
+                settings.set_cert_resolver(resolver);
                 if l.http2 {
                     settings.enable_h2();
                 }
@@ -148,6 +152,7 @@ fn admin_thread(
         tokio::spawn(crate::sources::run(gateway.clone(), sources, base, base_hash));
         tokio::spawn(crate::health::run(gateway.clone()));
         tokio::spawn(crate::discovery::dns::run(gateway.clone()));
+        tokio::spawn(crate::tls::poll(gateway.clone()));
         // Ready only once a SIGTERM would drain rather than kill the process.
         if !crate::shutdown::signals_installed(std::time::Duration::from_secs(10)).await {
             tracing::warn!("signal handlers not installed after 10 s; opening the admin listener anyway");

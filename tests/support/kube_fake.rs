@@ -4,7 +4,8 @@
 //! What it speaks, as kube 4.2's watcher uses it (list-then-watch, not streaming lists):
 //! - `GET /api/v1/[namespaces/{ns}/]{services,secrets}`,
 //!   `/apis/discovery.k8s.io/v1/[namespaces/{ns}/]endpointslices`,
-//!   `/apis/networking.k8s.io/v1/[namespaces/{ns}/]ingresses`, `.../ingressclasses`:
+//!   `/apis/networking.k8s.io/v1/[namespaces/{ns}/]ingresses`, `.../ingressclasses`,
+//!   `/apis/sluice.dev/v1alpha1/[namespaces/{ns}/]sluicepolicies` (the CRD):
 //!   a list with `metadata.resourceVersion`, paged by `limit` / `continue`, filtered by
 //!   `labelSelector` (`k`, `!k`, `k=v`, `k!=v`) and `fieldSelector` (`path=v`);
 //! - the same with `watch=true&resourceVersion=N`: a chunked JSON-lines stream that
@@ -136,6 +137,7 @@ fn resource_of(obj: &Value) -> String {
         "Service" => "services",
         "EndpointSlice" => "endpointslices",
         "Secret" => "secrets",
+        "SluicePolicy" => "sluicepolicies",
         "Event" => "events",
         "GatewayClass" => "gatewayclasses",
         "Gateway" => "gateways",
@@ -732,6 +734,7 @@ fn kind_of(resource: &str) -> &'static str {
         "httproutes" => "HTTPRoute",
         "referencegrants" => "ReferenceGrant",
         "leases" => "Lease",
+        "sluicepolicies" => "SluicePolicy",
         _ => "Event",
     }
 }

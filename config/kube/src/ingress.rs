@@ -33,7 +33,7 @@
 //! | `limit-rps` (+ `limit-burst-multiplier`, default 5) | a `rate_limit` filter per client IP |
 //! | `limit-connections` | a `limit_conn` filter per client IP |
 //! | `affinity: cookie`, `session-cookie-name` | the upstream's `consistent_hash: {cookie}` (Sluice hashes on the cookie; it does not set it) |
-//! | `ssl-redirect`, `force-ssl-redirect` | only `"false"` is accepted (Sluice does not redirect to HTTPS by itself); `"true"` is reported |
+//! | `ssl-redirect` (default `"true"`), `force-ssl-redirect` | a `redirect` filter (308 to `https://<host>`, `only_http`) first on every route of an Ingress with `spec.tls` (unless `ssl-redirect: "false"`), or of any Ingress with `force-ssl-redirect: "true"` |
 //!
 //! A Service port with `backend-protocol` or `affinity` is an upstream of its own
 //! (`k8s.<ns>.<svc>.<port>.grpc`, `.cookie-<name>`), so two Ingresses can name the same
@@ -102,11 +102,9 @@ pub const SUPPORTED: &[&str] = &[
     "limit-connections",
     "affinity",
     "session-cookie-name",
+    "ssl-redirect",
+    "force-ssl-redirect",
 ];
-
-/// Annotations accepted only with the value that matches Sluice's behaviour (Sluice
-/// never redirects to HTTPS on its own: a route has no scheme condition yet).
-const ONLY_FALSE: &[&str] = &["ssl-redirect", "force-ssl-redirect"];
 
 /// Sluice's own annotations that the policy attachment reads (not this translation).
 const SLUICE_KNOWN: &[&str] = &["policy"];
@@ -163,6 +161,9 @@ struct Annotations {
     burst_multiplier: Option<u32>,
     limit_conn: Option<u32>,
     affinity_cookie: Option<String>,
+    /// Plain-HTTP requests get a 308 to https (`ssl-redirect` with `spec.tls`, or
+    /// `force-ssl-redirect`).
+    ssl_redirect: bool,
 }
 
 struct Reporter<'a> {
@@ -205,14 +206,7 @@ fn read_annotations(ing: &Ingress, r: &mut Reporter<'_>) -> Annotations {
             if SUPPORTED.contains(&k) {
                 continue;
             }
-            if ONLY_FALSE.contains(&k) && value.trim().eq_ignore_ascii_case("false") {
-                continue;
-            }
-            let why = if ONLY_FALSE.contains(&k) {
-                "is not supported (Sluice does not redirect to HTTPS by itself; only \"false\" is accepted)"
-            } else {
-                "is not supported by Sluice"
-            };
+            let why = "is not supported by Sluice";
             r.report(
                 "UnsupportedAnnotation",
                 format!("annotation {key}={value:?} {why}; ignored"),
@@ -309,6 +303,23 @@ fn read_annotations(ing: &Ingress, r: &mut Reporter<'_>) -> Annotations {
     a.limit_rps = num("limit-rps", r).filter(|&n| n > 0);
     a.burst_multiplier = num("limit-burst-multiplier", r).filter(|&n| n > 0);
     a.limit_conn = num("limit-connections", r).filter(|&n| n > 0);
+    let has_tls = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.tls.as_ref())
+        .is_some_and(|t| !t.is_empty());
+    let flag = |k: &str, default: bool, r: &mut Reporter<'_>| match get(k) {
+        None => default,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            r.invalid(k, &v, "is not \"true\" or \"false\"");
+            default
+        }
+    };
+    let force = flag("force-ssl-redirect", false, r);
+    let ssl = flag("ssl-redirect", true, r);
+    a.ssl_redirect = force || (has_tls && ssl);
     if let Some(kind) = get("affinity") {
         if kind == "cookie" {
             a.affinity_cookie = Some(get("session-cookie-name").unwrap_or_else(|| "INGRESSCOOKIE".into()));
@@ -485,8 +496,21 @@ fn new_route(id: String, matches: RouteMatch) -> RouteConfig {
     }
 }
 
+/// The ssl-redirect filter: plain-HTTP requests get a 308 to the same host and path
+/// over https (port 443), HTTPS requests pass.
+fn ssl_redirect() -> FilterConfig {
+    FilterConfig {
+        kind: "redirect".into(),
+        spec: json!({"status": 308, "scheme": "https", "port": 443, "only_http": true}),
+    }
+}
+
 /// Applies the route-level annotations.
 fn decorate(route: &mut RouteConfig, a: &Annotations, r: &mut Reporter<'_>) {
+    if a.ssl_redirect {
+        // First, as ingress-nginx redirects before anything else runs.
+        route.filters.push(ssl_redirect());
+    }
     let secs = |n: Option<u64>| n.map(std::time::Duration::from_secs);
     route.timeouts.connect = secs(a.connect);
     route.timeouts.read = secs(a.read);
@@ -597,18 +621,6 @@ pub fn translate(objects: &ClusterObjects, class: &str) -> Translation {
             out: &mut reports,
         };
         let a = read_annotations(ing, &mut r);
-        if ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.tls.as_ref())
-            .is_some_and(|t| !t.is_empty())
-        {
-            r.report(
-                "UnsupportedTLS",
-                "spec.tls: certificates from Secrets are not served yet; give the listener certificate files"
-                    .into(),
-            );
-        }
         ctx.reports.append(&mut reports);
         if a.canary {
             canaries.push((ing, a));
@@ -633,6 +645,9 @@ pub fn translate(objects: &ClusterObjects, class: &str) -> Translation {
                         ..Default::default()
                     },
                 );
+                if a.ssl_redirect {
+                    route.filters.push(ssl_redirect());
+                }
                 route.filters.push(FilterConfig {
                     kind: "redirect".into(),
                     spec: json!({"status": 302, "path": root}),
@@ -1025,7 +1040,7 @@ mod tests {
     fn unsupported_and_invalid_annotations_are_reported() {
         let ann = json!({
             "nginx.ingress.kubernetes.io/configuration-snippet": "x",
-            "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+            "nginx.ingress.kubernetes.io/ssl-redirect": "maybe",
             "nginx.ingress.kubernetes.io/limit-rps": "lots",
             "sluice.dev/nope": "1",
             "kubectl.kubernetes.io/last-applied-configuration": "{}",
@@ -1050,12 +1065,47 @@ mod tests {
             got,
             [
                 ("InvalidAnnotation", true),
-                ("UnsupportedAnnotation", true),
+                ("InvalidAnnotation", true),
                 ("UnsupportedAnnotation", true),
                 ("UnsupportedAnnotation", true)
             ]
         );
         assert_eq!(t.routes.len(), 1, "the Ingress is still served");
+    }
+
+    #[test]
+    fn ssl_redirect_with_tls_and_force_ssl_redirect_without() {
+        let mut with_tls = rules("a", json!([path("/", "Prefix", "web")]));
+        with_tls["tls"] = json!([{"hosts": ["a"], "secretName": "a-tls"}]);
+        let mut off = with_tls.clone();
+        off["rules"][0]["host"] = json!("off");
+        let o = objects(
+            vec![
+                ing("tls", json!({}), with_tls),
+                ing("off", json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}), off),
+                ing("plain", json!({}), rules("p", json!([path("/", "Prefix", "web")]))),
+                ing(
+                    "forced",
+                    json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),
+                    rules("f", json!([path("/", "Prefix", "web")])),
+                ),
+            ],
+            &["web"],
+        );
+        let t = translate(&o, "sluice");
+        assert!(t.reports.is_empty(), "{:?}", t.reports);
+        let first = |id: &str| {
+            let r = t.routes.iter().find(|r| r.id == id).unwrap();
+            r.filters.first().map(|f| (f.kind.clone(), f.spec.clone()))
+        };
+        let redirect = Some((
+            "redirect".to_string(),
+            json!({"status": 308, "scheme": "https", "port": 443, "only_http": true}),
+        ));
+        assert_eq!(first("k8s.ns.tls.r0.p0"), redirect);
+        assert_eq!(first("k8s.ns.forced.r0.p0"), redirect);
+        assert_eq!(first("k8s.ns.off.r0.p0"), None);
+        assert_eq!(first("k8s.ns.plain.r0.p0"), None);
     }
 
     #[test]

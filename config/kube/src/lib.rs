@@ -12,6 +12,10 @@
 //!   Gateway API statuses written back by the leader, only when they change.
 //! - [`ingress`]: the pure `networking.k8s.io/v1` Ingress translation, with the
 //!   supported ingress-nginx annotations.
+//! - [`policy`]: `SluicePolicy` objects attached to the routes of Ingresses and
+//!   HTTPRoutes (auth, rate limit, breaker).
+//! - [`tls_certs`]: the TLS Secrets Ingresses and Gateways name, as the config's inline
+//!   listener certificates (rotated by the gateway without a restart).
 //!
 //! Every translation has one shape:
 //! `fn translate(objects: &ClusterObjects) -> Translation` (routes, upstreams, reports).
@@ -22,8 +26,10 @@ mod gateway_watch;
 pub mod ingress;
 pub mod lease;
 pub mod objects;
+pub mod policy;
 pub mod source;
 pub mod status;
+pub mod tls_certs;
 
 pub use objects::{ClusterObjects, ObjectRef, Report, Translation};
 pub use source::KubernetesSource;

@@ -44,6 +44,8 @@ pub struct ClusterObjects {
     pub gateways: Vec<Gateway>,
     /// Gateway API HTTPRoutes. Default: none.
     pub http_routes: Vec<HttpRoute>,
+    /// `SluicePolicy` objects (`sluice.dev/v1alpha1`). Default: none.
+    pub policies: Vec<crate::policy::SluicePolicy>,
 }
 
 impl ClusterObjects {

@@ -36,6 +36,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use sluice_config::certificates::InlineCertificate;
 use sluice_config::kubernetes::{ClusterConfig, KubernetesConfig};
 use sluice_config::model::{RouteConfig, UpstreamConfig};
 use sluice_sources::{Content, Resources, Source, SourceContext, SourceState};
@@ -66,6 +67,7 @@ struct ClusterStores {
     slices: Vec<Store<EndpointSlice>>,
     secrets: Vec<Store<Secret>>,
     gateway: crate::gateway_watch::GatewayStores,
+    policies: Vec<Store<crate::policy::SluicePolicy>>,
     stats: Vec<Arc<WatchStats>>,
     error: Option<String>,
 }
@@ -165,6 +167,7 @@ async fn start_cluster(
         slices: Vec::new(),
         secrets: Vec::new(),
         gateway: Default::default(),
+        policies: Vec::new(),
         stats: Vec::new(),
         error: None,
     };
@@ -230,6 +233,17 @@ async fn start_cluster(
         );
         stores.secrets.push(s);
         stores.stats.push(st);
+        if cfg.policies {
+            let (s, st) = spawn_watch(
+                api::<crate::policy::SluicePolicy>(&client, ns),
+                base.clone(),
+                wake.clone(),
+                format!("{name}: sluicepolicies in {at}"),
+                tasks,
+            );
+            stores.policies.push(s);
+            stores.stats.push(st);
+        }
     }
     let (s, st) = spawn_watch(
         Api::<IngressClass>::all(client.clone()),
@@ -276,6 +290,7 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     let mut origin = HashMap::new();
     let (mut ing, mut cls, mut svc, mut sec) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut pol = BTreeMap::new();
     let mut slices = Vec::new();
     let (mut gw_classes, mut gateways, mut http_routes) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for &ci in &order {
@@ -287,6 +302,7 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         take(&c.gateway.classes, &mut gw_classes, &mut origin, ci);
         take(&c.gateway.gateways, &mut gateways, &mut origin, ci);
         take(&c.gateway.routes, &mut http_routes, &mut origin, ci);
+        take(&c.policies, &mut pol, &mut origin, ci);
         let mut mine: Vec<_> = c.slices.iter().flat_map(Store::state).collect();
         mine.sort_by_key(|s| key(s.as_ref()));
         slices.extend(mine.into_iter().map(|s| PrioritizedSlice {
@@ -303,8 +319,47 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         gateway_classes: crate::gateway_watch::ours(gw_classes.into_values()),
         gateways: gateways.into_values().collect(),
         http_routes: http_routes.into_values().collect(),
+        policies: pol.into_values().collect(),
+        ..ClusterObjects::default()
     };
     (objects, origin)
+}
+
+/// What is wrong with one route checked alone with `upstreams` (those it names): the
+/// model's validation, and its filter specs built as `sluice validate` does. Empty when
+/// it is good.
+pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<String> {
+    let shared = sluice_filters::kinds::Shared::default();
+    let config = sluice_config::Config {
+        listeners: vec![sluice_config::model::ListenerConfig {
+            name: "check".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: None,
+            http2: true,
+            connections: Default::default(),
+        }],
+        routes: vec![r.clone()],
+        upstreams,
+        ..Default::default()
+    };
+    let mut errors: Vec<String> = match config.validate() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    };
+    if errors.is_empty() {
+        let ctx = sluice_filters::kinds::BuildCtx::new(&config, &shared);
+        for (i, f) in r.filters.iter().enumerate() {
+            match sluice_filters::kinds::find(&f.kind) {
+                Some(kind) => {
+                    if let Err(es) = (kind.build)(&f.spec, &ctx) {
+                        errors.extend(es.iter().map(|e| format!("filters[{i}].{}: {e:?}", f.kind)));
+                    }
+                }
+                None => errors.push(format!("filters[{i}]: unknown kind {}", f.kind)),
+            }
+        }
+    }
+    errors
 }
 
 /// Checks each route with the upstreams it names, alone: a route that does not validate
@@ -312,42 +367,14 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
 /// checked by building them, as `sluice validate` does.
 pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
     let upstreams: BTreeMap<&str, &UpstreamConfig> = t.upstreams.iter().map(|u| (u.id.as_str(), u)).collect();
-    let shared = sluice_filters::kinds::Shared::default();
     let mut keep: Vec<RouteConfig> = Vec::new();
     let mut reports = Vec::new();
     for r in &t.routes {
-        let mut config = sluice_config::Config {
-            listeners: vec![sluice_config::model::ListenerConfig {
-                name: "check".into(),
-                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-                tls: None,
-                http2: true,
-                connections: Default::default(),
-            }],
-            routes: vec![r.clone()],
-            ..Default::default()
-        };
-        config.upstreams = route_upstreams(r)
+        let named = route_upstreams(r)
             .iter()
             .filter_map(|id| upstreams.get(id.as_str()).map(|u| (*u).clone()))
             .collect();
-        let mut errors: Vec<String> = match config.validate() {
-            Ok(()) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        };
-        if errors.is_empty() {
-            let ctx = sluice_filters::kinds::BuildCtx::new(&config, &shared);
-            for (i, f) in r.filters.iter().enumerate() {
-                match sluice_filters::kinds::find(&f.kind) {
-                    Some(kind) => {
-                        if let Err(es) = (kind.build)(&f.spec, &ctx) {
-                            errors.extend(es.iter().map(|e| format!("filters[{i}].{}: {e:?}", f.kind)));
-                        }
-                    }
-                    None => errors.push(format!("filters[{i}]: unknown kind {}", f.kind)),
-                }
-            }
-        }
+        let errors = route_errors(r, named);
         if errors.is_empty() {
             keep.push(r.clone());
         } else if let Some(obj) = owner_of(&r.id, objects) {
@@ -423,7 +450,7 @@ pub fn translate_with_status(
     (t, g)
 }
 
-fn resources(t: &Translation, revision: i64) -> Resources {
+fn resources(t: &Translation, certs: &[InlineCertificate], revision: i64) -> Resources {
     let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
     Resources {
         routes: t
@@ -437,6 +464,10 @@ fn resources(t: &Translation, revision: i64) -> Resources {
             .map(|u| (u.id.clone(), to_value(serde_json::to_value(u))))
             .collect(),
         consumers: BTreeMap::new(),
+        certificates: certs
+            .iter()
+            .map(|c| (c.name.clone(), to_value(serde_json::to_value(c))))
+            .collect(),
         errors: Vec::new(),
         revision,
     }
@@ -572,9 +603,21 @@ impl Source for KubernetesSource {
         let mut seen_reports: BTreeSet<Report> = BTreeSet::new();
         let mut publishes = 0u64;
         let mut revision = 0i64;
+        let mut policies_good = crate::policy::LastGood::new();
         loop {
             let (objects, origin) = merge(&clusters);
-            let (t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
+            let (mut t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
+                        // TLS Secrets as listener certificates (see `tls_certs`).
+            let (certs, cert_reports) = crate::tls_certs::collect(
+                &objects,
+                &self.cfg.ingress_class,
+                &desired.certificates,
+                self.cfg.tls_listener.as_deref(),
+            );
+            t.reports.extend(cert_reports);
+            // SluicePolicies onto the routes, checked (a bad one keeps its last good
+            // version, see `policy`).
+            crate::policy::attach(&mut t, &objects, &objects.policies, &mut policies_good);
             if let Some((snapshots, _)) = &statuses {
                 snapshots.send_replace(Arc::new(crate::status::StatusSnapshot {
                     classes: objects.gateway_classes.clone(),
@@ -598,10 +641,10 @@ impl Source for KubernetesSource {
             // Forget reports that no longer hold, so they are reported again if they come back.
             let now: BTreeSet<&Report> = t.reports.iter().collect();
             seen_reports.retain(|r| now.contains(r));
-            let res = resources(&t, revision + 1);
-            let changed = last
-                .as_ref()
-                .is_none_or(|l| l.routes != res.routes || l.upstreams != res.upstreams);
+            let res = resources(&t, &certs, revision + 1);
+            let changed = last.as_ref().is_none_or(|l| {
+                l.routes != res.routes || l.upstreams != res.upstreams || l.certificates != res.certificates
+            });
             let synced = clusters.iter().all(ClusterStores::synced);
             if changed {
                 revision += 1;

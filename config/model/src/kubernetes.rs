@@ -45,6 +45,15 @@ pub struct KubernetesConfig {
     /// annotation or an unresolvable reference, besides logging it. Default: `true`.
     #[serde(default = "default_true")]
     pub events: bool,
+    /// The TLS listener (by name) that serves the certificates of TLS Secrets (Ingress
+    /// `spec.tls`, Gateway HTTPS listeners). Default: none, meaning every TLS listener.
+    #[serde(default)]
+    pub tls_listener: Option<String>,
+    /// Watch `SluicePolicy` objects (the CRD in `deploy/`) and attach them to Ingresses
+    /// and HTTPRoutes. Turn it off in a cluster without the CRD: the first publish waits
+    /// for every watcher's first list (up to `sync_timeout`). Default: `true`.
+    #[serde(default = "default_true")]
+    pub policies: bool,
     /// Writing the Gateway API status back (GatewayClass, Gateway, HTTPRoute), by the one
     /// replica holding a `coordination.k8s.io/v1` Lease. Default: on, Lease
     /// `sluice-status` in `$POD_NAMESPACE` (or `default`), 15s, renewed every 2s.
@@ -111,6 +120,8 @@ impl Default for KubernetesConfig {
             sync_timeout: default_sync_timeout(),
             events: true,
             status: StatusConfig::default(),
+            tls_listener: None,
+            policies: true,
         }
     }
 }

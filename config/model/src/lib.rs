@@ -9,6 +9,7 @@
 //! It does not own the compiled, request-path form of the config either: that is the
 //! gateway's snapshot, built from a validated [`Config`].
 
+pub mod certificates;
 pub mod connections;
 pub mod kubernetes;
 pub mod limits;

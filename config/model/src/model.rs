@@ -44,6 +44,11 @@ pub struct Config {
     /// (off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
+    /// Listener certificates given inline in PEM (the Kubernetes source's TLS Secrets
+    /// land here), served next to each TLS listener's certificate files and swapped in on
+    /// every config change. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::certificates::InlineCertificate>,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
@@ -148,6 +153,12 @@ pub struct ServerConfig {
     /// Request buffering for every route (`off`, `on` or `{max: <size>}`), overridable
     /// per route. Default: `{max: 64KiB}`; see [`crate::limits::RequestBuffering`].
     pub request_buffering: crate::limits::RequestBuffering,
+    /// How often the listeners' certificate and key files are read again: a changed file
+    /// is served to new handshakes without a restart (open connections keep theirs), a
+    /// file that no longer loads keeps the previous certificate and logs an error naming
+    /// it. `0s` turns polling off (a config reload still re-reads them). Default: `2s`.
+    #[serde(with = "humantime_serde")]
+    pub certificate_poll_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -165,6 +176,7 @@ impl Default for ServerConfig {
             connections: crate::connections::ConnectionLimits::default(),
             limits: crate::limits::LimitsConfig::default(),
             request_buffering: crate::limits::RequestBuffering::default(),
+            certificate_poll_interval: Duration::from_secs(2),
         }
     }
 }

@@ -418,6 +418,8 @@ impl Config {
             &self.dns,
             routes_hash,
             &self.consumers,
+            // Inline listener certificates: a rotated Secret is a change to apply.
+            &self.certificates,
         ))
     }
 
@@ -562,6 +564,38 @@ impl Validator<'_> {
         }
     }
 
+    /// `certificates`: unique names, PEM that at least looks like a certificate and a
+    /// key (they are parsed when served), valid server names, TLS listeners that exist.
+    fn inline_certificates(&mut self, c: &Config) {
+        let mut names = HashSet::new();
+        for (i, cert) in c.certificates.iter().enumerate() {
+            let p = format!("certificates[{i}]");
+            self.id(&format!("{p}.name"), &cert.name, &mut names);
+            if !cert.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+                self.err(format!("{p}.cert_pem"), "needs a PEM CERTIFICATE block");
+            }
+            if !cert.key_pem.contains("PRIVATE KEY-----") {
+                self.err(format!("{p}.key_pem"), "needs a PEM PRIVATE KEY block");
+            }
+            for (k, n) in cert.server_names.iter().enumerate() {
+                if !is_valid_host_pattern(n) {
+                    self.err(
+                        format!("{p}.server_names[{k}]"),
+                        format!("invalid server name {n:?}"),
+                    );
+                }
+            }
+            for (k, l) in cert.listeners.iter().enumerate() {
+                if !c.listeners.iter().any(|x| &x.name == l && x.tls.is_some()) {
+                    self.err(
+                        format!("{p}.listeners[{k}]"),
+                        format!("{l:?} is not a TLS listener"),
+                    );
+                }
+            }
+        }
+    }
+
     fn config(&mut self, c: &Config) {
         self.errors
             .extend(crate::logging::validate(&c.logging, c.server.access_log));
@@ -589,7 +623,10 @@ impl Validator<'_> {
                 );
             }
             if let Some(tls) = &l.tls {
-                if tls.certificates.is_empty() {
+                // Certificates may also come inline (`certificates`), or later from the
+                // Kubernetes source's TLS Secrets.
+                let inline = c.kubernetes.is_some() || c.certificates.iter().any(|x| x.serves_on(&l.name));
+                if tls.certificates.is_empty() && !inline {
                     self.err(
                         format!("{p}.tls.certificates"),
                         "at least one certificate is required",
@@ -609,6 +646,7 @@ impl Validator<'_> {
                 }
             }
         }
+        self.inline_certificates(c);
         if c.server.threads == Some(0) {
             self.err("server.threads", "must be at least 1");
         }

@@ -24,6 +24,10 @@ pub struct Resources {
     /// Default: none.
     #[serde(default)]
     pub consumers: BTreeMap<String, serde_json::Value>,
+    /// Inline listener certificates by name (`{prefix}/certificates/{name}`; the
+    /// Kubernetes source's TLS Secrets). Default: none.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, serde_json::Value>,
     /// Keys that could not be read: the value is neither JSON nor YAML, the key is of an
     /// unknown or unsupported kind, or its id is invalid. The path of each error is the
     /// full etcd key (`/sluice/routes/foo`). Default: none.
@@ -33,12 +37,12 @@ pub struct Resources {
 }
 
 /// The kinds of resource etcd holds, in the order they are composed.
-const KINDS: [&str; 3] = ["upstreams", "routes", "consumers"];
+const KINDS: [&str; 4] = ["upstreams", "routes", "consumers", "certificates"];
 
 /// The field that names an object of `kind`, and that its key's last segment gives:
 /// `name` for consumers, `id` for the others.
 pub fn id_field(kind: &str) -> &'static str {
-    if kind == "consumers" {
+    if kind == "consumers" || kind == "certificates" {
         "name"
     } else {
         "id"
@@ -50,6 +54,7 @@ impl Resources {
         match kind {
             "routes" => &self.routes,
             "consumers" => &self.consumers,
+            "certificates" => &self.certificates,
             _ => &self.upstreams,
         }
     }
@@ -284,6 +289,7 @@ mod tests {
             routes: map(routes),
             upstreams: map(upstreams),
             consumers: BTreeMap::new(),
+            certificates: BTreeMap::new(),
             errors: Vec::new(),
             revision: 7,
         }

@@ -3,7 +3,12 @@
 //! ```yaml
 //! filters:
 //!   - redirect: {status: 301, scheme: https}
+//!   # HTTP to HTTPS only (HTTPS requests pass on to the next filter):
+//!   - redirect: {status: 308, scheme: https, port: 443, only_http: true}
 //! ```
+//!
+//! A port that is the scheme's default (443 for https, 80 for http) is left out of the
+//! `Location`.
 
 use std::sync::Arc;
 
@@ -41,6 +46,11 @@ pub struct RedirectSpec {
     /// Path. Default: the request's (query kept).
     #[serde(default)]
     pub path: Option<String>,
+    /// Redirect only requests that came over plain HTTP; HTTPS requests go on to the
+    /// next filter (an HTTP to HTTPS redirect, ingress-nginx's `ssl-redirect`).
+    /// Default: `false` (every request is redirected).
+    #[serde(default)]
+    pub only_http: bool,
 }
 
 fn default_status() -> u16 {
@@ -99,7 +109,10 @@ impl Redirect {
     pub fn location(&self, req: &RequestView<'_>) -> String {
         let c = &self.config;
         let scheme = c.scheme.as_deref().unwrap_or(req.scheme);
-        let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let port = match (scheme, c.port) {
+            ("https", Some(443)) | ("http", Some(80)) | (_, None) => String::new(),
+            (_, Some(p)) => format!(":{p}"),
+        };
         // With neither host nor port configured, keep the authority the client used.
         let host = match (&c.host, c.port) {
             (Some(h), _) => h.as_str(),
@@ -126,6 +139,9 @@ impl Filter for Redirect {
     }
 
     async fn on_request(&self, req: &RequestView<'_>, _ctx: &mut FilterCtx) -> Flow {
+        if self.config.only_http && req.scheme == "https" {
+            return Flow::Continue;
+        }
         let location = self.location(req);
         let headers = match HeaderValue::from_str(&location) {
             Ok(v) => vec![(http::header::LOCATION, v)],
@@ -169,6 +185,23 @@ mod tests {
         };
         assert_eq!(r.status, StatusCode::FOUND);
         assert_eq!(r.headers[0].1, "https://example.com:8080/new?a=1");
+    }
+
+    #[test]
+    fn only_http_redirects_plain_requests_to_the_default_https_port() {
+        let spec = serde_json::json!({"status": 308, "scheme": "https", "port": 443, "only_http": true});
+        let f = crate::kinds::build_for_test(build, &spec).unwrap();
+        let (h, m) = (HeaderMap::new(), Method::GET);
+        let flow = futures_lite_block_on(f.on_request(&view(&h, &m), &mut FilterCtx::default()));
+        let Flow::Respond(r) = flow else {
+            panic!("expected a response")
+        };
+        assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(r.headers[0].1, "https://example.com/old?a=1");
+        let mut https = view(&h, &m);
+        https.scheme = "https";
+        let flow = futures_lite_block_on(f.on_request(&https, &mut FilterCtx::default()));
+        assert!(matches!(flow, Flow::Continue), "{flow:?}");
     }
 
     #[test]
