@@ -23,6 +23,9 @@ struct Seen {
     request_id: String,
 }
 
+/// One override case: the request headers, the backend expected, the response header expected.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+
 async fn send(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Seen {
     let mut req = client.get(url);
     for (k, v) in headers {
@@ -215,7 +218,7 @@ async fn header_cookie_query_source_and_consumer_rules_override_the_weights_in_p
     let gw = Gateway::start(&yaml, &[&ups[0], &ups[1]]).await;
     let client = http_client();
     let url = gw.http_url("/x?a=1");
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    let cases: &[Case] = &[
         (&[], "stable", "stable; reason=weight"),
         (&[("x-canary", "always")], "canary", "canary; reason=header"),
         (&[("x-canary", "yes")], "stable", "stable; reason=weight"),

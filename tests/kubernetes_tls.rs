@@ -14,8 +14,7 @@ use serde_json::{json, Value};
 use tokio_rustls::rustls;
 
 use crate::support::{
-    eventually, http_client, upstream_of, FakeKube, Gateway, Metrics, TestCa, TestCert,
-    TestUpstream,
+    eventually, http_client, upstream_of, FakeKube, Gateway, Metrics, TestCa, TestCert, TestUpstream,
 };
 
 const NS: &str = "shop";
@@ -69,10 +68,10 @@ fn ingress_class() -> Value {
 /// An Ingress routing `host` to Service `svc`, with `tls` as its `spec.tls`.
 fn ingress(name: &str, host: &str, svc: &str, annotations: Value, tls: Value) -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": name, "namespace": NS, "annotations": annotations},
-        "spec": {"ingressClassName": "sluice", "tls": tls, "rules": [{"host": host, "http": {"paths": [
-            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"name": "http"}}}}
-        ]}}]}})
+    "metadata": {"name": name, "namespace": NS, "annotations": annotations},
+    "spec": {"ingressClassName": "sluice", "tls": tls, "rules": [{"host": host, "http": {"paths": [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"name": "http"}}}}
+    ]}}]}})
 }
 
 fn policy(name: &str, spec: Value) -> Value {
@@ -187,13 +186,7 @@ async fn ingress_tls_from_a_secret_rotates_with_an_open_connection_kept_and_http
         json!({}),
         json!([{"hosts": ["app.test"], "secretName": "app-tls"}]),
     ));
-    fake.apply(ingress(
-        "plain",
-        "plain.test",
-        "web",
-        json!({}),
-        json!([]),
-    ));
+    fake.apply(ingress("plain", "plain.test", "web", json!({}), json!([])));
     fake.apply(ingress(
         "forced",
         "forced.test",
@@ -242,7 +235,14 @@ async fn ingress_tls_from_a_secret_rotates_with_an_open_connection_kept_and_http
         .unwrap();
     assert_eq!((r.status(), upstream_of(&r)), (StatusCode::OK, "web".into()));
 
-    let metrics = Metrics::parse(&reqwest::get(gw.admin_url("/metrics")).await.unwrap().text().await.unwrap());
+    let metrics = Metrics::parse(
+        &reqwest::get(gw.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     let expiry = metrics
         .get(
             "sluice_tls_certificate_expiry_seconds",
@@ -268,9 +268,11 @@ async fn ingress_tls_from_a_secret_rotates_with_an_open_connection_kept_and_http
     assert_ne!(open.leaf, fresh.leaf);
 
     // A Secret that no longer reads is reported on the Ingress, naming the Secret.
-    fake.apply(json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+    fake.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": "app-tls", "namespace": NS},
-        "data": {"tls.crt": b64(b"not a certificate"), "tls.key": b64(second.key_pem.as_bytes())}}));
+        "data": {"tls.crt": b64(b"not a certificate"), "tls.key": b64(second.key_pem.as_bytes())}}),
+    );
     eventually(WAIT, "an event naming the bad Secret", || async {
         fake.events().iter().any(|e| {
             e["reason"] == "InvalidTLSSecret"
@@ -288,7 +290,11 @@ async fn certificate_files_rotate_without_a_restart_and_a_bad_file_keeps_the_old
     let second = ca.issue(&["file.test"]);
     let up = TestUpstream::start("a").await;
     let yaml = "server: {certificate_poll_interval: 100ms}\nlisteners:\n- {name: websecure, listen: \"{{https}}\", tls: {certificates: [{cert: \"{{cert:site}}\", key: \"{{key:site}}\", server_names: [file.test]}]}}\nupstreams: [{id: a, endpoints: [{address: \"{{a}}\"}]}]\nroutes: [{id: r, upstream: a}]\n";
-    let gw = Gateway::builder(yaml).upstream(&up).cert("site", &first).start().await;
+    let gw = Gateway::builder(yaml)
+        .upstream(&up)
+        .cert("site", &first)
+        .start()
+        .await;
     let https = gw.https_addr();
     assert_eq!(served(https, "file.test", &ca).await, first.der.as_ref());
     let mut open = OpenConnection::open(https, "file.test", &ca).await;
@@ -299,7 +305,11 @@ async fn certificate_files_rotate_without_a_restart_and_a_bad_file_keeps_the_old
         served(https, "file.test", &ca).await == second.der.as_ref()
     })
     .await;
-    assert_eq!(open.get("/again").await.0, 200, "the open connection keeps working");
+    assert_eq!(
+        open.get("/again").await.0,
+        200,
+        "the open connection keeps working"
+    );
 
     // A broken file: the last good certificate stays, and the admin API names the file.
     std::fs::write(&cert_path, "garbage").unwrap();
@@ -362,7 +372,10 @@ async fn sluice_policies_attach_to_ingresses_change_are_checked_and_go_away() {
         }
     };
     // Key auth from the policy's targetRef.
-    eventually(WAIT, "key auth on keyed.test", || async { status("keyed.test", None).await == 401 }).await;
+    eventually(WAIT, "key auth on keyed.test", || async {
+        status("keyed.test", None).await == 401
+    })
+    .await;
     assert_eq!(status("keyed.test", Some("alice-key")).await, 200);
     assert_eq!(status("keyed.test", Some("wrong")).await, 401);
     // The rate limit from the annotation: one request an hour for the route.
@@ -384,15 +397,25 @@ async fn sluice_policies_attach_to_ingresses_change_are_checked_and_go_away() {
         })
     })
     .await;
-    assert_eq!(status("limited.test", None).await, 429, "the last good policy stays");
+    assert_eq!(
+        status("limited.test", None).await,
+        429,
+        "the last good policy stays"
+    );
 
     // Changed: a generous limit.
     fake.apply(policy(
         "strict",
         json!({"targetRefs": [], "rate_limit": {"requests": 1000, "per": "1s", "key": ["route"]}}),
     ));
-    eventually(WAIT, "the changed limit", || async { status("limited.test", None).await == 200 }).await;
+    eventually(WAIT, "the changed limit", || async {
+        status("limited.test", None).await == 200
+    })
+    .await;
     // The key policy removed: keyed.test is open again.
     fake.delete(&policy("keys", json!({})));
-    eventually(WAIT, "the auth policy gone", || async { status("keyed.test", None).await == 200 }).await;
+    eventually(WAIT, "the auth policy gone", || async {
+        status("keyed.test", None).await == 200
+    })
+    .await;
 }

@@ -26,11 +26,11 @@ pub mod split;
 pub mod trace;
 pub mod weighted;
 
+pub use filter::BackendReason;
 pub use filter::{
     BackendHint, Built, Chain, Completion, CustomReject, Filter, FilterCtx, Flow, HeaderEdit, Identity,
     LimitNote, Phases, Reject, RejectKind, RequestView, Response,
 };
-pub use filter::BackendReason;
 pub use kinds::{BuildCtx, Shared};
 
 /// A filter or router could not be built from a config that passed validation.

@@ -154,12 +154,16 @@ struct Loaded {
     not_after: Option<i64>,
 }
 
+/// One certificate's cache entry: its last good version, and the hash of the content
+/// that failed to load with the error (so a bad file is reported once).
+type CacheEntry = (Option<Loaded>, Option<(u64, String)>);
+
 /// What one listener serves, and the last good version of each of its certificates.
 pub struct ListenerCerts {
     name: String,
     current: ArcSwap<SniResolver>,
     /// By certificate name: the last good version, and the hash of content that failed.
-    cache: Mutex<HashMap<String, (Option<Loaded>, Option<(u64, String)>)>>,
+    cache: Mutex<HashMap<String, CacheEntry>>,
     served: Mutex<Vec<ServedCertificate>>,
 }
 
@@ -188,7 +192,12 @@ struct Wanted {
 
 fn wanted(listener: &str, config: &Config) -> Vec<Wanted> {
     let mut out = Vec::new();
-    if let Some(tls) = config.listeners.iter().find(|l| l.name == listener).and_then(|l| l.tls.as_ref()) {
+    if let Some(tls) = config
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .and_then(|l| l.tls.as_ref())
+    {
         for c in &tls.certificates {
             out.push(Wanted {
                 name: c.cert.clone(),
@@ -499,7 +508,12 @@ mod tests {
         assert_eq!(not_after(&der), Some(days_from_civil(2061, 5, 6) * 86_400));
     }
 
-    fn inline(name: &str, cert: &str, key: &str, sni: &str) -> sluice_config::certificates::InlineCertificate {
+    fn inline(
+        name: &str,
+        cert: &str,
+        key: &str,
+        sni: &str,
+    ) -> sluice_config::certificates::InlineCertificate {
         sluice_config::certificates::InlineCertificate {
             name: name.into(),
             cert_pem: cert.into(),
@@ -520,7 +534,11 @@ mod tests {
         };
         let l = live.add_listener("tls", &config).unwrap();
         let before = l.current.load_full();
-        let served = |l: &ListenerCerts| l.current.load().pick(Some("a.test")).unwrap().cert[0].as_ref().to_vec();
+        let served = |l: &ListenerCerts| {
+            l.current.load().pick(Some("a.test")).unwrap().cert[0]
+                .as_ref()
+                .to_vec()
+        };
         assert_eq!(served(&l), d1);
         // Unchanged content: nothing stored.
         assert!(live.refresh(&config).is_empty());
@@ -529,7 +547,11 @@ mod tests {
         config.certificates = vec![inline("a", &c2, &k2, "a.test")];
         assert_eq!(live.refresh(&config), ["tls"]);
         assert_eq!(served(&l), d2);
-        assert_eq!(served(&before_resolver(&before)), d1, "the old table is untouched");
+        assert_eq!(
+            served(&before_resolver(&before)),
+            d1,
+            "the old table is untouched"
+        );
         // A key that does not match: the last good certificate stays, the error is shown.
         config.certificates = vec![inline("a", &c1, &k2, "a.test")];
         assert!(live.refresh(&config).is_empty());

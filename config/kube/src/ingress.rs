@@ -1082,8 +1082,16 @@ mod tests {
         let o = objects(
             vec![
                 ing("tls", json!({}), with_tls),
-                ing("off", json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}), off),
-                ing("plain", json!({}), rules("p", json!([path("/", "Prefix", "web")]))),
+                ing(
+                    "off",
+                    json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"}),
+                    off,
+                ),
+                ing(
+                    "plain",
+                    json!({}),
+                    rules("p", json!([path("/", "Prefix", "web")])),
+                ),
                 ing(
                     "forced",
                     json!({"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}),

@@ -142,7 +142,13 @@ impl Canary {
     fn label(&self) -> String {
         let n = self.name.clone().unwrap_or_else(|| self.backend_ref.name.clone());
         n.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect()
     }
 }
@@ -201,6 +207,7 @@ fn check(spec: &Value) -> Result<Spec, String> {
         retries: None,
         limits: Default::default(),
         request_buffering: None,
+        rollout: None,
     };
     probe.filters = filters(&s);
     probe.filters.push(FilterConfig {
@@ -208,7 +215,8 @@ fn check(spec: &Value) -> Result<Spec, String> {
         spec: serde_json::json!({"status": 204}),
     });
     if let Some(b) = &s.breaker {
-        probe.circuit_breaker = Some(serde_json::from_value(b.clone()).map_err(|e| format!("spec.breaker: {e}"))?);
+        probe.circuit_breaker =
+            Some(serde_json::from_value(b.clone()).map_err(|e| format!("spec.breaker: {e}"))?);
     }
     if let Some(r) = &s.rollout {
         if r.canaries.is_empty() {
@@ -218,7 +226,10 @@ fn check(spec: &Value) -> Result<Spec, String> {
         for (i, c) in r.canaries.iter().enumerate() {
             let p = format!("spec.rollout.canaries[{i}]");
             if c.weight_total == 0 || c.weight > c.weight_total {
-                return Err(format!("{p}.weight: {} is not within weight_total {}", c.weight, c.weight_total));
+                return Err(format!(
+                    "{p}.weight: {} is not within weight_total {}",
+                    c.weight, c.weight_total
+                ));
             }
             taken = taken.saturating_add(c.weight);
             if let Some(re) = c.header.as_ref().and_then(|h| h.regex.as_ref()) {
@@ -227,12 +238,17 @@ fn check(spec: &Value) -> Result<Spec, String> {
                     .map_err(|e| format!("{p}.header.regex: {e}"))?;
             }
             if !(1..=65535).contains(&c.backend_ref.port) {
-                return Err(format!("{p}.backendRef.port: {} is not a port", c.backend_ref.port));
+                return Err(format!(
+                    "{p}.backendRef.port: {} is not a port",
+                    c.backend_ref.port
+                ));
             }
         }
         let total = r.canaries.iter().map(|c| c.weight_total).max().unwrap_or(100);
         if taken > total {
-            return Err(format!("spec.rollout.canaries: the weights add up to {taken}, more than {total}"));
+            return Err(format!(
+                "spec.rollout.canaries: the weights add up to {taken}, more than {total}"
+            ));
         }
     }
     let errors = crate::source::route_errors(&probe, Vec::new());
@@ -330,7 +346,12 @@ fn reached(objects: &ClusterObjects, ns: &str, t: &TargetRef) -> Option<Vec<(Str
 /// Attaches the `policies` to the routes of `t` (see the module doc). `last_good` is
 /// updated with every policy that checks and read for those that do not. Reports go on
 /// the policies.
-pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluicePolicy], last_good: &mut LastGood) {
+pub fn attach(
+    t: &mut Translation,
+    objects: &ClusterObjects,
+    policies: &[SluicePolicy],
+    last_good: &mut LastGood,
+) {
     let mut specs: Vec<Option<Spec>> = Vec::with_capacity(policies.len());
     for p in policies {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
@@ -406,7 +427,10 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
                 None => t.reports.push(Report {
                     object: policy_ref(p),
                     reason: "TargetNotFound".into(),
-                    message: format!("target {} {}/{} not found in namespace {ns}", tr.kind, tr.group, tr.name),
+                    message: format!(
+                        "target {} {}/{} not found in namespace {ns}",
+                        tr.kind, tr.group, tr.name
+                    ),
                 }),
             }
         }
@@ -467,13 +491,19 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
                 spec: a,
             });
         }
-        if let Some(r) = limit.and_then(|i| specs[i].as_ref()).and_then(|s| s.rate_limit.clone()) {
+        if let Some(r) = limit
+            .and_then(|i| specs[i].as_ref())
+            .and_then(|s| s.rate_limit.clone())
+        {
             route.filters.push(FilterConfig {
                 kind: "rate_limit".into(),
                 spec: r,
             });
         }
-        if let Some(b) = breaker.and_then(|i| specs[i].as_ref()).and_then(|s| s.breaker.clone()) {
+        if let Some(b) = breaker
+            .and_then(|i| specs[i].as_ref())
+            .and_then(|s| s.breaker.clone())
+        {
             if let Ok(b) = serde_json::from_value(b) {
                 route.circuit_breaker = Some(b);
             }
@@ -493,7 +523,13 @@ pub fn attach(t: &mut Translation, objects: &ClusterObjects, policies: &[SluiceP
 
 /// Splits route `ri` of `t` onto the canaries of `policy`'s rollout, and adds a route
 /// per header or cookie override.
-fn roll_out(t: &mut Translation, objects: &ClusterObjects, policy: &SluicePolicy, spec: Option<&Spec>, ri: usize) {
+fn roll_out(
+    t: &mut Translation,
+    objects: &ClusterObjects,
+    policy: &SluicePolicy,
+    spec: Option<&Spec>,
+    ri: usize,
+) {
     let Some(rollout) = spec.and_then(|s| s.rollout.as_ref()) else {
         return;
     };
@@ -511,7 +547,12 @@ fn roll_out(t: &mut Translation, objects: &ClusterObjects, policy: &SluicePolicy
         });
         return;
     };
-    let total = rollout.canaries.iter().map(|c| c.weight_total).max().unwrap_or(100);
+    let total = rollout
+        .canaries
+        .iter()
+        .map(|c| c.weight_total)
+        .max()
+        .unwrap_or(100);
     let mut backends = Vec::new();
     let mut extra = Vec::new();
     for c in &rollout.canaries {
@@ -522,7 +563,10 @@ fn roll_out(t: &mut Translation, objects: &ClusterObjects, policy: &SluicePolicy
                 t.reports.push(Report {
                     object: policy_ref(policy),
                     reason: "BackendNotFound".into(),
-                    message: format!("spec.rollout canary {}:{port}: {e}; not rolled out", c.backend_ref.name),
+                    message: format!(
+                        "spec.rollout canary {}:{port}: {e}; not rolled out",
+                        c.backend_ref.name
+                    ),
                 });
                 continue;
             }
@@ -556,7 +600,11 @@ fn roll_out(t: &mut Translation, objects: &ClusterObjects, policy: &SluicePolicy
                 extra.push(over("header", cond(h.exact.clone(), h.regex.clone()), &up_id));
             } else {
                 extra.push(over("header", cond(Some("always".into()), None), &up_id));
-                extra.push(over("header-never", cond(Some("never".into()), None), &main.upstream));
+                extra.push(over(
+                    "header-never",
+                    cond(Some("never".into()), None),
+                    &main.upstream,
+                ));
             }
         }
         if let Some(name) = &c.cookie {
@@ -595,8 +643,10 @@ mod tests {
     use serde_json::json;
 
     fn policy(name: &str, spec: Value) -> SluicePolicy {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
-            "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}))
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+            "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}),
+        )
         .unwrap()
     }
 
@@ -609,13 +659,17 @@ mod tests {
             "metadata": {"name": "site", "namespace": "ns", "annotations": {"sluice.dev/policy": "annotated"}},
             "spec": {"ingressClassName": "sluice"}}))
         .unwrap();
-        let hr = serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        let hr = serde_json::from_value(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": "echo", "namespace": "ns"},
-            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"name": "web"}, {"name": "api"}]}}))
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"name": "web"}, {"name": "api"}]}}),
+        )
         .unwrap();
-        let gw = serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        let gw = serde_json::from_value(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
             "metadata": {"name": "gw", "namespace": "ns"},
-            "spec": {"gatewayClassName": "sluice", "listeners": []}}))
+            "spec": {"gatewayClassName": "sluice", "listeners": []}}),
+        )
         .unwrap();
         ClusterObjects {
             ingresses: vec![ing],
@@ -639,7 +693,10 @@ mod tests {
 
     fn kinds(t: &Translation, id: &str) -> Vec<(String, Value)> {
         let r = t.routes.iter().find(|r| r.id == id).unwrap();
-        r.filters.iter().map(|f| (f.kind.clone(), f.spec.clone())).collect()
+        r.filters
+            .iter()
+            .map(|f| (f.kind.clone(), f.spec.clone()))
+            .collect()
     }
 
     fn limit(requests: u32) -> Vec<(String, Value)> {
@@ -649,7 +706,10 @@ mod tests {
     #[test]
     fn attaches_by_annotation_targetref_rule_and_gateway_with_the_most_specific_winning() {
         let policies = vec![
-            policy("annotated", json!({"targetRefs": [], "rate_limit": {"requests": 5, "per": "1s"}})),
+            policy(
+                "annotated",
+                json!({"targetRefs": [], "rate_limit": {"requests": 5, "per": "1s"}}),
+            ),
             policy(
                 "gateway-wide",
                 json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"}],
@@ -696,7 +756,11 @@ mod tests {
         attach(&mut t, &o, &[p], &mut LastGood::new());
         assert!(t.reports.is_empty(), "{:?}", t.reports);
         let r = t.routes.iter().find(|r| r.id == "k8s.ns.site.r0.p0").unwrap();
-        let split: Vec<(&str, u32)> = r.backends.iter().map(|b| (b.upstream.as_str(), b.weight)).collect();
+        let split: Vec<(&str, u32)> = r
+            .backends
+            .iter()
+            .map(|b| (b.upstream.as_str(), b.weight))
+            .collect();
         assert_eq!(split, [("u", 95), ("k8s.ns.canary.80", 5)]);
         let extra: Vec<(&str, &str)> = t
             .routes
@@ -721,11 +785,17 @@ mod tests {
         let target = json!([{"group": "networking.k8s.io", "kind": "Ingress", "name": "site"}]);
         let mut good = LastGood::new();
         let mut t = translation();
-        let ok = policy("p", json!({"targetRefs": target, "rate_limit": {"requests": 5, "per": "1s"}}));
+        let ok = policy(
+            "p",
+            json!({"targetRefs": target, "rate_limit": {"requests": 5, "per": "1s"}}),
+        );
         attach(&mut t, &objects(), &[ok], &mut good);
         let mut t = translation();
-        let bad = policy("p", json!({"targetRefs": target, "rate_limit": {"requests": 5, "pre": "1s"}}));
-        attach(&mut t, &objects(), &[bad.clone()], &mut good);
+        let bad = policy(
+            "p",
+            json!({"targetRefs": target, "rate_limit": {"requests": 5, "pre": "1s"}}),
+        );
+        attach(&mut t, &objects(), std::slice::from_ref(&bad), &mut good);
         assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), limit(5));
         assert_eq!(t.reports.len(), 1, "{:?}", t.reports);
         assert_eq!(t.reports[0].reason, "InvalidPolicy");

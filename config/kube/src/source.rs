@@ -320,7 +320,6 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         gateways: gateways.into_values().collect(),
         http_routes: http_routes.into_values().collect(),
         policies: pol.into_values().collect(),
-        ..ClusterObjects::default()
     };
     (objects, origin)
 }
@@ -607,7 +606,7 @@ impl Source for KubernetesSource {
         loop {
             let (objects, origin) = merge(&clusters);
             let (mut t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
-                        // TLS Secrets as listener certificates (see `tls_certs`).
+            // TLS Secrets as listener certificates (see `tls_certs`).
             let (certs, cert_reports) = crate::tls_certs::collect(
                 &objects,
                 &self.cfg.ingress_class,

@@ -202,7 +202,10 @@ mod tests {
         let o = objects(json!({"tls.crt": b64("not pem"), "tls.key": b64(KEY)}));
         let (certs, reports) = collect(&o, "sluice", &[], None);
         assert!(certs.is_empty());
-        let bad: Vec<_> = reports.iter().filter(|r| r.reason == "InvalidTLSSecret").collect();
+        let bad: Vec<_> = reports
+            .iter()
+            .filter(|r| r.reason == "InvalidTLSSecret")
+            .collect();
         assert_eq!(bad.len(), 1, "{reports:?}");
         assert!(bad[0].message.contains("shop/site-tls"), "{}", bad[0].message);
         assert_eq!(bad[0].object.name, "site");

@@ -648,7 +648,9 @@ pub fn split_weights(base: &[u32], canary: usize, percent: u32) -> Vec<u32> {
             let v = if i == canary {
                 percent * 100
             } else {
-                (rest * u64::from(w) + others / 2).checked_div(others).unwrap_or(0)
+                (rest * u64::from(w) + others / 2)
+                    .checked_div(others)
+                    .unwrap_or(0)
             };
             u32::try_from(v).unwrap_or(u32::MAX)
         })
