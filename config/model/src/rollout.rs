@@ -163,6 +163,7 @@ pub enum OnPromote {
     /// makes the canary the route's stable backend and removes `rollout`). The default:
     /// promoting never sends traffic back to the old version by itself.
     #[default]
+    #[serde(rename = "keep_canary_at_100")]
     KeepCanaryAt100,
     /// The route goes back to its configured weights (for a config that already
     /// names the new version as stable).
