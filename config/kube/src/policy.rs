@@ -809,9 +809,10 @@ mod tests {
         let mut t = translation();
         let lost = policy(
             "lost",
-            json!({"targetRefs": [{"group": "networking.k8s.io", "kind": "Ingress", "name": "nope"}], "breaker": {}}),
+            json!({"targetRefs": [{"group": "networking.k8s.io", "kind": "Ingress", "name": "nope"}], "rate_limit": {"requests": 5, "per": "1s"}}),
         );
         attach(&mut t, &objects(), &[lost], &mut LastGood::new());
+        assert_eq!(t.reports.len(), 1, "{:?}", t.reports);
         assert_eq!(t.reports[0].reason, "TargetNotFound");
     }
 }
