@@ -477,7 +477,9 @@ fn unavailable() -> FilterConfig {
     }
 }
 
-fn new_route(id: String, matches: RouteMatch) -> RouteConfig {
+/// A route with `id` and `matches` and every other field at its default (no backend, no
+/// filters), for translations to fill in.
+pub(crate) fn new_route(id: String, matches: RouteMatch) -> RouteConfig {
     RouteConfig {
         id,
         priority: 0,

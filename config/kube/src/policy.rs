@@ -31,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_config::model::{BackendConfig, FilterConfig, RouteConfig, RouteMatch, ValueMatch};
+use sluice_config::model::{BackendConfig, FilterConfig, RouteMatch, ValueMatch};
 
 use crate::{ClusterObjects, ObjectRef, Report, Translation};
 
@@ -193,22 +193,7 @@ fn check(spec: &Value) -> Result<Spec, String> {
     if s.auth.is_none() && s.rate_limit.is_none() && s.breaker.is_none() && s.rollout.is_none() {
         return Err("spec: at least one of auth, rate_limit, breaker, rollout is required".into());
     }
-    let mut probe = RouteConfig {
-        id: "policy-check".into(),
-        priority: 0,
-        matches: RouteMatch::default(),
-        upstream: None,
-        backends: Vec::new(),
-        timeouts: Default::default(),
-        rewrite: None,
-        headers: Default::default(),
-        filters: Vec::new(),
-        circuit_breaker: None,
-        retries: None,
-        limits: Default::default(),
-        request_buffering: None,
-        rollout: None,
-    };
+    let mut probe = crate::ingress::new_route("policy-check".into(), RouteMatch::default());
     probe.filters = filters(&s);
     probe.filters.push(FilterConfig {
         kind: "direct_response".into(),
@@ -641,6 +626,7 @@ fn roll_out(
 mod tests {
     use super::*;
     use serde_json::json;
+    use sluice_config::model::RouteConfig;
 
     fn policy(name: &str, spec: Value) -> SluicePolicy {
         serde_json::from_value(
