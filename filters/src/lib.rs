@@ -13,6 +13,7 @@ use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
 
 pub mod auth;
+pub mod client_cert;
 pub mod consumers;
 pub mod cookie;
 pub mod filter;

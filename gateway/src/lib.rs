@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod health;
+pub mod l4;
 pub mod limit_metrics;
 pub mod logging;
 pub mod metrics;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -71,7 +70,13 @@ pub fn run(
     server.bootstrap();
 
     let conn_metrics = crate::conn::ConnMetrics::register(&gateway.metrics);
-    for l in &config.listeners {
+    let l4_metrics = crate::l4::session::L4Metrics::register(&gateway.metrics);
+    crate::l4::add_services(&mut server, &gateway, &config, &l4_metrics)?;
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == sluice_config::l4::ListenerProtocol::Http)
+    {
         let limits = l.connections.or(&config.server.connections).resolve();
         let metrics = conn_metrics.listener(&l.name);
         let proxy = SluiceProxy::new(gateway.clone(), l.tls.is_some());
@@ -86,29 +91,29 @@ pub fn run(
         // the listener has drained (see `shutdown`); `conn` bounds slow and idle clients
         // and caps connections (see `conn`).
         let app = crate::conn::Guarded::new(app, limits, metrics.clone());
-        let mut svc = Service::new(
-            format!("listener {}", l.name),
-            crate::conn::Edge::new(crate::shutdown::Draining::new(app), limits, metrics),
-        );
+        let edge = crate::conn::Edge::new(crate::shutdown::Draining::new(app), limits, metrics);
         let addr = l.listen.to_string();
+        let name = format!("listener {}", l.name);
         match &l.tls {
-            None => svc.add_tcp(&addr),
+            None => {
+                let mut svc = Service::new(name, edge);
+                svc.add_tcp(&addr);
+                server.add_service(svc);
+            }
             Some(_) => {
-                // Live: the files are re-read and the config's inline certificates
-                // (Kubernetes TLS Secrets) added on every change (see `tls`).
-                let resolver = gateway
-                    .certs
-                    .add_listener(&l.name, &config)
-                    .map_err(|e| format!("listener {}: {e}", l.name))?;
-                let mut settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
-                settings.set_cert_resolver(resolver);
-                if l.http2 {
-                    settings.enable_h2();
-                }
-                svc.add_tls_with_settings(&addr, None, settings);
+                // The TLS front reads the ClientHello first: TLS passthrough routes by
+                // SNI share the port, and client certificates are asked for per SNI
+                // (see `l4::front`). Certificates are live: the files are re-read and
+                // the config's inline certificates (Kubernetes TLS Secrets) added on
+                // every change (see `tls`).
+                let resolver = crate::l4::resolver(&gateway, l, &config)?;
+                let ctx = crate::l4::listener_ctx(&gateway, l, &l4_metrics);
+                let front = crate::l4::front::TlsFront::new(ctx, resolver, edge, true, l.http2);
+                let mut svc = Service::new(name, front);
+                svc.add_tcp(&addr);
+                server.add_service(svc);
             }
         }
-        server.add_service(svc);
     }
 
     if !crate::rollout::runtime::start(gateway.clone(), rollout_store) {

@@ -201,17 +201,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Draining<A> {
         tracing::info!(in_flight = in_flight(), "listener closed; draining");
         until_idle().await;
         self.inner.http_cleanup().await;
-        if SERVICES.fetch_sub(1, Ordering::AcqRel) == 1 {
-            tracing::info!("drained: no request in flight, exiting");
-            // From a plain thread: `exit` on a runtime thread runs that thread's
-            // thread-local destructors (tokio's context among them) in the middle of a
-            // poll, which can hang. The short wait lets the connections just woken by the
-            // cleanup close themselves first.
-            std::thread::spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                crate::logging::flush();
-                std::process::exit(0);
-            });
-        }
+        service_drained();
+    }
+}
+
+/// Counts a listener service that drains on its own (the L4 services, see
+/// [`crate::l4`]): the process exits once every counted service has drained.
+pub fn service_started() {
+    SERVICES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One listener service has drained; when it was the last, the process exits.
+pub fn service_drained() {
+    if SERVICES.fetch_sub(1, Ordering::AcqRel) == 1 {
+        tracing::info!("drained: no request or connection in flight, exiting");
+        // From a plain thread: `exit` on a runtime thread runs that thread's
+        // thread-local destructors (tokio's context among them) in the middle of a
+        // poll, which can hang. The short wait lets the connections just woken by the
+        // cleanup close themselves first.
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            crate::logging::flush();
+            std::process::exit(0);
+        });
     }
 }

@@ -118,6 +118,8 @@ pub struct Snapshot {
     pub request_id_header: HeaderName,
     /// The tracer when `tracing.enabled`; `None` (the one branch a request pays) when off.
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// The L4 routes and client-certificate settings, by listener (see [`crate::l4`]).
+    pub l4: Arc<crate::l4::plan::L4Plan>,
 }
 
 impl Snapshot {
@@ -200,6 +202,13 @@ impl Snapshot {
                 Err(e) => errors.extend(e),
             }
         }
+        let l4 = match crate::l4::plan::compile(&config, &upstreams, previous.map(|p| &*p.l4)) {
+            Ok(plan) => Arc::new(plan),
+            Err(e) => {
+                errors.extend(e);
+                Arc::default()
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -221,6 +230,7 @@ impl Snapshot {
             routes_hash,
             routes,
             upstreams,
+            l4,
             config: Arc::new(config),
         })
     }
@@ -259,6 +269,7 @@ impl Snapshot {
             routes_hash: self.routes_hash.clone(),
             routes: self.routes.clone(),
             upstreams: self.upstreams.clone(),
+            l4: self.l4.clone(),
             config: Arc::new(config),
         }
     }

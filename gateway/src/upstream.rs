@@ -279,6 +279,10 @@ pub struct Upstream {
     /// the CA out, so without this a connection verified with one upstream's CA could be
     /// reused for another upstream at the same address and SNI that trusts another CA.
     ca_group: u64,
+    /// The TLS client of an upstream whose certificate is checked against
+    /// `tls.subject_alt_names` (pingora checks only the SNI): connections go through it
+    /// (see [`crate::l4::upstream_tls::SanConnector`]).
+    pub san_tls: Option<Arc<crate::l4::upstream_tls::UpstreamTlsClient>>,
 }
 
 /// Reads a PEM file of CA certificates for an upstream's `tls.ca`. A file that cannot be
@@ -297,8 +301,13 @@ fn ca_group(ca: Option<&pingora::protocols::tls::CaType>) -> u64 {
 }
 
 fn load_ca(id: &str, path: &str) -> Arc<pingora::protocols::tls::CaType> {
+    load_ca_pem(id, path, std::fs::read(path).map_err(|e| e.to_string()))
+}
+
+/// [`load_ca`] over PEM already read (`tls.ca_pem`), `what` naming it in errors.
+fn load_ca_pem(id: &str, path: &str, pem: Result<Vec<u8>, String>) -> Arc<pingora::protocols::tls::CaType> {
     use pingora::utils::tls::{parse_x509, WrappedX509};
-    let ders = std::fs::read(path).map_err(|e| e.to_string()).and_then(|pem| {
+    let ders = pem.and_then(|pem| {
         rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())
@@ -350,15 +359,43 @@ impl Upstream {
             },
             ca: None,
             ca_group: 0,
+            san_tls: None,
             config: masked,
             swap: Mutex::new(()),
         };
-        up.ca = config
+        up.ca = config.tls.as_ref().and_then(|t| match (&t.ca, &t.ca_pem) {
+            (Some(path), _) => Some(load_ca(&config.id, path)),
+            (None, Some(pem)) => Some(load_ca_pem(
+                &config.id,
+                "tls.ca_pem",
+                Ok(pem.clone().into_bytes()),
+            )),
+            (None, None) => None,
+        });
+        up.ca_group = ca_group(up.ca.as_deref());
+        if let Some(t) = config
             .tls
             .as_ref()
-            .and_then(|t| t.ca.as_deref())
-            .map(|path| load_ca(&config.id, path));
-        up.ca_group = ca_group(up.ca.as_deref());
+            .filter(|t| t.verify && !t.subject_alt_names.is_empty())
+        {
+            let alpn: &[&[u8]] = match config.protocol {
+                UpstreamProtocol::H2 => &[b"h2"],
+                UpstreamProtocol::Http1 => &[b"http/1.1"],
+            };
+            match crate::l4::upstream_tls::UpstreamTlsClient::new(t, alpn) {
+                Ok(c) => up.san_tls = Some(Arc::new(c)),
+                Err(e) => {
+                    // Fails closed: an empty CA list refuses every handshake.
+                    tracing::error!(upstream = %config.id, "tls: {e}; TLS to this upstream will fail");
+                    up.ca = Some(Vec::new().into());
+                }
+            }
+            // Connections checked against these SANs are pooled apart from the rest.
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            t.subject_alt_names.hash(&mut h);
+            up.ca_group ^= h.finish() | 1;
+        }
         let set = up.build_set(configured, specs, state, Instant::now());
         up.endpoints_gauge.set(set.endpoints.len() as i64);
         up.endpoints = ArcSwap::from_pointee(set);
@@ -456,11 +493,21 @@ impl Upstream {
     /// each cut to `limit` (the per-try timeout, or what is left of the total).
     pub fn peer(&self, ep: &Endpoint, timeouts: &Timeouts, limit: Option<Duration>) -> HttpPeer {
         let c = &self.config;
-        let tls = c.tls.is_some();
+        // With a SAN list the TLS is Sluice's own, under a plain-text peer.
+        let tls = c.tls.is_some() && self.san_tls.is_none();
         let mut peer = HttpPeer::new(ep.addr, tls, ep.sni.clone());
         let o = &mut peer.options;
         let cap = |d: Duration| limit.map_or(d, |l| l.min(d));
         o.connection_timeout = Some(cap(timeouts.connect.unwrap_or(Timeouts::DEFAULT_CONNECT)));
+        if let Some(client) = &self.san_tls {
+            o.custom_l4 = Some(Arc::new(crate::l4::upstream_tls::SanConnector {
+                client: client.clone(),
+                host: ep.sni.clone(),
+                timeout: o.connection_timeout.unwrap_or(Timeouts::DEFAULT_CONNECT),
+            }));
+            peer.group_key = self.ca_group;
+        }
+        let o = &mut peer.options;
         o.read_timeout = Some(cap(timeouts.read.unwrap_or(Timeouts::DEFAULT_IO)));
         o.write_timeout = Some(cap(timeouts.write.unwrap_or(Timeouts::DEFAULT_IO)));
         o.idle_timeout = Some(if c.keepalive.enabled {
@@ -468,7 +515,7 @@ impl Upstream {
         } else {
             Duration::ZERO
         });
-        if let Some(t) = &c.tls {
+        if let (Some(t), true) = (&c.tls, tls) {
             o.verify_cert = t.verify;
             o.verify_hostname = t.verify;
             o.ca.clone_from(&self.ca);

@@ -12,6 +12,7 @@
 pub mod certificates;
 pub mod connections;
 pub mod kubernetes;
+pub mod l4;
 pub mod limits;
 pub mod logging;
 pub mod model;

@@ -49,6 +49,16 @@ pub struct Config {
     /// every config change. Default: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<crate::certificates::InlineCertificate>,
+    /// L4 routes: TCP, UDP and TLS (passthrough or terminate) connections of the `tcp`,
+    /// `udp`, `tls` and HTTPS listeners they name, to upstreams (see
+    /// [`crate::l4::L4RouteConfig`] and `docs/config.md`, "L4"). Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub l4_routes: Vec<crate::l4::L4RouteConfig>,
+    /// Client-certificate settings for some SNI names of some TLS listeners, over each
+    /// listener's own `tls.client_auth` (what the Kubernetes source publishes for a
+    /// Gateway's frontend validation). Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub client_auth: Vec<crate::l4::ClientAuthPolicy>,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
@@ -231,6 +241,42 @@ pub struct ListenerConfig {
     /// `server.connections`. Default: none (all from `server.connections`).
     #[serde(default)]
     pub connections: crate::connections::ConnectionLimits,
+    /// What the listener speaks: `http` (with `tls`: HTTPS, which can also take TLS
+    /// passthrough by SNI), `tcp`, `udp` or `tls` (L4, served by `l4_routes`).
+    /// Default: `http`.
+    #[serde(default, skip_serializing_if = "crate::l4::is_http")]
+    pub protocol: crate::l4::ListenerProtocol,
+    /// Limits of L4 connections and UDP sessions (and of an HTTPS listener's
+    /// passthrough connections). Default: see [`crate::l4::L4ListenerConfig`].
+    #[serde(default, skip_serializing_if = "crate::l4::L4ListenerConfig::is_default")]
+    pub l4: crate::l4::L4ListenerConfig,
+    /// The port clients reach this listener on when it differs from `listen`'s (a
+    /// Kubernetes Service or NAT in front of Sluice): a Gateway listener of this port
+    /// is served by this listener. Default: the `listen` port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+}
+
+impl ListenerConfig {
+    /// A listener `name` on `listen` with every other field at its default (plain HTTP).
+    pub fn new(name: impl Into<String>, listen: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: name.into(),
+            listen,
+            tls: None,
+            http2: true,
+            connections: Default::default(),
+            protocol: Default::default(),
+            l4: Default::default(),
+            public_port: None,
+        }
+    }
+
+    /// The port Gateway listeners name this listener by: `public_port`, else the
+    /// `listen` port.
+    pub fn gateway_port(&self) -> u16 {
+        self.public_port.unwrap_or(self.listen.port())
+    }
 }
 
 /// Server-side TLS for a listener.
@@ -238,8 +284,18 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificates, chosen by the SNI the client sends. The first certificate is also
-    /// served to clients that send no SNI or an unknown name. At least one is required.
+    /// served to clients that send no SNI or an unknown name. At least one is required
+    /// on an HTTPS listener (unless inline `certificates` or the Kubernetes source give
+    /// them); a `tls` listener needs them only for `terminate` routes. Default: none.
+    #[serde(default)]
     pub certificates: Vec<CertificateConfig>,
+    /// Ask clients for certificates and verify them (mTLS): the whole listener's
+    /// setting, which top-level `client_auth` entries override per SNI name. The
+    /// verified identity reaches the filters (the `client_cert` filter) and the
+    /// upstream (`x-client-cert-*` headers, always cleared of client copies). Default:
+    /// none (no certificate is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<crate::l4::ClientAuthConfig>,
 }
 
 /// One certificate and key pair, and the names it serves.
@@ -446,6 +502,16 @@ pub struct UpstreamTls {
     /// system's (a private CA). Default: none (the system's trust store).
     #[serde(default)]
     pub ca: Option<String>,
+    /// The same CA certificates inline, in PEM (the Kubernetes source's
+    /// BackendTLSPolicy CAs from ConfigMaps and Secrets); not with `ca`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Names the upstream's certificate must carry, one of them at least, instead of
+    /// `sni` (which is then only sent): `{dns: name}` or `{uri: spiffe://...}` (the
+    /// BackendTLSPolicy's `subjectAltNames`). Default: none (the certificate must match
+    /// `sni`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<crate::l4::SubjectAltName>,
 }
 
 /// Timeouts, all optional. A route's values override its upstream's.

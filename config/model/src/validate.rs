@@ -374,6 +374,29 @@ impl Config {
                 });
             }
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(ca) = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_auth.as_ref())
+                .and_then(|a| a.ca.as_ref())
+            {
+                files.push(FileRef {
+                    path: format!("listeners[{i}].tls.client_auth.ca"),
+                    file: ca,
+                    pem_label: "CERTIFICATE",
+                });
+            }
+        }
+        for (i, a) in self.client_auth.iter().enumerate() {
+            if let Some(ca) = &a.validation.ca {
+                files.push(FileRef {
+                    path: format!("client_auth[{i}].validation.ca"),
+                    file: ca,
+                    pem_label: "CERTIFICATE",
+                });
+            }
+        }
         for (i, u) in self.upstreams.iter().enumerate() {
             if let Some(ca) = u.tls.as_ref().and_then(|t| t.ca.as_ref()) {
                 files.push(FileRef {
@@ -420,6 +443,8 @@ impl Config {
             &self.consumers,
             // Inline listener certificates: a rotated Secret is a change to apply.
             &self.certificates,
+            &self.l4_routes,
+            &self.client_auth,
         ))
     }
 
@@ -586,7 +611,9 @@ impl Validator<'_> {
                 }
             }
             for (k, l) in cert.listeners.iter().enumerate() {
-                if !c.listeners.iter().any(|x| &x.name == l && x.tls.is_some()) {
+                if !c.listeners.iter().any(|x| {
+                    &x.name == l && (x.tls.is_some() || x.protocol == crate::l4::ListenerProtocol::Tls)
+                }) {
                     self.err(
                         format!("{p}.listeners[{k}]"),
                         format!("{l:?} is not a TLS listener"),
@@ -606,6 +633,7 @@ impl Validator<'_> {
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
+        let mut udp_addrs = HashSet::new();
         // A set-aside admin address is not the default one the listeners may clash with.
         if !self.aside.field("admin.listen") {
             addrs.insert(c.admin.listen);
@@ -613,7 +641,13 @@ impl Validator<'_> {
         for (i, l) in c.listeners.iter().enumerate() {
             let p = format!("listeners[{i}]");
             self.id(&format!("{p}.name"), &l.name, &mut names);
-            if !addrs.insert(l.listen) {
+            // A UDP listener may share its address with a TCP one (DNS does).
+            let udp = l.protocol == crate::l4::ListenerProtocol::Udp;
+            if !(if udp {
+                udp_addrs.insert(l.listen)
+            } else {
+                addrs.insert(l.listen)
+            }) {
                 self.err(
                     format!("{p}.listen"),
                     format!(
@@ -626,7 +660,9 @@ impl Validator<'_> {
                 // Certificates may also come inline (`certificates`), or later from the
                 // Kubernetes source's TLS Secrets.
                 let inline = c.kubernetes.is_some() || c.certificates.iter().any(|x| x.serves_on(&l.name));
-                if tls.certificates.is_empty() && !inline {
+                // A `tls` listener needs them only to terminate (`crate::l4::validate`).
+                let needed = l.protocol == crate::l4::ListenerProtocol::Http;
+                if tls.certificates.is_empty() && !inline && needed {
                     self.err(
                         format!("{p}.tls.certificates"),
                         "at least one certificate is required",
@@ -647,6 +683,7 @@ impl Validator<'_> {
             }
         }
         self.inline_certificates(c);
+        self.errors.extend(crate::l4::validate(c));
         if c.server.threads == Some(0) {
             self.err("server.threads", "must be at least 1");
         }

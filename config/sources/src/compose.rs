@@ -28,6 +28,14 @@ pub struct Resources {
     /// Kubernetes source's TLS Secrets). Default: none.
     #[serde(default)]
     pub certificates: BTreeMap<String, serde_json::Value>,
+    /// L4 routes by id (`{prefix}/l4_routes/{id}`; the Kubernetes source's TLSRoutes,
+    /// TCPRoutes and UDPRoutes). Default: none.
+    #[serde(default)]
+    pub l4_routes: BTreeMap<String, serde_json::Value>,
+    /// Client-certificate policies by name (`{prefix}/client_auth/{name}`; the
+    /// Kubernetes source's Gateway frontend validation). Default: none.
+    #[serde(default)]
+    pub client_auth: BTreeMap<String, serde_json::Value>,
     /// Keys that could not be read: the value is neither JSON nor YAML, the key is of an
     /// unknown or unsupported kind, or its id is invalid. The path of each error is the
     /// full etcd key (`/sluice/routes/foo`). Default: none.
@@ -37,12 +45,19 @@ pub struct Resources {
 }
 
 /// The kinds of resource etcd holds, in the order they are composed.
-const KINDS: [&str; 4] = ["upstreams", "routes", "consumers", "certificates"];
+const KINDS: [&str; 6] = [
+    "upstreams",
+    "routes",
+    "consumers",
+    "certificates",
+    "l4_routes",
+    "client_auth",
+];
 
 /// The field that names an object of `kind`, and that its key's last segment gives:
 /// `name` for consumers, `id` for the others.
 pub fn id_field(kind: &str) -> &'static str {
-    if kind == "consumers" || kind == "certificates" {
+    if matches!(kind, "consumers" | "certificates" | "client_auth") {
         "name"
     } else {
         "id"
@@ -55,6 +70,8 @@ impl Resources {
             "routes" => &self.routes,
             "consumers" => &self.consumers,
             "certificates" => &self.certificates,
+            "l4_routes" => &self.l4_routes,
+            "client_auth" => &self.client_auth,
             _ => &self.upstreams,
         }
     }
@@ -290,6 +307,8 @@ mod tests {
             upstreams: map(upstreams),
             consumers: BTreeMap::new(),
             certificates: BTreeMap::new(),
+            l4_routes: BTreeMap::new(),
+            client_auth: BTreeMap::new(),
             errors: Vec::new(),
             revision: 7,
         }

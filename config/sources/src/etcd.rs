@@ -222,6 +222,7 @@ enum Kind {
     Routes,
     Upstreams,
     Consumers,
+    L4Routes,
 }
 
 impl Kind {
@@ -230,6 +231,7 @@ impl Kind {
             Kind::Routes => "routes",
             Kind::Upstreams => "upstreams",
             Kind::Consumers => "consumers",
+            Kind::L4Routes => "l4_routes",
         }
     }
 }
@@ -241,6 +243,7 @@ fn parse_key(range: &str, key: &str) -> Result<(Kind, String), String> {
     let kind = match kind {
         "routes" => Kind::Routes,
         "upstreams" => Kind::Upstreams,
+        "l4_routes" => Kind::L4Routes,
         "consumers" => {
             if !is_valid_consumer_name(id) {
                 return Err(format!(
@@ -254,7 +257,7 @@ fn parse_key(range: &str, key: &str) -> Result<(Kind, String), String> {
         }
         other => {
             return Err(format!(
-                "unknown resource kind {other:?}; expected routes, upstreams or consumers"
+                "unknown resource kind {other:?}; expected routes, upstreams, l4_routes or consumers"
             ))
         }
     };
@@ -319,6 +322,9 @@ impl Store {
                 }
                 Ok(((Kind::Consumers, id), value)) => {
                     res.consumers.insert(id, value);
+                }
+                Ok(((Kind::L4Routes, id), value)) => {
+                    res.l4_routes.insert(id, value);
                 }
                 Err(message) => res.errors.push(ConfigError {
                     path: key.clone(),
@@ -1024,7 +1030,7 @@ mod tests {
         );
         assert_eq!(
             parse_key(r, "/sluice/services/x").unwrap_err(),
-            "unknown resource kind \"services\"; expected routes, upstreams or consumers"
+            "unknown resource kind \"services\"; expected routes, upstreams, l4_routes or consumers"
         );
         assert_eq!(
             parse_key(r, "/sluice/consumers/alice@x"),

@@ -184,7 +184,7 @@ async fn unreadable_keys_are_errors_naming_the_key() {
     );
     assert_eq!(
         errors[1],
-        "/sluice/services/x: unknown resource kind \"services\"; expected routes, upstreams or consumers"
+        "/sluice/services/x: unknown resource kind \"services\"; expected routes, upstreams, l4_routes or consumers"
     );
     assert_eq!(errors.len(), 2);
 

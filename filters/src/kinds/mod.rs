@@ -15,6 +15,7 @@ use crate::filter::Filter;
 pub mod acl;
 pub mod auth;
 pub mod canary;
+pub mod client_cert;
 pub mod cors;
 pub mod direct_response;
 pub mod forward_auth;
@@ -143,6 +144,7 @@ pub static REGISTRY: &[Kind] = &[
     crate::auth::basic_auth::KIND,
     acl::KIND,
     ip_restriction::KIND,
+    client_cert::KIND,
     cors::KIND,
     forward_auth::KIND,
     limit_conn::KIND,

@@ -107,6 +107,13 @@ pub fn upstream_request(
     }
     upstream.insert_header(case_name(&snap.request_id_header), ctx.request_id_value())?;
     identity(upstream, ctx)?;
+    crate::l4::client_auth::forward_headers(
+        upstream,
+        ctx.filter
+            .ext
+            .get::<std::sync::Arc<crate::l4::client_auth::PeerCertificate>>()
+            .map(|c| &**c),
+    )?;
     if let Some(trace) = &ctx.trace {
         // Our span (this try's) is the upstream's parent; the caller's `tracestate`
         // goes on only with a valid `traceparent` of its own.

@@ -45,6 +45,10 @@ pub fn begin(gateway: &Gateway, session: &Session, ctx: &mut Ctx) -> Option<Answ
         }
     }
     (ctx.filter.client_ip, ctx.client.peer_trusted) = client_ip(peer, &req.headers, &snap);
+    // The client certificate of an mTLS listener, for the filters and the upstream.
+    if let Some(cert) = crate::l4::client_auth::peer_certificate(session.digest()) {
+        ctx.filter.ext.insert(cert);
+    }
     if let Some(tracer) = &snap.tracer {
         let trace = tracer.begin(&req.headers);
         ctx.filter.ext.insert(trace.context());
