@@ -67,6 +67,11 @@ impl Sources {
     /// document the gateway started from, and its hash), then etcd.
     pub fn list(&self, base: Value, base_hash: String) -> Vec<Box<dyn Source>> {
         let kubernetes = kubernetes_config(&base);
+        // The listeners are bound at start: Gateway listeners bind to them by port.
+        let listeners: Vec<sluice_config::model::ListenerConfig> = base
+            .get("listeners")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
         let mut list: Vec<Box<dyn Source>> = vec![Box::new(
             FileSource::new(self.file.clone(), self.watch).starting_from(base, base_hash),
         )];
@@ -74,7 +79,9 @@ impl Sources {
             list.push(Box::new(EtcdSource::new(opts.clone())));
         }
         if let Some(cfg) = kubernetes {
-            list.push(Box::new(sluice_kube::KubernetesSource::new(cfg)));
+            list.push(Box::new(
+                sluice_kube::KubernetesSource::new(cfg).with_listeners(listeners),
+            ));
         }
         list
     }

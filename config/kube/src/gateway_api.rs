@@ -89,7 +89,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
+    pub(crate) fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
         Condition {
             type_: type_.into(),
             status,
@@ -222,8 +222,11 @@ pub struct GatewayTranslation {
     pub gateways: Vec<GatewayStatus>,
     /// Status of the HTTPRoutes attached to them.
     pub routes: Vec<RouteStatus>,
-    /// Certificates of the valid HTTPS listeners.
+    /// Certificates of the valid HTTPS listeners (and TLS listeners in Terminate mode).
     pub certificates: Vec<ListenerCertificate>,
+    /// The L4 and TLS part: TLSRoutes, TCPRoutes, UDPRoutes, BackendTLSPolicies and
+    /// frontend client-certificate validation (see [`crate::gateway_l4`]).
+    pub l4: crate::gateway_l4::L4Translation,
 }
 
 /// One listener, checked.
@@ -290,11 +293,13 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
         for i in 0..listeners.len() {
             let a = listeners[i].spec;
             let conflict = gw.spec.listeners.iter().enumerate().find_map(|(j, b)| {
+                let tls_pair = matches!(a.protocol.as_str(), "TLS" | "HTTPS")
+                    && matches!(b.protocol.as_str(), "TLS" | "HTTPS");
                 if i == j || a.port != b.port {
                     None
-                } else if a.protocol != b.protocol {
+                } else if !crate::gateway_l4::compatible(&a.protocol, &b.protocol) {
                     Some("ProtocolConflict")
-                } else if a.hostname == b.hostname {
+                } else if (a.protocol == b.protocol || tls_pair) && a.hostname == b.hostname {
                     Some("HostnameConflict")
                 } else {
                     None
@@ -346,6 +351,14 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
         } else {
             Condition::new("Programmed", false, "Invalid", "no listener is valid")
         });
+        if crate::gateway_l4::insecure_frontend(gw) {
+            conditions.push(Condition::new(
+                "InsecureFrontendValidationMode",
+                true,
+                "ConfigurationChanged",
+                "a listener accepts clients without a valid certificate (AllowInsecureFallback)",
+            ));
+        }
         if gw.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
             out.translation.reports.push(Report {
                 object: ObjectRef::of(gw),
@@ -394,6 +407,13 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
             ls.attached_routes = l.attached;
         }
     }
+    // TLSRoutes, TCPRoutes, UDPRoutes, frontend validation (adds their attachedRoutes).
+    let ours: Vec<&Gateway> = objects
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(&g.spec.gateway_class_name))
+        .collect();
+    out.l4 = crate::gateway_l4::translate(objects, controller, &ours, &mut out.gateways);
     out
 }
 
@@ -404,9 +424,33 @@ fn check_listener<'a>(
     l: &'a GatewayListeners,
     certificates: &mut Vec<ListenerCertificate>,
 ) -> (Listener<'a>, ListenerStatus) {
+    if let Some(c) = crate::gateway_l4::check_listener(objects, gw, namespace, l, certificates) {
+        let listener = Listener {
+            spec: l,
+            valid: c.valid,
+            takes_http_routes: false,
+            attached: 0,
+        };
+        let status = ListenerStatus {
+            name: l.name.clone(),
+            attached_routes: 0,
+            supported_kinds: c.supported_kinds,
+            conditions: c.conditions,
+        };
+        return (listener, status);
+    }
+    // Client-certificate validation of an HTTPS listener (the Gateway's
+    // `tls.frontend`): CA references that do not resolve make it invalid.
+    let frontend = if l.protocol == "HTTPS" {
+        crate::gateway_l4::check_frontend(objects, gw, l)
+    } else {
+        Ok(())
+    };
     let mut conditions = Vec::new();
     let protocol_ok = matches!(l.protocol.as_str(), "HTTP" | "HTTPS");
-    conditions.push(if protocol_ok {
+    conditions.push(if let (true, Err((_, m))) = (protocol_ok, &frontend) {
+        Condition::new("Accepted", false, "NoValidCACertificate", m.clone())
+    } else if protocol_ok {
         Condition::new("Accepted", true, "Accepted", "accepted")
     } else {
         Condition::new(
@@ -442,11 +486,14 @@ fn check_listener<'a>(
     if l.protocol == "HTTPS" && resolved.is_ok() {
         resolved = https_certificates(objects, namespace, l, &mut certs);
     }
+    if let (true, Err((reason, message))) = (resolved.is_ok(), &frontend) {
+        resolved = Err((reason, message.clone()));
+    }
     conditions.push(match &resolved {
         Ok(()) => Condition::new("ResolvedRefs", true, "ResolvedRefs", "references resolved"),
         Err((reason, message)) => Condition::new("ResolvedRefs", false, reason, message.clone()),
     });
-    let valid = protocol_ok && resolved.is_ok() && takes_http_routes;
+    let valid = protocol_ok && resolved.is_ok() && takes_http_routes && frontend.is_ok();
     if valid {
         for (secret_namespace, secret_name) in certs {
             certificates.push(ListenerCertificate {

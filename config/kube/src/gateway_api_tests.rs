@@ -601,10 +601,9 @@ spec:
         cond(&l("foreign").conditions, "ResolvedRefs").reason,
         "RefNotPermitted"
     );
-    assert_eq!(
-        cond(&l("tcp").conditions, "Accepted").reason,
-        "UnsupportedProtocol"
-    );
+    // TCP is supported, but no Sluice listener serves port 9000: not accepted.
+    assert_eq!(cond(&l("tcp").conditions, "Accepted").reason, "PortUnavailable");
+    assert_eq!(l("tcp").supported_kinds, ["TCPRoute"]);
     assert!(!cond(&l("tcp").conditions, "Programmed").status);
     assert_eq!(
         cond(&l("dup1").conditions, "Conflicted").reason,

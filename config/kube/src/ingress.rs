@@ -395,6 +395,8 @@ impl Ctx<'_> {
                     sni: None,
                     verify: false,
                     ca: None,
+                    ca_pem: None,
+                    subject_alt_names: Vec::new(),
                 });
                 suffix.push_str(".https");
             }
@@ -408,6 +410,8 @@ impl Ctx<'_> {
                     sni: None,
                     verify: false,
                     ca: None,
+                    ca_pem: None,
+                    subject_alt_names: Vec::new(),
                 });
                 suffix.push_str(".grpcs");
             }
@@ -827,6 +831,7 @@ pub fn translate(objects: &ClusterObjects, class: &str) -> Translation {
         routes,
         upstreams: ctx.upstreams.into_values().collect(),
         reports: ctx.reports,
+        ..Translation::default()
     }
 }
 

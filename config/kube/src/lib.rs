@@ -7,7 +7,9 @@
 //! - [`endpoints`]: a Service port resolved to the endpoints of its EndpointSlices, the
 //!   shared upstream shape every translation uses.
 //! - [`gateway_api`]: the pure Gateway API translation (GatewayClass, Gateway, HTTPRoute)
-//!   and the status conditions to write back.
+//!   and the status conditions to write back; [`gateway_l4`]: its L4 and TLS part
+//!   (TLSRoute, TCPRoute, UDPRoute, BackendTLSPolicy, frontend client certificates),
+//!   with the v1 TCPRoute and UDPRoute types of [`l4_types`].
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease; [`status`]: the
 //!   Gateway API statuses written back by the leader, only when they change.
 //! - [`ingress`]: the pure `networking.k8s.io/v1` Ingress translation, with the
@@ -22,8 +24,11 @@
 
 pub mod endpoints;
 pub mod gateway_api;
+pub mod gateway_l4;
 mod gateway_watch;
 pub mod ingress;
+pub mod l4_types;
+mod l4_watch;
 pub mod lease;
 pub mod objects;
 pub mod policy;

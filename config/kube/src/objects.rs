@@ -46,6 +46,22 @@ pub struct ClusterObjects {
     pub http_routes: Vec<HttpRoute>,
     /// `SluicePolicy` objects (`sluice.dev/v1alpha1`). Default: none.
     pub policies: Vec<crate::policy::SluicePolicy>,
+    /// Gateway API TLSRoutes (`v1`). Default: none.
+    pub tls_routes: Vec<gateway_api::tlsroutes::TlsRoute>,
+    /// Gateway API TCPRoutes (`v1`). Default: none.
+    pub tcp_routes: Vec<crate::l4_types::TcpRoute>,
+    /// Gateway API UDPRoutes (`v1`). Default: none.
+    pub udp_routes: Vec<crate::l4_types::UdpRoute>,
+    /// Gateway API BackendTLSPolicies (`v1`). Default: none.
+    pub backend_tls_policies: Vec<gateway_api::backendtlspolicies::BackendTlsPolicy>,
+    /// Gateway API ReferenceGrants. Default: none.
+    pub reference_grants: Vec<gateway_api::referencegrants::ReferenceGrant>,
+    /// ConfigMaps (CA bundles of BackendTLSPolicies and frontend validation, key
+    /// `ca.crt`). Default: none.
+    pub config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
+    /// Not Kubernetes objects: Sluice's own listeners (from the file config, bound at
+    /// start), which Gateway listeners bind to by port. Default: none.
+    pub listeners: Vec<sluice_config::model::ListenerConfig>,
 }
 
 impl ClusterObjects {
@@ -127,4 +143,9 @@ pub struct Translation {
     pub upstreams: Vec<UpstreamConfig>,
     /// Reports on objects.
     pub reports: Vec<Report>,
+    /// L4 routes (TLSRoutes, TCPRoutes, UDPRoutes), with ids unique within the
+    /// translation.
+    pub l4_routes: Vec<sluice_config::l4::L4RouteConfig>,
+    /// Client-certificate policies (a Gateway's frontend validation).
+    pub client_auth: Vec<sluice_config::l4::ClientAuthPolicy>,
 }

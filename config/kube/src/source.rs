@@ -67,6 +67,7 @@ struct ClusterStores {
     slices: Vec<Store<EndpointSlice>>,
     secrets: Vec<Store<Secret>>,
     gateway: crate::gateway_watch::GatewayStores,
+    l4: crate::l4_watch::L4Stores,
     policies: Vec<Store<crate::policy::SluicePolicy>>,
     stats: Vec<Arc<WatchStats>>,
     error: Option<String>,
@@ -81,12 +82,23 @@ impl ClusterStores {
 /// The Kubernetes config source.
 pub struct KubernetesSource {
     cfg: KubernetesConfig,
+    listeners: Vec<sluice_config::model::ListenerConfig>,
 }
 
 impl KubernetesSource {
     /// A source for the clusters of `cfg`.
     pub fn new(cfg: KubernetesConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// The Sluice listeners (bound at start) that Gateway listeners bind to by port.
+    #[must_use]
+    pub fn with_listeners(mut self, listeners: Vec<sluice_config::model::ListenerConfig>) -> Self {
+        self.listeners = listeners;
+        self
     }
 }
 
@@ -167,6 +179,7 @@ async fn start_cluster(
         slices: Vec::new(),
         secrets: Vec::new(),
         gateway: Default::default(),
+        l4: Default::default(),
         policies: Vec::new(),
         stats: Vec::new(),
         error: None,
@@ -256,6 +269,7 @@ async fn start_cluster(
     stores.stats.push(st);
     stores.gateway =
         crate::gateway_watch::start(&client, &namespaces, &base, &wake, name, &mut stores.stats, tasks);
+    stores.l4 = crate::l4_watch::start(&client, &namespaces, &base, &wake, name, &mut stores.stats, tasks);
     stores.client = Some(client);
     stores
 }
@@ -293,6 +307,9 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     let mut pol = BTreeMap::new();
     let mut slices = Vec::new();
     let (mut gw_classes, mut gateways, mut http_routes) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut tls_routes, mut tcp_routes, mut udp_routes) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut tls_policies, mut grants, mut config_maps) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for &ci in &order {
         let c = &clusters[ci];
         take(&c.ingresses, &mut ing, &mut origin, ci);
@@ -303,6 +320,12 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         take(&c.gateway.gateways, &mut gateways, &mut origin, ci);
         take(&c.gateway.routes, &mut http_routes, &mut origin, ci);
         take(&c.policies, &mut pol, &mut origin, ci);
+        take(&c.l4.tls_routes, &mut tls_routes, &mut origin, ci);
+        take(&c.l4.tcp_routes, &mut tcp_routes, &mut origin, ci);
+        take(&c.l4.udp_routes, &mut udp_routes, &mut origin, ci);
+        take(&c.l4.policies, &mut tls_policies, &mut origin, ci);
+        take(&c.l4.grants, &mut grants, &mut origin, ci);
+        take(&c.l4.config_maps, &mut config_maps, &mut origin, ci);
         let mut mine: Vec<_> = c.slices.iter().flat_map(Store::state).collect();
         mine.sort_by_key(|s| key(s.as_ref()));
         slices.extend(mine.into_iter().map(|s| PrioritizedSlice {
@@ -320,6 +343,13 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
         gateways: gateways.into_values().collect(),
         http_routes: http_routes.into_values().collect(),
         policies: pol.into_values().collect(),
+        tls_routes: tls_routes.into_values().collect(),
+        tcp_routes: tcp_routes.into_values().collect(),
+        udp_routes: udp_routes.into_values().collect(),
+        backend_tls_policies: tls_policies.into_values().collect(),
+        reference_grants: grants.into_values().collect(),
+        config_maps: config_maps.into_values().collect(),
+        listeners: Vec::new(),
     };
     (objects, origin)
 }
@@ -330,13 +360,10 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
 pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<String> {
     let shared = sluice_filters::kinds::Shared::default();
     let config = sluice_config::Config {
-        listeners: vec![sluice_config::model::ListenerConfig {
-            name: "check".into(),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
-            tls: None,
-            http2: true,
-            connections: Default::default(),
-        }],
+        listeners: vec![sluice_config::model::ListenerConfig::new(
+            "check",
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        )],
         routes: vec![r.clone()],
         upstreams,
         ..Default::default()
@@ -389,7 +416,12 @@ pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
     t.routes = keep;
     t.reports.extend(reports);
     // Upstreams no route names any more are dropped.
-    let named: BTreeSet<String> = t.routes.iter().flat_map(route_upstreams).collect();
+    let mut named: BTreeSet<String> = t.routes.iter().flat_map(route_upstreams).collect();
+    named.extend(
+        t.l4_routes
+            .iter()
+            .flat_map(|r| r.backend_list().into_iter().map(|b| b.upstream)),
+    );
     t.upstreams.retain(|u| named.contains(&u.id));
 }
 
@@ -441,10 +473,23 @@ pub fn translate_with_status(
     let mut g = crate::gateway_api::translate(objects, crate::gateway_api::GATEWAY_CONTROLLER);
     let gt = std::mem::take(&mut g.translation);
     t.routes.extend(gt.routes);
-    let known: BTreeSet<String> = t.upstreams.iter().map(|u| u.id.clone()).collect();
+    let mut known: BTreeSet<String> = t.upstreams.iter().map(|u| u.id.clone()).collect();
     t.upstreams
         .extend(gt.upstreams.into_iter().filter(|u| !known.contains(&u.id)));
     t.reports.extend(gt.reports);
+    // The L4 part: its routes, its upstreams (shared by id), client certificates.
+    known.extend(t.upstreams.iter().map(|u| u.id.clone()));
+    t.upstreams.extend(
+        std::mem::take(&mut g.l4.upstreams)
+            .into_iter()
+            .filter(|u| !known.contains(&u.id)),
+    );
+    t.l4_routes = std::mem::take(&mut g.l4.l4_routes);
+    t.client_auth = std::mem::take(&mut g.l4.client_auth);
+    t.reports.extend(std::mem::take(&mut g.l4.reports));
+    // BackendTLSPolicies apply to every upstream of their Services, HTTP and L4.
+    let parents = crate::gateway_l4::upstream_gateways(objects, &g, &t);
+    g.l4.policies = crate::gateway_l4::backend_tls(objects, &mut t.upstreams, &parents);
     check_routes(&mut t, objects);
     (t, g)
 }
@@ -466,6 +511,16 @@ fn resources(t: &Translation, certs: &[InlineCertificate], revision: i64) -> Res
         certificates: certs
             .iter()
             .map(|c| (c.name.clone(), to_value(serde_json::to_value(c))))
+            .collect(),
+        l4_routes: t
+            .l4_routes
+            .iter()
+            .map(|r| (r.id.clone(), to_value(serde_json::to_value(r))))
+            .collect(),
+        client_auth: t
+            .client_auth
+            .iter()
+            .map(|a| (a.name.clone(), to_value(serde_json::to_value(a))))
             .collect(),
         errors: Vec::new(),
         revision,
@@ -604,7 +659,8 @@ impl Source for KubernetesSource {
         let mut revision = 0i64;
         let mut policies_good = crate::policy::LastGood::new();
         loop {
-            let (objects, origin) = merge(&clusters);
+            let (mut objects, origin) = merge(&clusters);
+            objects.listeners.clone_from(&self.listeners);
             let (mut t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
             // TLS Secrets as listener certificates (see `tls_certs`).
             let (certs, cert_reports) = crate::tls_certs::collect(
@@ -624,6 +680,7 @@ impl Source for KubernetesSource {
                     routes: objects.http_routes.clone(),
                     origin: origin.clone(),
                     desired,
+                    others: crate::status::Watched::of(&objects),
                 }));
             }
             for r in &t.reports {
@@ -642,7 +699,11 @@ impl Source for KubernetesSource {
             seen_reports.retain(|r| now.contains(r));
             let res = resources(&t, &certs, revision + 1);
             let changed = last.as_ref().is_none_or(|l| {
-                l.routes != res.routes || l.upstreams != res.upstreams || l.certificates != res.certificates
+                l.routes != res.routes
+                    || l.upstreams != res.upstreams
+                    || l.certificates != res.certificates
+                    || l.l4_routes != res.l4_routes
+                    || l.client_auth != res.client_auth
             });
             let synced = clusters.iter().all(ClusterStores::synced);
             if changed {

@@ -44,6 +44,56 @@ pub struct StatusSnapshot {
     pub origin: HashMap<String, usize>,
     /// The statuses to write.
     pub desired: GatewayTranslation,
+    /// TLSRoutes, TCPRoutes, UDPRoutes and BackendTLSPolicies, as watched (kind,
+    /// metadata, current status).
+    pub others: Vec<Watched>,
+}
+
+/// An object of another kind the writer writes, as watched.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// `TLSRoute`, `TCPRoute`, `UDPRoute` or `BackendTLSPolicy`.
+    pub kind: &'static str,
+    /// Its metadata.
+    pub meta: kube::api::ObjectMeta,
+    /// Its current status.
+    pub status: Value,
+}
+
+impl Watched {
+    /// The L4 objects of `objects` whose status the writer owns a part of.
+    pub fn of(objects: &crate::ClusterObjects) -> Vec<Watched> {
+        let mut out = Vec::new();
+        for r in &objects.tls_routes {
+            out.push(Watched {
+                kind: "TLSRoute",
+                meta: r.metadata.clone(),
+                status: serde_json::to_value(&r.status).unwrap_or(Value::Null),
+            });
+        }
+        for r in &objects.tcp_routes {
+            out.push(Watched {
+                kind: "TCPRoute",
+                meta: r.metadata.clone(),
+                status: r.status.clone(),
+            });
+        }
+        for r in &objects.udp_routes {
+            out.push(Watched {
+                kind: "UDPRoute",
+                meta: r.metadata.clone(),
+                status: r.status.clone(),
+            });
+        }
+        for p in &objects.backend_tls_policies {
+            out.push(Watched {
+                kind: "BackendTLSPolicy",
+                meta: p.metadata.clone(),
+                status: serde_json::to_value(&p.status).unwrap_or(Value::Null),
+            });
+        }
+        out
+    }
 }
 
 /// One cluster the writer may write to.
@@ -127,7 +177,8 @@ fn same_parent(existing: &Value, p: &ParentRef, route_ns: &str) -> bool {
 /// One status write: the object, and the `status` to merge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
-    /// `GatewayClass`, `Gateway` or `HTTPRoute`.
+    /// `GatewayClass`, `Gateway`, `HTTPRoute`, `TLSRoute`, `TCPRoute`, `UDPRoute` or
+    /// `BackendTLSPolicy`.
     pub kind: &'static str,
     /// Empty for GatewayClasses.
     pub namespace: String,
@@ -207,60 +258,142 @@ pub fn writes(snap: &StatusSnapshot, controller: &str) -> Vec<Write> {
         }) else {
             continue;
         };
-        let ns = obj.namespace().unwrap_or_default();
         let current = serde_json::to_value(&obj.status).unwrap_or(Value::Null);
-        let existing = current["parents"].as_array().cloned().unwrap_or_default();
-        let mut parents: Vec<Value> = existing
-            .iter()
-            .filter(|p| p["controllerName"] != controller)
-            .cloned()
-            .collect();
-        for p in &want.parents {
-            let cur = existing
-                .iter()
-                .find(|e| {
-                    e["controllerName"] == controller && same_parent(&e["parentRef"], &p.parent_ref, &ns)
-                })
-                .map(|e| e["conditions"].clone())
-                .unwrap_or(Value::Null);
-            parents.push(json!({
-                "parentRef": parent_ref_json(&p.parent_ref),
-                "controllerName": p.controller_name,
-                "conditions": conditions_json(&p.conditions, obj.metadata.generation, &cur, &now),
-            }));
-        }
-        // Compare ours only, with the written parentRef's defaults filled in.
-        let norm = |list: &[Value]| -> Vec<Value> {
-            list.iter()
-                .filter(|p| p["controllerName"] == controller)
-                .map(|p| {
-                    let mut p = strip_times(p);
-                    let r = &mut p["parentRef"];
-                    for (k, d) in [
-                        ("group", json!("gateway.networking.k8s.io")),
-                        ("kind", json!("Gateway")),
-                        ("namespace", json!(ns)),
-                    ] {
-                        if r[k].is_null() {
-                            r[k] = d;
-                        }
-                    }
-                    p
-                })
-                .collect()
+        out.extend(route_write(
+            "HTTPRoute",
+            obj.meta(),
+            &current,
+            want,
+            controller,
+            &now,
+        ));
+    }
+    for want in &snap.desired.l4.routes {
+        let kind = match want.route.kind.as_str() {
+            "TLSRoute" => "TLSRoute",
+            "TCPRoute" => "TCPRoute",
+            _ => "UDPRoute",
         };
-        if norm(&existing) != norm(&parents) || existing.len() != parents.len() {
-            out.push(Write {
-                kind: "HTTPRoute",
-                namespace: ns,
-                name: obj.name_any(),
-                uid: obj.uid().unwrap_or_default(),
-                resource_version: obj.resource_version().unwrap_or_default(),
-                status: json!({"parents": parents}),
-            });
-        }
+        let Some(obj) = snap.others.iter().find(|o| {
+            o.kind == kind
+                && o.meta.name.as_deref() == Some(want.route.name.as_str())
+                && o.meta.namespace.as_deref() == Some(want.route.namespace.as_str())
+        }) else {
+            continue;
+        };
+        out.extend(route_write(kind, &obj.meta, &obj.status, want, controller, &now));
+    }
+    for want in &snap.desired.l4.policies {
+        let Some(obj) = snap.others.iter().find(|o| {
+            o.kind == "BackendTLSPolicy"
+                && o.meta.name.as_deref() == Some(want.policy.name.as_str())
+                && o.meta.namespace.as_deref() == Some(want.policy.namespace.as_str())
+        }) else {
+            continue;
+        };
+        out.extend(policy_write(&obj.meta, &obj.status, want, controller, &now));
     }
     out
+}
+
+/// The write of a route's `status.parents` (any route kind), when Sluice's entries
+/// differ from `want`; other controllers' entries are kept.
+fn route_write(
+    kind: &'static str,
+    meta: &kube::api::ObjectMeta,
+    current: &Value,
+    want: &crate::gateway_api::RouteStatus,
+    controller: &str,
+    now: &Value,
+) -> Option<Write> {
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let existing = current["parents"].as_array().cloned().unwrap_or_default();
+    let mut parents: Vec<Value> = existing
+        .iter()
+        .filter(|p| p["controllerName"] != controller)
+        .cloned()
+        .collect();
+    for p in &want.parents {
+        let cur = existing
+            .iter()
+            .find(|e| e["controllerName"] == controller && same_parent(&e["parentRef"], &p.parent_ref, &ns))
+            .map(|e| e["conditions"].clone())
+            .unwrap_or(Value::Null);
+        parents.push(json!({
+            "parentRef": parent_ref_json(&p.parent_ref),
+            "controllerName": p.controller_name,
+            "conditions": conditions_json(&p.conditions, meta.generation, &cur, now),
+        }));
+    }
+    // Compare ours only, with the written parentRef's defaults filled in.
+    let norm = |list: &[Value]| -> Vec<Value> {
+        list.iter()
+            .filter(|p| p["controllerName"] == controller)
+            .map(|p| {
+                let mut p = strip_times(p);
+                let r = &mut p["parentRef"];
+                for (k, d) in [
+                    ("group", json!("gateway.networking.k8s.io")),
+                    ("kind", json!("Gateway")),
+                    ("namespace", json!(ns)),
+                ] {
+                    if r[k].is_null() {
+                        r[k] = d;
+                    }
+                }
+                p
+            })
+            .collect()
+    };
+    (norm(&existing) != norm(&parents) || existing.len() != parents.len()).then(|| Write {
+        kind,
+        namespace: ns.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+        status: json!({"parents": parents}),
+    })
+}
+
+/// The write of a BackendTLSPolicy's `status.ancestors`, when Sluice's entries differ
+/// from `want`; other controllers' entries are kept.
+fn policy_write(
+    meta: &kube::api::ObjectMeta,
+    current: &Value,
+    want: &crate::gateway_l4::PolicyStatus,
+    controller: &str,
+    now: &Value,
+) -> Option<Write> {
+    let existing = current["ancestors"].as_array().cloned().unwrap_or_default();
+    let mut ancestors: Vec<Value> = existing
+        .iter()
+        .filter(|a| a["controllerName"] != controller)
+        .cloned()
+        .collect();
+    for ((ns, name), conditions) in &want.ancestors {
+        let cur = existing
+            .iter()
+            .find(|e| {
+                e["controllerName"] == controller
+                    && e["ancestorRef"]["name"] == name.as_str()
+                    && e["ancestorRef"]["namespace"] == ns.as_str()
+            })
+            .map(|e| e["conditions"].clone())
+            .unwrap_or(Value::Null);
+        ancestors.push(json!({
+            "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": name},
+            "controllerName": controller,
+            "conditions": conditions_json(conditions, meta.generation, &cur, now),
+        }));
+    }
+    (strip_times(&Value::Array(existing)) != strip_times(&Value::Array(ancestors.clone()))).then(|| Write {
+        kind: "BackendTLSPolicy",
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+        status: json!({"ancestors": ancestors}),
+    })
 }
 
 async fn patch(client: Client, w: &Write, pp: &PatchParams) -> Result<(), kube::Error> {
@@ -275,6 +408,24 @@ async fn patch(client: Client, w: &Write, pp: &PatchParams) -> Result<(), kube::
             .patch_status(&w.name, pp, &p)
             .await
             .map(drop),
+        "TLSRoute" => Api::<gateway_api::tlsroutes::TlsRoute>::namespaced(client, &w.namespace)
+            .patch_status(&w.name, pp, &p)
+            .await
+            .map(drop),
+        "TCPRoute" => Api::<crate::l4_types::TcpRoute>::namespaced(client, &w.namespace)
+            .patch_status(&w.name, pp, &p)
+            .await
+            .map(drop),
+        "UDPRoute" => Api::<crate::l4_types::UdpRoute>::namespaced(client, &w.namespace)
+            .patch_status(&w.name, pp, &p)
+            .await
+            .map(drop),
+        "BackendTLSPolicy" => {
+            Api::<gateway_api::backendtlspolicies::BackendTlsPolicy>::namespaced(client, &w.namespace)
+                .patch_status(&w.name, pp, &p)
+                .await
+                .map(drop)
+        }
         _ => Api::<HttpRoute>::namespaced(client, &w.namespace)
             .patch_status(&w.name, pp, &p)
             .await
@@ -393,6 +544,7 @@ mod tests {
             routes: o.http_routes.clone(),
             origin: HashMap::new(),
             desired: translate(o, GATEWAY_CONTROLLER),
+            others: Vec::new(),
         }
     }
 
