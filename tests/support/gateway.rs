@@ -362,7 +362,7 @@ impl Gateway {
     }
 
     /// Waits until `/readyz` answers 200 and every listener in the config accepts
-    /// connections. Panics with the gateway's output if it exits or is not ready within
+    /// connections (UDP listeners aside). Panics with the gateway's output if it exits or is not ready within
     /// [`READY_TIMEOUT`].
     pub async fn wait_ready(&mut self) {
         let listeners = self.listener_addrs();
@@ -410,6 +410,8 @@ impl Gateway {
             .and_then(|l| l.as_sequence())
             .into_iter()
             .flatten()
+            // A UDP listener accepts no connection to check.
+            .filter(|l| l.get("protocol").and_then(|p| p.as_str()) != Some("udp"))
             .filter_map(|l| l.get("listen")?.as_str()?.parse().ok())
             .collect()
     }

@@ -16,7 +16,8 @@
 //!   aborted, not ended cleanly);
 //! - `POST /api/v1/namespaces/{ns}/events`: recorded ([`FakeKube::events`]).
 //! - the Gateway API (`/apis/gateway.networking.k8s.io/v1/...`: `gatewayclasses`,
-//!   `gateways`, `httproutes`, `referencegrants`), listed and watched like the rest; an
+//!   `gateways`, `httproutes`, `referencegrants`, `tlsroutes`, `tcproutes`, `udproutes`,
+//!   `backendtlspolicies`) and `configmaps`, listed and watched like the rest; an
 //!   apply keeps the object's `status` (it is a subresource) and bumps
 //!   `metadata.generation` when the `spec` changed;
 //! - `GET` of one object; the `status` subresource: `PATCH` (JSON merge patch) and `PUT`
@@ -83,7 +84,15 @@ pub struct StatusWrite {
 }
 
 /// Kinds whose `status` is a subresource: an apply keeps it.
-const STATUS_KINDS: &[&str] = &["GatewayClass", "Gateway", "HTTPRoute"];
+const STATUS_KINDS: &[&str] = &[
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "TLSRoute",
+    "TCPRoute",
+    "UDPRoute",
+    "BackendTLSPolicy",
+];
 
 /// RFC 7386 JSON merge patch.
 fn merge_patch(target: &mut Value, patch: &Value) {
@@ -143,6 +152,11 @@ fn resource_of(obj: &Value) -> String {
         "Gateway" => "gateways",
         "HTTPRoute" => "httproutes",
         "ReferenceGrant" => "referencegrants",
+        "TLSRoute" => "tlsroutes",
+        "TCPRoute" => "tcproutes",
+        "UDPRoute" => "udproutes",
+        "BackendTLSPolicy" => "backendtlspolicies",
+        "ConfigMap" => "configmaps",
         "Lease" => "leases",
         other => panic!("the fake does not serve kind {other}"),
     };
@@ -733,6 +747,11 @@ fn kind_of(resource: &str) -> &'static str {
         "gateways" => "Gateway",
         "httproutes" => "HTTPRoute",
         "referencegrants" => "ReferenceGrant",
+        "tlsroutes" => "TLSRoute",
+        "tcproutes" => "TCPRoute",
+        "udproutes" => "UDPRoute",
+        "backendtlspolicies" => "BackendTLSPolicy",
+        "configmaps" => "ConfigMap",
         "leases" => "Lease",
         "sluicepolicies" => "SluicePolicy",
         _ => "Event",

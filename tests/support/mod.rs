@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod jwks;
 pub mod kafka;
 pub mod kube_fake;
+pub mod l4_echo;
 pub mod metrics;
 pub mod redis;
 pub mod tls;

@@ -78,6 +78,65 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A client certificate with subject common name `cn`, DNS SANs `dns` and URI SANs
+    /// `uris`, signed by this CA.
+    pub fn issue_client(&self, cn: &str, dns: &[&str], uris: &[&str]) -> TestCert {
+        let names: Vec<String> = dns.iter().map(|n| (*n).to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("valid certificate names");
+        for u in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(u.to_string()).expect("an ASCII URI"),
+            ));
+        }
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages.push(KeyUsagePurpose::DigitalSignature);
+        params
+            .extended_key_usages
+            .push(rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        let key = KeyPair::generate().expect("generate a leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the client certificate");
+        TestCert {
+            names,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A server certificate for `names` that also carries URI SANs `uris`.
+    pub fn issue_with_uris(&self, names: &[&str], uris: &[&str]) -> TestCert {
+        let owned: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+        let mut params = CertificateParams::new(owned.clone()).expect("valid certificate names");
+        for u in uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(u.to_string()).expect("an ASCII URI"),
+            ));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, owned.first().cloned().unwrap_or_default());
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages.push(KeyUsagePurpose::DigitalSignature);
+        params
+            .extended_key_usages
+            .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let key = KeyPair::generate().expect("generate a leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the leaf certificate");
+        TestCert {
+            names: owned,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
 impl TestCert {
     /// Writes `<stem>.crt` and `<stem>.key` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
