@@ -2335,3 +2335,132 @@ async fn gateway_frontend_invalid_default_client_certificate_validation() {
         .await
         .is_err());
 }
+
+// ---- Beyond the suite: the discovery plane under load ----------------------------------
+
+#[tokio::test]
+async fn an_endpointslice_change_moves_new_tcp_connections_with_no_failed_one() {
+    let w = World::start(&[l("tcp", "tcp", 9400)], &[]).await;
+    let (a, b) = (TcpEcho::start("svc").await, TcpEcho::start("svc").await);
+    w.service(NS, "svc", 3000, "TCP", a.addr());
+    w.gateway("gw", json!([tcp_listener("tcp", 9400)]));
+    w.route(
+        "TCPRoute",
+        "r",
+        json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [backend("svc", 3000)]}]}),
+    );
+    let addr = w.addr("tcp");
+    tcp_reaches(addr, a.pod()).await;
+
+    // Connections one after another, each checked, until told to stop (bounded in count
+    // and time).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (st, sn) = (stop.clone(), seen.clone());
+    let client = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut failures = Vec::new();
+        for i in 0..5000 {
+            if st.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            match tcp_test(addr).await {
+                Ok(answer) => sn.lock().unwrap().push(answer.pod),
+                Err(e) => failures.push(format!("connection {i}: {e}")),
+            }
+        }
+        failures
+    });
+    eventually(WAIT, "traffic flowing to the first pod", || {
+        let n = seen.lock().unwrap().len();
+        async move { n >= 50 }
+    })
+    .await;
+    // The EndpointSlice now names the second pod only (the first keeps running, as a
+    // terminating pod finishes what it has).
+    w.service(NS, "svc", 3000, "TCP", b.addr());
+    let b_pod = b.pod().to_string();
+    let moved = |seen: &[String]| seen.iter().filter(|p| **p == b_pod).count();
+    eventually(WAIT, "new connections reaching the second pod", || {
+        let n = moved(&seen.lock().unwrap());
+        async move { n >= 50 }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = client.await.unwrap();
+    assert!(failures.is_empty(), "failed connections: {failures:?}");
+    let seen = seen.lock().unwrap().clone();
+    let first_b = seen.iter().position(|p| *p == b.pod()).unwrap();
+    assert!(
+        seen[first_b..].iter().all(|p| *p == b.pod()),
+        "after the change every new connection went to the new pod"
+    );
+    assert!(seen[..first_b].iter().all(|p| *p == a.pod()));
+}
+
+#[tokio::test]
+async fn backendtlspolicy_observed_generation_bump() {
+    let ca = TestCa::new("tls-checks-ca");
+    let w = World::start(&[], &[]).await;
+    w.fake
+        .apply(ca_config_map(NS, "tls-checks-ca-certificate", &ca.pem()));
+    let up = TlsUpstream::start("observed-generation-bump", &ca.issue(&["abc.example.com"])).await;
+    tls_service(&w, "backendtlspolicy-test", &up);
+    http_gateway(&w, "same-namespace");
+    http_route(
+        &w,
+        "backendtlspolicy",
+        "same-namespace",
+        "abc.example.com",
+        &[("/backendtlspolicy", "backendtlspolicy-test")],
+    );
+    let validation =
+        |host: &str| json!({"caCertificateRefs": ca_ref("tls-checks-ca-certificate"), "hostname": host});
+    w.fake.apply(policy(
+        "observed-generation-bump",
+        "backendtlspolicy-test",
+        Some("btls"),
+        validation("abc.example.com"),
+    ));
+    // Every condition of Sluice's ancestor carries the policy's current generation.
+    let latest = |w: &World| {
+        let p = w.get("BackendTLSPolicy", NS, "observed-generation-bump");
+        let generation = p["metadata"]["generation"].clone();
+        let conditions = p["status"]["ancestors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["controllerName"] == CONTROLLER))
+            .map(|a| a["conditions"].clone())
+            .unwrap_or(Value::Null);
+        let ok = conditions
+            .as_array()
+            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["observedGeneration"] == generation));
+        (ok, generation)
+    };
+    eventually(WAIT, "the policy's conditions at its generation", || {
+        let ok = latest(&w).0;
+        async move { ok }
+    })
+    .await;
+    let original = latest(&w).1;
+    w.fake.apply(policy(
+        "observed-generation-bump",
+        "backendtlspolicy-test",
+        Some("btls"),
+        validation("foo.example.com"),
+    ));
+    expect_policy(
+        &w,
+        "observed-generation-bump",
+        "same-namespace",
+        "Accepted",
+        "True",
+        "Accepted",
+    )
+    .await;
+    eventually(WAIT, "the conditions at the new generation", || {
+        let (ok, g) = latest(&w);
+        let bumped = g != original;
+        async move { ok && bumped }
+    })
+    .await;
+}
