@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The longer fuzz run: the property-based targets of filters/tests/fuzz.rs (config
+# The longer fuzz run: the property-based targets of filters/core/tests/fuzz.rs (config
 # parser and validator, router, header and cookie parsing, strict request framing,
 # the request-line scanner),
 # which `cargo test` runs for a few seconds each, run here for about MINUTES in all.
@@ -18,11 +18,11 @@ secs=$(( minutes * 60 * threads / targets ))
 (( secs > 0 )) || secs=1
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test -p sluice-filters --test fuzz --no-run >/dev/null 2>&1 || cargo test -p sluice-filters --test fuzz --no-run
+cargo test -p sluice-core --test fuzz --no-run >/dev/null 2>&1 || cargo test -p sluice-core --test fuzz --no-run
 start=$(date +%s)
 status=0
 SLUICE_FUZZ_SECS="$secs" SLUICE_FUZZ_CASES="${SLUICE_FUZZ_CASES:-1000000000000}" \
-  cargo test -p sluice-filters --test fuzz -- --nocapture --test-threads "$threads" >"$log" 2>&1 || status=$?
+  cargo test -p sluice-core --test fuzz -- --nocapture --test-threads "$threads" >"$log" 2>&1 || status=$?
 end=$(date +%s)
 grep -E '^fuzz [a-z_]+: [0-9]+ ' "$log" || true
 if (( status != 0 )); then

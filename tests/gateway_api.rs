@@ -539,7 +539,7 @@ async fn request_mirror_copies_to_the_mirror_service() {
         upstream_of(&r) == "main"
     })
     .await;
-    if sluice_filters::kinds::find("mirror").is_none() {
+    if sluice_filters::registry::find("mirror").is_none() {
         eventually(WAIT, "the RequestMirror reported", || async {
             fake.events().iter().any(|e| {
                 e["reason"] == "UnsupportedFilter"

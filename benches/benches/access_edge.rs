@@ -9,10 +9,10 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use sluice_filters::kinds::cors::{Cors, CorsSpec};
-use sluice_filters::kinds::forward_auth::{ForwardAuth, ForwardAuthSpec, Outcome, Pool};
-use sluice_filters::kinds::ip_restriction::{parse_net, IpSet};
-use sluice_filters::{FilterCtx, RequestView};
+use sluice_core::{FilterCtx, RequestView};
+use sluice_filters::auth::forward_auth::{ForwardAuth, ForwardAuthSpec, Outcome, Pool};
+use sluice_filters::cors::{Cors, CorsSpec};
+use sluice_filters::ip_restriction::{parse_net, IpSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip_benches(c: &mut Criterion) {

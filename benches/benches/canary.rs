@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use sluice_filters::kinds::canary::{sticky, Canary, CanarySpec};
-use sluice_filters::split::LiveSplit;
-use sluice_filters::{FilterCtx, Identity, RequestView};
+use sluice_core::split::LiveSplit;
+use sluice_core::{FilterCtx, Identity, RequestView};
+use sluice_filters::canary::{sticky, Canary, CanarySpec};
 
 fn canary(yaml: serde_json::Value) -> Canary {
     let spec: CanarySpec = serde_json::from_value(yaml).unwrap_or_else(|e| panic!("{e}"));

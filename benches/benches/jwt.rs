@@ -12,10 +12,10 @@ use std::task::{Context, Poll, Waker};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use sluice_filters::kinds::jwt::verify::{self, AlgSet, ClaimRules, Key, KeySet};
-use sluice_filters::kinds::jwt::{Jwt, JwtOutcome, JwtSpec};
-use sluice_filters::kinds::{BuildCtx, Shared};
-use sluice_filters::{FilterCtx, RequestView};
+use sluice_core::{FilterCtx, RequestView};
+use sluice_filters::auth::jwt::verify::{self, AlgSet, ClaimRules, Key, KeySet};
+use sluice_filters::auth::jwt::{Jwt, JwtOutcome, JwtSpec};
+use sluice_filters::{BuildCtx, Shared};
 
 const NOW: u64 = 1_800_000_000;
 

@@ -9,8 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice_config::Config;
-use sluice_filters::kinds::rate_limit::{RateLimit, RateLimitSpec};
-use sluice_filters::{BuildCtx, Filter, FilterCtx, Flow, RequestView, Shared};
+use sluice_core::{Filter, FilterCtx, Flow, RequestView};
+use sluice_filters::rate_limit::{RateLimit, RateLimitSpec};
+use sluice_filters::{BuildCtx, Shared};
 
 /// Polls a future that never waits (a local limit answers at once).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -8,10 +8,10 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use sluice_config::Config;
-use sluice_filters::router::{MatchInput, Router};
-use sluice_filters::{FilterCtx, HeaderEdit};
-use sluice_gateway::gateway::Gateway;
-use sluice_gateway::snapshot::Provenance;
+use sluice_core::router::{MatchInput, Router};
+use sluice_core::{FilterCtx, HeaderEdit};
+use sluice_gateway::control::gateway::Gateway;
+use sluice_gateway::control::snapshot::Provenance;
 
 /// A config with `n` routes of mixed kinds (exact host, wildcard host, prefix, regex,
 /// header conditions), all forwarding to one of 10 upstreams.
@@ -83,11 +83,11 @@ fn chain(c: &mut Criterion) {
 }
 
 fn split(c: &mut Criterion) {
-    let seq = sluice_filters::weighted::WeightedSequence::new(&[90, 10]);
+    let seq = sluice_core::weighted::WeightedSequence::new(&[90, 10]);
     c.bench_function("backends/weighted_split_pick", |b| {
         b.iter(|| black_box(seq.next()))
     });
-    let one = sluice_filters::weighted::WeightedSequence::new(&[1]);
+    let one = sluice_core::weighted::WeightedSequence::new(&[1]);
     c.bench_function("backends/single_backend_pick", |b| {
         b.iter(|| black_box(one.next()))
     });

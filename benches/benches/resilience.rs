@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice_config::resilience::{BreakerConfig, OutlierDetectionConfig, RetryBudgetConfig, WindowConfig};
-use sluice_filters::resilience::{
+use sluice_core::resilience::{
     Admission, CallOutcome, CircuitBreaker, OutlierDetector, RetryBudget, UpstreamOutcome,
 };
 

@@ -1,40 +1,25 @@
-//! The Sluice gateway: everything the `sluice` binary runs.
+//! The Sluice gateway: everything the `sluice` binary runs, in folders by role.
 //!
-//! This crate owns the compiled [`snapshot`], upstreams and [`balancer`]s, the [`discovery`]
-//! plane, the pingora glue ([`proxy`], a list of calls into the phase modules of
-//! [`pipeline`]), the admin API ([`admin`]), [`metrics`], and process wiring
-//! ([`server`]). The pure request-path cores live in `sluice-filters`; the config model
-//! and its sources in `sluice-config`.
+//! - [`edge`]: the pingora glue ([`edge::proxy`], a list of calls into the phase modules
+//!   of [`edge::pipeline`]), the connection wrapper, TLS, the server wiring, shutdown.
+//! - [`control`]: the control plane: applying configs ([`control::gateway`]), the
+//!   compiled [`control::snapshot`], the sources loop, persisted state.
+//! - [`upstream`]: upstreams and their endpoints, balancers, discovery, health checks,
+//!   the resilience bindings, mirroring.
+//! - [`observe`]: the access log, metrics, events and their sinks, tracing, logging.
+//! - [`admin`]: the admin API and the dashboard.
+//! - [`l4`]: the TCP, UDP and TLS (passthrough and terminate) proxy beside the HTTP one.
+//! - [`rollout`]: progressive rollouts.
+//! - [`cli`]: subcommands' helpers.
+//!
+//! The pure request-path cores live in `sluice-core`, the filter kinds in
+//! `sluice-filters`; the config model and its sources in `sluice-config`.
 
-pub mod access_log;
-pub mod access_metrics;
 pub mod admin;
-pub mod background;
-pub mod balancer;
-pub mod conn;
-pub mod dashboard;
-pub mod discovery;
-pub mod echo;
-pub mod error;
-pub mod events;
-pub mod gateway;
-pub mod health;
+pub mod cli;
+pub mod control;
+pub mod edge;
 pub mod l4;
-pub mod limit_metrics;
-pub mod logging;
-pub mod metrics;
-pub mod mirror;
-pub mod pipeline;
-pub mod proxy;
-pub mod resilience;
+pub mod observe;
 pub mod rollout;
-pub mod server;
-pub mod shutdown;
-pub mod sinks;
-pub mod snapshot;
-pub mod sources;
-pub mod state;
-pub mod tls;
-pub mod trace;
-pub mod unwind;
 pub mod upstream;

@@ -17,8 +17,10 @@ use clap::{Args, Parser, Subcommand};
 use sluice_sources::etcd::{self, ChangeKind, EtcdOptions, EtcdTls};
 use sluice_sources::{compose, file};
 
-use sluice_gateway::sources::Sources;
-use sluice_gateway::{echo, server, sources};
+use sluice_gateway::cli::echo;
+use sluice_gateway::control::sources;
+use sluice_gateway::control::sources::Sources;
+use sluice_gateway::edge::server;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -521,6 +523,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .with_writer(sluice_gateway::logging::writer())
+        .with_writer(sluice_gateway::observe::logging::writer())
         .try_init();
 }

@@ -1272,7 +1272,7 @@ fn filter(
 
 /// Whether this build has the `mirror` filter kind.
 pub fn mirror_supported() -> bool {
-    sluice_filters::kinds::find("mirror").is_some()
+    sluice_filters::registry::find("mirror").is_some()
 }
 
 /// A `RequestMirror` filter as Sluice's `mirror` filter:

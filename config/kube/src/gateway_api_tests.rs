@@ -93,11 +93,12 @@ fn assert_valid(t: &GatewayTranslation) {
     v["upstreams"] = serde_json::to_value(&t.translation.upstreams).unwrap();
     let cfg = sluice_config::Config::from_json_value(v.clone())
         .unwrap_or_else(|e| panic!("{e:?}\n{}", serde_json::to_string_pretty(&v).unwrap()));
-    let shared = sluice_filters::kinds::Shared::default();
-    let ctx = sluice_filters::kinds::BuildCtx::new(&cfg, &shared);
+    let shared = sluice_filters::registry::Shared::default();
+    let ctx = sluice_filters::registry::BuildCtx::new(&cfg, &shared);
     for r in &cfg.routes {
         for f in &r.filters {
-            let kind = sluice_filters::kinds::find(&f.kind).unwrap_or_else(|| panic!("no kind {}", f.kind));
+            let kind =
+                sluice_filters::registry::find(&f.kind).unwrap_or_else(|| panic!("no kind {}", f.kind));
             if let Err(e) = (kind.build)(&f.spec, &ctx) {
                 panic!("{}: {} {}: {e:?}", r.id, f.kind, f.spec);
             }
@@ -441,7 +442,7 @@ fn url_rewrite() {
     assert_eq!(sluice_filters_free_prefix_rewrite("/", "/v1/x", 3), "/x");
 }
 
-/// The prefix replacement of `Rewrite {strip_prefix: true, prefix}` (filters/src/rewrite.rs),
+/// The prefix replacement of `Rewrite {strip_prefix: true, prefix}` (filters/core/src/rewrite.rs),
 /// restated: this crate does not depend on sluice-filters.
 fn sluice_filters_free_prefix_rewrite(new: &str, path: &str, prefix_len: usize) -> String {
     let joined = format!("{}{}", new.trim_end_matches('/'), &path[prefix_len..]);

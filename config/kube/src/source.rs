@@ -358,7 +358,7 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
 /// model's validation, and its filter specs built as `sluice validate` does. Empty when
 /// it is good.
 pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<String> {
-    let shared = sluice_filters::kinds::Shared::default();
+    let shared = sluice_filters::registry::Shared::default();
     let config = sluice_config::Config {
         listeners: vec![sluice_config::model::ListenerConfig::new(
             "check",
@@ -373,9 +373,9 @@ pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<Stri
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     };
     if errors.is_empty() {
-        let ctx = sluice_filters::kinds::BuildCtx::new(&config, &shared);
+        let ctx = sluice_filters::registry::BuildCtx::new(&config, &shared);
         for (i, f) in r.filters.iter().enumerate() {
-            match sluice_filters::kinds::find(&f.kind) {
+            match sluice_filters::registry::find(&f.kind) {
                 Some(kind) => {
                     if let Err(es) = (kind.build)(&f.spec, &ctx) {
                         errors.extend(es.iter().map(|e| format!("filters[{i}].{}: {e:?}", f.kind)));

@@ -4,7 +4,7 @@
 //! (`k8s.<namespace>.<secret>`), serving the union of the hosts that name it.
 //!
 //! The gateway swaps them into its TLS listeners on every change (see
-//! `gateway/src/tls.rs`), so a Secret that changes is a rotation with no restart: new
+//! `gateway/src/edge/tls.rs`), so a Secret that changes is a rotation with no restart: new
 //! handshakes get the new certificate, open connections keep theirs. A Secret that is
 //! missing, has no `tls.crt` / `tls.key`, or whose PEM does not read, is reported (an
 //! Event on the Ingress or Gateway naming the Secret) and left out: the previous

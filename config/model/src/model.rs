@@ -768,7 +768,7 @@ pub struct HeaderOps {
 /// One filter in a route's chain, written as a single-key map: `- redirect: {...}`.
 ///
 /// The model keeps the filter's kind and its spec as given: each filter kind owns its
-/// spec type, validation and build in `sluice-filters` (`filters/src/kinds/`), which
+/// spec type, validation and build in `sluice-filters` (`filters/kinds/src/`), which
 /// reports spec errors with their full field path (`routes[3].filters[1].rate_limit.per`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterConfig {

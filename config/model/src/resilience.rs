@@ -3,7 +3,7 @@
 //!
 //! This module owns the user-facing shape of these settings and their semantic checks
 //! (`validate`, which names the field path of every problem). It does not own the state
-//! machines that apply them: those are the pure cores in `sluice_filters::resilience`.
+//! machines that apply them: those are the pure cores in `sluice_core::resilience`.
 //!
 //! Durations are written the humantime way: `200ms`, `5s`, `1m 30s`. Status codes and
 //! ranges are written as `503`, `"503"` or `"500-599"` (see [`StatusRange`]).

@@ -244,7 +244,7 @@ impl ClientCertVerifier for AnyCertificate {
     }
 }
 
-pub use sluice_filters::client_cert::PeerCertificate;
+pub use sluice_core::client_cert::PeerCertificate;
 
 /// Reads a DER leaf certificate; `None` when it does not parse.
 pub fn parse_certificate(der: &[u8], verified: bool, keep_pem: bool) -> Option<PeerCertificate> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_config::model::Timeouts;
-use sluice_filters::resilience::UpstreamOutcome;
+use sluice_core::resilience::UpstreamOutcome;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 

@@ -95,7 +95,7 @@ impl<A: ServerApp + Send + Sync + 'static> TlsFront<A> {
         http2: bool,
     ) -> TlsFront<A> {
         if !http {
-            crate::shutdown::service_started();
+            crate::edge::shutdown::service_started();
         }
         let alpn = match (http, http2) {
             (true, true) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
@@ -259,7 +259,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsFront<A> {
         drained(&self.ctx.open).await;
         self.inner.cleanup().await;
         if !self.http {
-            crate::shutdown::service_drained();
+            crate::edge::shutdown::service_drained();
         }
     }
 }

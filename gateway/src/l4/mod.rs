@@ -36,7 +36,7 @@ use sluice_config::l4::ListenerProtocol;
 use sluice_config::model::ListenerConfig;
 use sluice_config::Config;
 
-use crate::gateway::Gateway;
+use crate::control::gateway::Gateway;
 use session::{L4Metrics, ListenerCtx};
 
 /// The shared L4 state of listener `l`.
@@ -61,7 +61,7 @@ pub fn resolver(
         Ok(r) => Ok(r),
         Err(e) if l.protocol == ListenerProtocol::Tls => {
             tracing::info!(listener = %l.name, "no certificate ({e}): passthrough only until one comes");
-            Ok(Arc::new(crate::tls::SniResolver::default()))
+            Ok(Arc::new(crate::edge::tls::SniResolver::default()))
         }
         Err(e) => Err(format!("listener {}: {e}", l.name)),
     }

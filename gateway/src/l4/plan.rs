@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sluice_config::l4::{L4RouteConfig, L4TlsMode, ListenerProtocol};
 use sluice_config::{Config, ConfigError};
-use sluice_filters::weighted::WeightedSequence;
+use sluice_core::weighted::WeightedSequence;
 
 use super::client_auth::ClientAuth;
 use super::upstream_tls::UpstreamTlsClient;

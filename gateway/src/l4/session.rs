@@ -4,7 +4,7 @@
 //!
 //! Drain: once shutdown begins (`ShutdownWatch` turns true, after `server.grace_period`
 //! of still accepting), a session is closed as soon as no byte has moved either way
-//! for [`crate::shutdown::DRAIN_IDLE`]; a session still moving bytes goes on until it
+//! for [`crate::edge::shutdown::DRAIN_IDLE`]; a session still moving bytes goes on until it
 //! ends by itself or the process reaches `server.shutdown_timeout`.
 
 use std::io;
@@ -19,7 +19,7 @@ use pingora::server::ShutdownWatch;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::gateway::Gateway;
+use crate::control::gateway::Gateway;
 
 /// How an L4 connection or UDP session ended: the `outcome` label of
 /// `sluice_l4_sessions_total` and the access log's `error` (none for `closed`).
@@ -99,7 +99,7 @@ pub struct L4Metrics {
 
 impl L4Metrics {
     /// Registers the L4 metrics in `metrics`.
-    pub fn register(metrics: &crate::metrics::Metrics) -> L4Metrics {
+    pub fn register(metrics: &crate::observe::metrics::Metrics) -> L4Metrics {
         let m = L4Metrics {
             sessions: IntCounterVec::new(
                 Opts::new(
@@ -282,9 +282,9 @@ impl Record {
         if sinks.is_empty() {
             return;
         }
-        sinks.submit(crate::access_log::AccessRecord {
+        sinks.submit(crate::observe::access_log::AccessRecord {
             time: self.time,
-            request_id: crate::pipeline::ingress::new_request_id(),
+            request_id: crate::edge::pipeline::ingress::new_request_id(),
             client: self.client.map(|a| a.ip()),
             method: http::Method::from_bytes(self.kind.as_bytes()).unwrap_or(http::Method::CONNECT),
             host: self.sni,
@@ -349,13 +349,13 @@ impl Default for Activity {
 }
 
 /// Ends when the session has been idle for `idle` (then [`End::IdleTimeout`]), or, once
-/// shutdown began, for [`crate::shutdown::DRAIN_IDLE`] (then [`End::Drained`]).
+/// shutdown began, for [`crate::edge::shutdown::DRAIN_IDLE`] (then [`End::Drained`]).
 pub async fn idle_or_drained(activity: &Activity, idle: Duration, shutdown: &ShutdownWatch) -> End {
     let mut shutdown = shutdown.clone();
     loop {
         let draining = *shutdown.borrow();
         let limit = if draining {
-            crate::shutdown::DRAIN_IDLE.min(idle)
+            crate::edge::shutdown::DRAIN_IDLE.min(idle)
         } else {
             idle
         };
@@ -467,5 +467,5 @@ where
 /// The client IP of a session, for hashing (`consistent_hash` upstreams hash on it).
 pub fn hash_key(client: Option<SocketAddr>) -> Option<u64> {
     let ip: IpAddr = client?.ip();
-    Some(crate::balancer::hash_key(ip.to_string().as_bytes()))
+    Some(crate::upstream::balancer::hash_key(ip.to_string().as_bytes()))
 }

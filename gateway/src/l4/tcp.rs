@@ -20,9 +20,9 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     /// The proxy of the listener `ctx` describes; counts as a listener service for the
-    /// drain ([`crate::shutdown::service_started`]).
+    /// drain ([`crate::edge::shutdown::service_started`]).
     pub fn new(ctx: Arc<ListenerCtx>) -> TcpProxy {
-        crate::shutdown::service_started();
+        crate::edge::shutdown::service_started();
         TcpProxy { ctx }
     }
 }
@@ -77,6 +77,6 @@ impl ServerApp for TcpProxy {
     async fn cleanup(&self) {
         tracing::info!(listener = %self.ctx.name, open = self.ctx.open.load(std::sync::atomic::Ordering::Relaxed), "l4 listener closed; draining");
         drained(&self.ctx.open).await;
-        crate::shutdown::service_drained();
+        crate::edge::shutdown::service_drained();
     }
 }

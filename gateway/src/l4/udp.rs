@@ -8,7 +8,7 @@
 //! session has seen nothing either way for the listener's `l4.idle_timeout` (60 s by
 //! default). The listener's `l4.max_connections` caps the sessions: datagrams of a new
 //! address past the cap are dropped and counted. On shutdown no new session starts and
-//! each open one ends once idle for [`crate::shutdown::DRAIN_IDLE`].
+//! each open one ends once idle for [`crate::edge::shutdown::DRAIN_IDLE`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +43,7 @@ impl UdpProxy {
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("udp {listen}: {e}"))?;
-        crate::shutdown::service_started();
+        crate::edge::shutdown::service_started();
         Ok(UdpProxy {
             ctx,
             socket: parking_lot::Mutex::new(Some(socket)),
@@ -69,7 +69,7 @@ impl BackgroundService for UdpProxy {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(listener = %self.ctx.name, "udp socket: {e}");
-                crate::shutdown::service_drained();
+                crate::edge::shutdown::service_drained();
                 return;
             }
         };
@@ -139,7 +139,7 @@ impl BackgroundService for UdpProxy {
             () = relay => {}
             () = drained(&self.ctx.open) => {}
         }
-        crate::shutdown::service_drained();
+        crate::edge::shutdown::service_drained();
     }
 }
 
@@ -230,11 +230,7 @@ async fn connect(route: &L4Route, record: &mut Record) -> Result<(UdpSocket, InF
         }
         Err(e) => {
             tracing::debug!(route = %route.id, endpoint = %ep.addr, "udp connect: {e}");
-            record_try(
-                up,
-                &t,
-                sluice_filters::resilience::UpstreamOutcome::ConnectFailure,
-            );
+            record_try(up, &t, sluice_core::resilience::UpstreamOutcome::ConnectFailure);
             Err(End::ConnectFailed)
         }
     }

@@ -22,8 +22,8 @@ use sluice_config::rollout::RolloutConfig;
 use super::core::{Command, Figures, RolloutState};
 use super::runtime::{interval_figures, spec_hash};
 use super::store::RolloutStore;
-use crate::gateway::Gateway;
-use crate::snapshot::Snapshot;
+use crate::control::gateway::Gateway;
+use crate::control::snapshot::Snapshot;
 
 type Answer = (StatusCode, Json<Value>);
 

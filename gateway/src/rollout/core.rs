@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_config::rollout::{OnPromote, RolloutConfig, WebhookEvent};
-use sluice_filters::split::StatsSample;
+use sluice_core::split::StatsSample;
 
 /// Decisions kept in [`RolloutState::history`].
 pub const HISTORY: usize = 50;
@@ -661,7 +661,7 @@ pub fn split_weights(base: &[u32], canary: usize, percent: u32) -> Vec<u32> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use sluice_filters::split::VersionStats;
+    use sluice_core::split::VersionStats;
 
     const SEC: u64 = 1000;
 

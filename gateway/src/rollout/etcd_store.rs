@@ -33,7 +33,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use rand::Rng;
-use sluice_filters::split::StatsSample;
+use sluice_core::split::StatsSample;
 use sluice_sources::etcd::{self, EtcdOptions};
 
 use super::store::{RolloutStore, StoreError, Stored};
@@ -184,7 +184,7 @@ impl EtcdStore {
     /// Starts the store's background task (connect, lease, campaign) and returns at once;
     /// until it connects, calls fail and [`RolloutStore::is_leader`] is false. The task
     /// runs on the current Tokio runtime, or outside one on the gateway's background
-    /// runtime ([`crate::background`]). `replica` is sanitized to one key segment.
+    /// runtime ([`crate::control::background`]). `replica` is sanitized to one key segment.
     pub fn start(opts: EtcdOptions, replica: &str, timing: LeaseTiming) -> EtcdStore {
         let base = format!("{}/rollouts", opts.prefix.trim_end_matches('/'));
         let shared = Arc::new(Shared {
@@ -200,7 +200,7 @@ impl EtcdStore {
         });
         let handle = tokio::runtime::Handle::try_current()
             .ok()
-            .or_else(crate::background::handle);
+            .or_else(crate::control::background::handle);
         let task = match handle {
             Some(h) => Some(h.spawn(run(Arc::clone(&shared)))),
             None => {

@@ -65,7 +65,7 @@ pub struct RolloutMetrics {
 }
 
 impl RolloutMetrics {
-    fn new(metrics: &crate::metrics::Metrics) -> RolloutMetrics {
+    fn new(metrics: &crate::observe::metrics::Metrics) -> RolloutMetrics {
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid")
         };
@@ -139,7 +139,7 @@ pub struct Rollouts {
 
 impl Rollouts {
     /// No store yet, metrics registered in `metrics`.
-    pub fn new(metrics: &crate::metrics::Metrics) -> Rollouts {
+    pub fn new(metrics: &crate::observe::metrics::Metrics) -> Rollouts {
         Rollouts {
             store: OnceLock::new(),
             metrics: RolloutMetrics::new(metrics),

@@ -33,12 +33,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sluice_config::rollout::{RolloutConfig, WebhookConfig, WebhookEvent};
-use sluice_filters::split::{LiveSplit, StatsSample};
+use sluice_core::split::{LiveSplit, StatsSample};
 
 use super::core::{split_weights, Effect, IntervalFigures, RolloutState};
 use super::store::RolloutStore;
-use crate::events::{self, Event};
-use crate::gateway::Gateway;
+use crate::control::gateway::Gateway;
+use crate::observe::events::{self, Event};
 
 /// The longest tick.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -70,7 +70,7 @@ pub fn spec_hash(spec: &RolloutConfig, backends: &[Arc<str>]) -> String {
 /// the admin API). `false` when the background runtime is not available.
 pub fn start(gateway: Arc<Gateway>, store: Arc<dyn RolloutStore>) -> bool {
     gateway.rollouts.set_store(store.clone());
-    let Some(handle) = crate::background::handle() else {
+    let Some(handle) = crate::control::background::handle() else {
         return false;
     };
     handle.spawn(run(gateway, store));

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use sluice_filters::split::StatsSample;
+use sluice_core::split::StatsSample;
 
 /// A stored rollout state and its revision.
 #[derive(Debug, Clone, PartialEq, Eq)]

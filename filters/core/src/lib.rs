@@ -1,0 +1,40 @@
+//! Sluice's pure request-path cores.
+//!
+//! This crate owns what the request path decides without I/O: the [`router`], path
+//! rewriting ([`rewrite`]), the weighted split between a route's backends ([`weighted`],
+//! [`split`]), the strict request-framing checks ([`framing`], [`request_line`]), trace
+//! context ([`trace`]), cookies ([`cookie`]), the resilience state machines ([`resilience`]:
+//! circuit breaker, outlier detection, retry budget), and the filter seam ([`filter`]: the
+//! [`Filter`] trait, [`Chain`], [`FilterCtx`]). Every decision here is a pure function or
+//! state machine with an injectable clock; the filter kinds live in `sluice-filters`, and
+//! the `sluice-gateway` crate wraps both in pingora phases.
+
+pub mod client_cert;
+pub mod cookie;
+pub mod filter;
+pub mod framing;
+pub mod request_line;
+pub mod resilience;
+pub mod rewrite;
+pub mod router;
+pub mod split;
+pub mod trace;
+pub mod weighted;
+
+pub use filter::BackendReason;
+pub use filter::{
+    AuthNote, AuthResult, BackendHint, Built, Chain, Completion, CustomReject, Filter, FilterCtx, Flow,
+    HeaderEdit, Identity, LimitNote, Phases, Reject, RejectKind, RequestView, Response,
+};
+
+/// A filter or router could not be built from a config that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError(pub String);
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}

@@ -1,0 +1,182 @@
+//! The filter kinds, one module each with its spec, validation, build and tests, and the
+//! registry: one line per kind. Adding a filter means a new module here, a line in
+//! [`REGISTRY`] and its section in `docs/config.md`; the gateway's glue does not change.
+//!
+//! A spec is parsed from the route's config with `deny_unknown_fields`, so a misspelt
+//! key is an error naming its path (`routes[0].filters[1].rate_limit.per: unknown field
+//! "pre"`), never a silent default.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use sluice_core::filter::Filter;
+
+use crate::auth::{acl_kind, auth_kind, basic_auth, forward_auth, jwt, key_auth};
+#[cfg(feature = "test-kinds")]
+use crate::panic;
+use crate::{
+    canary, client_cert, cors, direct_response, headers, ip_restriction, limit_conn, mirror, rate_limit,
+    redirect,
+};
+
+/// A spec error: the path inside the filter's spec (empty for the spec as a whole) and
+/// what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// Path below the filter's kind, e.g. `per` or `headers.x-a`; empty for the spec.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error at `path` inside the spec.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a kind's build returns: the filter, or every error in its spec.
+pub type BuildResult = Result<Arc<dyn Filter>, Vec<SpecError>>;
+
+/// One filter kind.
+pub struct Kind {
+    /// The name written in config, e.g. `redirect`.
+    pub name: &'static str,
+    /// Whether the filter answers every request itself, so its route needs no backend.
+    pub answers: bool,
+    /// Parses, validates and builds the filter from its spec, in the build context.
+    pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> BuildResult,
+}
+
+/// What a filter's build may look at besides its own spec.
+#[derive(Clone, Copy)]
+pub struct BuildCtx<'a> {
+    /// The whole config being compiled (consumers, server settings, other routes). In
+    /// `sluice validate` and the CLI's checks it may hold only part of a config.
+    pub config: &'a sluice_config::Config,
+    /// Process-wide services every build shares, which outlive reloads.
+    pub shared: &'a Shared,
+    /// The id of the route the filter is built for (a metric label, a shared store's
+    /// key prefix); set by [`crate::build_chain`]. Default: empty.
+    pub route: &'a str,
+}
+
+impl<'a> BuildCtx<'a> {
+    /// A context over `config` and `shared`, for no route in particular.
+    pub fn new(config: &'a sluice_config::Config, shared: &'a Shared) -> BuildCtx<'a> {
+        BuildCtx {
+            config,
+            shared,
+            route: "",
+        }
+    }
+}
+
+/// Process-wide services shared by the filters of every snapshot (connection pools,
+/// key caches, the runtime background work runs on). Built once at start-up; a reload
+/// keeps it. `Shared::default()` (no runtime) is what validation uses: a build must then
+/// check its spec and start no background work.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
+    /// Default: none (validation only).
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// The JWKS key sets of the `jwt` filters, one per URL. Default: empty.
+    pub jwks: jwt::jwks::JwksRegistry,
+    /// The consumer table of the config last compiled, reused while the consumers stay
+    /// the same (see [`crate::auth::consumers::Consumers::of`]). Default: empty.
+    pub consumers: crate::auth::consumers::ConsumerCache,
+    /// The `forward_auth` filters' keep-alive HTTP client and outcome counters.
+    /// Default: a new, empty pool.
+    pub forward_auth: forward_auth::Pool,
+    /// Where the limit filters report decisions and Redis calls (the gateway's
+    /// Prometheus metrics). Default: none (nothing is counted).
+    pub limit_metrics: Option<Arc<dyn rate_limit::metrics::LimitMetrics>>,
+    /// Connection pools to Redis servers for cluster-wide limits, one per URL, kept
+    /// across reloads. Default: empty.
+    pub redis: Arc<rate_limit::redis::RedisPools>,
+    /// Every route's live split between its backends, by route id, kept across reloads
+    /// (canary rules read it, rollouts set its override). Default: empty.
+    pub splits: Arc<sluice_core::split::Splits>,
+    /// The `mirror` filters' pooled HTTP client and outcome counters. Default: a new,
+    /// empty pool.
+    pub mirrors: mirror::Mirrors,
+    /// The gateway's view of each upstream's current endpoints, where `mirror` copies
+    /// go. Default: none (nothing is mirrored: validation, unit tests).
+    pub endpoints: Option<Arc<dyn mirror::EndpointLookup>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("runtime", &self.runtime.is_some())
+            .field("jwks", &self.jwks)
+            .field("limit_metrics", &self.limit_metrics.is_some())
+            .finish()
+    }
+}
+
+/// Every filter kind, one line each.
+pub static REGISTRY: &[Kind] = &[
+    headers::KIND,
+    redirect::KIND,
+    direct_response::KIND,
+    rate_limit::KIND,
+    #[cfg(feature = "test-kinds")]
+    panic::KIND,
+    jwt::KIND,
+    auth_kind::KIND,
+    key_auth::KIND,
+    basic_auth::KIND,
+    acl_kind::KIND,
+    ip_restriction::KIND,
+    client_cert::KIND,
+    cors::KIND,
+    forward_auth::KIND,
+    limit_conn::KIND,
+    canary::KIND,
+    mirror::KIND,
+];
+
+/// The kind called `name`.
+pub fn find(name: &str) -> Option<&'static Kind> {
+    REGISTRY.iter().find(|k| k.name == name)
+}
+
+/// The names of every kind, for error messages.
+pub fn names() -> String {
+    REGISTRY.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Deserializes a spec with the path of the first error.
+pub(crate) fn parse<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, Vec<SpecError>> {
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![SpecError::at(path, e.into_inner().to_string())]
+    })
+}
+
+/// Runs a kind's `build` with an empty config and no runtime, as validation does.
+#[cfg(test)]
+pub(crate) fn build_for_test(
+    build: fn(&serde_json::Value, &BuildCtx<'_>) -> BuildResult,
+    spec: &serde_json::Value,
+) -> BuildResult {
+    let config = sluice_config::Config::default();
+    let shared = Shared::default();
+    build(spec, &BuildCtx::new(&config, &shared))
+}
+
+#[cfg(all(test, not(feature = "test-kinds")))]
+mod without_test_kinds {
+    #[test]
+    fn a_build_without_the_feature_has_no_panic_kind() {
+        assert!(super::find("panic").is_none());
+    }
+}

@@ -1,0 +1,3 @@
+//! Helpers of the `sluice` subcommands.
+
+pub mod echo;

@@ -1,0 +1,408 @@
+//! The compiled, immutable snapshot the request path reads.
+//!
+//! A snapshot is built from a validated [`Config`] off the request path and published
+//! with one `ArcSwap::store` (see [`crate::control::gateway::Gateway::apply`]). A request loads it
+//! once and keeps that `Arc` until it ends, so it never sees half of one config and half
+//! of another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use prometheus::IntCounter;
+use sluice_config::model::{RouteConfig, Timeouts};
+use sluice_config::validate::Digest;
+use sluice_config::{Config, ConfigError, ConfigErrors};
+use sluice_core::resilience::RetryPolicy;
+use sluice_core::rewrite::PathRewrite;
+use sluice_core::router::Router;
+use sluice_core::split::LiveSplit;
+use sluice_core::Chain;
+
+use crate::control::state::SharedState;
+use crate::observe::metrics::{AuthMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
+use crate::upstream::resilience::{route_retry_policy, BreakerBinding};
+use crate::upstream::Upstream;
+
+/// One weighted backend of a compiled route.
+#[derive(Clone)]
+pub struct Backend {
+    /// The upstream it forwards to.
+    pub upstream: Arc<Upstream>,
+    /// Its share of the route's traffic.
+    pub weight: u32,
+    /// Route timeouts over this upstream's.
+    pub timeouts: Timeouts,
+    /// When a failed try is retried: the route's `retries`, else this upstream's.
+    pub retry: Arc<RetryPolicy>,
+    /// The circuit breaker of (route, this upstream), if the route has one.
+    pub breaker: Option<Arc<BreakerBinding>>,
+    /// `sluice_backend_requests_total{route, backend}` for this backend.
+    pub served: IntCounter,
+    /// The same counter for the breaker's fallback, when it serves instead.
+    pub served_by_fallback: Option<IntCounter>,
+    /// `sluice_retries_total` handles for (route, this upstream).
+    pub retries: RetryMetrics,
+    /// `sluice_retries_total` handles for (route, the breaker's fallback upstream).
+    pub fallback_retries: Option<RetryMetrics>,
+    /// Per-version handles (responses by class, latency, decisions by reason) for
+    /// (route, this upstream); recorded when the route has several backends.
+    pub version: VersionMetrics,
+}
+
+/// One compiled route.
+#[derive(Clone)]
+pub struct Route {
+    /// Stable id (metrics label).
+    pub id: String,
+    /// Content hash of the route's config; an unchanged route reuses its compiled parts.
+    pub hash: String,
+    /// The route's filters.
+    pub chain: Arc<Chain>,
+    /// Where it forwards: none when its filters answer every request.
+    pub backends: Vec<Backend>,
+    /// The live weighted split between `backends`, shared by id with every snapshot
+    /// (kept across reloads; a rollout may override the config's weights), with the
+    /// per-backend figures a canary analysis reads.
+    pub split: Arc<LiveSplit>,
+    /// Path rewrite.
+    pub rewrite: Option<Arc<PathRewrite>>,
+    /// The route's metric handles.
+    pub metrics: Arc<RouteMetrics>,
+    /// `sluice_auth_total` handles, when the route's filters authenticate.
+    pub auth_metrics: Option<Arc<AuthMetrics>>,
+}
+
+impl Route {
+    /// The backend whose upstream is `id`.
+    pub fn backend_of(&self, id: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.upstream.id == id)
+    }
+}
+
+/// Where a snapshot came from, for `/api/v1/config`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Provenance {
+    /// Source kind and location, e.g. `file:/etc/sluice.yaml`.
+    pub source: String,
+    /// Source revision (etcd revision), if the source has one.
+    pub revision: Option<i64>,
+}
+
+/// An immutable compiled config.
+pub struct Snapshot {
+    /// Monotonic version, bumped on every publish in this process.
+    pub version: u64,
+    /// Content hash of the config.
+    pub hash: String,
+    /// When it was published.
+    pub loaded_at: SystemTime,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The config it was compiled from.
+    pub config: Arc<Config>,
+    /// The router; indexes into `routes`. Shared with the previous snapshot when no route
+    /// changed (an endpoint-only change does not recompile it).
+    pub router: Arc<Router>,
+    /// Content hash of all routes, to tell whether the router can be reused.
+    pub routes_hash: String,
+    /// Routes in config order.
+    pub routes: Vec<Route>,
+    /// Upstreams by id.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request id header.
+    pub request_id_header: HeaderName,
+    /// The tracer when `tracing.enabled`; `None` (the one branch a request pays) when off.
+    pub tracer: Option<Arc<crate::observe::trace::Tracer>>,
+    /// The L4 routes and client-certificate settings, by listener (see [`crate::l4`]).
+    pub l4: Arc<crate::l4::plan::L4Plan>,
+}
+
+impl Snapshot {
+    /// Compiles a validated config, reusing from `previous` every compiled part whose
+    /// config did not change: the router when no route changed, a route's filters when
+    /// that route did not change, an upstream (with its balancer state) when it did not
+    /// change (endpoints only: its endpoint set is swapped in place). Never blocks on
+    /// DNS: host names come from the discovery plane.
+    pub fn compile(
+        config: Config,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let digest = config.digest();
+        Self::compile_with(config, digest, version, provenance, state, previous)
+    }
+
+    /// [`Snapshot::compile`] with the config's [`Digest`] already computed.
+    pub fn compile_with(
+        config: Config,
+        digest: Digest,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut upstreams = HashMap::new();
+        // Upstreams that differ from the serving ones only in their endpoints are kept
+        // (balancer state, breakers bound to them); their new endpoint sets are swapped
+        // in once the whole snapshot has compiled.
+        let mut swaps = Vec::new();
+        for u in &config.upstreams {
+            let masked = u.without_endpoints();
+            if let Some(old) = previous
+                .and_then(|p| p.upstreams.get(&u.id))
+                .filter(|old| old.config == masked)
+            {
+                if *old.endpoints.load().configured != *u.endpoints {
+                    swaps.push((old.clone(), u.endpoints.clone()));
+                }
+                upstreams.insert(u.id.clone(), old.clone());
+                continue;
+            }
+            upstreams.insert(u.id.clone(), Arc::new(Upstream::new(u, state)));
+        }
+        let routes_hash = digest.routes;
+        let router = match previous {
+            Some(p) if p.routes_hash == routes_hash => p.router.clone(),
+            _ => Arc::new(
+                previous
+                    .map_or_else(
+                        || Router::new(&config.routes),
+                        |p| Router::rebuild(&config.routes, &p.router),
+                    )
+                    .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
+            ),
+        };
+        let ctx = sluice_filters::BuildCtx::new(&config, &state.filters);
+        // Consumers' credentials are checked by their methods (the model checks names).
+        errors.extend(sluice_filters::auth::consumers::validate(&config, &ctx));
+        let old_routes: HashMap<&str, &Route> = previous
+            .map(|p| p.routes.iter().map(|r| (r.id.as_str(), r)).collect())
+            .unwrap_or_default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, (r, hash)) in config.routes.iter().zip(digest.route_hashes).enumerate() {
+            let path = format!("routes[{i}]");
+            match compile_route(
+                r,
+                &path,
+                hash,
+                &upstreams,
+                old_routes.get(r.id.as_str()).copied(),
+                state,
+                &ctx,
+            ) {
+                Ok(route) => routes.push(route),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let l4 = match crate::l4::plan::compile(&config, &upstreams, previous.map(|p| &*p.l4)) {
+            Ok(plan) => Arc::new(plan),
+            Err(e) => {
+                errors.extend(e);
+                Arc::default()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
+            .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
+        let now = std::time::Instant::now();
+        for (up, endpoints) in swaps {
+            up.replace(endpoints.into(), None, state, now);
+        }
+        Ok(Snapshot {
+            version,
+            hash: digest.content,
+            loaded_at: SystemTime::now(),
+            provenance,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            request_id_header,
+            tracer: state.tracing.tracer_for(&config.tracing),
+            router,
+            routes_hash,
+            routes,
+            upstreams,
+            l4,
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl Snapshot {
+    /// The fast path for a config that differs from `self`'s only in upstreams'
+    /// `endpoints` (see [`endpoints_only_change`]): swaps the changed upstreams' endpoint
+    /// sets in place and returns a snapshot of the new config that shares this one's
+    /// router, routes and upstreams. Nothing is recompiled; `config` must have passed
+    /// [`sluice_config::validate::validate_endpoints`] for the changed upstreams.
+    pub fn with_endpoints(
+        &self,
+        config: Config,
+        version: u64,
+        provenance: Provenance,
+        state: &SharedState,
+    ) -> Snapshot {
+        let now = std::time::Instant::now();
+        for u in &config.upstreams {
+            if let Some(up) = self.upstreams.get(&u.id) {
+                if *up.endpoints.load().configured != *u.endpoints {
+                    up.replace(u.endpoints.clone().into(), None, state, now);
+                }
+            }
+        }
+        Snapshot {
+            version,
+            hash: config.content_hash_with_routes(&self.routes_hash),
+            loaded_at: SystemTime::now(),
+            provenance,
+            trusted_proxies: self.trusted_proxies.clone(),
+            request_id_header: self.request_id_header.clone(),
+            tracer: self.tracer.clone(),
+            router: self.router.clone(),
+            routes_hash: self.routes_hash.clone(),
+            routes: self.routes.clone(),
+            upstreams: self.upstreams.clone(),
+            l4: self.l4.clone(),
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Whether `next` differs from `current` at most in upstreams' `endpoints` (same
+/// upstreams in the same order, equal once their endpoints are left out). Returns the
+/// indexes of the upstreams whose endpoints changed, or `None` when anything else did.
+pub fn endpoints_only_change(current: &Config, next: &Config) -> Option<Vec<usize>> {
+    if current.upstreams.len() != next.upstreams.len() {
+        return None;
+    }
+    // Compare everything but the endpoint lists, whatever fields the config grows.
+    let masked = |c: &Config| Config {
+        upstreams: c.upstreams.iter().map(|u| u.without_endpoints()).collect(),
+        ..c.clone()
+    };
+    if masked(current) != masked(next) {
+        return None;
+    }
+    let changed = current
+        .upstreams
+        .iter()
+        .zip(&next.upstreams)
+        .enumerate()
+        .filter(|(_, (a, b))| a.endpoints != b.endpoints)
+        .map(|(i, _)| i)
+        .collect();
+    Some(changed)
+}
+
+fn compile_route(
+    r: &RouteConfig,
+    path: &str,
+    hash: String,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    old: Option<&Route>,
+    state: &SharedState,
+    ctx: &sluice_filters::BuildCtx<'_>,
+) -> Result<Route, Vec<ConfigError>> {
+    let one = |path: String, message: String| vec![ConfigError { path, message }];
+    // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
+    let missing_backend = sluice_filters::missing_backend(r, path);
+    // An unchanged route keeps its chain, unless a filter of it reads consumers and the
+    // consumers changed (then `build_chain` rebuilds just those filters).
+    let fresh = |c: &sluice_core::Chain| {
+        !c.uses_consumers() || c.consumers_fresh(sluice_filters::auth::consumers::Consumers::of(ctx).digest())
+    };
+    let (chain, rewrite) = match old.filter(|o| o.hash == hash && fresh(&o.chain)) {
+        Some(o) => (o.chain.clone(), o.rewrite.clone()),
+        None => (
+            Arc::new(
+                sluice_filters::build_chain(r, path, old.map(|o| &*o.chain), ctx).map_err(|mut es| {
+                    es.extend(missing_backend.clone());
+                    es
+                })?,
+            ),
+            match &r.rewrite {
+                Some(rw) => PathRewrite::new(rw)
+                    .map_err(|e| one(format!("{path}.rewrite"), e.to_string()))?
+                    .map(Arc::new),
+                None => None,
+            },
+        ),
+    };
+    if let Some(e) = missing_backend {
+        return Err(vec![e]);
+    }
+    let fallback = match r
+        .circuit_breaker
+        .as_ref()
+        .and_then(|c| c.fallback_upstream.as_ref())
+    {
+        Some(id) => Some(upstreams.get(id).cloned().ok_or_else(|| {
+            one(
+                format!("{path}.circuit_breaker.fallback_upstream"),
+                format!("no upstream {id:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let metrics = &state.metrics;
+    let mut backends = Vec::new();
+    for (i, b) in r.backend_list().iter().enumerate() {
+        let up = upstreams.get(&b.upstream).cloned().ok_or_else(|| {
+            one(
+                format!("{path}.backends[{i}].upstream"),
+                format!("no upstream {:?}", b.upstream),
+            )
+        })?;
+        let breaker = r.circuit_breaker.as_ref().map(|cfg| {
+            let rb = state.breaker(&r.id, &up.id, cfg);
+            Arc::new(BreakerBinding::new(rb, cfg, fallback.clone()))
+        });
+        backends.push(Backend {
+            timeouts: r.timeouts.or(&up.config.timeouts),
+            retry: route_retry_policy(r, Some(&up)),
+            breaker,
+            weight: b.weight,
+            served: metrics
+                .backend_requests
+                .with_label_values(&[r.id.as_str(), up.id.as_str()]),
+            retries: metrics.retries_for(&r.id, &up.id),
+            version: metrics.version(&r.id, &up.id),
+            fallback_retries: fallback.as_ref().map(|f| metrics.retries_for(&r.id, &f.id)),
+            served_by_fallback: fallback.as_ref().map(|f| {
+                metrics
+                    .backend_requests
+                    .with_label_values(&[r.id.as_str(), f.id.as_str()])
+            }),
+            upstream: up,
+        });
+    }
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    let ids: Vec<Arc<str>> = backends
+        .iter()
+        .map(|b| Arc::from(b.upstream.id.as_str()))
+        .collect();
+    let split = state.filters.splits.for_route(&r.id, &ids, &weights);
+    let auth_methods = chain.auth_methods();
+    let auth_metrics = match old {
+        Some(o) if Arc::ptr_eq(&o.chain, &chain) => o.auth_metrics.clone(),
+        _ if auth_methods.is_empty() => None,
+        _ => Some(Arc::new(metrics.auth_for(&r.id, &auth_methods))),
+    };
+    Ok(Route {
+        id: r.id.clone(),
+        hash,
+        auth_metrics,
+        chain,
+        backends,
+        split,
+        rewrite,
+        metrics: state.route_metrics(&r.id),
+    })
+}

@@ -1,0 +1,12 @@
+//! The edge: the pingora glue ([`proxy`]) and the phases it calls ([`pipeline`]), the
+//! connection wrapper, TLS, the server wiring, panics and shutdown, and the one
+//! error-to-status mapping ([`error`]).
+
+pub mod conn;
+pub mod error;
+pub mod pipeline;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod unwind;

@@ -1,0 +1,161 @@
+//! The pingora glue: each `ProxyHttp` hook is a few calls into the phase modules of
+//! [`crate::edge::pipeline`], so the whole request path reads on one screen.
+//!
+//! | pingora hook               | phases                                                           |
+//! |----------------------------|------------------------------------------------------------------|
+//! | `request_filter`           | ingress → strict (head) → route (match, filters) → strict (body) → route (mirror copies) → select (backend) → admit (breaker) |
+//! | `request_body_filter`      | strict (a streamed body's limit)                                 |
+//! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
+//! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
+//! | `upstream_response_filter` | outcome (upstream-response filters, outlier record, retry a status) |
+//! | `response_filter`          | drain (`Connection: close` once draining); respond (request id, breaker header, response filters) |
+//! | `fail_to_connect`          | outcome (outlier record, retry policy and budget)                |
+//! | `error_while_proxy`        | outcome (outlier record, retry policy and budget)                |
+//! | `fail_to_proxy`            | respond (the JSON error, through the one mapping)                |
+//! | `logging`                  | observe (breaker verdict, metrics, completion filters, access log) |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+
+use crate::control::gateway::Gateway;
+use crate::edge::error::ErrorKind;
+use crate::edge::pipeline::{admit, forward, ingress, observe, outcome, respond, route, select, strict, Ctx};
+
+/// The proxy for one listener.
+pub struct SluiceProxy {
+    gateway: Arc<Gateway>,
+    scheme: &'static str,
+}
+
+impl SluiceProxy {
+    /// A proxy serving `gateway`'s snapshots on a listener that is TLS or not.
+    pub fn new(gateway: Arc<Gateway>, tls: bool) -> Self {
+        Self {
+            gateway,
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        crate::edge::conn::head_received();
+        let r = crate::edge::unwind::catch(async {
+            let stop = match ingress::begin(&self.gateway, session, ctx) {
+                Some(a) => Some(a),
+                None => match strict::head(session, ctx).or_else(|| route::find(session, ctx)) {
+                    Some(a) => Some(a),
+                    None => match route::filters(session, ctx, self.scheme).await {
+                        Some(a) => Some(a),
+                        None => match strict::body(session, ctx).await {
+                            Some(a) => Some(a),
+                            None => {
+                                route::body_ready(session, ctx);
+                                select::backend(ctx).or_else(|| admit::breaker(ctx))
+                            }
+                        },
+                    },
+                },
+            };
+            match stop {
+                Some(answer) => respond::answer(session, ctx, answer).await,
+                None => Ok(false),
+            }
+        })
+        .await;
+        crate::edge::unwind::or_internal(r, ctx, "request_filter")
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        strict::body_chunk(session, ctx, body)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        select::endpoint(session, ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let r = crate::edge::unwind::catch_sync(|| {
+            forward::upstream_request(session, upstream, ctx, self.scheme)
+        });
+        crate::edge::unwind::or_internal(r, ctx, "upstream_request_filter")
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        strict::response_head(resp, ctx)?;
+        let r = crate::edge::unwind::catch_sync(|| outcome::upstream_response(session, resp, ctx));
+        crate::edge::unwind::or_internal(r, ctx, "upstream_response_filter")
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        crate::edge::shutdown::close_if_draining(session);
+        let r = crate::edge::unwind::catch_sync(|| respond::headers(resp, ctx));
+        crate::edge::unwind::or_internal(r, ctx, "response_filter")
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        outcome::connect_failed(session, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        outcome::proxy_failed(peer, session, e, ctx, client_reused)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        respond::fail_to_proxy(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let r = crate::edge::unwind::catch_sync(|| observe::complete(&self.gateway, session, ctx));
+        let _ = crate::edge::unwind::or_internal(r.map(Ok), ctx, "logging");
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        matches!(ctx.error, Some(ErrorKind::NoRoute))
+    }
+}

@@ -1,0 +1,59 @@
+//! Metrics of the access-control filters that keep their own counters in
+//! `sluice-filters` (which has no Prometheus): read at scrape time, so the request path
+//! only bumps an atomic.
+//!
+//! - `sluice_forward_auth_total{result}`: forward-auth calls by result, `allowed`,
+//!   `denied`, `timeout`, `unreachable` or `invalid` (all routes together).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
+use sluice_filters::auth::forward_auth::Stats;
+
+/// Exposes the forward-auth outcome counters.
+pub struct ForwardAuthCollector {
+    stats: Arc<Stats>,
+    counter: IntCounterVec,
+    /// Serializes scrapes, which bring the counter up to the atomics' values.
+    scrape: Mutex<()>,
+}
+
+impl ForwardAuthCollector {
+    /// A collector over `stats`.
+    pub fn new(stats: Arc<Stats>) -> ForwardAuthCollector {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "sluice_forward_auth_total",
+                "Forward-auth calls, by result (allowed, denied, timeout, unreachable, invalid).",
+            ),
+            &["result"],
+        )
+        .expect("the metric definition is static and valid");
+        for r in Stats::RESULTS {
+            counter.with_label_values(&[r]);
+        }
+        ForwardAuthCollector {
+            stats,
+            counter,
+            scrape: Mutex::new(()),
+        }
+    }
+}
+
+impl Collector for ForwardAuthCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.scrape.lock();
+        for (r, now) in Stats::RESULTS.iter().zip(self.stats.snapshot()) {
+            let c = self.counter.with_label_values(&[r]);
+            c.inc_by(now.saturating_sub(c.get()));
+        }
+        self.counter.collect()
+    }
+}

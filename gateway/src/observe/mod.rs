@@ -1,0 +1,11 @@
+//! What the gateway tells about itself: the access log and its metrics, Prometheus
+//! [`metrics`], [`events`] and their [`sinks`], tracing ([`trace`]), and process logging.
+
+pub mod access_log;
+pub mod access_metrics;
+pub mod events;
+pub mod limit_metrics;
+pub mod logging;
+pub mod metrics;
+pub mod sinks;
+pub mod trace;
