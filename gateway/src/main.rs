@@ -182,12 +182,12 @@ enum Command {
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Print the routes, upstreams and consumers kept in etcd, as YAML (consumers'
-    /// credential values redacted).
+    /// Print the routes, upstreams and consumers kept in etcd, as YAML (every secret
+    /// redacted: consumers' credentials, filters' secret fields, webhook URLs).
     Get {
         #[command(flatten)]
         etcd: EtcdArgs,
-        /// Print consumers' credentials as stored instead of `<redacted>`.
+        /// Print every secret as stored instead of `<redacted>`.
         #[arg(long)]
         show_credentials: bool,
     },
@@ -225,6 +225,9 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Every view of a config (admin API, `get`, `diff`, logs) shows filter specs with
+    // their secret fields redacted, by the kinds' own spec types.
+    sluice_filters::registry::install_redactor();
     let cli = Cli::parse();
     match cli.command {
         Command::Echo { listen, name } => match echo::run(listen, name) {

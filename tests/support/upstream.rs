@@ -59,9 +59,22 @@ pub enum Mode {
     Refuse,
 }
 
+/// One request as the upstream received it (see [`TestUpstream::received`]).
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The method.
+    pub method: String,
+    /// The request target as it arrived: `/path?query` in origin-form, the whole URL
+    /// in absolute-form.
+    pub target: String,
+    /// The headers, lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+}
+
 struct Shared {
     name: String,
     requests: AtomicUsize,
+    received: std::sync::Mutex<Vec<Received>>,
     in_flight: AtomicUsize,
     mode: watch::Sender<Mode>,
 }
@@ -89,6 +102,7 @@ impl TestUpstream {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             requests: AtomicUsize::new(0),
+            received: std::sync::Mutex::default(),
             in_flight: AtomicUsize::new(0),
             mode,
         });
@@ -131,9 +145,16 @@ impl TestUpstream {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
-    /// Sets the request count back to zero.
+    /// Sets the request count back to zero and forgets the requests received.
     pub fn reset_requests(&self) {
         self.shared.requests.store(0, Ordering::SeqCst);
+        self.shared.received.lock().expect("not poisoned").clear();
+    }
+
+    /// Every request received so far (since the last [`TestUpstream::reset_requests`]),
+    /// in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().expect("not poisoned").clone()
     }
 
     /// Requests received and not yet answered.
@@ -260,6 +281,15 @@ impl Drop for InFlight {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    shared.received.lock().expect("not poisoned").push(Received {
+        method: req.method().to_string(),
+        target: req.uri().to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+    });
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight::new(&shared);
     let mut status = StatusCode::OK;

@@ -284,7 +284,14 @@ fn read_annotations(ing: &Ingress, r: &mut Reporter<'_>) -> Annotations {
             |v| list(&v),
         );
         let expose = get("cors-expose-headers").map(|v| list(&v)).unwrap_or_default();
-        let credentials = get("cors-allow-credentials").is_none_or(|v| v.eq_ignore_ascii_case("true"));
+        // ingress-nginx sends credentials by default, also with its default origin `*`,
+        // which browsers refuse for credentialed requests (and Sluice refuses at
+        // validation): with `*` and no annotation, no credentials, so what worked still
+        // does. An explicit `true` with `*` is reported as the filter's error.
+        let credentials = match get("cors-allow-credentials") {
+            Some(v) => v.eq_ignore_ascii_case("true"),
+            None => !origins.iter().any(|o| o == "*"),
+        };
         let max_age = num("cors-max-age", r).unwrap_or(1_728_000);
         a.cors = Some(json!({
             "allow_origins": origins,

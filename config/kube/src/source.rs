@@ -495,6 +495,12 @@ pub fn translate_with_status(
 }
 
 fn resources(t: &Translation, certs: &[InlineCertificate], revision: i64) -> Resources {
+    // Handed on as JSON to the composition, which reads it back: secrets (a TLS
+    // Secret's key, a filter spec's) must come through as they are, not redacted.
+    sluice_config::secret::reveal(|| resources_revealed(t, certs, revision))
+}
+
+fn resources_revealed(t: &Translation, certs: &[InlineCertificate], revision: i64) -> Resources {
     let to_value = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
     Resources {
         routes: t

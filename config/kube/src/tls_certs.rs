@@ -112,7 +112,7 @@ pub fn collect(
             Ok((cert_pem, key_pem)) => out.push(InlineCertificate {
                 name: certificate_name(&ns, &name),
                 cert_pem,
-                key_pem,
+                key_pem: key_pem.into(),
                 server_names: w.hosts.into_iter().collect(),
                 listeners: listener.map(String::from).into_iter().collect(),
             }),

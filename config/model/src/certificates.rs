@@ -15,9 +15,9 @@ pub struct InlineCertificate {
     pub name: String,
     /// The PEM certificate chain, leaf first. Required.
     pub cert_pem: String,
-    /// The PEM private key (PKCS#8, PKCS#1 or SEC1). Required; shown as `<redacted>` by
-    /// the admin API.
-    pub key_pem: String,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1). Required; a secret (shown as
+    /// `<redacted>`).
+    pub key_pem: crate::secret::Secret,
     /// SNI names this certificate serves: exact (`api.example.com`) or a wildcard
     /// (`*.example.com`). Default: none (served to no name: such a certificate is only
     /// the default of a listener with no certificate files).
@@ -30,15 +30,6 @@ pub struct InlineCertificate {
 }
 
 impl InlineCertificate {
-    /// This certificate with the key replaced by [`crate::model::REDACTED`], for the
-    /// admin API.
-    pub fn redacted(&self) -> InlineCertificate {
-        InlineCertificate {
-            key_pem: crate::model::REDACTED.into(),
-            ..self.clone()
-        }
-    }
-
     /// Whether listener `name` serves it.
     pub fn serves_on(&self, name: &str) -> bool {
         self.listeners.is_empty() || self.listeners.iter().any(|l| l == name)

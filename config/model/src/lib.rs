@@ -16,8 +16,10 @@ pub mod l4;
 pub mod limits;
 pub mod logging;
 pub mod model;
+pub mod normalization;
 pub mod resilience;
 pub mod rollout;
+pub mod secret;
 pub mod tracing;
 pub mod validate;
 

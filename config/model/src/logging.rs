@@ -321,9 +321,10 @@ pub struct KafkaSasl {
     pub mechanism: SaslMechanism,
     /// User name. Required.
     pub username: String,
-    /// Password. Default: none; then `password_env` must be set.
+    /// Password, a secret (shown as `<redacted>`). Default: none; then `password_env`
+    /// must be set.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<crate::secret::Secret>,
     /// Environment variable holding the password (read when the sink starts).
     /// Default: none.
     #[serde(default)]

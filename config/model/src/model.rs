@@ -62,8 +62,9 @@ pub struct Config {
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
-/// authentication method.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// authentication method. Its `Serialize` and `Debug` show the credentials' method and
+/// field names with every value `<redacted>` (see [`crate::secret`]).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// The consumer's name, unique in the config; what the identity, the access log,
@@ -75,28 +76,38 @@ pub struct ConsumerConfig {
     /// Credentials by authentication method (`key_auth`, `basic_auth`, `jwt`, …). Each
     /// method's filter kind owns, parses and validates its own credential spec, as it does
     /// its filter spec, and reports errors as `consumers[N].credentials.<method>.<field>`.
-    /// Default: none.
-    #[serde(default)]
+    /// Secrets: every value is shown as `<redacted>`. Default: none.
+    #[serde(default, serialize_with = "serialize_credentials")]
     pub credentials: BTreeMap<String, serde_json::Value>,
 }
 
-/// What a redacted credential value reads in admin output and `sluice get`.
-pub const REDACTED: &str = "<redacted>";
-
-impl ConsumerConfig {
-    /// This consumer with every credential value replaced by [`REDACTED`] (method and
-    /// field names kept), for the admin API, `sluice get` and `sluice diff`.
-    pub fn redacted(&self) -> ConsumerConfig {
-        ConsumerConfig {
-            credentials: self
-                .credentials
-                .iter()
-                .map(|(k, v)| (k.clone(), redact_value(v)))
-                .collect(),
-            ..self.clone()
-        }
+impl std::fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("credentials", &redacted_credentials(&self.credentials))
+            .finish()
     }
 }
+
+fn redacted_credentials(c: &BTreeMap<String, serde_json::Value>) -> BTreeMap<&str, serde_json::Value> {
+    c.iter().map(|(k, v)| (k.as_str(), redact_value(v))).collect()
+}
+
+fn serialize_credentials<S: serde::Serializer>(
+    c: &BTreeMap<String, serde_json::Value>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    if crate::secret::revealed() {
+        c.serialize(s)
+    } else {
+        redacted_credentials(c).serialize(s)
+    }
+}
+
+/// What a redacted value reads in views, logs and `Debug` output.
+pub const REDACTED: &str = crate::secret::REDACTED;
 
 /// `v` with every leaf (string, number, boolean) replaced by [`REDACTED`].
 pub fn redact_value(v: &serde_json::Value) -> serde_json::Value {
@@ -169,6 +180,28 @@ pub struct ServerConfig {
     /// it. `0s` turns polling off (a config reload still re-reads them). Default: `2s`.
     #[serde(with = "humantime_serde")]
     pub certificate_poll_interval: Duration,
+    /// How every listener normalises a request's path, host and header names before
+    /// routing, filters, logs and the upstream see it (a listener's own `normalization`
+    /// replaces this). Default: the strict settings, see
+    /// [`crate::normalization::Normalization`].
+    pub normalization: crate::normalization::Normalization,
+    /// What clients see of the upstream's `Server` header, which names the backend's
+    /// software: `hide` (removed, as nginx does), `pass` (kept), or `{set: <value>}`
+    /// (replaced by this value, also on the gateway's own answers). Default: `hide`.
+    pub server_header: ServerHeader,
+}
+
+/// What clients see of the upstream's `Server` header (`server.server_header`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerHeader {
+    /// Removed from every response.
+    #[default]
+    Hide,
+    /// Passed on as the upstream sent it.
+    Pass,
+    /// Replaced by this value (a valid header value).
+    Set(String),
 }
 
 impl Default for ServerConfig {
@@ -187,6 +220,8 @@ impl Default for ServerConfig {
             limits: crate::limits::LimitsConfig::default(),
             request_buffering: crate::limits::RequestBuffering::default(),
             certificate_poll_interval: Duration::from_secs(2),
+            normalization: crate::normalization::Normalization::default(),
+            server_header: ServerHeader::default(),
         }
     }
 }
@@ -200,14 +235,15 @@ pub struct AdminConfig {
     /// --admin-insecure`). Default: `127.0.0.1:9900`.
     pub listen: SocketAddr,
     /// Bearer token required (`Authorization: Bearer <token>`) on every state-changing
-    /// call of the admin API. The environment variable `SLUICE_ADMIN_TOKEN` takes
-    /// precedence over this and `token_file`. Default: none (no token).
-    pub token: Option<String>,
+    /// call of the admin API and on every `/api/v1/*` read (they show configuration). A
+    /// secret (shown as `<redacted>`). The environment variable `SLUICE_ADMIN_TOKEN`
+    /// takes precedence over this and `token_file`. Default: none (no token).
+    pub token: Option<crate::secret::Secret>,
     /// File holding the token (surrounding whitespace trimmed), read at start; not both
     /// `token` and `token_file`. Default: none.
     pub token_file: Option<String>,
-    /// Whether reads (`/api/v1/*` and `/metrics`) need the token too; `/healthz` and
-    /// `/readyz` never do. Default: `false`.
+    /// Whether `/metrics` needs the token too (every `/api/v1/*` read does whenever a
+    /// token is set); `/healthz` and `/readyz` never do. Default: `false`.
     pub token_for_reads: bool,
 }
 
@@ -255,6 +291,11 @@ pub struct ListenerConfig {
     /// is served by this listener. Default: the `listen` port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_port: Option<u16>,
+    /// This listener's normalisation options, replacing `server.normalization` as a
+    /// whole (unset fields take their defaults, not the server's). Default: none (the
+    /// server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<crate::normalization::Normalization>,
 }
 
 impl ListenerConfig {
@@ -269,6 +310,7 @@ impl ListenerConfig {
             protocol: Default::default(),
             l4: Default::default(),
             public_port: None,
+            normalization: None,
         }
     }
 
@@ -770,7 +812,11 @@ pub struct HeaderOps {
 /// The model keeps the filter's kind and its spec as given: each filter kind owns its
 /// spec type, validation and build in `sluice-filters` (`filters/kinds/src/`), which
 /// reports spec errors with their full field path (`routes[3].filters[1].rate_limit.per`).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its `Serialize` and `Debug` show the spec with the kind's secret fields redacted
+/// (through [`crate::secret::set_spec_redactor`]; every value when no redactor is
+/// installed).
+#[derive(Clone, PartialEq)]
 pub struct FilterConfig {
     /// The filter kind, e.g. `redirect`.
     pub kind: String,
@@ -778,11 +824,24 @@ pub struct FilterConfig {
     pub spec: serde_json::Value,
 }
 
+impl std::fmt::Debug for FilterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterConfig")
+            .field("kind", &self.kind)
+            .field("spec", &crate::secret::redact_spec(&self.kind, &self.spec))
+            .finish()
+    }
+}
+
 impl Serialize for FilterConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry(&self.kind, &self.spec)?;
+        if crate::secret::revealed() {
+            m.serialize_entry(&self.kind, &self.spec)?;
+        } else {
+            m.serialize_entry(&self.kind, &crate::secret::redact_spec(&self.kind, &self.spec))?;
+        }
         m.end()
     }
 }

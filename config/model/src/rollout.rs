@@ -119,8 +119,9 @@ pub struct LatencyCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` (plain HTTP). Required.
-    pub url: String,
+    /// `http://host:port/path` (plain HTTP). Required. A secret (shown as
+    /// `<redacted>`): a webhook URL often carries its token.
+    pub url: crate::secret::Secret,
     /// When it is called. On `pre_step` an answer that is not 2xx (or no answer within
     /// `timeout`) holds the step; the others are notifications whose answer is only
     /// logged. Default: `[pre_step, rollback]`.
@@ -272,11 +273,11 @@ pub fn validate(
     }
     for (i, w) in r.webhooks.iter().enumerate() {
         let wp = format!("webhooks[{i}]");
-        match w.url.parse::<http::Uri>() {
+        match w.url.expose().parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
             _ => err(
                 &format!("{wp}.url"),
-                format!("{:?} is not an http://host:port/path URL", w.url),
+                "must be an http://host:port/path URL (the value is a secret: not shown)".to_string(),
             ),
         }
         if w.on.is_empty() {
@@ -345,7 +346,7 @@ mod tests {
                 "routes[0].rollout.analysis.failed_checks: must be at least 1",
                 "routes[0].rollout.analysis.success_rate.min: 1.5 is outside 0..=1",
                 "routes[0].rollout.analysis.latency_p99.max_ratio_vs_stable: 0 must be above 0",
-                "routes[0].rollout.webhooks[0].url: \"ftp://x\" is not an http://host:port/path URL",
+                "routes[0].rollout.webhooks[0].url: must be an http://host:port/path URL (the value is a secret: not shown)",
                 "routes[0].rollout.webhooks[0].on: name at least one of pre_step, rollback, promote",
             ]
         );

@@ -39,8 +39,8 @@ pub struct TracingConfig {
     /// Batching and the bounded queue. Default: see [`ExportConfig`].
     pub export: ExportConfig,
     /// Extra HTTP headers sent with every export request (e.g. an API key for the
-    /// collector). Default: none.
-    pub headers: BTreeMap<String, String>,
+    /// collector). Their values are secrets (shown as `<redacted>`). Default: none.
+    pub headers: BTreeMap<String, crate::secret::Secret>,
 }
 
 impl Default for TracingConfig {
@@ -191,7 +191,7 @@ pub fn validate(t: &TracingConfig) -> Vec<ConfigError> {
         {
             err(&format!("headers.{name}"), "set by the exporter itself".into());
         }
-        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        if value.expose().bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
             err(&format!("headers.{name}"), "invalid header value".into());
         }
     }
@@ -239,7 +239,7 @@ mod tests {
                 timeout: Duration::from_secs(120),
             },
             headers: [
-                ("bad name".to_string(), "v".to_string()),
+                ("bad name".to_string(), "v".into()),
                 ("content-type".into(), "x".into()),
             ]
             .into_iter()

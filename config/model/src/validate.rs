@@ -508,9 +508,10 @@ pub fn validate_endpoints(p: &str, endpoints: &[crate::model::EndpointConfig]) -
     errors
 }
 
-/// SHA-256 of a value's canonical JSON form, hex encoded.
+/// SHA-256 of a value's canonical JSON form, hex encoded. Secrets are hashed as their
+/// real values (a changed secret is a change), never shown.
 pub fn hash_of<T: serde::Serialize>(value: &T) -> String {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let bytes = crate::secret::reveal(|| serde_json::to_vec(value).unwrap_or_default());
     hex::encode(Sha256::digest(&bytes))
 }
 
@@ -599,7 +600,7 @@ impl Validator<'_> {
             if !cert.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
                 self.err(format!("{p}.cert_pem"), "needs a PEM CERTIFICATE block");
             }
-            if !cert.key_pem.contains("PRIVATE KEY-----") {
+            if !cert.key_pem.expose().contains("PRIVATE KEY-----") {
                 self.err(format!("{p}.key_pem"), "needs a PEM PRIVATE KEY block");
             }
             for (k, n) in cert.server_names.iter().enumerate() {
@@ -688,6 +689,9 @@ impl Validator<'_> {
             self.err("server.threads", "must be at least 1");
         }
         self.header_name("server.request_id_header", &c.server.request_id_header);
+        if let crate::model::ServerHeader::Set(v) = &c.server.server_header {
+            self.header_value("server.server_header.set", v);
+        }
         self.connections(c);
         self.errors
             .extend(crate::limits::validate_limits("server.limits", &c.server.limits));
@@ -749,7 +753,7 @@ impl Validator<'_> {
                 "give either `token` or `token_file`, not both",
             );
         }
-        if c.admin.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if c.admin.token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
             self.err("admin.token", "must not be empty");
         }
     }

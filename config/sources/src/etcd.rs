@@ -778,7 +778,7 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
                 plan.touched.push((key.clone(), entry.mod_revision));
                 let mut diff = line_diff(&old_yaml, &new_yaml);
                 if old_yaml == new_yaml {
-                    diff.push_str("~ credentials changed (values not shown)\n");
+                    diff.push_str("~ a secret changed (values not shown)\n");
                 }
                 plan.changes.push((
                     Change {
@@ -903,7 +903,8 @@ pub async fn get(opts: &EtcdOptions) -> Result<String, EtcdError> {
     get_with(opts, false).await
 }
 
-/// [`get`], with consumers' credential values shown when `reveal` (`sluice get
+/// [`get`], with every secret (consumers' credentials, the secret fields of routes'
+/// filters and rollouts) shown as stored when `reveal` (`sluice get
 /// --show-credentials`), else redacted (`<redacted>`; such a document cannot be applied
 /// back as is).
 pub async fn get_with(opts: &EtcdOptions, reveal: bool) -> Result<String, EtcdError> {
@@ -914,11 +915,15 @@ pub async fn get_with(opts: &EtcdOptions, reveal: bool) -> Result<String, EtcdEr
     for e in &res.errors {
         out.push_str(&format!("# {e}\n"));
     }
-    let with_id = |items: &BTreeMap<String, serde_json::Value>| -> Vec<serde_json::Value> {
+    let with_id = |kind: &str, items: &BTreeMap<String, serde_json::Value>| -> Vec<serde_json::Value> {
         items
             .iter()
             .map(|(id, value)| {
-                let mut value = value.clone();
+                let mut value = if reveal {
+                    value.clone()
+                } else {
+                    shown(&format!("/{kind}/{id}"), value)
+                };
                 if let Some(obj) = value.as_object_mut() {
                     obj.entry("id")
                         .or_insert_with(|| serde_json::Value::String(id.clone()));
@@ -944,8 +949,8 @@ pub async fn get_with(opts: &EtcdOptions, reveal: bool) -> Result<String, EtcdEr
         })
         .collect();
     let mut doc = serde_json::json!({
-        "routes": with_id(&res.routes),
-        "upstreams": with_id(&res.upstreams),
+        "routes": with_id("routes", &res.routes),
+        "upstreams": with_id("upstreams", &res.upstreams),
     });
     if !consumers.is_empty() {
         doc["consumers"] = serde_json::Value::Array(consumers);
@@ -965,12 +970,41 @@ fn entry_yaml(key: &str, entry: &Entry) -> String {
 }
 
 /// The value of `key` as `diff` and `get` print it: a consumer's credential values
-/// redacted.
+/// redacted, and a route's or upstream's secret fields (a JWT secret, a Redis URL's
+/// password, a webhook URL: whatever the model or the filter's spec types as a secret)
+/// redacted as the admin API shows them, the rest as stored.
 fn shown(key: &str, value: &serde_json::Value) -> serde_json::Value {
+    use sluice_config::model::{RouteConfig, UpstreamConfig};
     if key.contains("/consumers/") {
         sluice_config::model::redact_consumer_value(value)
+    } else if key.contains("/routes/") {
+        with_id(key, value, sluice_config::secret::redact_as::<RouteConfig>)
+    } else if key.contains("/upstreams/") {
+        with_id(key, value, sluice_config::secret::redact_as::<UpstreamConfig>)
     } else {
-        value.clone()
+        sluice_config::model::redact_value(value)
+    }
+}
+
+/// `redact(value)`, with the key's id lent to a value stored without its `id` (so it
+/// reads as its type) and taken back after.
+fn with_id(
+    key: &str,
+    value: &serde_json::Value,
+    redact: fn(&serde_json::Value) -> serde_json::Value,
+) -> serde_json::Value {
+    let id = key.rsplit('/').next().unwrap_or_default();
+    match value.as_object() {
+        Some(obj) if !obj.contains_key("id") => {
+            let mut lent = obj.clone();
+            lent.insert("id".into(), serde_json::Value::String(id.to_string()));
+            let mut out = redact(&serde_json::Value::Object(lent));
+            if let Some(o) = out.as_object_mut() {
+                o.remove("id");
+            }
+            out
+        }
+        _ => redact(value),
     }
 }
 

@@ -448,6 +448,15 @@ pub trait Filter: Send + Sync {
     fn auth_methods(&self) -> Vec<&'static str> {
         Vec::new()
     }
+
+    /// The request headers this filter sets to tell the upstream who the client is (an
+    /// authentication filter's `forward.consumer_header`, `forward_auth`'s
+    /// `consumer_header`). The gateway removes every client copy of them, in every
+    /// spelling, from every request on every route, so that no route's upstream can be
+    /// told an identity by the client. Default: none.
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
 }
 
 /// One built filter of a chain, with what it was built from, so a reload can keep it
@@ -579,6 +588,11 @@ impl Chain {
     /// Whether a filter reads consumers.
     pub fn uses_consumers(&self) -> bool {
         self.built.iter().any(|b| b.filter.consumers_digest().is_some())
+    }
+
+    /// The identity headers of the chain's filters (see [`Filter::identity_headers`]).
+    pub fn identity_headers(&self) -> Vec<HeaderName> {
+        self.built.iter().flat_map(|b| b.filter.identity_headers()).collect()
     }
 
     /// The authentication methods of the chain's filters, in order, without repeats.

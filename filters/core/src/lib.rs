@@ -13,6 +13,7 @@ pub mod client_cert;
 pub mod cookie;
 pub mod filter;
 pub mod framing;
+pub mod normalize;
 pub mod request_line;
 pub mod resilience;
 pub mod rewrite;

@@ -198,18 +198,26 @@ pub struct Splits {
 
 impl Splits {
     /// The split of route `id`, created with these backends and base weights if it does
-    /// not exist yet. An existing split gets them as its new base.
+    /// not exist yet. An existing split is left as it is: a filter build runs while a
+    /// config compiles, before it is accepted, and the gateway's compile plans the new
+    /// base weights (`LiveSplit::set_base`), applied when the config is published.
     pub fn for_route(&self, id: &str, backends: &[Arc<str>], weights: &[u32]) -> Arc<LiveSplit> {
         let Ok(mut map) = self.by_route.lock() else {
             return Arc::new(LiveSplit::new(backends, weights));
         };
         if let Some(s) = map.get(id) {
-            s.set_base(backends, weights);
             return s.clone();
         }
         let s = Arc::new(LiveSplit::new(backends, weights));
         map.insert(id.to_string(), s.clone());
         s
+    }
+
+    /// Makes `split` route `id`'s (a compiled config's new route, on publish).
+    pub fn insert(&self, id: &str, split: Arc<LiveSplit>) {
+        if let Ok(mut map) = self.by_route.lock() {
+            map.insert(id.to_string(), split);
+        }
     }
 
     /// The split of route `id`, if it has one.

@@ -26,6 +26,7 @@ pub const KIND: Kind = Kind {
     name: "client_cert",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<ClientCertSpec>,
 };
 
 /// What a certificate may carry to pass. Every list is optional; a certificate passes

@@ -24,9 +24,13 @@
 //!   origin it goes upstream too and its response gets no CORS header, the upstream's
 //!   removed (the browser then withholds it from the page). Responses that depend on
 //!   the origin get `Vary: Origin`.
-//! - With `allow_credentials: true`, `*` in `allow_origins`, `allow_methods` or
-//!   `allow_headers` is answered with the request's own origin, method or headers,
-//!   never a literal `*` (which browsers refuse on credentialed requests).
+//! - `*` in `allow_origins` together with `allow_credentials: true` is refused at
+//!   validation: it would let every site read responses made with the user's cookies
+//!   (the Fetch standard forbids `Access-Control-Allow-Origin: *` with credentials, and
+//!   echoing any origin instead is the same hole). List the origins instead.
+//! - With `allow_credentials: true`, `*` in `allow_methods` or `allow_headers` is
+//!   answered with the request's own method or headers, never a literal `*` (which
+//!   browsers refuse on credentialed requests).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +55,7 @@ pub const KIND: Kind = Kind {
     name: "cors",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<CorsSpec>,
 };
 
 /// A route's CORS policy.
@@ -272,6 +277,13 @@ fn list(field: &str, items: &[String], names: bool, errors: &mut Vec<SpecError>)
     })
 }
 
+/// Why `*` in `allow_origins` is refused with `allow_credentials: true`.
+pub const STAR_WITH_CREDENTIALS: &str = "`*` cannot be used with allow_credentials: true: it would let \
+     every site read responses made with the user's credentials (the Fetch standard forbids \
+     `Access-Control-Allow-Origin: *` with credentials). List the origins that may send \
+     credentials instead, e.g. [\"https://app.example.com\", \"https://*.example.com\"], or set \
+     allow_credentials: false";
+
 impl Cors {
     /// Validates the spec (errors name their field and index) and compiles it.
     pub fn new(spec: &CorsSpec) -> Result<Cors, Vec<SpecError>> {
@@ -285,6 +297,10 @@ impl Cors {
         }
         for (i, o) in spec.allow_origins.iter().enumerate() {
             match OriginRule::parse(o) {
+                Ok(OriginRule::Any) if spec.allow_credentials => errors.push(SpecError::at(
+                    format!("allow_origins[{i}]"),
+                    STAR_WITH_CREDENTIALS,
+                )),
                 Ok(r) => origins.push(r),
                 Err(m) => errors.push(SpecError::at(format!("allow_origins[{i}]"), m)),
             }
@@ -648,9 +664,25 @@ mod tests {
     }
 
     #[test]
-    fn star_with_credentials_echoes_the_request_never_a_star() {
+    fn star_origins_with_credentials_are_refused_with_what_to_do_instead() {
+        let errs = build_for_test(
+            build,
+            &serde_json::json!({"allow_origins": ["https://a.test", "*"], "allow_credentials": true}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "allow_origins[1]");
+        assert!(errs[0].message.contains("List the origins"), "{}", errs[0].message);
+        assert!(errs[0].message.contains("allow_credentials: false"), "{}", errs[0].message);
+        // Without credentials `*` stays what it is.
+        assert!(build_for_test(build, &serde_json::json!({"allow_origins": ["*"]})).is_ok());
+    }
+
+    #[test]
+    fn star_methods_and_headers_with_credentials_echo_the_request_never_a_star() {
         let f = cors(serde_json::json!({
-            "allow_origins": ["*"], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": true,
+            "allow_origins": ["https://any.test"], "allow_methods": ["*"], "allow_headers": ["*"], "allow_credentials": true,
         }));
         let (_, h, _) = run(
             &*f,
@@ -666,12 +698,8 @@ mod tests {
         assert_eq!(get(&h, "access-control-allow-headers"), Some("x-a, content-type"));
         assert_eq!(get(&h, "access-control-allow-credentials"), Some("true"));
         assert_eq!(get(&h, "vary"), Some("Origin"));
-        let (_, h, _) = run(&*f, Method::GET, &[("origin", "null")]);
-        assert_eq!(
-            get(&h, "access-control-allow-origin"),
-            None,
-            "`*` never echoes `null`"
-        );
+        let (_, h, _) = run(&*f, Method::GET, &[("origin", "https://other.test")]);
+        assert_eq!(get(&h, "access-control-allow-origin"), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const KIND: Kind = Kind {
     name: "direct_response",
     answers: true,
     build,
+    redact: crate::registry::shown_as::<DirectResponseSpec>,
 };
 
 /// A fixed response.

@@ -19,6 +19,7 @@ pub const KIND: Kind = Kind {
     name: "headers",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<sluice_config::model::HeaderRules>,
 };
 
 fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {

@@ -33,6 +33,7 @@ pub const KIND: Kind = Kind {
     name: "ip_restriction",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<IpRestrictionSpec>,
 };
 
 /// Allow and deny lists. At least one must be non-empty.

@@ -35,6 +35,7 @@ pub const KIND: Kind = Kind {
     name: "limit_conn",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<LimitConnSpec>,
 };
 
 /// The filter's spec.

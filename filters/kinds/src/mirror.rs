@@ -16,9 +16,11 @@
 //!
 //! 1. The request phase ([`Filter::on_request`]) decides whether this request is copied
 //!    (an exact share: `percent` of every run of requests, counted lock-free) and keeps
-//!    a small owned record in the request context: method, path and query as the
-//!    client sent them, the client's headers (hop-by-hop ones removed, `Host` as the
-//!    client sent it) and the marker `x-sluice-mirror: 1`.
+//!    a small owned record in the request context: method, the normalised path and
+//!    query, the client's headers (hop-by-hop ones removed, `Host` as normalised, the
+//!    identity headers removed, `X-Forwarded-For/-Proto/-Host` the gateway's own: the
+//!    resolved client address, never the client's header) and the marker
+//!    `x-sluice-mirror: 1`.
 //! 2. Once the request body is known (the gateway calls [`release`] after request
 //!    buffering, before the backend is chosen), the record takes the body: none, the
 //!    buffered body when it is at most `max_body`, or, for a body that was streamed
@@ -63,6 +65,7 @@ pub const KIND: Kind = Kind {
     name: "mirror",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<MirrorSpec>,
 };
 
 /// The header every copy carries, so the mirror (and its logs) can tell a copy from
@@ -305,6 +308,18 @@ const NOT_COPIED: [HeaderName; 9] = [
     header::EXPECT,
 ];
 
+/// Headers of the client's that a copy never carries: the forwarded headers (replaced
+/// by the gateway's own) and the identity headers (the gateway removes client copies at
+/// ingress; removed here again so a copy cannot carry one whatever the route).
+const NOT_TRUSTED: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-sluice-consumer"),
+    HeaderName::from_static("x-sluice-consumer-groups"),
+];
+
 /// The `mirror` filter, compiled.
 pub struct Mirror {
     upstream: String,
@@ -437,11 +452,22 @@ impl Mirror {
 /// The copy of `req`.
 fn copy_of(req: &RequestView<'_>) -> Record {
     let mut headers = req.headers.clone();
-    for name in &NOT_COPIED {
+    for name in NOT_COPIED.iter().chain(&NOT_TRUSTED) {
         headers.remove(name);
     }
     if let Some(host) = req.authority.and_then(|a| HeaderValue::from_str(a).ok()) {
         headers.insert(header::HOST, host);
+    }
+    // The copy's forwarded headers are the gateway's, never the client's: the client
+    // address it resolved (through trusted proxies only), the scheme and the host.
+    if let Some(ip) = req.client_ip.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok()) {
+        headers.insert(NOT_TRUSTED[0].clone(), ip);
+    }
+    if let Ok(scheme) = HeaderValue::from_str(req.scheme) {
+        headers.insert(NOT_TRUSTED[1].clone(), scheme);
+    }
+    if let Some(host) = req.authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(NOT_TRUSTED[2].clone(), host);
     }
     headers.insert(X_SLUICE_MIRROR, HeaderValue::from_static("1"));
     let target = match req.query {

@@ -22,6 +22,7 @@ pub const KIND: Kind = Kind {
     name: "panic",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<PanicSpec>,
 };
 
 /// Where the filter panics.

@@ -25,6 +25,7 @@ pub const KIND: Kind = Kind {
     name: "redirect",
     answers: true,
     build,
+    redact: crate::registry::shown_as::<RedirectSpec>,
 };
 
 /// A redirect. Unset parts keep the request's value.

@@ -51,6 +51,34 @@ pub struct Kind {
     pub answers: bool,
     /// Parses, validates and builds the filter from its spec, in the build context.
     pub build: fn(&serde_json::Value, &BuildCtx<'_>) -> BuildResult,
+    /// The spec as views show it (the admin API, `sluice get`/`diff`, `Debug`): as
+    /// written, with the secret fields redacted. Use [`shown_as`] with the kind's spec
+    /// type, so a secret field (a `sluice_config::secret::Secret`) is redacted by its
+    /// type wherever it is added.
+    pub redact: fn(&serde_json::Value) -> serde_json::Value,
+}
+
+/// A spec shown as its spec type `T` shows it: read as a `T`, the values that come out
+/// redacted (its `Secret` fields) redacted in the spec as written; a spec that is not a
+/// valid `T` redacted whole (see `sluice_config::secret::redact_as`).
+pub fn shown_as<T: serde::de::DeserializeOwned + serde::Serialize>(spec: &serde_json::Value) -> serde_json::Value {
+    sluice_config::secret::redact_as::<T>(spec)
+}
+
+/// `spec` of kind `kind` as views show it (see [`Kind::redact`]); an unknown kind's
+/// spec is redacted whole.
+pub fn redact_spec(kind: &str, spec: &serde_json::Value) -> serde_json::Value {
+    match find(kind) {
+        Some(k) => (k.redact)(spec),
+        None => sluice_config::model::redact_value(spec),
+    }
+}
+
+/// Makes every view of a config (its `Serialize`, its `Debug`) show filter specs
+/// through [`redact_spec`]. Called once at start; until then every value of every spec
+/// is redacted.
+pub fn install_redactor() {
+    sluice_config::secret::set_spec_redactor(redact_spec);
 }
 
 /// What a filter's build may look at besides its own spec.

@@ -2,10 +2,15 @@
 //! `/healthz`, `/readyz`, `/metrics`, the `/api/v1/*` views and the breaker override.
 //!
 //! With a token ([`AdminAuth`]), every state-changing call (any method but `GET` and
-//! `HEAD`) needs `Authorization: Bearer <token>`, and reads too with
-//! `admin.token_for_reads` (`/healthz` and `/readyz` never do, for probes). A listener
-//! on a non-loopback address refuses to start without a token unless told
-//! `--admin-insecure` ([`AdminAuth::check_listen`]).
+//! `HEAD`) and every `/api/v1/*` read (they all show configuration) needs
+//! `Authorization: Bearer <token>`; `/metrics` needs it with `admin.token_for_reads`;
+//! `/healthz`, `/readyz` and the dashboard page itself never do (probes; the page holds
+//! no data). A listener on a non-loopback address refuses to start without a token
+//! unless told `--admin-insecure` ([`AdminAuth::check_listen`]).
+//!
+//! No view shows a secret: the config is serialised as it is, and its secret fields
+//! (`sluice_config::secret`) and the filters' (through the registry's redactor)
+//! serialise as `<redacted>`.
 
 pub mod dashboard;
 
@@ -101,7 +106,7 @@ impl AdminAuth {
         let token = match env_token.filter(|t| !t.trim().is_empty()) {
             Some(t) => Some(t.trim().to_string()),
             None => match (&admin.token, &admin.token_file) {
-                (Some(t), _) => Some(t.trim().to_string()),
+                (Some(t), _) => Some(t.expose().trim().to_string()),
                 (None, Some(path)) => {
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| format!("admin.token_file: cannot read {path}: {e}"))?;
@@ -143,8 +148,15 @@ impl AdminAuth {
             return false;
         }
         if method == Method::GET || method == Method::HEAD {
-            // The dashboard page itself carries no data; it asks for the token and sends it.
-            self.for_reads && path != "/healthz" && path != "/readyz" && path != "/dashboard"
+            match path {
+                // Probes, and the dashboard page, which carries no data (it asks for the
+                // token and sends it with its calls).
+                "/healthz" | "/readyz" | "/dashboard" => false,
+                // Scrapers often cannot send a token; the series carry ids, no config.
+                "/metrics" => self.for_reads,
+                // Every other read shows configuration.
+                _ => true,
+            }
         } else {
             true
         }
@@ -246,7 +258,7 @@ async fn config(
         .include
         .as_deref()
         .filter(|i| *i == "config")
-        .map(|_| serde_json::to_value(redacted_config(&s.config)).unwrap_or(Value::Null));
+        .map(|_| serde_json::to_value(&*s.config).unwrap_or(Value::Null));
     Json(json!({
         "config": body,
         "version": s.version,
@@ -316,16 +328,6 @@ async fn consumers(State(g): State<Arc<Gateway>>) -> Json<Value> {
 /// The certificates each TLS listener serves (names, SNI names, expiry, load errors).
 async fn certificates(State(g): State<Arc<Gateway>>) -> Json<Value> {
     Json(json!({ "listeners": g.certs.served() }))
-}
-
-/// The config as the admin API shows it: consumers' credential values and inline
-/// certificates' private keys redacted.
-pub fn redacted_config(c: &sluice_config::Config) -> sluice_config::Config {
-    sluice_config::Config {
-        consumers: c.consumers.iter().map(|c| c.redacted()).collect(),
-        certificates: c.certificates.iter().map(|c| c.redacted()).collect(),
-        ..c.clone()
-    }
 }
 
 async fn upstreams(State(g): State<Arc<Gateway>>) -> Json<Value> {
@@ -470,14 +472,20 @@ mod tests {
     }
 
     #[test]
-    fn writes_need_the_token_and_reads_only_when_asked() {
+    fn writes_and_config_reads_need_the_token_metrics_only_when_asked() {
         let a = auth(Some("s3cret"), false);
         assert!(a.required(&Method::POST, "/api/v1/breakers/r/u"));
-        assert!(!a.required(&Method::GET, "/api/v1/breakers"));
+        for view in ["/api/v1/breakers", "/api/v1/config", "/api/v1/routes", "/api/v1/rollouts/r"] {
+            assert!(a.required(&Method::GET, view), "{view}");
+        }
+        for open in ["/healthz", "/readyz", "/dashboard", "/metrics"] {
+            assert!(!a.required(&Method::GET, open), "{open}");
+        }
         let r = auth(Some("s3cret"), true);
         assert!(r.required(&Method::GET, "/metrics"));
         assert!(!r.required(&Method::GET, "/healthz"));
         assert!(!auth(None, true).required(&Method::POST, "/api/v1/breakers/r/u"));
+        assert!(!auth(None, true).required(&Method::GET, "/api/v1/config"));
     }
 
     #[test]

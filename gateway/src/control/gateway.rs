@@ -91,12 +91,13 @@ impl Gateway {
     /// not ready) until the first [`Gateway::apply`] publishes a config: used when the
     /// routes come from a config center that has not answered yet.
     pub fn new(config: Config, provenance: Provenance, ready: bool) -> Result<Arc<Gateway>, ConfigErrors> {
+        sluice_filters::registry::install_redactor();
         let metrics = Arc::new(Metrics::new());
         let state = SharedState::new(metrics.clone());
         let log_metrics = LogMetrics::new(&metrics);
         let access_log = AccessLog::start(&config, log_metrics.clone(), metrics.access_log_dropped.clone());
         configure_events(&config, &log_metrics);
-        let snapshot = Snapshot::compile(config, 1, provenance.clone(), &state, None)?;
+        let snapshot = Snapshot::compile(config, 1, provenance.clone(), &state, None)?.publish(&state);
         state.upstreams.publish(&snapshot);
         metrics.config_version.set(1);
         events::emit(Event::ConfigApplied {
@@ -188,12 +189,7 @@ impl Gateway {
                     return Err(ConfigErrors(errors));
                 }
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(previous.with_endpoints(
-                    c,
-                    version,
-                    provenance.clone(),
-                    &self.state,
-                )));
+                return Ok(Some(previous.with_endpoints(c, version, provenance.clone())));
             }
             // Filter specs are checked by compiling the chains (`Snapshot::compile_with`),
             // so each filter is built once per apply, not once to check and once to serve.
@@ -220,7 +216,11 @@ impl Gateway {
                 *self.provenance.lock() = provenance;
                 Ok(ApplyOutcome::Unchanged)
             }
-            Ok(Some(snapshot)) => {
+            Ok(Some(plan)) => {
+                // Accepted: from here on the new config changes what serves, starting
+                // with the state its plan carries (breakers, budgets, detectors, splits,
+                // endpoint sets), then the snapshot itself.
+                let snapshot = plan.publish(&self.state);
                 *self.provenance.lock() = provenance.clone();
                 let version = snapshot.version;
                 let previous = self.snapshot.load_full();

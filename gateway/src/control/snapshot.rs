@@ -13,6 +13,7 @@ use http::HeaderName;
 use ipnet::IpNet;
 use prometheus::IntCounter;
 use sluice_config::model::{RouteConfig, Timeouts};
+use sluice_config::normalization::Normalization;
 use sluice_config::validate::Digest;
 use sluice_config::{Config, ConfigError, ConfigErrors};
 use sluice_core::resilience::RetryPolicy;
@@ -21,7 +22,7 @@ use sluice_core::router::Router;
 use sluice_core::split::LiveSplit;
 use sluice_core::Chain;
 
-use crate::control::state::SharedState;
+use crate::control::state::{Commits, SharedState};
 use crate::observe::metrics::{AuthMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
 use crate::upstream::resilience::{route_retry_policy, BreakerBinding};
 use crate::upstream::Upstream;
@@ -120,21 +121,105 @@ pub struct Snapshot {
     pub tracer: Option<Arc<crate::observe::trace::Tracer>>,
     /// The L4 routes and client-certificate settings, by listener (see [`crate::l4`]).
     pub l4: Arc<crate::l4::plan::L4Plan>,
+    /// The headers that tell an upstream who the client is: the gateway's own
+    /// (`x-sluice-consumer`, `-groups`) and every one a filter of any route sets (see
+    /// `Filter::identity_headers`). Client copies are removed from every request.
+    pub identity_headers: Arc<[HeaderName]>,
+    /// `server.normalization`, and the listeners that replace it, by name.
+    normalization: Arc<(Normalization, Vec<(String, Normalization)>)>,
+    /// `server.server_header`: `None` passes the upstream's; `Some(None)` removes it;
+    /// `Some(Some(v))` replaces it with `v`.
+    pub server_header: Option<Option<http::HeaderValue>>,
 }
 
 impl Snapshot {
-    /// Compiles a validated config, reusing from `previous` every compiled part whose
-    /// config did not change: the router when no route changed, a route's filters when
-    /// that route did not change, an upstream (with its balancer state) when it did not
-    /// change (endpoints only: its endpoint set is swapped in place). Never blocks on
-    /// DNS: host names come from the discovery plane.
+    /// The normalisation options of listener `name`: its own, else the server's.
+    #[inline]
+    pub fn normalization(&self, name: &str) -> &Normalization {
+        let (server, listeners) = &*self.normalization;
+        if listeners.is_empty() {
+            return server;
+        }
+        listeners
+            .iter()
+            .find(|(l, _)| l == name)
+            .map_or(server, |(_, n)| n)
+    }
+}
+
+/// The normalisation options of `config`'s server and listeners.
+fn normalization_of(config: &Config) -> Arc<(Normalization, Vec<(String, Normalization)>)> {
+    let listeners = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.normalization.map(|n| (l.name.clone(), n)))
+        .collect();
+    Arc::new((config.server.normalization, listeners))
+}
+
+/// `server.server_header` compiled (see [`Snapshot::server_header`]).
+fn server_header_of(config: &Config) -> Option<Option<http::HeaderValue>> {
+    use sluice_config::model::ServerHeader;
+    match &config.server.server_header {
+        ServerHeader::Pass => None,
+        ServerHeader::Hide => Some(None),
+        // Validated to be a header value.
+        ServerHeader::Set(v) => Some(http::HeaderValue::from_str(v).ok()),
+    }
+}
+
+/// The identity headers of `routes` (see [`Snapshot::identity_headers`]).
+fn identity_headers_of(routes: &[Route]) -> Arc<[HeaderName]> {
+    let mut names = vec![
+        crate::edge::pipeline::forward::X_CONSUMER,
+        crate::edge::pipeline::forward::X_CONSUMER_GROUPS,
+    ];
+    for r in routes {
+        for h in r.chain.identity_headers() {
+            if !names.contains(&h) {
+                names.push(h);
+            }
+        }
+    }
+    names.into()
+}
+
+/// A compiled config, not yet serving: its snapshot, and what publishing it changes in
+/// the state that outlives snapshots (breakers, retry budgets, outlier detectors,
+/// splits, endpoint sets). Compiling changes nothing that serves; [`Plan::publish`]
+/// (once the config is accepted) does, right before the snapshot is stored. A plan
+/// dropped unpublished (a refused config) leaves everything as it was.
+pub struct Plan {
+    snapshot: Snapshot,
+    commits: Commits,
+}
+
+impl Plan {
+    /// Applies the planned state changes and hands over the snapshot to store.
+    pub fn publish(self, state: &SharedState) -> Snapshot {
+        self.commits.apply(state);
+        self.snapshot
+    }
+
+    /// The snapshot to be published (for checks before publishing).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+impl Snapshot {
+    /// Compiles a validated config into a [`Plan`], reusing from `previous` every
+    /// compiled part whose config did not change: the router when no route changed, a
+    /// route's filters when that route did not change, an upstream (with its balancer
+    /// state) when it did not change (endpoints only: its endpoint set is swapped on
+    /// publish). Never blocks on DNS: host names come from the discovery plane.
     pub fn compile(
         config: Config,
         version: u64,
         provenance: Provenance,
         state: &SharedState,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigErrors> {
+    ) -> Result<Plan, ConfigErrors> {
         let digest = config.digest();
         Self::compile_with(config, digest, version, provenance, state, previous)
     }
@@ -147,13 +232,13 @@ impl Snapshot {
         provenance: Provenance,
         state: &SharedState,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigErrors> {
+    ) -> Result<Plan, ConfigErrors> {
         let mut errors = Vec::new();
         let mut upstreams = HashMap::new();
+        let mut plan = Commits::default();
         // Upstreams that differ from the serving ones only in their endpoints are kept
         // (balancer state, breakers bound to them); their new endpoint sets are swapped
-        // in once the whole snapshot has compiled.
-        let mut swaps = Vec::new();
+        // in on publish.
         for u in &config.upstreams {
             let masked = u.without_endpoints();
             if let Some(old) = previous
@@ -161,12 +246,12 @@ impl Snapshot {
                 .filter(|old| old.config == masked)
             {
                 if *old.endpoints.load().configured != *u.endpoints {
-                    swaps.push((old.clone(), u.endpoints.clone()));
+                    plan.endpoints(old.clone(), u.endpoints.clone().into());
                 }
                 upstreams.insert(u.id.clone(), old.clone());
                 continue;
             }
-            upstreams.insert(u.id.clone(), Arc::new(Upstream::new(u, state)));
+            upstreams.insert(u.id.clone(), Arc::new(Upstream::new(u, state, &mut plan)));
         }
         let routes_hash = digest.routes;
         let router = match previous {
@@ -197,6 +282,7 @@ impl Snapshot {
                 old_routes.get(r.id.as_str()).copied(),
                 state,
                 &ctx,
+                &mut plan,
             ) {
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),
@@ -214,11 +300,7 @@ impl Snapshot {
         }
         let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
             .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
-        let now = std::time::Instant::now();
-        for (up, endpoints) in swaps {
-            up.replace(endpoints.into(), None, state, now);
-        }
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             version,
             hash: digest.content,
             loaded_at: SystemTime::now(),
@@ -228,36 +310,38 @@ impl Snapshot {
             tracer: state.tracing.tracer_for(&config.tracing),
             router,
             routes_hash,
+            identity_headers: identity_headers_of(&routes),
+            normalization: normalization_of(&config),
+            server_header: server_header_of(&config),
             routes,
             upstreams,
             l4,
             config: Arc::new(config),
+        };
+        Ok(Plan {
+            snapshot,
+            commits: plan,
         })
     }
 }
 
 impl Snapshot {
     /// The fast path for a config that differs from `self`'s only in upstreams'
-    /// `endpoints` (see [`endpoints_only_change`]): swaps the changed upstreams' endpoint
-    /// sets in place and returns a snapshot of the new config that shares this one's
-    /// router, routes and upstreams. Nothing is recompiled; `config` must have passed
-    /// [`sluice_config::validate::validate_endpoints`] for the changed upstreams.
-    pub fn with_endpoints(
-        &self,
-        config: Config,
-        version: u64,
-        provenance: Provenance,
-        state: &SharedState,
-    ) -> Snapshot {
-        let now = std::time::Instant::now();
+    /// `endpoints` (see [`endpoints_only_change`]): a plan that swaps the changed
+    /// upstreams' endpoint sets on publish, with a snapshot of the new config that
+    /// shares this one's router, routes and upstreams. Nothing is recompiled; `config`
+    /// must have passed [`sluice_config::validate::validate_endpoints`] for the changed
+    /// upstreams.
+    pub fn with_endpoints(&self, config: Config, version: u64, provenance: Provenance) -> Plan {
+        let mut plan = Commits::default();
         for u in &config.upstreams {
             if let Some(up) = self.upstreams.get(&u.id) {
                 if *up.endpoints.load().configured != *u.endpoints {
-                    up.replace(u.endpoints.clone().into(), None, state, now);
+                    plan.endpoints(up.clone(), u.endpoints.clone().into());
                 }
             }
         }
-        Snapshot {
+        let snapshot = Snapshot {
             version,
             hash: config.content_hash_with_routes(&self.routes_hash),
             loaded_at: SystemTime::now(),
@@ -270,7 +354,14 @@ impl Snapshot {
             routes: self.routes.clone(),
             upstreams: self.upstreams.clone(),
             l4: self.l4.clone(),
+            identity_headers: self.identity_headers.clone(),
+            normalization: self.normalization.clone(),
+            server_header: self.server_header.clone(),
             config: Arc::new(config),
+        };
+        Plan {
+            snapshot,
+            commits: plan,
         }
     }
 }
@@ -309,6 +400,7 @@ fn compile_route(
     old: Option<&Route>,
     state: &SharedState,
     ctx: &sluice_filters::BuildCtx<'_>,
+    plan: &mut Commits,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
     // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
@@ -361,7 +453,7 @@ fn compile_route(
             )
         })?;
         let breaker = r.circuit_breaker.as_ref().map(|cfg| {
-            let rb = state.breaker(&r.id, &up.id, cfg);
+            let rb = state.breaker(&r.id, &up.id, cfg, plan);
             Arc::new(BreakerBinding::new(rb, cfg, fallback.clone()))
         });
         backends.push(Backend {
@@ -388,7 +480,7 @@ fn compile_route(
         .iter()
         .map(|b| Arc::from(b.upstream.id.as_str()))
         .collect();
-    let split = state.filters.splits.for_route(&r.id, &ids, &weights);
+    let split = state.split(&r.id, &ids, &weights, plan);
     let auth_methods = chain.auth_methods();
     let auth_metrics = match old {
         Some(o) if Arc::ptr_eq(&o.chain, &chain) => o.auth_metrics.clone(),

@@ -1,16 +1,25 @@
 //! State that outlives snapshots, keyed by stable ids: endpoint state (in-flight counts,
 //! health) by (upstream id, address), circuit breakers by (route id, upstream id),
 //! outlier detectors and retry budgets by upstream id. A reload takes the entries of
-//! unchanged objects over (reconfiguring them in place where their config changed) and
-//! drops the entries nothing refers to any more.
+//! unchanged objects over and drops the entries nothing refers to any more.
+//!
+//! Compiling a config changes none of it: the compile step *plans* ([`Commits`]) what
+//! its snapshot needs (a new breaker, an existing one with a new config, a rebuilt
+//! outlier detector, an endpoint set to swap), and only [`Commits::apply`], run when the
+//! config is accepted and its snapshot is about to be published, carries it out. A
+//! config refused at any point of its compile leaves every serving breaker, budget,
+//! detector, split and endpoint set exactly as it was.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use prometheus::IntGauge;
+use sluice_config::model::EndpointConfig;
 use sluice_config::resilience::{BreakerConfig, OutlierDetectionConfig, RetryBudgetConfig};
 use sluice_core::resilience::{OutlierDetector, RetryBudget};
+use sluice_core::split::LiveSplit;
 
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::upstream::resilience::RouteBreaker;
@@ -32,9 +41,103 @@ pub struct SharedState {
     pub upstreams: Arc<crate::upstream::mirror::UpstreamDirectory>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
-    breakers: Mutex<HashMap<BreakerKey, Arc<RouteBreaker>>>,
+    /// Each breaker with the config it was last given.
+    breakers: Mutex<HashMap<BreakerKey, (Arc<RouteBreaker>, BreakerConfig)>>,
     outliers: Mutex<HashMap<String, Arc<OutlierDetector>>>,
-    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+    /// Each budget with the config it was last given.
+    budgets: Mutex<HashMap<String, (Arc<RetryBudget>, RetryBudgetConfig)>>,
+}
+
+/// One change to long-lived state that publishing a compiled config makes.
+enum Commit {
+    /// A breaker new to this config: enters the map.
+    NewBreaker(BreakerKey, Arc<RouteBreaker>, BreakerConfig),
+    /// A serving breaker given a new config (its state kept).
+    Reconfigure(BreakerKey, Arc<RouteBreaker>, BreakerConfig),
+    /// A budget new to this config: enters the map.
+    NewBudget(String, Arc<RetryBudget>, RetryBudgetConfig),
+    /// A serving budget given a new config.
+    Budget(String, Arc<RetryBudget>, RetryBudgetConfig),
+    /// A rebuilt (or new) outlier detector: replaces the map's.
+    Outlier(String, Arc<OutlierDetector>),
+    /// A gauge the new snapshot sets (an upstream's endpoint count).
+    Gauge(IntGauge, i64),
+    /// A route's split: a new one enters the map, a serving one gets its new base.
+    Split {
+        route: String,
+        split: Arc<LiveSplit>,
+        backends: Vec<Arc<str>>,
+        weights: Vec<u32>,
+        new: bool,
+    },
+    /// A kept upstream's new endpoint list, swapped in.
+    Endpoints(Arc<crate::upstream::Upstream>, Arc<[EndpointConfig]>),
+}
+
+/// What publishing a compiled config changes in [`SharedState`], planned while it
+/// compiles and carried out by [`Commits::apply`] only once it is accepted. Dropped
+/// unapplied (a refused config), it changes nothing.
+#[derive(Default)]
+pub struct Commits(Vec<Commit>);
+
+impl Commits {
+    /// Plans setting `gauge` to `value` on publish.
+    pub fn gauge(&mut self, gauge: IntGauge, value: i64) {
+        self.0.push(Commit::Gauge(gauge, value));
+    }
+
+    /// Plans swapping `endpoints` into the kept upstream `up` on publish.
+    pub fn endpoints(&mut self, up: Arc<crate::upstream::Upstream>, endpoints: Arc<[EndpointConfig]>) {
+        self.0.push(Commit::Endpoints(up, endpoints));
+    }
+
+    /// Whether nothing is planned.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Carries the plan out: the one place compiled state reaches the serving state.
+    pub fn apply(self, state: &SharedState) {
+        let now = Instant::now();
+        for c in self.0 {
+            match c {
+                Commit::NewBreaker(key, b, config) => {
+                    state.breakers.lock().insert(key, (b, config));
+                }
+                Commit::Reconfigure(key, b, config) => {
+                    b.observe(b.breaker.reconfigure(&config, now));
+                    state.breakers.lock().insert(key, (b, config));
+                }
+                Commit::NewBudget(id, b, config) => {
+                    state.budgets.lock().insert(id, (b, config));
+                }
+                Commit::Budget(id, b, config) => {
+                    b.reconfigure(&config);
+                    state.budgets.lock().insert(id, (b, config));
+                }
+                Commit::Outlier(id, d) => {
+                    state.outliers.lock().insert(id, d);
+                }
+                Commit::Gauge(g, v) => g.set(v),
+                Commit::Split {
+                    route,
+                    split,
+                    backends,
+                    weights,
+                    new,
+                } => {
+                    if new {
+                        state.filters.splits.insert(&route, split);
+                    } else {
+                        split.set_base(&backends, &weights);
+                    }
+                }
+                Commit::Endpoints(up, endpoints) => {
+                    up.replace(endpoints, None, state, now);
+                }
+            }
+        }
+    }
 }
 
 impl SharedState {
@@ -85,22 +188,31 @@ impl SharedState {
             .clone()
     }
 
-    /// The breaker of `route` × `upstream`: the existing one, reconfigured to `config`
-    /// (keeping its state), or a new closed one.
-    pub fn breaker(&self, route: &str, upstream: &str, config: &BreakerConfig) -> Arc<RouteBreaker> {
-        let mut map = self.breakers.lock();
-        if let Some(b) = map.get(&(route.to_string(), upstream.to_string())) {
-            b.observe(b.breaker.reconfigure(config, Instant::now()));
+    /// The breaker of `route` × `upstream` for a config being compiled: the serving one
+    /// (its state kept; a changed `config` is planned in `plan`, applied on publish), or
+    /// a new closed one (entering the map on publish). Changes nothing now.
+    pub fn breaker(
+        &self,
+        route: &str,
+        upstream: &str,
+        config: &BreakerConfig,
+        plan: &mut Commits,
+    ) -> Arc<RouteBreaker> {
+        let key = (route.to_string(), upstream.to_string());
+        if let Some((b, applied)) = self.breakers.lock().get(&key) {
+            if applied != config {
+                plan.0.push(Commit::Reconfigure(key, b.clone(), config.clone()));
+            }
             return b.clone();
         }
         let b = Arc::new(RouteBreaker::new(route, upstream, config, &self.metrics));
-        map.insert((route.to_string(), upstream.to_string()), b.clone());
+        plan.0.push(Commit::NewBreaker(key, b.clone(), config.clone()));
         b
     }
 
     /// Every live breaker, sorted by route then upstream.
     pub fn breakers(&self) -> Vec<Arc<RouteBreaker>> {
-        let mut list: Vec<_> = self.breakers.lock().values().cloned().collect();
+        let mut list: Vec<_> = self.breakers.lock().values().map(|(b, _)| b.clone()).collect();
         list.sort_by(|a, b| (&a.route, &a.upstream).cmp(&(&b.route, &b.upstream)));
         list
     }
@@ -110,17 +222,19 @@ impl SharedState {
         self.breakers
             .lock()
             .get(&(route.to_string(), upstream.to_string()))
-            .cloned()
+            .map(|(b, _)| b.clone())
     }
 
     /// The outlier detector of upstream `id` for this config and endpoint list: the
     /// previous one rebuilt (ejections and counters of endpoints that stay are kept), or
-    /// a new one.
+    /// a new one. With `plan` (a config being compiled) it enters the map on publish;
+    /// without (a live endpoint swap), at once.
     pub fn outlier(
         &self,
         id: &str,
         config: &OutlierDetectionConfig,
         addresses: &[&str],
+        plan: Option<&mut Commits>,
     ) -> Arc<OutlierDetector> {
         let now = Instant::now();
         let mut map = self.outliers.lock();
@@ -128,20 +242,45 @@ impl SharedState {
             Some(old) => Arc::new(old.rebuild(config, addresses.iter().copied(), now)),
             None => Arc::new(OutlierDetector::new(config, addresses.iter().copied(), now)),
         };
-        map.insert(id.to_string(), detector.clone());
+        match plan {
+            Some(plan) => plan.0.push(Commit::Outlier(id.to_string(), detector.clone())),
+            None => {
+                map.insert(id.to_string(), detector.clone());
+            }
+        }
         detector
     }
 
-    /// The retry budget of upstream `id`, reconfigured to `config`, or a new one.
-    pub fn budget(&self, id: &str, config: &RetryBudgetConfig) -> Arc<RetryBudget> {
-        let mut map = self.budgets.lock();
-        if let Some(b) = map.get(id) {
-            b.reconfigure(config);
+    /// The retry budget of upstream `id` for a config being compiled: the serving one
+    /// (a changed `config` planned in `plan`), or a new one (entering the map on
+    /// publish). Changes nothing now.
+    pub fn budget(&self, id: &str, config: &RetryBudgetConfig, plan: &mut Commits) -> Arc<RetryBudget> {
+        if let Some((b, applied)) = self.budgets.lock().get(id) {
+            if applied != config {
+                plan.0.push(Commit::Budget(id.to_string(), b.clone(), config.clone()));
+            }
             return b.clone();
         }
         let b = RetryBudget::new(config);
-        map.insert(id.to_string(), b.clone());
+        plan.0.push(Commit::NewBudget(id.to_string(), b.clone(), config.clone()));
         b
+    }
+
+    /// The split of route `id` over `backends` for a config being compiled: the serving
+    /// one (its new base weights planned), or a new one (entering the map on publish).
+    pub fn split(&self, id: &str, backends: &[Arc<str>], weights: &[u32], plan: &mut Commits) -> Arc<LiveSplit> {
+        let (split, new) = match self.filters.splits.get(id) {
+            Some(s) => (s, false),
+            None => (Arc::new(LiveSplit::new(backends, weights)), true),
+        };
+        plan.0.push(Commit::Split {
+            route: id.to_string(),
+            split: split.clone(),
+            backends: backends.to_vec(),
+            weights: weights.to_vec(),
+            new,
+        });
+        split
     }
 
     /// Drops state that no live snapshot refers to (only this map holds it), with the
@@ -150,9 +289,9 @@ impl SharedState {
         self.endpoints.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.routes.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.outliers.lock().retain(|_, v| Arc::strong_count(v) > 1);
-        self.budgets.lock().retain(|_, v| Arc::strong_count(v) > 1);
+        self.budgets.lock().retain(|_, (v, _)| Arc::strong_count(v) > 1);
         self.filters.splits.prune();
-        self.breakers.lock().retain(|(route, upstream), v| {
+        self.breakers.lock().retain(|(route, upstream), (v, _)| {
             let keep = Arc::strong_count(v) > 1;
             if !keep {
                 let _ = self

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
 use sluice_core::framing::Refusal;
 use sluice_core::{RejectKind, Response};
+use sluice_core::normalize::TargetRefusal;
 
 /// Why the gateway answered with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub enum ErrorKind {
     /// The request's framing, size or head broke a strict check
     /// ([`sluice_core::framing`], `pipeline/strict.rs`): 400, 413, 414, 431 or 501.
     Framing(Refusal),
+    /// The request's target or header names could not be normalised, or a
+    /// normalisation option refuses them ([`sluice_filters::normalize`]): 400.
+    Target(TargetRefusal),
 }
 
 impl ErrorKind {
@@ -56,6 +60,7 @@ impl ErrorKind {
             }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Framing(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            ErrorKind::Target(_) => StatusCode::BAD_REQUEST,
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => StatusCode::BAD_REQUEST,
                 RejectKind::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -87,6 +92,7 @@ impl ErrorKind {
                 Refusal::UriTooLong => "uri_too_long",
                 Refusal::PayloadTooLarge => "payload_too_large",
             },
+            ErrorKind::Target(_) => "bad_target",
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => "bad_request",
                 RejectKind::Unauthenticated => "unauthenticated",
@@ -113,6 +119,7 @@ impl ErrorKind {
             ErrorKind::Downstream => "the request could not be read",
             ErrorKind::Internal => "internal gateway error",
             ErrorKind::Framing(r) => r.reason(),
+            ErrorKind::Target(r) => r.reason(),
             ErrorKind::Rejected(k) => match k {
                 RejectKind::BadRequest => "the request is not acceptable here",
                 RejectKind::Unauthenticated => "authentication is required",

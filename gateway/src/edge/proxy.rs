@@ -3,7 +3,7 @@
 //!
 //! | pingora hook               | phases                                                           |
 //! |----------------------------|------------------------------------------------------------------|
-//! | `request_filter`           | ingress → strict (head) → route (match, filters) → strict (body) → route (mirror copies) → select (backend) → admit (breaker) |
+//! | `request_filter`           | ingress → strict (head) → normalize (the one view of path, host, headers) → route (match, filters) → strict (body) → route (mirror copies) → select (backend) → admit (breaker) |
 //! | `request_body_filter`      | strict (a streamed body's limit)                                 |
 //! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
 //! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
@@ -23,20 +23,23 @@ use pingora::proxy::FailToProxy;
 
 use crate::control::gateway::Gateway;
 use crate::edge::error::ErrorKind;
-use crate::edge::pipeline::{admit, forward, ingress, observe, outcome, respond, route, select, strict, Ctx};
+use crate::edge::pipeline::{admit, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx};
 
 /// The proxy for one listener.
 pub struct SluiceProxy {
     gateway: Arc<Gateway>,
     scheme: &'static str,
+    /// The listener's name (its normalisation options).
+    listener: String,
 }
 
 impl SluiceProxy {
-    /// A proxy serving `gateway`'s snapshots on a listener that is TLS or not.
-    pub fn new(gateway: Arc<Gateway>, tls: bool) -> Self {
+    /// A proxy serving `gateway`'s snapshots on listener `listener`, TLS or not.
+    pub fn new(gateway: Arc<Gateway>, listener: &str, tls: bool) -> Self {
         Self {
             gateway,
             scheme: if tls { "https" } else { "http" },
+            listener: listener.to_string(),
         }
     }
 }
@@ -54,7 +57,10 @@ impl ProxyHttp for SluiceProxy {
         let r = crate::edge::unwind::catch(async {
             let stop = match ingress::begin(&self.gateway, session, ctx) {
                 Some(a) => Some(a),
-                None => match strict::head(session, ctx).or_else(|| route::find(session, ctx)) {
+                None => match strict::head(session, ctx)
+                    .or_else(|| normalize::request(session, ctx, &self.listener))
+                    .or_else(|| route::find(session, ctx))
+                {
                     Some(a) => Some(a),
                     None => match route::filters(session, ctx, self.scheme).await {
                         Some(a) => Some(a),

@@ -79,7 +79,7 @@ pub fn run(
     {
         let limits = l.connections.or(&config.server.connections).resolve();
         let metrics = conn_metrics.listener(&l.name);
-        let proxy = SluiceProxy::new(gateway.clone(), l.tls.is_some());
+        let proxy = SluiceProxy::new(gateway.clone(), &l.name, l.tls.is_some());
         let mut options = HttpServerOptions::default();
         options.h2c = l.http2 && l.tls.is_none();
         crate::edge::conn::apply_server_options(&mut options, &limits);
@@ -91,7 +91,8 @@ pub fn run(
         // the listener has drained (see `shutdown`); `conn` bounds slow and idle clients
         // and caps connections (see `conn`).
         let app = crate::edge::conn::Guarded::new(app, limits, metrics.clone());
-        let edge = crate::edge::conn::Edge::new(crate::edge::shutdown::Draining::new(app), limits, metrics);
+        let edge = crate::edge::conn::Edge::new(crate::edge::shutdown::Draining::new(app), limits, metrics)
+            .with_h2c(l.http2 && l.tls.is_none());
         let addr = l.listen.to_string();
         let name = format!("listener {}", l.name);
         match &l.tls {

@@ -25,7 +25,7 @@ use sluice_config::model::{
 };
 use sluice_core::resilience::{OutlierDetector, RetryBudget, RetryPolicy};
 
-use crate::control::state::SharedState;
+use crate::control::state::{Commits, SharedState};
 use crate::observe::metrics::UpstreamMetrics;
 use crate::upstream::balancer::Balancer;
 use crate::upstream::discovery::{priority, slow_start, split_host_port, EndpointSpec};
@@ -340,16 +340,18 @@ fn load_ca_pem(id: &str, path: &str, pem: Result<Vec<u8>, String>) -> Arc<pingor
 }
 
 impl Upstream {
-    /// Builds an upstream, taking endpoint state from `state` so it carries over. Never
-    /// blocks on DNS: host names come from the discovery plane's last answer (none yet
-    /// for a new name: the re-resolver swaps them in when it answers).
-    pub fn new(config: &UpstreamConfig, state: &SharedState) -> Upstream {
+    /// Builds an upstream for a config being compiled, taking endpoint state from
+    /// `state` so it carries over; what the serving state must learn of it (its budget,
+    /// detector, endpoint gauge) goes into `plan`, applied on publish. Never blocks on
+    /// DNS: host names come from the discovery plane's last answer (none yet for a new
+    /// name: the re-resolver swaps them in when it answers).
+    pub fn new(config: &UpstreamConfig, state: &SharedState, plan: &mut Commits) -> Upstream {
         let masked = config.without_endpoints();
         let metrics = &state.metrics;
         let configured: Arc<[EndpointConfig]> = config.endpoints.clone().into();
         let specs = state.discovery.resolve(&config.id, &configured);
         let mut up = Upstream {
-            budget: state.budget(&config.id, &config.retries.budget),
+            budget: state.budget(&config.id, &config.retries.budget, plan),
             retry: Arc::new(RetryPolicy::new(&config.retries)),
             ejected_gauge: metrics.ejected.with_label_values(&[config.id.as_str()]),
             budget_exhausted: metrics.budget_exhausted.with_label_values(&[config.id.as_str()]),
@@ -402,20 +404,23 @@ impl Upstream {
             t.subject_alt_names.hash(&mut h);
             up.ca_group ^= h.finish() | 1;
         }
-        let set = up.build_set(configured, specs, state, Instant::now());
-        up.endpoints_gauge.set(set.endpoints.len() as i64);
+        let set = up.build_set(configured, specs, state, Instant::now(), Some(&mut *plan));
+        plan.gauge(up.endpoints_gauge.clone(), set.endpoints.len() as i64);
         up.endpoints = ArcSwap::from_pointee(set);
         up
     }
 
     /// A set for these specs, keeping the live state of endpoints that stay. An endpoint
-    /// new to a non-empty set starts its slow-start ramp at `now`.
+    /// new to a non-empty set starts its slow-start ramp at `now`. With `plan` (a config
+    /// being compiled) its outlier detector is published with the config; without (a
+    /// live swap) at once.
     pub fn build_set(
         &self,
         configured: Arc<[EndpointConfig]>,
         specs: Vec<EndpointSpec>,
         state: &SharedState,
         now: Instant,
+        plan: Option<&mut Commits>,
     ) -> EndpointSet {
         let c = &self.config;
         let previous = self.endpoints.load();
@@ -453,7 +458,7 @@ impl Upstream {
         levels.dedup();
         EndpointSet {
             balancer: Balancer::new(&c.load_balancing, &pairs),
-            outlier: state.outlier(&self.id, &c.outlier_detection, &keys),
+            outlier: state.outlier(&self.id, &c.outlier_detection, &keys, plan),
             rng: AtomicU64::new(crate::upstream::balancer::hash_key(self.id.as_bytes())),
             levels,
             overprovisioning: c.overprovisioning_factor,
@@ -479,7 +484,7 @@ impl Upstream {
         if current.specs == specs && *current.configured == *configured {
             return false;
         }
-        let set = self.build_set(configured, specs, state, now);
+        let set = self.build_set(configured, specs, state, now, None);
         self.endpoints_gauge.set(set.endpoints.len() as i64);
         self.endpoints.store(Arc::new(set));
         true
@@ -568,7 +573,9 @@ mod tests {
         ))
         .unwrap();
         let state = SharedState::new(Arc::new(Metrics::new()));
-        let up = Upstream::new(&c.upstreams[0], &state);
+        let mut plan = Commits::default();
+        let up = Upstream::new(&c.upstreams[0], &state, &mut plan);
+        plan.apply(&state);
         (state, up)
     }
 

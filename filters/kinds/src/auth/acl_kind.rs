@@ -21,6 +21,7 @@ pub const KIND: Kind = Kind {
     name: "acl",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<AclSpec>,
 };
 
 fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> BuildResult {

@@ -18,6 +18,7 @@ pub const JWT: MethodKind = MethodKind {
     name: "jwt",
     build: build_jwt,
     credentials: None,
+    redact: crate::registry::shown_as::<crate::auth::jwt::JwtSpec>,
 };
 
 /// `methods: [{forward_auth: {...}}]`: the `forward_auth` filter's spec.
@@ -25,6 +26,7 @@ pub const FORWARD_AUTH: MethodKind = MethodKind {
     name: "forward_auth",
     build: build_forward,
     credentials: None,
+    redact: crate::registry::shown_as::<crate::auth::forward_auth::ForwardAuthSpec>,
 };
 
 fn build_jwt(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> Result<Arc<dyn AuthMethod>, Vec<SpecError>> {

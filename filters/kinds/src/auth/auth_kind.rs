@@ -16,4 +16,5 @@ pub const KIND: Kind = Kind {
     name: "auth",
     answers: false,
     build: crate::auth::build_auth,
+    redact: crate::auth::redact_auth,
 };

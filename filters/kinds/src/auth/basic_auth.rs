@@ -39,6 +39,7 @@ pub const METHOD: MethodKind = MethodKind {
     name: "basic_auth",
     build,
     credentials: Some(check_credentials),
+    redact: crate::registry::shown_as::<BasicAuthSpec>,
 };
 
 /// The standalone `basic_auth` filter kind.
@@ -46,6 +47,7 @@ pub const KIND: Kind = Kind {
     name: "basic_auth",
     answers: false,
     build: build_kind,
+    redact: |spec| super::redact_standalone("basic_auth", spec),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {

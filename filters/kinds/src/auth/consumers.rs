@@ -88,7 +88,9 @@ impl Consumers {
                 index: i,
             }));
         }
-        let digest = hex::encode(Sha256::digest(serde_json::to_vec(consumers).unwrap_or_default()));
+        // Hashed with the credentials' real values (a changed key is a change), never shown.
+        let bytes = sluice_config::secret::reveal(|| serde_json::to_vec(consumers).unwrap_or_default());
+        let digest = hex::encode(Sha256::digest(bytes));
         Consumers {
             source: consumers.to_vec(),
             list,
@@ -249,12 +251,6 @@ pub fn validate(config: &Config, ctx: &BuildCtx<'_>) -> Vec<ConfigError> {
     errors
 }
 
-/// The consumers as the admin API and `sluice get` show them: every credential value
-/// replaced by `"<redacted>"`, keeping its method and field names.
-pub fn redacted(consumers: &[ConsumerConfig]) -> Vec<ConsumerConfig> {
-    consumers.iter().map(ConsumerConfig::redacted).collect()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -290,7 +286,9 @@ mod tests {
         let errs = validate(&c, &BuildCtx::new(&c, &shared));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "consumers[0].credentials.nope");
-        let r = serde_json::to_string(&redacted(&c.consumers)).unwrap();
+        // A consumer serialises with every credential value redacted, by itself.
+        let r = serde_json::to_string(&c.consumers).unwrap();
+        assert!(!format!("{:?}", c.consumers).contains("secret1"));
         assert!(!r.contains("secret1"), "{r}");
         assert!(r.contains("\"keys\":[\"<redacted>\"]"), "{r}");
     }

@@ -59,6 +59,7 @@ pub const KIND: Kind = Kind {
     name: "forward_auth",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<ForwardAuthSpec>,
 };
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -84,8 +85,8 @@ pub enum OnError {
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthSpec {
     /// The service's URL, `http://` or `https://host:port/path?query`; it is called
-    /// with `GET`. Required.
-    pub url: String,
+    /// with `GET`. Required. Shown with its password (if any) redacted.
+    pub url: sluice_config::secret::SecretUrl,
     /// For an `https` URL: a PEM file of the CA certificates to trust instead of the
     /// public roots (Mozilla's, built in). Read when the filter is built. Default: none.
     #[serde(default)]
@@ -316,7 +317,7 @@ impl ForwardAuth {
         runtime: Option<tokio::runtime::Handle>,
     ) -> Result<ForwardAuth, Vec<SpecError>> {
         let mut errors = Vec::new();
-        let uri = match spec.url.parse::<Uri>() {
+        let uri = match spec.url.expose().parse::<Uri>() {
             Ok(u)
                 if matches!(u.scheme_str(), Some("http" | "https"))
                     && u.host().is_some_and(|h| !h.is_empty()) =>
@@ -326,12 +327,12 @@ impl ForwardAuth {
             Ok(_) => {
                 errors.push(SpecError::at(
                     "url",
-                    format!("{:?} is not an http:// or https:// URL with a host", spec.url),
+                    format!("{:?} is not an http:// or https:// URL with a host", spec.url.redacted()),
                 ));
                 None
             }
             Err(e) => {
-                errors.push(SpecError::at("url", format!("invalid URL {:?}: {e}", spec.url)));
+                errors.push(SpecError::at("url", format!("invalid URL {:?}: {e}", spec.url.redacted())));
                 None
             }
         };
@@ -458,7 +459,7 @@ impl ForwardAuth {
         use sluice_core::trace::AttrValue;
         let mut attributes = vec![
             ("http.request.method", AttrValue::Static("GET")),
-            ("url.full", AttrValue::Str(Arc::from(self.uri.to_string()))),
+            ("url.full", AttrValue::Str(Arc::from(sluice_config::secret::redact_url(&self.uri.to_string())))),
         ];
         let error = match outcome {
             Outcome::Allowed => {
@@ -612,6 +613,17 @@ impl ForwardAuth {
 impl Filter for ForwardAuth {
     fn kind(&self) -> &'static str {
         "forward_auth"
+    }
+
+    /// The consumer and groups headers, when the service's answer carries them on to
+    /// the upstream (`upstream_headers`): what names the client to the upstream.
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        self.consumer_header
+            .iter()
+            .chain(self.groups_header.iter())
+            .filter(|h| self.upstream_headers.contains(h))
+            .cloned()
+            .collect()
     }
 
     fn phases(&self) -> Phases {

@@ -34,6 +34,7 @@ pub const METHOD: MethodKind = MethodKind {
     name: "key_auth",
     build,
     credentials: Some(check_credentials),
+    redact: crate::registry::shown_as::<KeyAuthSpec>,
 };
 
 /// The standalone `key_auth` filter kind.
@@ -41,6 +42,7 @@ pub const KIND: Kind = Kind {
     name: "key_auth",
     answers: false,
     build: build_kind,
+    redact: |spec| super::redact_standalone("key_auth", spec),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {
@@ -342,9 +344,14 @@ impl AuthMethod for KeyAuth {
         }
         match self.index.lookup(&key) {
             Some(c) => {
-                if from_query && self.hide {
+                // The key leaves the request wherever the client put it, not only where
+                // it was read: a query copy goes even when the header carried the key
+                // (the header itself is removed by `strip`).
+                if self.hide {
                     if let Some(name) = &self.query {
-                        ctx.strip_query_params.push(Arc::from(name.as_str()));
+                        if from_query || req.query.is_some_and(|q| query_param(q, name).is_some()) {
+                            ctx.strip_query_params.push(Arc::from(name.as_str()));
+                        }
                     }
                 }
                 AuthOutcome::Identified(c.identity())
@@ -432,6 +439,10 @@ mod tests {
         let (flow, ctx) = run(&*f, &[("apikey", "a b&c")], None);
         assert!(matches!(flow, Flow::Continue));
         assert!(ctx.strip_query_params.is_empty());
+        // Sent both ways: read from the header, stripped from the query too.
+        let (flow, ctx) = run(&*f, &[("apikey", "a b&c")], Some("apikey=a+b%26c&x=1"));
+        assert!(matches!(flow, Flow::Continue));
+        assert_eq!(&*ctx.strip_query_params[0], "apikey");
         let (flow, ctx) = run(&*f, &[], Some("x=1&apikey=a+b%26c"));
         assert!(matches!(flow, Flow::Continue), "{flow:?}");
         assert_eq!(&*ctx.strip_query_params[0], "apikey");

@@ -124,6 +124,8 @@ pub struct MethodKind {
     /// `None` for a method without consumer credentials (forward-auth): a consumer
     /// declaring credentials for it is then an error.
     pub credentials: Option<fn(&Consumers) -> Vec<sluice_config::ConfigError>>,
+    /// The method's spec as views show it (see `Kind::redact`).
+    pub redact: fn(&serde_json::Value) -> serde_json::Value,
 }
 
 /// Every authentication method, one line each.
@@ -137,6 +139,65 @@ pub static METHODS: &[MethodKind] = &[
 /// The method called `name`.
 pub fn find_method(name: &str) -> Option<&'static MethodKind> {
     METHODS.iter().find(|m| m.name == name)
+}
+
+/// The `auth` spec as views show it: its own fields through [`AuthSpec`], each method's
+/// spec through that method's type.
+pub fn redact_auth(spec: &serde_json::Value) -> serde_json::Value {
+    let mut shown = crate::registry::shown_as::<AuthSpec>(spec);
+    if let (Some(methods), Some(raw)) = (
+        shown.get_mut("methods").and_then(|m| m.as_array_mut()),
+        spec.get("methods").and_then(|m| m.as_array()),
+    ) {
+        for (out, method) in methods.iter_mut().zip(raw) {
+            *out = redact_method(method);
+        }
+    }
+    shown
+}
+
+/// One `{name: spec}` entry of `methods`, as views show it.
+fn redact_method(entry: &serde_json::Value) -> serde_json::Value {
+    let Some(map) = entry.as_object().filter(|m| m.len() == 1) else {
+        return sluice_config::model::redact_value(entry);
+    };
+    map.iter()
+        .map(|(name, spec)| {
+            let shown = match find_method(name) {
+                Some(m) => (m.redact)(spec),
+                None => sluice_config::model::redact_value(spec),
+            };
+            (name.clone(), shown)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A standalone method kind's spec (`key_auth: {...}`) as views show it: the method's
+/// own fields through its type, the common ones through [`AuthSpec`].
+pub fn redact_standalone(method: &str, spec: &serde_json::Value) -> serde_json::Value {
+    let Some(own) = spec.as_object() else {
+        return sluice_config::model::redact_value(spec);
+    };
+    let mut own = own.clone();
+    let mut common = serde_json::Map::new();
+    for k in COMMON_KEYS {
+        if let Some(v) = own.remove(k) {
+            common.insert(k.to_string(), v);
+        }
+    }
+    let mut out = match find_method(method) {
+        Some(m) => (m.redact)(&serde_json::Value::Object(own)),
+        None => sluice_config::model::redact_value(&serde_json::Value::Object(own)),
+    };
+    common.insert("methods".into(), serde_json::json!([]));
+    let common = crate::registry::shown_as::<AuthSpec>(&serde_json::Value::Object(common));
+    if let (Some(out), Some(common)) = (out.as_object_mut(), common.as_object()) {
+        for (k, v) in common.iter().filter(|(k, _)| *k != "methods") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The names of every method, for error messages.
@@ -532,6 +593,14 @@ impl Filter for AuthFilter {
 
     fn auth_methods(&self) -> Vec<&'static str> {
         self.methods.iter().map(|m| m.name()).collect()
+    }
+
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        self.consumer_header
+            .iter()
+            .chain(self.groups_header.iter())
+            .cloned()
+            .collect()
     }
 }
 

@@ -61,6 +61,7 @@ pub const KIND: Kind = Kind {
     name: "canary",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<CanarySpec>,
 };
 
 /// A route's canary rules, their precedence, sticky assignment and the response header.

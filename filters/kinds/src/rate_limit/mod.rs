@@ -51,6 +51,7 @@ pub const KIND: Kind = Kind {
     name: "rate_limit",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<RateLimitSpec>,
 };
 
 /// `RateLimit-Limit`.
@@ -158,8 +159,9 @@ impl Fallback {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`). Required.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://`). Required. Shown with
+    /// its password redacted.
+    pub url: sluice_config::secret::SecretUrl,
     /// The longest a request waits for Redis's decision. Default: `50ms`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -580,7 +582,7 @@ where
                 if r.pool == 0 || r.pool > 64 {
                     return Err(vec![SpecError::at("redis.pool", "must be from 1 to 64")]);
                 }
-                redis::check_url(&r.url).map_err(|e| vec![SpecError::at("redis.url", e)])?;
+                redis::check_url(r.url.expose()).map_err(|e| vec![SpecError::at("redis.url", e)])?;
                 match &ctx.shared.runtime {
                     // Validation: the spec is checked, nothing is started.
                     None => None,
@@ -594,7 +596,7 @@ where
                         let store = ctx
                             .shared
                             .redis
-                            .get(&r.url, rt, settings, ctx.shared.limit_metrics.as_ref())
+                            .get(r.url.expose(), rt, settings, ctx.shared.limit_metrics.as_ref())
                             .map_err(|e| vec![SpecError::at("redis.url", e)])?;
                         Some(Cluster {
                             store,

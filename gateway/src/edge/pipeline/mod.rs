@@ -4,6 +4,7 @@
 //! | module       | what it does                                                          |
 //! |--------------|-----------------------------------------------------------------------|
 //! | [`ingress`]  | load the snapshot once, readiness, request id, client address          |
+//! | [`normalize`] | the one normalised view of the request: path, host, header names, identity headers removed |
 //! | [`route`]    | match a route; run the route's request-phase filters                   |
 //! | [`select`]   | choose the backend (filter hint, else the weighted split); pick the endpoint for each try |
 //! | [`admit`]    | the backend's circuit breaker: admit, short-circuit, or send to the fallback |
@@ -35,6 +36,7 @@ use crate::upstream::{EndpointState, Try, Upstream};
 pub mod admit;
 pub mod forward;
 pub mod ingress;
+pub mod normalize;
 pub mod observe;
 pub mod outcome;
 pub mod respond;

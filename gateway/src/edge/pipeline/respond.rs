@@ -81,6 +81,16 @@ pub async fn send_error(session: &mut Session, ctx: &mut Ctx, kind: ErrorKind, m
 pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     let snap = ctx.snapshot()?.clone();
     resp.insert_header(case_name(&snap.request_id_header), ctx.request_id_value())?;
+    // The upstream's `Server` names its software: hidden (or replaced) by default.
+    match &snap.server_header {
+        None => {}
+        Some(None) => {
+            if resp.headers.contains_key(http::header::SERVER) {
+                resp.remove_header(&http::header::SERVER);
+            }
+        }
+        Some(Some(v)) => resp.insert_header(http::header::SERVER, v.clone())?,
+    }
     if let Some(v) = &ctx.routing.fallback {
         resp.insert_header(BREAKER_HEADER, v.clone())?;
     }

@@ -129,7 +129,7 @@ impl Setup {
             None => None,
             Some(s) => {
                 let password = match (&s.password, &s.password_env) {
-                    (Some(p), _) => p.clone(),
+                    (Some(p), _) => p.expose().to_string(),
                     (None, Some(var)) => {
                         std::env::var(var).map_err(|_| format!("sasl.password_env: ${var} is not set"))?
                     }

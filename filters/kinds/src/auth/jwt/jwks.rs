@@ -200,17 +200,17 @@ impl JwksSource {
         let ok = match fetch(&self.client, &self.url, timeout).await {
             Ok(body) => match parse_jwks(&body, algs) {
                 Ok(set) => {
-                    tracing::debug!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
+                    tracing::debug!(url = %sluice_config::secret::redact_url(&self.url), keys = set.keys.len(), "JWKS fetched");
                     self.keys.store(Arc::new(set));
                     true
                 }
                 Err(e) => {
-                    tracing::warn!(url = %self.url, "JWKS document refused, keeping the last good key set: {e}");
+                    tracing::warn!(url = %sluice_config::secret::redact_url(&self.url), "JWKS document refused, keeping the last good key set: {e}");
                     false
                 }
             },
             Err(e) => {
-                tracing::warn!(url = %self.url, "JWKS fetch failed, keeping the last good key set: {e}");
+                tracing::warn!(url = %sluice_config::secret::redact_url(&self.url), "JWKS fetch failed, keeping the last good key set: {e}");
                 false
             }
         };

@@ -43,6 +43,7 @@ pub const KIND: Kind = Kind {
     name: "jwt",
     answers: false,
     build,
+    redact: crate::registry::shown_as::<JwtSpec>,
 };
 
 /// The `jwt` filter's spec.
@@ -108,12 +109,13 @@ pub struct KeySpec {
     /// tried for any token of its algorithm).
     #[serde(default)]
     pub kid: Option<String>,
-    /// An HMAC secret, as text. Default: none.
+    /// An HMAC secret, as text; a secret (shown as `<redacted>`). Default: none.
     #[serde(default)]
-    pub secret: Option<String>,
-    /// An HMAC secret, base64 (standard alphabet). Default: none.
+    pub secret: Option<sluice_config::secret::Secret>,
+    /// An HMAC secret, base64 (standard alphabet); a secret (shown as `<redacted>`).
+    /// Default: none.
     #[serde(default)]
-    pub secret_base64: Option<String>,
+    pub secret_base64: Option<sluice_config::secret::Secret>,
     /// A public key in PEM (`BEGIN PUBLIC KEY`, or `BEGIN RSA PUBLIC KEY`). Default: none.
     #[serde(default)]
     pub pem: Option<String>,
@@ -127,8 +129,9 @@ pub struct KeySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSpec {
-    /// The `http://` or `https://` URL of the JWKS document. Required.
-    pub url: String,
+    /// The `http://` or `https://` URL of the JWKS document. Required. Shown with its
+    /// password (if any) redacted.
+    pub url: sluice_config::secret::SecretUrl,
     /// Time between background refreshes. Default: `5m`.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
@@ -287,10 +290,10 @@ fn load_key(k: &KeySpec, at: &str, errors: &mut Vec<SpecError>) -> Option<Decodi
         return None;
     }
     let bytes: Vec<u8> = match (field, &k.secret, &k.secret_base64, &k.pem, &k.file) {
-        ("secret", Some(s), ..) => s.as_bytes().to_vec(),
+        ("secret", Some(s), ..) => s.expose().as_bytes().to_vec(),
         ("secret_base64", _, Some(b), ..) => {
             use base64::Engine;
-            match base64::engine::general_purpose::STANDARD.decode(b.trim()) {
+            match base64::engine::general_purpose::STANDARD.decode(b.expose().trim()) {
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(SpecError::at(path, format!("not base64: {e}")));
@@ -398,7 +401,7 @@ impl Jwt {
         };
         let mut jwks = None;
         if let Some(j) = &spec.jwks {
-            match reqwest::Url::parse(&j.url) {
+            match reqwest::Url::parse(j.url.expose()) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 Ok(_) => errors.push(SpecError::at("jwks.url", "must be an http:// or https:// URL")),
                 Err(e) => errors.push(SpecError::at("jwks.url", format!("not a URL: {e}"))),
@@ -422,7 +425,7 @@ impl Jwt {
                     match ctx
                         .shared
                         .jwks
-                        .source(&j.url, settings, allowed.and(asymmetric), rt)
+                        .source(j.url.expose(), settings, allowed.and(asymmetric), rt)
                     {
                         Ok(src) => jwks = Some((src, j.wait)),
                         Err(e) => errors.push(SpecError::at("jwks", e)),
