@@ -144,7 +144,13 @@ async fn every_spelling_of_a_protected_path_runs_its_filters_or_is_refused() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -162,7 +168,11 @@ async fn the_upstream_and_the_access_log_see_the_normalised_host_and_path() {
         .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
-    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
     let got = open.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].target, "/x/~name");
@@ -177,5 +187,8 @@ async fn the_upstream_and_the_access_log_see_the_normalised_host_and_path() {
         gw.logs().contains("\"path\":\"/x/~name\"")
     })
     .await;
-    assert!(!gw.logs().contains("/x/./y/../%7Ename"), "the raw target is not logged");
+    assert!(
+        !gw.logs().contains("/x/./y/../%7Ename"),
+        "the raw target is not logged"
+    );
 }

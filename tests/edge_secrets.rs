@@ -184,7 +184,10 @@ async fn no_secret_appears_in_any_view_log_or_cli_output() {
         let anonymous = admin.get(&url).send().await.unwrap();
         assert_eq!(anonymous.status(), 401, "{view} without the token");
         let body = anonymous.text().await.unwrap();
-        assert!(leaks(&body, &secrets).is_empty(), "{view} without the token: {body}");
+        assert!(
+            leaks(&body, &secrets).is_empty(),
+            "{view} without the token: {body}"
+        );
 
         let authorized = admin.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         assert_eq!(authorized.status(), 200, "{view} with the token");
@@ -204,18 +207,31 @@ async fn no_secret_appears_in_any_view_log_or_cli_output() {
         .unwrap();
     let text = shown["config"].to_string();
     assert!(text.contains("<redacted>"), "{text}");
-    assert!(text.contains("redis://:<redacted>@127.0.0.1:9/0") || text.contains("redis://<redacted>@127.0.0.1:9/0"), "{text}");
-    assert!(text.contains("\"alg\":\"HS256\""), "non-secret fields stay: {text}");
+    assert!(
+        text.contains("redis://:<redacted>@127.0.0.1:9/0")
+            || text.contains("redis://<redacted>@127.0.0.1:9/0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"alg\":\"HS256\""),
+        "non-secret fields stay: {text}"
+    );
     // Probes stay open.
     for open in ["/healthz", "/readyz"] {
-        assert_eq!(admin.get(gw.admin_url(open)).send().await.unwrap().status(), 200, "{open}");
+        assert_eq!(
+            admin.get(gw.admin_url(open)).send().await.unwrap().status(),
+            200,
+            "{open}"
+        );
     }
 
     // Let the background work (JWKS fetch, Redis, Kafka, the exporter, the rollout's
     // webhook) fail at least once, then read the debug log.
-    eventually(Duration::from_secs(10), "the rollout asked its webhook", || async {
-        gw.logs().contains("webhook")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the rollout asked its webhook",
+        || async { gw.logs().contains("webhook") },
+    )
     .await;
     let logs = gw.logs();
     let leaked = leaks(&logs, &secrets);
@@ -250,15 +266,27 @@ async fn sluice_get_and_diff_never_print_a_secret() {
     let (code, out) = run(&["diff", "--etcd", &endpoint, "-f", &file]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("create /sluice/routes/jwt"), "{out}");
-    assert!(leaks(&out, &secrets).is_empty(), "diff (create) shows {:?}:\n{out}", leaks(&out, &secrets));
+    assert!(
+        leaks(&out, &secrets).is_empty(),
+        "diff (create) shows {:?}:\n{out}",
+        leaks(&out, &secrets)
+    );
     let (code, out) = run(&["apply", "--etcd", &endpoint, "-f", &file]);
     assert_eq!(code, 0, "{out}");
-    assert!(leaks(&out, &secrets).is_empty(), "apply shows {:?}:\n{out}", leaks(&out, &secrets));
+    assert!(
+        leaks(&out, &secrets).is_empty(),
+        "apply shows {:?}:\n{out}",
+        leaks(&out, &secrets)
+    );
 
     let (code, out) = run(&["get", "--etcd", &endpoint]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("id: jwt") && out.contains("<redacted>"), "{out}");
-    assert!(leaks(&out, &secrets).is_empty(), "get shows {:?}:\n{out}", leaks(&out, &secrets));
+    assert!(
+        leaks(&out, &secrets).is_empty(),
+        "get shows {:?}:\n{out}",
+        leaks(&out, &secrets)
+    );
 
     // A change to a secret and to a field beside it: diff shows the change, not the
     // secret (old or new).
@@ -271,6 +299,13 @@ async fn sluice_get_and_diff_never_print_a_secret() {
     let (code, out) = run(&["diff", "--etcd", &endpoint, "-f", &file]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("update /sluice/routes/limited"), "{out}");
-    assert!(out.contains("update /sluice/routes/jwt"), "a changed secret is a change: {out}");
-    assert!(leaks(&out, &all).is_empty(), "diff (update) shows {:?}:\n{out}", leaks(&out, &all));
+    assert!(
+        out.contains("update /sluice/routes/jwt"),
+        "a changed secret is a change: {out}"
+    );
+    assert!(
+        leaks(&out, &all).is_empty(),
+        "diff (update) shows {:?}:\n{out}",
+        leaks(&out, &all)
+    );
 }

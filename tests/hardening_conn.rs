@@ -356,7 +356,7 @@ async fn force(gw: &Gateway, token: Option<&str>) -> u16 {
 }
 
 #[tokio::test]
-async fn the_admin_token_is_required_for_state_changing_calls() {
+async fn the_admin_token_is_required_for_state_changing_calls_and_config_reads() {
     let up = TestUpstream::start("a").await;
     let gw = Gateway::builder(&format!(
         "{ADMIN_CONFIG}admin: {{listen: \"{{{{admin}}}}\", token_file: \"{{{{file:token}}}}\"}}\n"
@@ -374,8 +374,13 @@ async fn the_admin_token_is_required_for_state_changing_calls() {
     );
     assert_eq!(
         gw.admin_get("/api/v1/breakers").await.status(),
+        401,
+        "a view of the config needs the token too"
+    );
+    assert_eq!(
+        gw.admin_get("/metrics").await.status(),
         200,
-        "reads need no token"
+        "metrics only with token_for_reads"
     );
     assert_eq!(
         force(&gw, Some("file-token")).await,
@@ -384,7 +389,7 @@ async fn the_admin_token_is_required_for_state_changing_calls() {
     );
     assert_eq!(gw.get("/").await.status(), 503, "forced open");
 
-    // The environment wins, and reads can be made to need it too.
+    // The environment wins, and /metrics can be made to need it too.
     let gw = Gateway::builder(&format!(
         "{ADMIN_CONFIG}admin: {{listen: \"{{{{admin}}}}\", token: config-token, token_for_reads: true}}\n"
     ))
@@ -398,6 +403,7 @@ async fn the_admin_token_is_required_for_state_changing_calls() {
         401,
         "reads need it"
     );
+    assert_eq!(gw.admin_get("/metrics").await.status(), 401, "metrics too");
     assert_eq!(gw.admin_get("/healthz").await.status(), 200, "probes never do");
     assert_eq!(force(&gw, Some("env-token")).await, 200);
 }

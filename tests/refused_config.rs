@@ -52,14 +52,20 @@ async fn a_refused_config_leaves_the_breaker_opening_at_the_old_threshold() {
     let shown: Value = gw.reload(&refused).await;
     let rejected = &shown["last_rejected"];
     assert!(
-        rejected["errors"].to_string().contains("routes[1].filters[0].rate_limit.per"),
+        rejected["errors"]
+            .to_string()
+            .contains("routes[1].filters[0].rate_limit.per"),
         "the config is refused at compile time: {shown}"
     );
     assert_eq!(shown["version"], 1, "the first config still serves: {shown}");
 
     svc.set_mode(Mode::Status(500)).await;
     for i in 1..=4 {
-        assert_eq!(gw.get("/x").await.status(), StatusCode::INTERNAL_SERVER_ERROR, "call {i}");
+        assert_eq!(
+            gw.get("/x").await.status(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "call {i}"
+        );
         assert_eq!(
             breaker_state(&gw).await,
             "closed",
@@ -67,9 +73,11 @@ async fn a_refused_config_leaves_the_breaker_opening_at_the_old_threshold() {
         );
     }
     assert_eq!(gw.get("/x").await.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    eventually(Duration::from_secs(5), "the breaker opens on the 5th failure", || async {
-        breaker_state(&gw).await == "open"
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the breaker opens on the 5th failure",
+        || async { breaker_state(&gw).await == "open" },
+    )
     .await;
     assert_eq!(svc.requests(), 5);
 }
@@ -84,9 +92,11 @@ async fn an_accepted_config_reconfigures_the_breaker_keeping_its_state() {
     assert!(shown["last_rejected"].is_null(), "{shown}");
     // The window kept the first failure: one more reaches the new minimum of 2.
     assert_eq!(gw.get("/x").await.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    eventually(Duration::from_secs(5), "the breaker opens at the new threshold", || async {
-        breaker_state(&gw).await == "open"
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the breaker opens at the new threshold",
+        || async { breaker_state(&gw).await == "open" },
+    )
     .await;
     assert_eq!(svc.requests(), 2);
 }

@@ -312,7 +312,10 @@ mod tests {
     fn without_a_redactor_every_spec_value_is_hidden() {
         let spec = serde_json::json!({"secret": "s3cr3t", "n": 1});
         if SPEC_REDACTOR.get().is_none() {
-            assert_eq!(redact_spec("jwt", &spec), serde_json::json!({"secret": REDACTED, "n": REDACTED}));
+            assert_eq!(
+                redact_spec("jwt", &spec),
+                serde_json::json!({"secret": REDACTED, "n": REDACTED})
+            );
         }
     }
 
@@ -321,7 +324,10 @@ mod tests {
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://<redacted>@h:1/0");
         assert_eq!(redact_url("redis://user:pw@h"), "redis://user:<redacted>@h");
-        assert_eq!(redact_url("rediss://pw@h/0?x=a@b"), "rediss://<redacted>@h/0?x=a@b");
+        assert_eq!(
+            redact_url("rediss://pw@h/0?x=a@b"),
+            "rediss://<redacted>@h/0?x=a@b"
+        );
         assert_eq!(redact_url("http://h/p?q=user@x"), "http://h/p?q=user@x");
         assert_eq!(redact_url("not a url with pw"), REDACTED);
     }

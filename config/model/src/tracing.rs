@@ -191,7 +191,11 @@ pub fn validate(t: &TracingConfig) -> Vec<ConfigError> {
         {
             err(&format!("headers.{name}"), "set by the exporter itself".into());
         }
-        if value.expose().bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        if value
+            .expose()
+            .bytes()
+            .any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
+        {
             err(&format!("headers.{name}"), "invalid header value".into());
         }
     }

@@ -753,7 +753,11 @@ impl Validator<'_> {
                 "give either `token` or `token_file`, not both",
             );
         }
-        if c.admin.token.as_ref().is_some_and(|t| t.expose().trim().is_empty()) {
+        if c.admin
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
             self.err("admin.token", "must not be empty");
         }
     }

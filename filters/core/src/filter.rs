@@ -592,7 +592,10 @@ impl Chain {
 
     /// The identity headers of the chain's filters (see [`Filter::identity_headers`]).
     pub fn identity_headers(&self) -> Vec<HeaderName> {
-        self.built.iter().flat_map(|b| b.filter.identity_headers()).collect()
+        self.built
+            .iter()
+            .flat_map(|b| b.filter.identity_headers())
+            .collect()
     }
 
     /// The authentication methods of the chain's filters, in order, without repeats.

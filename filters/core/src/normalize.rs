@@ -49,11 +49,15 @@ impl TargetRefusal {
             TargetRefusal::BadEscape => "the request path holds a % not followed by two hex digits",
             TargetRefusal::Nul => "the request path holds %00",
             TargetRefusal::Control => "the request path holds a control character",
-            TargetRefusal::EscapedSlash => "the request path holds an escaped slash or a backslash (%2F, %5C, \\)",
+            TargetRefusal::EscapedSlash => {
+                "the request path holds an escaped slash or a backslash (%2F, %5C, \\)"
+            }
             TargetRefusal::AboveRoot => "the request path climbs above the root with ..",
             TargetRefusal::DoubleEncoding => "the request path holds a double-encoded escape (%25XX)",
             TargetRefusal::PathParameter => "the request path holds a path parameter (;)",
-            TargetRefusal::DotSegmentParameter => "the request path holds a dot segment with a path parameter (..;)",
+            TargetRefusal::DotSegmentParameter => {
+                "the request path holds a dot segment with a path parameter (..;)"
+            }
             TargetRefusal::BadHost => "the request host is not a valid host name",
             TargetRefusal::HeaderUnderscore => "a request header name holds an underscore",
         }
@@ -427,7 +431,10 @@ mod tests {
             "/a/...",
         ] {
             assert_eq!(path(p, &strict()), Ok(None), "{p}");
-            assert!(is_normal(p.as_bytes(), &strict()) || p.contains('%'), "{p} takes the fast path");
+            assert!(
+                is_normal(p.as_bytes(), &strict()) || p.contains('%'),
+                "{p} takes the fast path"
+            );
         }
     }
 
@@ -482,14 +489,23 @@ mod tests {
 
     #[test]
     fn escaped_slashes_follow_the_policy() {
-        for p in ["/public/..%2fadmin/a", "/%2fadmin", "/a%5Cb", "/a\\b", "/admin%2F..%2Fadmin/a"] {
+        for p in [
+            "/public/..%2fadmin/a",
+            "/%2fadmin",
+            "/a%5Cb",
+            "/a\\b",
+            "/admin%2F..%2Fadmin/a",
+        ] {
             assert_eq!(norm(p).unwrap_err(), TargetRefusal::EscapedSlash, "{p}");
         }
         let keep = Normalization {
             escaped_slashes: EscapedSlashes::Keep,
             ..strict()
         };
-        assert_eq!(norm_with("/public/..%2fadmin/a", &keep).unwrap(), "/public/..%2Fadmin/a");
+        assert_eq!(
+            norm_with("/public/..%2fadmin/a", &keep).unwrap(),
+            "/public/..%2Fadmin/a"
+        );
         assert_eq!(norm_with("/a\\b", &keep).unwrap(), "/a%5Cb");
         assert_eq!(path("/a%2Fb", &keep), Ok(None));
         let unescape = Normalization {
@@ -519,7 +535,11 @@ mod tests {
         };
         assert_eq!(path("/a;jsessionid=1/b", &keep), Ok(None));
         for p in ["/x/..;/admin", "/x/.;a/admin", "/;x/admin", "/x/%2e%2e;/admin"] {
-            assert_eq!(norm_with(p, &keep).unwrap_err(), TargetRefusal::DotSegmentParameter, "{p}");
+            assert_eq!(
+                norm_with(p, &keep).unwrap_err(),
+                TargetRefusal::DotSegmentParameter,
+                "{p}"
+            );
         }
         let strip = Normalization {
             path_parameters: PathParameters::Strip,
@@ -533,8 +553,14 @@ mod tests {
     #[test]
     fn double_encoding_follows_the_policy() {
         assert_eq!(norm("/%2561dmin/a").unwrap_err(), TargetRefusal::DoubleEncoding);
-        assert_eq!(norm("/%252e%252e/admin").unwrap_err(), TargetRefusal::DoubleEncoding);
-        assert_eq!(norm("/%25%32%65%25%32%65/admin").unwrap_err(), TargetRefusal::DoubleEncoding);
+        assert_eq!(
+            norm("/%252e%252e/admin").unwrap_err(),
+            TargetRefusal::DoubleEncoding
+        );
+        assert_eq!(
+            norm("/%25%32%65%25%32%65/admin").unwrap_err(),
+            TargetRefusal::DoubleEncoding
+        );
         assert_eq!(norm("/100%25").unwrap(), "/100%25");
         assert_eq!(norm("/100%25off").unwrap(), "/100%25off");
         let keep = Normalization {
@@ -565,7 +591,18 @@ mod tests {
         assert_eq!(host("example.com.").unwrap().unwrap(), "example.com");
         assert_eq!(host("Example.com.:8443").unwrap().unwrap(), "example.com:8443");
         assert_eq!(host("[::ABCD]:1").unwrap().unwrap(), "[::abcd]:1");
-        for bad in ["a b", "a/b", "a\\b", "user@host", "host:port", "host:123456", ":80", "[::1", "[::1]x", "a\u{1}"] {
+        for bad in [
+            "a b",
+            "a/b",
+            "a\\b",
+            "user@host",
+            "host:port",
+            "host:123456",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "a\u{1}",
+        ] {
             assert_eq!(host(bad), Err(TargetRefusal::BadHost), "{bad}");
         }
     }
@@ -617,15 +654,15 @@ mod tests {
                 ],
                 prop_oneof![Just(DoubleEncoding::Reject), Just(DoubleEncoding::Keep)],
             )
-                .prop_map(|(escaped_slashes, merge_slashes, path_parameters, double_encoding)| {
-                    Normalization {
+                .prop_map(
+                    |(escaped_slashes, merge_slashes, path_parameters, double_encoding)| Normalization {
                         escaped_slashes,
                         merge_slashes,
                         path_parameters,
                         double_encoding,
                         ..Normalization::default()
-                    }
-                })
+                    },
+                )
         }
 
         /// The segments an upstream that decodes everything and resolves dot segments

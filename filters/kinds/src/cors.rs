@@ -673,8 +673,16 @@ mod tests {
         .unwrap();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "allow_origins[1]");
-        assert!(errs[0].message.contains("List the origins"), "{}", errs[0].message);
-        assert!(errs[0].message.contains("allow_credentials: false"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("List the origins"),
+            "{}",
+            errs[0].message
+        );
+        assert!(
+            errs[0].message.contains("allow_credentials: false"),
+            "{}",
+            errs[0].message
+        );
         // Without credentials `*` stays what it is.
         assert!(build_for_test(build, &serde_json::json!({"allow_origins": ["*"]})).is_ok());
     }

@@ -460,7 +460,10 @@ fn copy_of(req: &RequestView<'_>) -> Record {
     }
     // The copy's forwarded headers are the gateway's, never the client's: the client
     // address it resolved (through trusted proxies only), the scheme and the host.
-    if let Some(ip) = req.client_ip.and_then(|ip| HeaderValue::try_from(ip.to_string()).ok()) {
+    if let Some(ip) = req
+        .client_ip
+        .and_then(|ip| HeaderValue::try_from(ip.to_string()).ok())
+    {
         headers.insert(NOT_TRUSTED[0].clone(), ip);
     }
     if let Ok(scheme) = HeaderValue::from_str(req.scheme) {

@@ -61,7 +61,9 @@ pub struct Kind {
 /// A spec shown as its spec type `T` shows it: read as a `T`, the values that come out
 /// redacted (its `Secret` fields) redacted in the spec as written; a spec that is not a
 /// valid `T` redacted whole (see `sluice_config::secret::redact_as`).
-pub fn shown_as<T: serde::de::DeserializeOwned + serde::Serialize>(spec: &serde_json::Value) -> serde_json::Value {
+pub fn shown_as<T: serde::de::DeserializeOwned + serde::Serialize>(
+    spec: &serde_json::Value,
+) -> serde_json::Value {
     sluice_config::secret::redact_as::<T>(spec)
 }
 

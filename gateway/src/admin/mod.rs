@@ -475,7 +475,12 @@ mod tests {
     fn writes_and_config_reads_need_the_token_metrics_only_when_asked() {
         let a = auth(Some("s3cret"), false);
         assert!(a.required(&Method::POST, "/api/v1/breakers/r/u"));
-        for view in ["/api/v1/breakers", "/api/v1/config", "/api/v1/routes", "/api/v1/rollouts/r"] {
+        for view in [
+            "/api/v1/breakers",
+            "/api/v1/config",
+            "/api/v1/routes",
+            "/api/v1/rollouts/r",
+        ] {
             assert!(a.required(&Method::GET, view), "{view}");
         }
         for open in ["/healthz", "/readyz", "/dashboard", "/metrics"] {

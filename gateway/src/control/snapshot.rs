@@ -392,6 +392,8 @@ pub fn endpoints_only_change(current: &Config, next: &Config) -> Option<Vec<usiz
     Some(changed)
 }
 
+// The route, where it sits, what it compiles against, and the plan it adds to.
+#[allow(clippy::too_many_arguments)]
 fn compile_route(
     r: &RouteConfig,
     path: &str,

@@ -257,18 +257,26 @@ impl SharedState {
     pub fn budget(&self, id: &str, config: &RetryBudgetConfig, plan: &mut Commits) -> Arc<RetryBudget> {
         if let Some((b, applied)) = self.budgets.lock().get(id) {
             if applied != config {
-                plan.0.push(Commit::Budget(id.to_string(), b.clone(), config.clone()));
+                plan.0
+                    .push(Commit::Budget(id.to_string(), b.clone(), config.clone()));
             }
             return b.clone();
         }
         let b = RetryBudget::new(config);
-        plan.0.push(Commit::NewBudget(id.to_string(), b.clone(), config.clone()));
+        plan.0
+            .push(Commit::NewBudget(id.to_string(), b.clone(), config.clone()));
         b
     }
 
     /// The split of route `id` over `backends` for a config being compiled: the serving
     /// one (its new base weights planned), or a new one (entering the map on publish).
-    pub fn split(&self, id: &str, backends: &[Arc<str>], weights: &[u32], plan: &mut Commits) -> Arc<LiveSplit> {
+    pub fn split(
+        &self,
+        id: &str,
+        backends: &[Arc<str>],
+        weights: &[u32],
+        plan: &mut Commits,
+    ) -> Arc<LiveSplit> {
         let (split, new) = match self.filters.splits.get(id) {
             Some(s) => (s, false),
             None => (Arc::new(LiveSplit::new(backends, weights)), true),

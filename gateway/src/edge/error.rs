@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
 use sluice_core::framing::Refusal;
-use sluice_core::{RejectKind, Response};
 use sluice_core::normalize::TargetRefusal;
+use sluice_core::{RejectKind, Response};
 
 /// Why the gateway answered with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

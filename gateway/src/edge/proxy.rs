@@ -23,7 +23,9 @@ use pingora::proxy::FailToProxy;
 
 use crate::control::gateway::Gateway;
 use crate::edge::error::ErrorKind;
-use crate::edge::pipeline::{admit, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx};
+use crate::edge::pipeline::{
+    admit, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx,
+};
 
 /// The proxy for one listener.
 pub struct SluiceProxy {

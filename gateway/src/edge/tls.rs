@@ -213,7 +213,10 @@ fn wanted(listener: &str, config: &Config) -> Vec<Wanted> {
             name: c.name.clone(),
             source: "inline",
             server_names: c.server_names.clone(),
-            content: Ok((c.cert_pem.clone().into_bytes(), c.key_pem.expose().as_bytes().to_vec())),
+            content: Ok((
+                c.cert_pem.clone().into_bytes(),
+                c.key_pem.expose().as_bytes().to_vec(),
+            )),
             what: (
                 format!("certificates.{}.cert_pem", c.name),
                 format!("certificates.{}.key_pem", c.name),

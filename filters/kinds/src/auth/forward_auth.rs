@@ -327,12 +327,18 @@ impl ForwardAuth {
             Ok(_) => {
                 errors.push(SpecError::at(
                     "url",
-                    format!("{:?} is not an http:// or https:// URL with a host", spec.url.redacted()),
+                    format!(
+                        "{:?} is not an http:// or https:// URL with a host",
+                        spec.url.redacted()
+                    ),
                 ));
                 None
             }
             Err(e) => {
-                errors.push(SpecError::at("url", format!("invalid URL {:?}: {e}", spec.url.redacted())));
+                errors.push(SpecError::at(
+                    "url",
+                    format!("invalid URL {:?}: {e}", spec.url.redacted()),
+                ));
                 None
             }
         };
@@ -459,7 +465,12 @@ impl ForwardAuth {
         use sluice_core::trace::AttrValue;
         let mut attributes = vec![
             ("http.request.method", AttrValue::Static("GET")),
-            ("url.full", AttrValue::Str(Arc::from(sluice_config::secret::redact_url(&self.uri.to_string())))),
+            (
+                "url.full",
+                AttrValue::Str(Arc::from(sluice_config::secret::redact_url(
+                    &self.uri.to_string(),
+                ))),
+            ),
         ];
         let error = match outcome {
             Outcome::Allowed => {

@@ -67,7 +67,11 @@ const UNDERSCORE: TargetRefusal = TargetRefusal::HeaderUnderscore;
 
 /// Applies the underscore policy and removes every client copy of the identity headers,
 /// in one pass over the header names (no hashing for the common request that has none).
-fn headers(session: &mut Session, opts: &Normalization, identity: &[HeaderName]) -> Result<(), TargetRefusal> {
+fn headers(
+    session: &mut Session,
+    opts: &Normalization,
+    identity: &[HeaderName],
+) -> Result<(), TargetRefusal> {
     let req = session.req_header();
     let mut remove: Vec<HeaderName> = Vec::new();
     for name in req.headers.keys() {
@@ -120,7 +124,11 @@ fn target(session: &mut Session, opts: &Normalization) -> Result<Option<String>,
         RawTargetAuthority::AmbiguousAuthority => return Err(TargetRefusal::BadHost),
     };
     let host = match &absolute {
-        Some(a) => Some(std::str::from_utf8(a).map_err(|_| TargetRefusal::BadHost)?.to_string()),
+        Some(a) => Some(
+            std::str::from_utf8(a)
+                .map_err(|_| TargetRefusal::BadHost)?
+                .to_string(),
+        ),
         None => None,
     };
     let host_changed = match host.as_deref().or_else(|| super::ingress::request_host(req)) {
@@ -185,7 +193,10 @@ mod tests {
         assert!(same_but_underscores("x_sluice_consumer", "x-sluice-consumer"));
         assert!(same_but_underscores("x-sluice_consumer", "x-sluice-consumer"));
         assert!(!same_but_underscores("x_sluice_consumers", "x-sluice-consumer"));
-        assert!(!same_but_underscores("x_sluice_consumer", "x-sluice-consumer-groups"));
+        assert!(!same_but_underscores(
+            "x_sluice_consumer",
+            "x-sluice-consumer-groups"
+        ));
         assert!(!same_but_underscores("y_sluice_consumer", "x-sluice-consumer"));
     }
 }

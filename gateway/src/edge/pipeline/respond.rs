@@ -84,11 +84,10 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     // The upstream's `Server` names its software: hidden (or replaced) by default.
     match &snap.server_header {
         None => {}
-        Some(None) => {
-            if resp.headers.contains_key(http::header::SERVER) {
-                resp.remove_header(&http::header::SERVER);
-            }
+        Some(None) if resp.headers.contains_key(http::header::SERVER) => {
+            resp.remove_header(&http::header::SERVER);
         }
+        Some(None) => {}
         Some(Some(v)) => resp.insert_header(http::header::SERVER, v.clone())?,
     }
     if let Some(v) = &ctx.routing.fallback {

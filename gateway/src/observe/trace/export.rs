@@ -41,8 +41,7 @@ pub fn spawn(
     let mut headers = HeaderMap::new();
     for (k, v) in &config.headers {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("tracing.headers.{k}: {e}"))?;
-        let mut value =
-            HeaderValue::from_str(v.expose()).map_err(|e| format!("tracing.headers.{k}: {e}"))?;
+        let mut value = HeaderValue::from_str(v.expose()).map_err(|e| format!("tracing.headers.{k}: {e}"))?;
         // A credential for the collector: kept out of any `Debug` of the request.
         value.set_sensitive(true);
         headers.append(name, value);
