@@ -683,7 +683,11 @@ async fn http2_requests_get_the_same_limits() {
 async fn patient_gateway(up: &RecordingUpstream) -> Gateway {
     Gateway::builder(
         r#"
-server: {connections: {head_timeout: 60s, idle_timeout: 60s}}
+server:
+  connections: {head_timeout: 60s, idle_timeout: 60s}
+  # These tests are about framing: `;` (a legal URI byte) is kept here; the default
+  # refuses it (docs/security.md, "One normalised request").
+  normalization: {path_parameters: keep}
 listeners: [{name: web, listen: "{{http}}"}]
 upstreams: [{id: rec, endpoints: [{address: "{{rec}}"}]}]
 routes: [{id: all, upstream: rec}]
@@ -704,52 +708,6 @@ fn assert_line_refused(name: &str, ex: &Exchange) {
         "{name}: {}",
         ex.text
     );
-}
-
-/// What an h2c listener answers a first line that is no HTTP at all: the HTTP/2 server
-/// preface (an empty SETTINGS frame) and a GOAWAY with PROTOCOL_ERROR.
-const BAD_PREFACE_ANSWER: [u8; 26] = [
-    0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
-];
-
-#[tokio::test]
-async fn a_line_that_is_no_http_gets_a_goaway_on_an_h2c_listener_and_a_400_elsewhere() {
-    let up = RecordingUpstream::start().await;
-    let gw = patient_gateway(&up).await;
-    // h2spec 3.5/2 and a lower-case version: neither HTTP/1.x nor the HTTP/2 preface.
-    for raw in [
-        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
-        b"GET /bad-v3 http/1.1\r\nHost: test\r\n\r\n",
-    ] {
-        let mut s = TcpStream::connect(gw.http_addr()).await.unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(EXCHANGE_TIMEOUT, s.read_to_end(&mut got))
-            .await
-            .expect("the connection is closed")
-            .unwrap();
-        assert_eq!(got, BAD_PREFACE_ANSWER, "{}", String::from_utf8_lossy(raw));
-    }
-    assert!(!up.saw("bad-"), "nothing reached the upstream");
-
-    // Without h2c the same line is an HTTP/1.x client's mistake: a 400.
-    let plain = Gateway::builder(
-        r#"
-listeners: [{name: web, listen: "{{http}}", http2: false}]
-upstreams: [{id: rec, endpoints: [{address: "{{rec}}"}]}]
-routes: [{id: all, upstream: rec}]
-"#,
-    )
-    .var("rec", &up.addr.to_string())
-    .start()
-    .await;
-    let ex = exchange(
-        plain.http_addr(),
-        b"GET /bad-v4 http/1.1\r\nHost: test\r\n\r\n",
-        false,
-    )
-    .await;
-    assert_line_refused("lower-case version without h2c", &ex);
 }
 
 #[tokio::test]
@@ -790,7 +748,7 @@ async fn illegal_request_lines_are_refused_as_the_client_sent_them() {
         ("non-ASCII method", "GÉT /bad-m4 HTTP/1.1".as_bytes()),
         ("empty method", b" /bad-m5 HTTP/1.1"),
         ("HTTP/2.0 on HTTP/1", b"GET /bad-v1 HTTP/2.0"),
-        ("HTTP/1.2", b"GET /bad-v2 HTTP/1.2"),
+        ("lower-case version", b"GET /bad-v2 http/1.1"),
     ] {
         let mut raw = line.to_vec();
         raw.extend_from_slice(b"\r\nHost: test\r\n\r\n");

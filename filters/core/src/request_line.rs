@@ -49,11 +49,6 @@ pub enum LineRefusal {
     Http09,
     /// A version other than `HTTP/1.0` or `HTTP/1.1`.
     Version,
-    /// A third part that is no HTTP version at all (`INVALID CONNECTION PREFACE`): the
-    /// client speaks neither HTTP/1.x nor sent the HTTP/2 preface. On a listener that
-    /// takes h2c the gateway answers it as an invalid HTTP/2 connection preface
-    /// (`GOAWAY`, `PROTOCOL_ERROR`), else as the others (400).
-    NotHttp,
     /// More than one empty line before the request line.
     LeadingEmptyLines,
 }
@@ -69,7 +64,6 @@ impl LineRefusal {
             LineRefusal::EmptyTarget => "the request line has no target",
             LineRefusal::Http09 => "an HTTP/0.9 request (no version) is not served",
             LineRefusal::Version => "an unsupported HTTP version",
-            LineRefusal::NotHttp => "neither an HTTP/1.x request line nor the HTTP/2 connection preface",
             LineRefusal::LeadingEmptyLines => "empty lines before the request line",
         }
     }
@@ -228,8 +222,6 @@ impl RequestLine {
                         v == b"HTTP/1.1" || v == b"HTTP/1.0" || (v == b"HTTP/2.0" && self.pri && self.star);
                     Some(if ok {
                         Verdict::Pass
-                    } else if !v.starts_with(b"HTTP/") {
-                        Verdict::Refuse(LineRefusal::NotHttp)
                     } else {
                         Verdict::Refuse(LineRefusal::Version)
                     })
@@ -359,8 +351,7 @@ mod tests {
             (b"GET / HTTP/2.0\r\n", Version),
             (b"GET * HTTP/2.0\r\n", Version),
             (b"PRIX * HTTP/2.0\r\n", Version),
-            (b"GET / http/1.1\r\n", NotHttp),
-            (b"INVALID CONNECTION PREFACE\r\n", NotHttp),
+            (b"GET / http/1.1\r\n", Version),
             (b"GET / HTTP/1.1 \r\n", Target),
             (b"GET / HTTP/1.12\r\n", Version),
             (b"GET / HTTP/1.1x\r\n", Version),

@@ -253,10 +253,6 @@ pub struct Edge<A> {
     limits: ResolvedLimits,
     open: AtomicU32,
     metrics: ListenerMetrics,
-    /// Whether the listener takes h2c (HTTP/2 with prior knowledge, cleartext): then a
-    /// first line that is no HTTP at all is an invalid HTTP/2 preface, answered with a
-    /// `GOAWAY`.
-    h2c: bool,
 }
 
 impl<A> Edge<A> {
@@ -267,14 +263,7 @@ impl<A> Edge<A> {
             limits,
             open: AtomicU32::new(0),
             metrics,
-            h2c: false,
         }
-    }
-
-    /// Says the listener takes h2c (see the field). Default: no.
-    pub fn with_h2c(mut self, h2c: bool) -> Edge<A> {
-        self.h2c = h2c;
-        self
     }
 }
 
@@ -306,8 +295,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             gauge: &self.metrics.open,
         };
         let state = Arc::new(ConnState::new());
-        let mut watched = Watched::new(stream, state.clone(), &self.limits, self.metrics.clone());
-        watched.h2c = self.h2c;
+        let watched = Watched::new(stream, state.clone(), &self.limits, self.metrics.clone());
         let head_timeout = self.limits.head_timeout;
         let inner = self.inner.clone();
         CONN.scope(state.clone(), async move {
@@ -560,8 +548,6 @@ pub struct Watched {
     line: RequestLine,
     /// A request line was refused: the 400 still being written, then end of stream.
     refusal: Option<Refusing>,
-    /// Whether the listener takes h2c (see [`Edge::with_h2c`]).
-    h2c: bool,
     /// Bytes read by [`Peek::try_peek`] (pingora's h2c preface check), served again
     /// by the next reads: `rewind[pos..len]`.
     rewind: [u8; H2_PREFACE.len()],
@@ -576,33 +562,9 @@ struct Refusing {
     sent: usize,
 }
 
-/// The answer to an invalid HTTP/2 connection preface on an h2c listener (RFC 9113
-/// 3.4: a connection error of type `PROTOCOL_ERROR`): the server preface (an empty
-/// `SETTINGS` frame), then `GOAWAY` with last stream 0 and `PROTOCOL_ERROR`; the
-/// connection is closed after it.
-const BAD_PREFACE_GOAWAY: [u8; 26] = [
-    0, 0, 0, 0x04, 0, 0, 0, 0, 0, // SETTINGS, empty, stream 0
-    0, 0, 8, 0x07, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
-    0, 0, 0, 0, // last stream id 0
-    0, 0, 0, 1, // PROTOCOL_ERROR
-];
-
 impl Refusing {
-    /// The answer to refusal `r`: on an h2c listener, a first line that is no HTTP
-    /// at all gets [`BAD_PREFACE_GOAWAY`]; anything else `HTTP/1.1 400` with
-    /// `Connection: close` and the JSON error body the gateway's other refusals carry
-    /// (there is no request id: no request was read).
-    fn answer(r: LineRefusal, h2c: bool) -> Refusing {
-        if h2c && r == LineRefusal::NotHttp {
-            return Refusing {
-                response: BAD_PREFACE_GOAWAY.to_vec(),
-                sent: 0,
-            };
-        }
-        Refusing::new(r)
-    }
-
-    /// `HTTP/1.1 400` with `Connection: close` and the JSON error body.
+    /// `HTTP/1.1 400` with `Connection: close` and the JSON error body the gateway's
+    /// other refusals carry (there is no request id: no request was read).
     fn new(r: LineRefusal) -> Refusing {
         let body = serde_json::json!({
             "error": "malformed_request",
@@ -636,7 +598,6 @@ impl Watched {
             killed: false,
             line: RequestLine::new(),
             refusal: None,
-            h2c: false,
             rewind: [0; H2_PREFACE.len()],
             rewind_len: 0,
             rewind_pos: 0,
@@ -778,7 +739,7 @@ impl AsyncRead for Watched {
                         tracing::debug!("request line refused: {why}");
                         this.metrics.closed(CloseReason::MalformedRequestLine).inc();
                         buf.set_filled(before);
-                        this.refusal = Some(Refusing::answer(why, this.h2c));
+                        this.refusal = Some(Refusing::new(why));
                         return this.poll_refusal(cx);
                     }
                 }

@@ -91,8 +91,7 @@ pub fn run(
         // the listener has drained (see `shutdown`); `conn` bounds slow and idle clients
         // and caps connections (see `conn`).
         let app = crate::edge::conn::Guarded::new(app, limits, metrics.clone());
-        let edge = crate::edge::conn::Edge::new(crate::edge::shutdown::Draining::new(app), limits, metrics)
-            .with_h2c(l.http2 && l.tls.is_none());
+        let edge = crate::edge::conn::Edge::new(crate::edge::shutdown::Draining::new(app), limits, metrics);
         let addr = l.listen.to_string();
         let name = format!("listener {}", l.name);
         match &l.tls {
