@@ -2259,13 +2259,13 @@ async fn gateway_invalid_frontend_client_certificate_validation() {
                     {"port": 8443, "tls": {"validation": {"caCertificateRefs": [{"kind": "Service", "group": "", "name": "infra-backend-v2"}]}}}]}},
             "listeners": [listener("https", 443), listener("https-unresolved", 7443), listener("https-invalid-kind", 8443)]}}));
     let gw = "gateway-with-invalid-client-cert-validation";
+    // The Secret and the ConfigMap may be seen after the Gateway: wait for the final state.
     let l = w
-        .expect_listener(gw, "https", |l| has(l, "Accepted", "True", ""))
+        .expect_listener(gw, "https", |l| {
+            has(l, "Accepted", "True", "") && has(l, "ResolvedRefs", "True", "")
+        })
         .await;
-    assert!(
-        has(&l, "ResolvedRefs", "True", "") && has(&l, "Programmed", "True", ""),
-        "{l}"
-    );
+    assert!(has(&l, "Programmed", "True", ""), "{l}");
     let l = w
         .expect_listener(gw, "https-unresolved", |l| {
             has(l, "ResolvedRefs", "False", "InvalidCACertificateRef")

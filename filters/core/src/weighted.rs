@@ -20,7 +20,7 @@ pub const MAX_PERIOD: usize = 4096;
 /// The smooth weighted round robin order for a fixed list of weights, picked lock-free.
 ///
 /// ```
-/// use sluice_filters::weighted::WeightedSequence;
+/// use sluice_core::weighted::WeightedSequence;
 ///
 /// let split = WeightedSequence::new(&[90, 10]);
 /// let mut counts = [0; 2];

@@ -452,7 +452,7 @@ const STATE_BITS: u32 = 8;
 /// ```
 /// use std::time::{Duration, Instant};
 /// use sluice_config::resilience::BreakerConfig;
-/// use sluice_filters::resilience::{Admission, CallOutcome, CircuitBreaker};
+/// use sluice_core::resilience::{Admission, CallOutcome, CircuitBreaker};
 ///
 /// let breaker = CircuitBreaker::new(&BreakerConfig::default(), Instant::now());
 /// let now = Instant::now();

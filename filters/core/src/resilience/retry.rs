@@ -20,7 +20,7 @@ use super::UpstreamOutcome;
 ///
 /// ```
 /// use sluice_config::resilience::RetryBudgetConfig;
-/// use sluice_filters::resilience::RetryBudget;
+/// use sluice_core::resilience::RetryBudget;
 ///
 /// let budget = RetryBudget::new(&RetryBudgetConfig { percent: 20.0, min_concurrent: 1 });
 /// let _request = budget.request_started();
