@@ -15,6 +15,7 @@ mod access_jwt;
 mod access_limits;
 mod access_log;
 mod admin;
+mod architecture;
 mod backends;
 mod canary;
 mod chaos;
