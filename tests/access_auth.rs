@@ -152,7 +152,7 @@ async fn auth_metrics(gw: &Gateway, totals: &[(&str, f64)]) -> crate::support::M
     gw.metrics_when(Duration::from_secs(10), |m| {
         totals
             .iter()
-            .all(|(route, n)| m.value("sluice_auth_total", &[("route", route)]) == *n)
+            .all(|(route, n)| m.get("sluice_auth_total", &[("route", route)]) == Some(*n))
     })
     .await
 }

@@ -152,16 +152,19 @@ async fn redis_paused_killed_and_back_gives_each_fallback_then_the_shared_limit_
         closed.iter().all(|s| *s == 503),
         "fail_closed refuses: {closed:?}"
     );
-    // `local`: this replica's share of 8 over 2 replicas is 4 (a fresh local bucket).
+    // `local`: this replica's share of 8 over 2 replicas is 4, started from the last
+    // shared figure: Redis had 7 of 8 left after the one request above, so 3 (7 × 4 / 8,
+    // rounded down), and not a fresh, full bucket of 4.
     let local = burst(&client, &gw, "/local", 8, timeout).await;
     assert_eq!(
         local,
-        [200, 200, 200, 200, 429, 429, 429, 429],
-        "the local share admits 8 / 2"
+        [200, 200, 200, 429, 429, 429, 429, 429],
+        "the local share starts from the shared figure"
     );
     let m = gw
         .metrics_when(Duration::from_secs(5), |m| {
-            m.value("sluice_ratelimit_fallback_active", &[]) >= 1.0
+            m.get("sluice_ratelimit_fallback_active", &[])
+                .is_some_and(|v| v >= 1.0)
         })
         .await;
     assert!(
@@ -218,6 +221,140 @@ async fn redis_paused_killed_and_back_gives_each_fallback_then_the_shared_limit_
         "{}",
         m.text
     );
+
+    // The fallback was entered once and left once, each an event with its reason and
+    // the routes that use this Redis.
+    let events = fallback_events(&gw).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let (enter, leave) = (&events[0], &events[1]);
+    assert_eq!(enter["active"], true, "{enter}");
+    assert_eq!(enter["store"], format!("127.0.0.1:{}", redis.port), "{enter}");
+    assert_eq!(enter["routes"], serde_json::json!(["closed", "local", "open"]), "{enter}");
+    let reason = enter["reason"].as_str().unwrap();
+    assert_eq!(reason, "3 consecutive failures, the last a timeout", "{enter}");
+    assert_eq!(leave["active"], false, "{leave}");
+    assert_eq!(leave["reason"], "redis answered the probe", "{leave}");
+    assert!(leave["seq"].as_u64() > enter["seq"].as_u64());
+}
+
+/// The `limiter_fallback` events recorded so far, oldest first.
+async fn fallback_events(gw: &Gateway) -> Vec<Value> {
+    let v = gw.admin_json("/api/v1/events?limit=1000").await;
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "limiter_fallback")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn while_redis_hangs_no_request_waits_for_the_breaker_probe() {
+    let redis = Redis::start().await;
+    let svc = TestUpstream::start("svc").await;
+    // A long timeout and a short cooldown: many probes while Redis hangs, each of which
+    // would hold its request for the whole second if requests waited on probes.
+    let timeout = Duration::from_secs(1);
+    let gw = Gateway::start(
+        &format!(
+            r#"
+listeners: [{{name: web, listen: "{{{{http}}}}"}}]
+upstreams:
+- {{id: svc, endpoints: [{{address: "{{{{svc}}}}"}}]}}
+routes:
+- id: api
+  upstream: svc
+  filters:
+  - rate_limit:
+      limits: [{{name: api, requests: 1000, per: 1s}}]
+      redis: {{url: "{}", timeout: 1s, fallback: local, breaker_failures: 2, breaker_cooldown: 200ms}}
+"#,
+            redis.url()
+        ),
+        &[&svc],
+    )
+    .await;
+    let client = http_client();
+    assert_eq!(timed(&client, &gw, "/").await.0, StatusCode::OK);
+    redis.pause();
+    // The two failures that open the breaker wait for the timeout.
+    for _ in 0..2 {
+        let (status, took) = timed(&client, &gw, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(took >= timeout, "a call to a hung Redis waits its timeout: {took:?}");
+    }
+    let entered = fallback_events(&gw).await;
+    assert!(
+        entered.iter().any(|e| e["active"] == true),
+        "the breaker opened: {entered:?}"
+    );
+    // For 3 s (about 15 cooldowns, so about 15 probes), no request waits on a probe.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut slowest = Duration::ZERO;
+    let mut sent = 0;
+    while Instant::now() < until && sent < 200 {
+        let (status, took) = timed(&client, &gw, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        slowest = slowest.max(took);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        slowest < timeout / 2,
+        "a request waited {slowest:?} while Redis hung (timeout {timeout:?})"
+    );
+    // The probes ran (and failed: counted as timeouts beyond the first two calls).
+    let m = gw.metrics().await;
+    assert!(
+        m.value("sluice_redis_errors_total", &[("reason", "timeout")]) >= 4.0,
+        "{}",
+        m.text
+    );
+    redis.resume();
+    eventually(Duration::from_secs(10), "the probe closes the breaker", || async {
+        fallback_events(&gw).await.iter().any(|e| e["active"] == false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_local_fallback_starts_from_the_shared_figure_not_a_full_bucket() {
+    let mut redis = Redis::start().await;
+    let svc = TestUpstream::start("svc").await;
+    // 20 per hour shared by 2 replicas: a local share of 10.
+    let gw = Gateway::start(
+        &format!(
+            r#"
+listeners: [{{name: web, listen: "{{{{http}}}}"}}]
+upstreams:
+- {{id: svc, endpoints: [{{address: "{{{{svc}}}}"}}]}}
+routes:
+- id: api
+  upstream: svc
+  filters:
+  - rate_limit:
+      limits: [{{name: api, requests: 20, per: 1h}}]
+      redis: {{url: "{}", timeout: 200ms, fallback: local, replicas: 2, breaker_failures: 1, breaker_cooldown: 1h}}
+"#,
+            redis.url()
+        ),
+        &[&svc],
+    )
+    .await;
+    let client = http_client();
+    // 16 of the 20 used cluster-wide: 4 left, so this replica's share is 2.
+    for i in 0..16 {
+        assert_eq!(timed(&client, &gw, "/").await.0, StatusCode::OK, "request {i}");
+    }
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(timed(&client, &gw, "/").await.0.as_u16());
+    }
+    // The first call fails (refused) and opens the breaker; that request is decided by
+    // the fallback too. Two admitted, then refused: not the 10 of a fresh bucket.
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429], "{statuses:?}");
 }
 
 #[tokio::test]

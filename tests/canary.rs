@@ -144,11 +144,10 @@ async fn weights_through_the_filter_are_within_one_point_over_ten_thousand_reque
     // Per-version figures: responses by class, the latency histogram, the decisions.
     let m = gw
         .metrics_when(Duration::from_secs(10), |m| {
-            m.value(
+            m.get(
                 "sluice_backend_responses_total",
                 &[("route", "api"), ("backend", "canary"), ("class", "2xx")],
-            ) as usize
-                == canary
+            ) == Some(canary as f64)
         })
         .await;
     for (b, n) in [("stable", stable), ("canary", canary)] {

@@ -133,8 +133,8 @@ async fn gateways_serve_through_an_etcd_outage_and_resume_the_watch() {
     eventually(Duration::from_secs(10), "the gateway sees etcd gone", || async {
         gw.metrics()
             .await
-            .value("sluice_config_source_connected", &[("source", "etcd")])
-            == 0.0
+            .get("sluice_config_source_connected", &[("source", "etcd")])
+            == Some(0.0)
     })
     .await;
     for _ in 0..20 {

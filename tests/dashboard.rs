@@ -242,3 +242,145 @@ routes:
     println!("dashboard screenshot: {}", path.display());
     page.close().await.unwrap();
 }
+
+/// The values a plot's polyline carries (`data-values`: one per point, empty where there
+/// was no request).
+async fn plot_values(page: &Client, card: &str, plot: &str, line: &str) -> Option<Vec<Option<f64>>> {
+    let css = format!("[data-history=\"{card}\"] svg.{plot} polyline.{line}");
+    let values = attr_of(page, &css, "data-values").await?;
+    Some(values.split(' ').map(|v| v.parse::<f64>().ok()).collect())
+}
+
+/// The history test's config; the test reloads it with one more route.
+const CONFIG_V1: &str = r#"
+admin: {history_interval: 1s}
+listeners: [{name: web, listen: "{{http}}"}]
+upstreams:
+- id: svc
+  endpoints: [{address: "{{svc}}"}]
+  retries: {attempts: 0}
+  outlier_detection: {enabled: false}
+routes:
+- id: api
+  upstream: svc
+  match: {path: {prefix: /api}}
+  circuit_breaker: {window: {count: 20}, minimum_calls: 10, failure_rate_threshold: 50, open_duration: 60s}
+- id: hello
+  match: {path: {prefix: /hello}}
+  filters: [{direct_response: {status: 200, body: hi}}]
+"#;
+
+/// [`CONFIG_V1`] with one more route.
+static CONFIG_V2: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{CONFIG_V1}- id: extra\n  match: {{path: {{prefix: /extra}}}}\n  filters: [{{direct_response: {{status: 200, body: x}}}}]\n"
+    )
+});
+
+#[tokio::test]
+async fn the_dashboard_plots_the_last_minutes_with_a_marker_when_a_breaker_opens() {
+    let svc = TestUpstream::start("svc").await;
+    let gw = Gateway::start(CONFIG_V1, &[&svc]).await;
+    let driver = Driver::start().await;
+    let page = driver.session().await;
+    page.goto(&gw.admin_url("/dashboard")).await.unwrap();
+    let client = http_client();
+    let send = |path: &'static str| {
+        let client = client.clone();
+        let url = gw.http_url(path);
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+
+    // A quiet spell, 2 requests a second for 6 s, then 25 a second for 6 s.
+    for _ in 0..12 {
+        assert_eq!(send("/api/a").await, 200);
+        send("/hello").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A new config version between the two.
+    let applied = gw.reload(&CONFIG_V2).await;
+    assert_eq!(applied["version"], 2, "{applied}");
+    let busy_until = Instant::now() + Duration::from_secs(6);
+    let mut busy = 0;
+    while Instant::now() < busy_until && busy < 400 {
+        assert_eq!(send("/api/b").await, 200);
+        busy += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // The rate plot shows the rise: its last points are several times its first ones.
+    let rates = until(Duration::from_secs(15), "the rate plot showing the busy spell", || async {
+        let v = plot_values(&page, "route:api", "plot-rate", "s-rate").await?;
+        let known: Vec<f64> = v.iter().flatten().copied().collect();
+        let quiet = known.iter().take(4).copied().fold(f64::MAX, f64::min);
+        let peak = known.iter().copied().fold(0.0, f64::max);
+        (known.len() >= 10 && quiet > 0.5 && peak > 5.0 * quiet).then_some(v)
+    })
+    .await;
+    println!("api rate per second: {rates:?}");
+
+    // The upstream fails: errors, then the breaker opens.
+    svc.set_mode(Mode::Status(503)).await;
+    eventually(Duration::from_secs(10), "the breaker opens", || async {
+        send("/api/c").await;
+        let v = gw.admin_json("/api/v1/breakers").await;
+        v["breakers"][0]["breaker"]["state"] == "open"
+    })
+    .await;
+    for _ in 0..20 {
+        send("/api/d").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let marker = until(
+        Duration::from_secs(15),
+        "a breaker-open marker on the route's plots",
+        || {
+            attr_of(
+                &page,
+                "[data-history=\"route:api\"] svg.plot-rate line.marker[data-kind=\"breaker_transition\"][data-to=\"open\"]",
+                "class",
+            )
+        },
+    )
+    .await;
+    assert!(marker.contains("m-open"), "{marker}");
+    // The same marker on the backend's plots, and the error rate up there.
+    assert!(
+        attr_of(
+            &page,
+            "[data-history=\"backend:svc\"] svg.plot-errors line.marker[data-to=\"open\"]",
+            "class"
+        )
+        .await
+        .is_some(),
+        "the breaker marker on backend svc"
+    );
+    let errors = until(Duration::from_secs(10), "the error-rate plot showing the 5xx", || async {
+        let v = plot_values(&page, "route:api", "plot-errors", "s-err").await?;
+        let peak = v.iter().flatten().copied().fold(0.0, f64::max);
+        (peak >= 50.0).then_some(v)
+    })
+    .await;
+    println!("api error rate (%): {errors:?}");
+    // Latency: p50 and p99 plotted where there were requests.
+    let p99 = plot_values(&page, "route:api", "plot-latency", "s-p99").await.unwrap();
+    assert!(p99.iter().flatten().count() >= 10, "{p99:?}");
+    // The config version the reload published is marked too.
+    assert!(
+        attr_of(&page, "[data-history=\"route:api\"] line.marker[data-kind=\"config_applied\"]", "class")
+            .await
+            .is_some(),
+        "the config version marker"
+    );
+
+    let shot = page.screenshot().await.unwrap();
+    assert!(shot.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dashboard.png");
+    std::fs::write(&path, &shot).unwrap();
+    println!("dashboard screenshot: {}", path.display());
+    page.close().await.unwrap();
+}

@@ -304,10 +304,11 @@ logging:
     // What the queue could not hold is dropped and counted, for the Kafka sink only.
     let m = gw
         .metrics_when(Duration::from_secs(10), |m| {
-            m.value(
+            m.get(
                 "sluice_log_dropped_total",
                 &[("stream", "access_log"), ("sink", "kafka"), ("reason", "full")],
-            ) >= 300.0
+            )
+            .is_some_and(|v| v >= 300.0)
         })
         .await;
     assert_eq!(

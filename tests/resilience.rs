@@ -443,7 +443,8 @@ async fn outlier_ejection_stops_at_max_ejection_percent() {
     }
     let m = gw
         .metrics_when(Duration::from_secs(5), |m| {
-            m.value("sluice_endpoints_ejected", &[("upstream", "pool")]) >= 2.0
+            m.get("sluice_endpoints_ejected", &[("upstream", "pool")])
+                .is_some_and(|v| v >= 2.0)
         })
         .await;
     assert_eq!(m.value("sluice_endpoints_ejected", &[("upstream", "pool")]), 2.0);

@@ -294,10 +294,11 @@ async fn too_little_traffic_waits_instead_of_passing() {
     let traffic = Traffic::start(&gw, 1, Duration::from_millis(20));
     let m = gw
         .metrics_when(WAIT, |m| {
-            m.value(
+            m.get(
                 "sluice_rollout_analyses_total",
                 &[("route", "api"), ("verdict", "wait")],
-            ) >= 3.0
+            )
+            .is_some_and(|v| v >= 3.0)
         })
         .await;
     traffic.stop().await;

@@ -280,7 +280,8 @@ upstreams:
 
     let m = gw
         .metrics_when(Duration::from_secs(5), |m| {
-            m.value("sluice_trace_spans_exported_total", &[]) >= 11.0
+            m.get("sluice_trace_spans_exported_total", &[])
+                .is_some_and(|v| v >= 11.0)
         })
         .await;
     assert_eq!(

@@ -8,6 +8,7 @@
 //! - `sluice rollout status|pause|resume|promote|abort [ROUTE] --admin URL` shows and
 //!   steers progressive rollouts.
 //! - `sluice echo` runs a demo backend.
+//! - `sluice schema` prints the config's JSON Schema (`config/schema/sluice.schema.json`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -165,6 +166,9 @@ enum Command {
         #[arg(short, long, default_value = "echo")]
         name: String,
     },
+    /// Print the config file's JSON Schema (draft 2020-12), for editors and CI:
+    /// `config/schema/sluice.schema.json` is this output.
+    Schema,
     /// Check a config; print every error with its field path and exit non-zero on any.
     Validate {
         /// Config file or directory (YAML or JSON).
@@ -235,6 +239,13 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("echo: {e}")),
         },
         Command::Validate { config } => validate(&config),
+        Command::Schema => match serde_json::to_string_pretty(&sluice_filters::config_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("schema: {e}")),
+        },
         Command::Run {
             config,
             no_watch,

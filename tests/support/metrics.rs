@@ -53,9 +53,63 @@ impl Metrics {
         (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
-    /// Like [`Metrics::get`], with 0 for a series that does not exist (yet).
+    /// Like [`Metrics::get`], for a series that must exist: panics, naming the series and
+    /// listing what the scrape has under that name (or, when nothing has it, the metric
+    /// names that look like it), so that a misspelt name or label fails the test instead
+    /// of reading as 0. In a poll, where a series may not exist *yet*, use
+    /// [`Metrics::get`].
+    #[track_caller]
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or(0.0)
+        match self.get(name, labels) {
+            Some(v) => v,
+            None => panic!("{}", self.missing(name, labels)),
+        }
+    }
+
+    /// What the scrape has instead of the series `name{labels}`.
+    fn missing(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let series = format!("{name}{{{}}}", wanted.join(","));
+        let same_name: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| {
+                let l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                format!("  {name}{{{}}} {}", l.join(","), s.value)
+            })
+            .collect();
+        if !same_name.is_empty() {
+            return format!(
+                "no series {series} in the scrape; the series named {name} are:\n{}",
+                same_name.join("\n")
+            );
+        }
+        // Names sharing the first two words (`sluice_request` for `sluice_request_total`).
+        let prefix: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
+        let mut like: Vec<&str> = self
+            .samples
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        like.dedup();
+        let mut names: Vec<&str> = self.samples.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if like.is_empty() {
+            format!(
+                "no metric named {name} in the scrape (looking for {series}); the scrape has: {}",
+                names.join(", ")
+            )
+        } else {
+            like.sort_unstable();
+            like.dedup();
+            format!(
+                "no metric named {name} in the scrape (looking for {series}); similar names: {}",
+                like.join(", ")
+            )
+        }
     }
 }
 
@@ -114,4 +168,33 @@ fn parses_labels_and_values() {
     assert_eq!(m.get("sluice_config_version", &[]), Some(3.0));
     assert_eq!(m.get("h_bucket", &[("le", "+Inf")]), Some(2.0));
     assert_eq!(m.get("sluice_requests_total", &[("route", "b")]), None);
+}
+
+#[test]
+fn a_missing_series_panics_naming_it_and_what_exists() {
+    let m = Metrics::parse(
+        "sluice_requests_total{route=\"a\",status_class=\"2xx\"} 7\nsluice_request_duration_seconds_count{route=\"a\"} 7\n",
+    );
+    assert_eq!(m.value("sluice_requests_total", &[("route", "a")]), 7.0);
+    let wrong_label = std::panic::catch_unwind(|| m.value("sluice_requests_total", &[("route", "b")]))
+        .unwrap_err()
+        .downcast::<String>()
+        .unwrap();
+    assert!(
+        wrong_label.contains("sluice_requests_total{route=\"b\"}"),
+        "{wrong_label}"
+    );
+    assert!(
+        wrong_label.contains("route=\"a\",status_class=\"2xx\"} 7"),
+        "{wrong_label}"
+    );
+    let wrong_name = std::panic::catch_unwind(|| m.value("sluice_request_total", &[]))
+        .unwrap_err()
+        .downcast::<String>()
+        .unwrap();
+    assert!(
+        wrong_name.contains("no metric named sluice_request_total"),
+        "{wrong_name}"
+    );
+    assert!(wrong_name.contains("sluice_requests_total"), "{wrong_name}");
 }

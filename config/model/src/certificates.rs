@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One certificate and key pair in PEM, and the names it serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InlineCertificate {
     /// A unique name, `[A-Za-z0-9._-]`, the `name` label of

@@ -13,21 +13,24 @@ use serde::{Deserialize, Serialize};
 
 /// Timeouts and caps for client connections. All optional; see [`ResolvedLimits`] for
 /// the values that apply when unset.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
     /// Longest time to receive a whole HTTP/1.x request head (request line and headers),
     /// counted from the connection's accept for its first request and from the first
     /// byte of the request for later ones on a keep-alive connection. A client slower
     /// than that (slowloris) has its connection closed. Default: `10s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub head_timeout: Option<Duration>,
     /// Longest wait between two reads of a request body (between chunks, not for the
     /// whole body). Default: `60s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub body_timeout: Option<Duration>,
     /// How long a keep-alive connection may sit idle between two requests (HTTP/1.x),
     /// or with no stream open (HTTP/2), before it is closed. Default: `60s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Requests served on one HTTP/1.x connection; the last one is answered with
@@ -41,7 +44,7 @@ pub struct ConnectionLimits {
 }
 
 /// HTTP/2 limits for client connections. All optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2Limits {
     /// Streams a client may have open at once on one connection (the
@@ -57,6 +60,7 @@ pub struct Http2Limits {
     /// `max_resets` per `reset_window`. Default: `100`.
     pub max_resets: Option<u32>,
     /// The window over which `max_resets` refills. Default: `10s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub reset_window: Option<Duration>,
 }

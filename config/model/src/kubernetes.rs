@@ -11,7 +11,7 @@ pub const INGRESS_CONTROLLER: &str = "sluice.dev/ingress-controller";
 
 /// The Kubernetes source: Ingresses, Services, EndpointSlices and TLS Secrets of one or
 /// more clusters become routes and upstreams.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     /// The clusters to watch. The same Service in several clusters becomes one upstream
@@ -35,10 +35,12 @@ pub struct KubernetesConfig {
     pub page_size: u32,
     /// How long changes are gathered before they are translated and published, so a
     /// burst of object changes becomes one config. Default: `20ms`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_debounce", with = "humantime_serde")]
     pub debounce: Duration,
     /// At start, how long to wait for every cluster's first complete list before
     /// publishing what the clusters that answered say. Default: `10s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_sync_timeout", with = "humantime_serde")]
     pub sync_timeout: Duration,
     /// Write a Kubernetes Event (type `Warning`) on every object with an unsupported
@@ -63,7 +65,7 @@ pub struct KubernetesConfig {
 
 /// `kubernetes.status`: status write-back and the Lease that elects the one replica
 /// doing it (one Lease per cluster, in that cluster).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusConfig {
     /// Write status back at all. When off, no Lease is taken either. Default: `true`.
@@ -77,10 +79,12 @@ pub struct StatusConfig {
     pub lease_namespace: Option<String>,
     /// How long a Lease holds without renewal (`leaseDurationSeconds`, whole seconds, at
     /// least 1s); another replica takes it over after this. Default: `15s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_lease_duration", with = "humantime_serde")]
     pub lease_duration: Duration,
     /// How often the holder renews, and the others check, the Lease. Must be shorter
     /// than `lease_duration`. Default: `2s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_lease_retry", with = "humantime_serde")]
     pub retry_period: Duration,
 }
@@ -127,7 +131,7 @@ impl Default for KubernetesConfig {
 }
 
 /// One cluster the source watches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// A short name, unique among the clusters, for logs and the admin API. Required.

@@ -31,7 +31,7 @@ use crate::validate::{is_valid_host_pattern, is_valid_id, ConfigError};
 use crate::Config;
 
 /// What a listener speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 (HTTPS with `tls`), served by `routes`. With `tls`, the
@@ -64,12 +64,13 @@ impl ListenerProtocol {
 
 /// A listener's L4 settings: for `tcp`, `udp` and `tls` listeners, and for the
 /// passthrough connections of an HTTPS listener.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct L4ListenerConfig {
     /// A connection (UDP: a client session) with no byte in either direction for this
     /// long is closed. Default: `1h` for TCP and TLS (Envoy's `tcp_proxy` default),
     /// `60s` for UDP sessions.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Connections (UDP: client sessions) open at once; one past the cap is closed at
@@ -77,6 +78,7 @@ pub struct L4ListenerConfig {
     pub max_connections: Option<u32>,
     /// How long a client on a TLS listener (or an HTTPS listener's passthrough) may
     /// take to send its ClientHello. Default: `10s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Option<Duration>,
 }
@@ -129,7 +131,7 @@ impl L4ListenerConfig {
 }
 
 /// What an `l4_route` does with the TLS of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum L4TlsMode {
     /// Leave TLS alone: the ClientHello's SNI picks the route and the bytes are
@@ -153,7 +155,7 @@ impl L4TlsMode {
 
 /// An L4 route: which listeners' connections (and, on TLS, which SNI names) go to which
 /// upstreams.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct L4RouteConfig {
     /// Unique, stable id: the `route` of access-log records and metrics. Required.
@@ -199,7 +201,7 @@ impl L4RouteConfig {
 
 /// Client certificates a TLS listener asks for and how it verifies them (nginx's
 /// `ssl_verify_client`, the Gateway API's frontend `validation`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     /// PEM file of the CA certificates client certificates must chain to. Give `ca` or
@@ -231,7 +233,7 @@ fn default_depth() -> u8 {
 }
 
 /// How a listener treats client certificates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMode {
     /// A client without a valid certificate fails the handshake. The default (the
@@ -261,7 +263,7 @@ impl ClientAuthMode {
 /// Client-certificate settings for some SNI names of some listeners: the top-level
 /// `client_auth` list, which sources such as Kubernetes (the Gateway's frontend
 /// validation, per port) publish, and which a file may use for per-host settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthPolicy {
     /// Unique name, `[A-Za-z0-9._-]`. Required.
@@ -287,7 +289,7 @@ impl ClientAuthPolicy {
 
 /// A name the upstream's certificate must carry (the Gateway API's BackendTLSPolicy
 /// `subjectAltNames`): `{dns: name}` or `{uri: uri}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum SubjectAltName {
     /// A DNS name (`*.` wildcards in the certificate match as usual).

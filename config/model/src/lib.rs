@@ -19,6 +19,7 @@ pub mod model;
 pub mod normalization;
 pub mod resilience;
 pub mod rollout;
+pub mod schema;
 pub mod secret;
 pub mod tracing;
 pub mod validate;

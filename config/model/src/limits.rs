@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Limits on what a client may send, and on upstream response heads (`server.limits`).
 /// Checked on every request before any upstream is contacted; see `docs/security.md`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// The whole request head: request line and field lines with their line endings.
@@ -162,7 +162,7 @@ impl Default for LimitsConfig {
 }
 
 /// Per-route limit overrides (`routes[].limits`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteLimits {
     /// The request body limit on this route, e.g. larger for an upload route.
@@ -217,7 +217,7 @@ impl RequestBuffering {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct BufferingSpec {
     #[serde(default = "default_buffering_max")]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::ConfigError;
 
 /// The log streams and their sinks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// The access log: one record per request. Default: no sinks (off), unless
@@ -40,7 +40,7 @@ pub struct LoggingConfig {
 }
 
 /// The access-log stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogStream {
     /// Where records go. Default: none.
@@ -60,7 +60,7 @@ impl Default for AccessLogStream {
 }
 
 /// The events stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventStream {
     /// Where events go. Default: none.
@@ -79,7 +79,7 @@ impl Default for EventStream {
 }
 
 /// A field of an access-log record (`docs/logging.md` describes each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessField {
     /// When the request arrived, RFC 3339 with milliseconds, UTC.
@@ -197,7 +197,7 @@ impl AccessField {
 
 /// One sink. Written as a one-key map: `{stdout: {}}`, `{file: {path: ...}}`,
 /// `{kafka: {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// The process's stdout, JSON lines.
@@ -236,7 +236,7 @@ impl SinkConfig {
 }
 
 /// The stdout sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSink {
     /// Name in metrics labels, unique within the stream. Default: `stdout`.
@@ -248,7 +248,7 @@ pub struct StdoutSink {
 }
 
 /// The file sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSink {
     /// Name in metrics labels, unique within the stream. Default: `file`.
@@ -263,7 +263,7 @@ pub struct FileSink {
 }
 
 /// What a Kafka message's key is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaKey {
     /// The route id (events: the route of a breaker event, the upstream of an endpoint
@@ -276,7 +276,7 @@ pub enum KafkaKey {
 }
 
 /// Compression of Kafka record batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaCompression {
     /// None.
@@ -287,20 +287,88 @@ pub enum KafkaCompression {
     Snappy,
 }
 
-/// Which acknowledgement a produce request waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which acknowledgement a produce request waits for, written as Kafka's producer
+/// setting is (`all` or `-1`, `1`, `0`) or by name (`all`, `leader`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaAcks {
-    /// Every in-sync replica (`acks=-1`): the only mode the producer sends.
+    /// Every in-sync replica (`acks=all`, `-1`): the only mode the producer sends.
     All,
-    /// The leader only (`acks=1`): not supported by the producer, rejected by validation.
+    /// The leader only (`acks=1`): refused by validation, the producer cannot send it.
     Leader,
-    /// No acknowledgement (`acks=0`): not supported, rejected by validation.
+    /// No acknowledgement (`acks=0`): refused by validation, the producer cannot send it.
     None,
 }
 
+impl KafkaAcks {
+    /// Why the producer cannot send this mode (`None` for `all`).
+    pub fn unsupported(self) -> Option<&'static str> {
+        match self {
+            KafkaAcks::All => None,
+            KafkaAcks::Leader => Some(
+                "`1` (leader only) is not supported: the producer's client (rskafka 0.6) always sends acks=-1, hard-coded in its produce request; use `all`",
+            ),
+            KafkaAcks::None => Some(
+                "`0` (no acknowledgement) is not supported: the producer's client (rskafka 0.6) always sends acks=-1, and it waits for a response to every request, which a broker does not send with acks=0; use `all`",
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaAcks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KafkaAcks, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = KafkaAcks;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`all` (or -1), `1` or `0`")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KafkaAcks, E> {
+                match v {
+                    -1 => Ok(KafkaAcks::All),
+                    1 => Ok(KafkaAcks::Leader),
+                    0 => Ok(KafkaAcks::None),
+                    _ => Err(E::custom(format!(
+                        "invalid acks {v}: use `all` (or -1), `1` or `0`"
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<KafkaAcks, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KafkaAcks, E> {
+                match v {
+                    "all" | "-1" => Ok(KafkaAcks::All),
+                    "leader" | "1" => Ok(KafkaAcks::Leader),
+                    "none" | "0" => Ok(KafkaAcks::None),
+                    _ => Err(E::custom(format!(
+                        "invalid acks {v:?}: use `all` (or -1), `1` or `0`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for KafkaAcks {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KafkaAcks".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Which acknowledgement a produce request waits for: `all` (or -1), the only mode the producer sends; `1` and `0` (also `leader`, `none`) are refused by validation, saying why.",
+            "oneOf": [
+                {"type": "string", "enum": ["all", "leader", "none", "-1", "1", "0"]},
+                {"type": "integer", "enum": [-1, 0, 1]},
+            ],
+        })
+    }
+}
+
 /// SASL mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING-KEBAB-CASE")]
 pub enum SaslMechanism {
     /// `PLAIN` (use it over TLS only).
@@ -314,7 +382,7 @@ pub enum SaslMechanism {
 }
 
 /// SASL authentication.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`. Required.
@@ -332,7 +400,7 @@ pub struct KafkaSasl {
 }
 
 /// TLS to the brokers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaTls {
     /// CA certificates (PEM) to verify the brokers with. Default: the system's roots
@@ -345,7 +413,7 @@ pub struct KafkaTls {
 }
 
 /// The Kafka sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSink {
     /// Name in metrics labels, unique within the stream. Default: `kafka`.
@@ -364,6 +432,7 @@ pub struct KafkaSink {
     #[serde(default = "default_key")]
     pub key: KafkaKey,
     /// How long a batch waits for more records once its first is in. Default: `100ms`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
     /// A batch is sent once its records' bytes reach this (1 KiB..=16 MiB), even before
@@ -480,11 +549,8 @@ fn sinks(p: &str, sinks: &[SinkConfig], errors: &mut Vec<ConfigError>) {
                 if k.linger > Duration::from_secs(60) {
                     err(format!("{sp}.linger"), "must be at most 60s");
                 }
-                if k.acks != KafkaAcks::All {
-                    err(
-                        format!("{sp}.acks"),
-                        "only `all` is supported: the producer (rskafka) always waits for every in-sync replica",
-                    );
+                if let Some(why) = k.acks.unsupported() {
+                    err(format!("{sp}.acks"), why);
                 }
                 if let Some(t) = &k.tls {
                     if t.cert.is_some() != t.key.is_some() {
@@ -612,8 +678,8 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            e.iter()
-                .any(|e| e.starts_with("logging.access_log.sinks[2].kafka.acks: only `all`")),
+            e.iter().any(|e| e
+                .starts_with("logging.access_log.sinks[2].kafka.acks: `1` (leader only) is not supported")),
             "{e:?}"
         );
         assert!(
@@ -624,5 +690,28 @@ mod tests {
         assert!(e.iter().any(|e| e.starts_with("server.access_log:")), "{e:?}");
         let unknown = errors(&format!("{BASE}logging: {{access_log: {{fields: [nope]}}}}\n"));
         assert!(unknown[0].starts_with("logging.access_log.fields"), "{unknown:?}");
+    }
+
+    #[test]
+    fn acks_take_kafkas_spellings_and_refuse_what_the_producer_cannot_send() {
+        use super::KafkaAcks;
+        for (yaml, want) in [
+            ("all", KafkaAcks::All),
+            ("-1", KafkaAcks::All),
+            ("'-1'", KafkaAcks::All),
+            ("1", KafkaAcks::Leader),
+            ("leader", KafkaAcks::Leader),
+            ("0", KafkaAcks::None),
+            ("'0'", KafkaAcks::None),
+        ] {
+            let got: KafkaAcks = serde_yaml::from_str(yaml).unwrap();
+            assert_eq!(got, want, "{yaml}");
+        }
+        assert!(serde_yaml::from_str::<KafkaAcks>("2").is_err());
+        assert!(KafkaAcks::All.unsupported().is_none());
+        assert!(KafkaAcks::None
+            .unsupported()
+            .unwrap()
+            .contains("waits for a response"));
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::resilience::{BreakerConfig, HealthCheckConfig, OutlierDetectionConfig, RetryConfig};
 
 /// The whole gateway configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Process-wide settings. Default: see [`ServerConfig`].
@@ -64,7 +64,7 @@ pub struct Config {
 /// A consumer: a named identity with its groups and its credentials, one set per
 /// authentication method. Its `Serialize` and `Debug` show the credentials' method and
 /// field names with every value `<redacted>` (see [`crate::secret`]).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// The consumer's name, unique in the config; what the identity, the access log,
@@ -131,17 +131,19 @@ pub fn redact_consumer_value(v: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Process-wide settings. Changing these needs a restart (or a graceful upgrade).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Worker threads for the proxy. Default: the number of CPU cores.
     pub threads: Option<usize>,
     /// After SIGTERM, how long to keep accepting connections (so load balancers can
     /// notice the instance going away) before closing the listeners. Default: `0s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
     /// After the listeners close, how long in-flight requests may take to finish before
     /// the process exits anyway. Default: `30s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Unix socket used to hand listening sockets to a new process during a graceful
@@ -153,6 +155,7 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` headers are trusted. A request from any other address
     /// gets its `X-Forwarded-For` replaced by its own address rather than appended to.
     /// Default: none (no peer is trusted).
+    #[schemars(with = "Vec<crate::schema::CidrText>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Name of the request id header, generated when absent and propagated upstream and
     /// back to the client. Default: `x-request-id`.
@@ -178,6 +181,7 @@ pub struct ServerConfig {
     /// is served to new handshakes without a restart (open connections keep theirs), a
     /// file that no longer loads keeps the previous certificate and logs an error naming
     /// it. `0s` turns polling off (a config reload still re-reads them). Default: `2s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub certificate_poll_interval: Duration,
     /// How every listener normalises a request's path, host and header names before
@@ -192,7 +196,7 @@ pub struct ServerConfig {
 }
 
 /// What clients see of the upstream's `Server` header (`server.server_header`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerHeader {
     /// Removed from every response.
@@ -227,7 +231,7 @@ impl Default for ServerConfig {
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics` and `/api/v1/*`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to bind. Keep it on loopback or a private interface: the admin API can
@@ -245,6 +249,13 @@ pub struct AdminConfig {
     /// Whether `/metrics` needs the token too (every `/api/v1/*` read does whenever a
     /// token is set); `/healthz` and `/readyz` never do. Default: `false`.
     pub token_for_reads: bool,
+    /// How often the dashboard's history (`/api/v1/history`: the last 15 minutes of
+    /// rate, error rate and latency per route and backend) takes a point, from 1s to
+    /// 60s. A series holds 15 minutes / this many points; changing it empties the
+    /// history. Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
+    #[serde(with = "humantime_serde")]
+    pub history_interval: Duration,
 }
 
 impl Default for AdminConfig {
@@ -254,12 +265,13 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             token_for_reads: false,
+            history_interval: Duration::from_secs(5),
         }
     }
 }
 
 /// One proxy listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs and metrics. Required.
@@ -322,7 +334,7 @@ impl ListenerConfig {
 }
 
 /// Server-side TLS for a listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificates, chosen by the SNI the client sends. The first certificate is also
@@ -341,7 +353,7 @@ pub struct TlsConfig {
 }
 
 /// One certificate and key pair, and the names it serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// Path to the PEM certificate chain. Required.
@@ -355,7 +367,7 @@ pub struct CertificateConfig {
 }
 
 /// An upstream cluster: a set of endpoints and how to reach them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Unique, stable id. Routes refer to it; health, outlier and breaker state are keyed
@@ -415,7 +427,7 @@ impl UpstreamConfig {
 }
 
 /// One upstream endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `host:port`. The host is an IP address, or a name that the discovery plane
@@ -435,10 +447,11 @@ pub struct EndpointConfig {
 /// Slow start (Envoy's `slow_start_config`): a new endpoint's effective weight is
 /// `weight × max(min_weight_percent / 100, (elapsed / window) ^ (1 / aggression))`
 /// until `window` has passed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlowStartConfig {
     /// How long the ramp lasts. Required.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Shape of the ramp: `1.0` is linear, larger values ramp faster at first.
@@ -453,19 +466,22 @@ pub struct SlowStartConfig {
 
 /// Re-resolution of an upstream's endpoint host names. An answer is kept for its TTL,
 /// clamped to `[min_refresh, refresh]`; when DNS fails the last good answer stays.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamDnsConfig {
     /// The longest an answer is used before it is resolved again, whatever its TTL.
     /// Default: `30s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
     /// The shortest time between two resolutions of a name, whatever its TTL.
     /// Default: `1s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub min_refresh: Duration,
     /// How soon a failed resolution is tried again (the last good answer is used
     /// meanwhile). Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
 }
@@ -481,7 +497,7 @@ impl Default for UpstreamDnsConfig {
 }
 
 /// The DNS client the discovery plane resolves endpoint host names with.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Name servers (`ip:port`, queried over UDP, in order). Default: none,
@@ -490,7 +506,7 @@ pub struct DnsConfig {
 }
 
 /// Load-balancing algorithms.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum LoadBalancing {
     /// Each endpoint in turn, ignoring weights. The default.
@@ -507,7 +523,7 @@ pub enum LoadBalancing {
 
 /// What a consistent hash is computed from. A request with no such value falls back to
 /// the client IP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum HashOn {
     /// The value of this request header.
@@ -519,7 +535,7 @@ pub enum HashOn {
 }
 
 /// Protocol spoken to upstream endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1. The default.
@@ -531,7 +547,7 @@ pub enum UpstreamProtocol {
 }
 
 /// TLS towards upstream endpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// SNI and certificate name to expect. Default: the endpoint host.
@@ -557,20 +573,27 @@ pub struct UpstreamTls {
 }
 
 /// Timeouts, all optional. A route's values override its upstream's.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP (and TLS) connect timeout. Default: `5s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub connect: Option<Duration>,
     /// Longest wait between two reads from the upstream. Default: `60s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub read: Option<Duration>,
     /// Longest wait between two writes to the upstream. Default: `60s`.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub write: Option<Duration>,
-    /// Longest time from the request's arrival to the upstream's response headers,
-    /// retries included. Default: none.
+    /// A deadline for the whole exchange, as Envoy's route `timeout`: from the request's
+    /// arrival to the last byte of the upstream's response, retries and back-off
+    /// included. Past it, a client still waiting for the response head gets `504
+    /// upstream_timeout`; a response already streaming is cut (see
+    /// `docs/resilience.md#timeouts`). Default: none.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub total: Option<Duration>,
 }
@@ -594,12 +617,13 @@ impl Timeouts {
 }
 
 /// Upstream keepalive pooling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     /// Reuse connections to endpoints. Default: `true`.
     pub enabled: bool,
     /// How long an idle pooled connection is kept. Default: `60s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 }
@@ -614,7 +638,7 @@ impl Default for KeepaliveConfig {
 }
 
 /// A route: what to match, where to send it, and what to do on the way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique, stable id, used in metrics, logs and breaker state. Required.
@@ -674,7 +698,7 @@ pub struct RouteConfig {
 }
 
 /// One weighted backend of a route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Upstream id. Required.
@@ -704,7 +728,7 @@ impl RouteConfig {
 }
 
 /// Route match conditions. All present conditions must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     /// Hosts: exact (`api.example.com`) or a leading wildcard (`*.example.com`, matching
@@ -722,7 +746,7 @@ pub struct RouteMatch {
 }
 
 /// A path condition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum PathMatch {
     /// The path equals this.
@@ -737,7 +761,7 @@ pub enum PathMatch {
 
 /// A condition on a named header or query parameter. Give exactly one of `exact`,
 /// `regex` or `present`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueMatch {
     /// Header name (case-insensitive) or query parameter name (case-sensitive). Required.
@@ -754,7 +778,7 @@ pub struct ValueMatch {
 }
 
 /// Path rewriting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// Strip the matched path prefix (only for `prefix` path matches); `/api/users` on
@@ -775,7 +799,7 @@ pub struct Rewrite {
 }
 
 /// A regex substitution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     /// The regular expression. Required.
@@ -786,7 +810,7 @@ pub struct RegexRewrite {
 
 /// Header changes for the request (towards the upstream) and the response (towards the
 /// client).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderRules {
     /// Changes to the request. Default: none.
@@ -796,7 +820,7 @@ pub struct HeaderRules {
 }
 
 /// Header operations, applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderOps {
     /// Append these headers (keeping existing values). Default: none.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// The normalisation options, for every listener (`server.normalization`) or one
 /// (`listeners[].normalization`, which replaces the server's block as a whole).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Normalization {
     /// What an escaped slash or backslash (`%2F`, `%5C`) or a raw backslash (`\`) in the
@@ -46,7 +46,7 @@ impl Default for Normalization {
 }
 
 /// What `%2F`, `%5C` and `\` in a path do (Envoy's `path_with_escaped_slashes_action`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     /// Refuse the request (400). The default: an escaped slash is where a router and an
@@ -66,7 +66,7 @@ pub enum EscapedSlashes {
 
 /// What a `;` in a path does. Tomcat and Jetty strip `;params` from each segment before
 /// they resolve dot segments, so `/x/..;/admin` reaches their `/admin`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PathParameters {
     /// Refuse a path with a `;` (400), as Spring Security's strict firewall does.
@@ -82,7 +82,7 @@ pub enum PathParameters {
 }
 
 /// What a double-encoded escape (`%25` followed by two hex digits) does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DoubleEncoding {
     /// Refuse the request (400): an upstream that decodes twice would see another path.
@@ -96,7 +96,7 @@ pub enum DoubleEncoding {
 /// `headers_with_underscores_action`, nginx's `underscores_in_headers`). CGI, WSGI, Rack
 /// and PHP map `X_Sluice_Consumer` and `X-Sluice-Consumer` to one variable, so such a
 /// header can impersonate one the gateway sets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersWithUnderscores {
     /// Remove the header before routing, filters and the upstream see it (nginx's

@@ -179,7 +179,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 ///   failure_on: {statuses: ["500-599", 429]}
 ///   response: {status: 503, body: '{"error":"circuit_open"}'}
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// The sliding window outcomes are counted over. Default: `{count: 100}`.
@@ -194,6 +194,7 @@ pub struct BreakerConfig {
     /// Default: `100` (opens only when every call in the window was slow).
     pub slow_call_rate_threshold: f64,
     /// A call that takes longer than this is slow. Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub slow_call_duration: Duration,
     /// Open after this many failures in a row, regardless of `minimum_calls` and the
@@ -201,9 +202,11 @@ pub struct BreakerConfig {
     pub consecutive_failures: Option<u32>,
     /// How long the breaker stays open after its first trip. Each further trip without
     /// a recovery in between multiplies it by `backoff_multiplier`. Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub open_duration: Duration,
     /// The longest the breaker stays open, jitter included. Default: `300s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub max_open_duration: Duration,
     /// Growth of the open time per consecutive trip: `5s, 10s, 20s …` with `2`. At least
@@ -218,6 +221,7 @@ pub struct BreakerConfig {
     /// The longest a half-open trial may take. When it runs out, the trial is judged on
     /// the probes that completed; if none did, the outstanding probes are written off and
     /// a new set is let through, so the breaker never stays half-open. Default: `30s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub half_open_max_duration: Duration,
     /// What counts as a failure. Default: see [`FailureConditions`].
@@ -359,13 +363,17 @@ fn percent_in_range(value: f64, field: &str, err: &mut impl FnMut(&str, String))
 /// The sliding window a breaker counts outcomes over. Written as a single-key map:
 /// `{count: 100}` (the last 100 calls) or `{time: 60s}` (the calls of the last 60
 /// seconds, kept in one-second buckets, so a whole number of seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum WindowConfig {
     /// The last this many calls, `1..=100000`.
     Count(u32),
     /// The calls of the last this long, `1s..=1h`, whole seconds.
-    Time(#[serde(with = "humantime_serde")] Duration),
+    Time(
+        #[schemars(with = "crate::schema::DurationText")]
+        #[serde(with = "humantime_serde")]
+        Duration,
+    ),
 }
 
 impl Default for WindowConfig {
@@ -376,7 +384,7 @@ impl Default for WindowConfig {
 }
 
 /// What counts as a failed call, for a breaker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailureConditions {
     /// Response statuses that are failures, as codes or ranges: `[502, "500-599"]`.
@@ -410,7 +418,7 @@ impl FailureConditions {
 }
 
 /// The response a breaker sends while open (APISIX's `break_response_*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShortCircuitResponse {
     /// Status code, `200..=599`. Default: `503`.
@@ -475,7 +483,7 @@ impl ShortCircuitResponse {
 ///   base_ejection_time: 30s
 ///   max_ejection_percent: 50
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierDetectionConfig {
     /// Eject after this many 5xx responses (or connect failures, timeouts and resets) in
@@ -489,9 +497,11 @@ pub struct OutlierDetectionConfig {
     pub failure_percentage: Option<FailurePercentage>,
     /// Ejection time for a first ejection; also the healthy time that forgives one past
     /// ejection. Default: `30s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub base_ejection_time: Duration,
     /// The longest ejection. Default: `300s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub max_ejection_time: Duration,
     /// Most endpoints that may be ejected at once, in percent of the endpoints, rounded
@@ -559,7 +569,7 @@ impl OutlierDetectionConfig {
 /// Failure-percentage ejection: at the end of each interval, an endpoint that served at
 /// least `minimum_requests` requests in it, of which at least `threshold` percent
 /// failed, is ejected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailurePercentage {
     /// Failure percentage at or above which an endpoint is ejected. `(0, 100]`.
@@ -568,6 +578,7 @@ pub struct FailurePercentage {
     /// Requests an endpoint must serve in an interval to be judged. Default: `20`.
     pub minimum_requests: u32,
     /// Length of an interval. Default: `10s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
 }
@@ -596,7 +607,7 @@ impl Default for FailurePercentage {
 ///   per_try_timeout: 2s
 ///   budget: {percent: 20, min_concurrent: 3}
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Retries after the first try, so `2` means up to three tries; `0` turns retries
@@ -613,6 +624,7 @@ pub struct RetryConfig {
     pub idempotent_only: bool,
     /// Timeout for each try: it caps that try's connect, read (time to the response and
     /// between bytes) and write timeouts, on top of the route's timeouts. Default: none.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(with = "humantime_serde")]
     pub per_try_timeout: Option<Duration>,
     /// Caps the retries in flight for the upstream. Default: see [`RetryBudgetConfig`].
@@ -623,6 +635,7 @@ pub struct RetryConfig {
     /// Base wait before a retry. It doubles with each retry up to ten times this
     /// (Envoy's rule), and each wait is drawn at random from its upper half.
     /// Default: `25ms` (so at most `250ms`).
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub backoff: Duration,
 }
@@ -672,7 +685,7 @@ impl RetryConfig {
 }
 
 /// A failure that may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryOn {
     /// The connection to the endpoint could not be made (the request was not sent).
@@ -691,7 +704,7 @@ pub enum RetryOn {
 /// A retry budget: the retries in flight for an upstream may not exceed `percent` of its
 /// requests in flight, or `min_concurrent`, whichever is larger (Envoy's `retry_budget`).
 /// It keeps retries from multiplying the load on an upstream that is already failing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Retries in flight allowed, in percent of requests in flight. `[0, 100]`.
@@ -724,17 +737,19 @@ impl Default for RetryBudgetConfig {
 ///   interval: 5s
 ///   timeout: 1s
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// How to check. Default: `http` with its defaults (`GET /healthz`, expecting
     /// 200–399).
     pub kind: HealthCheckKind,
     /// Time between two checks of an endpoint. Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// A check that takes longer than this fails. Must be below `interval`.
     /// Default: `1s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Passed checks in a row that make an unhealthy endpoint healthy. Default: `2`.
@@ -886,7 +901,7 @@ impl<'de> Deserialize<'de> for HealthCheckKind {
 }
 
 /// An HTTP health check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpHealthCheck {
     /// Path (and query) requested with GET. Default: `/healthz`.

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::BackendConfig;
 
 /// A route's progressive rollout. See the module docs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutConfig {
     /// The backend (its upstream id, one of the route's `backends`) being rolled out.
@@ -41,6 +41,7 @@ pub struct RolloutConfig {
     pub steps: Vec<u32>,
     /// Time at each step: the analysis judges each interval's figures. At least `100ms`.
     /// Default: `1m`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// How each interval is judged. Default: see [`AnalysisConfig`].
@@ -55,7 +56,7 @@ pub struct RolloutConfig {
 }
 
 /// How each interval of a step is judged, on the canary's figures in that interval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalysisConfig {
     /// Canary requests the interval needs before it is judged; with fewer the rollout
@@ -87,7 +88,7 @@ impl Default for AnalysisConfig {
 }
 
 /// Success-rate thresholds; give at least one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuccessRateCheck {
     /// The lowest success rate that passes, in `0..=1`. Default: none.
@@ -101,10 +102,11 @@ pub struct SuccessRateCheck {
 }
 
 /// p99 latency thresholds; give at least one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyCheck {
     /// The highest p99 that passes. Default: none.
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max: Option<Duration>,
     /// The highest ratio of the canary's p99 to stable's in the same interval, above
@@ -116,7 +118,7 @@ pub struct LatencyCheck {
 
 /// An HTTP endpoint told about a rollout's steps: a `POST` of JSON `{route, action,
 /// step, weight, analysis}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://host:port/path` (plain HTTP). Required. A secret (shown as
@@ -128,12 +130,13 @@ pub struct WebhookConfig {
     #[serde(default = "default_webhook_on")]
     pub on: Vec<WebhookEvent>,
     /// How long to wait for the answer. Default: `2s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
 /// When a webhook is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookEvent {
     /// Before the canary's weight moves to the next step (the first step included); a
@@ -157,7 +160,7 @@ impl WebhookEvent {
 }
 
 /// What a route serves once its rollout is promoted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnPromote {
     /// The canary keeps 100% until the rollout leaves the config (the usual next change

@@ -134,6 +134,22 @@ impl Secret {
     }
 }
 
+/// In the config's JSON Schema a secret is a plain string (`writeOnly`: views show it
+/// `<redacted>`).
+impl schemars::JsonSchema for Secret {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "writeOnly": true,
+            "description": "A secret: views, logs and `Debug` show it `<redacted>`.",
+        })
+    }
+}
+
 impl From<String> for Secret {
     fn from(value: String) -> Secret {
         Secret(value)
@@ -174,6 +190,20 @@ impl<'de> Deserialize<'de> for Secret {
 /// where it points.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct SecretUrl(Secret);
+
+/// In the config's JSON Schema a secret URL is a plain string.
+impl schemars::JsonSchema for SecretUrl {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretUrl".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A URL whose credentials (user info, tokens) views show `<redacted>`.",
+        })
+    }
+}
 
 impl SecretUrl {
     /// A URL holding `value`.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::ConfigError;
 
 /// The `tracing:` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracingConfig {
     /// Whether requests are traced. Default: `false` (no span is built, no header read).
@@ -57,7 +57,7 @@ impl Default for TracingConfig {
 }
 
 /// Sampling: a ratio for new traces, and the incoming `traceparent`'s decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     /// The share of new traces recorded, 0.0..=1.0, decided from the trace id (so every
@@ -78,7 +78,7 @@ impl Default for SamplingConfig {
 }
 
 /// How spans leave the gateway.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportConfig {
     /// Most spans in one export request (1..=65536). Default: `512`.
@@ -90,9 +90,11 @@ pub struct ExportConfig {
     pub queue_size: usize,
     /// The longest a finished span waits before its batch is sent (1ms..=1m).
     /// Default: `1s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// The longest one export request may take (1ms..=1m). Default: `5s`.
+    #[schemars(with = "crate::schema::DurationText")]
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }

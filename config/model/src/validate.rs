@@ -760,6 +760,13 @@ impl Validator<'_> {
         {
             self.err("admin.token", "must not be empty");
         }
+        let h = c.admin.history_interval;
+        if h < std::time::Duration::from_secs(1) || h > std::time::Duration::from_secs(60) {
+            self.err(
+                "admin.history_interval",
+                format!("must be from 1s to 60s, not {}", humantime::format_duration(h)),
+            );
+        }
     }
 
     /// An error for a reference to an upstream that does not exist, unless its

@@ -294,7 +294,9 @@ impl VersionStats {
 
 /// A copy of a [`VersionStats`]' counts, or the difference of two (an interval), or a
 /// sum over replicas. Serializable, so replicas can publish theirs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct StatsSample {
     /// Requests answered.
     pub requests: u64,

@@ -27,11 +27,12 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<ClientCertSpec>,
+    schema: Some(crate::registry::schema_of::<ClientCertSpec>),
 };
 
 /// What a certificate may carry to pass. Every list is optional; a certificate passes
 /// when any entry of any list matches (an entry ending in `*` is a prefix).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Allow {
     /// Subject common names. Default: none.
@@ -49,7 +50,7 @@ pub struct Allow {
 }
 
 /// The filter's spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertSpec {
     /// Who passes. Default: none, meaning any (verified) certificate.

@@ -56,10 +56,11 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<CorsSpec>,
+    schema: Some(crate::registry::schema_of::<CorsSpec>),
 };
 
 /// A route's CORS policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSpec {
     /// Origins allowed: exact (`https://app.example.com`, `http://localhost:3000`), a
@@ -87,6 +88,7 @@ pub struct CorsSpec {
     /// How long a browser may cache a preflight's answer (`Access-Control-Max-Age`, whole
     /// seconds). `0s` sends no header (the browser's default, 5 s). Default: `5s` (the
     /// Gateway API default).
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_max_age", with = "humantime_serde")]
     pub max_age: Duration,
 }

@@ -22,10 +22,11 @@ pub const KIND: Kind = Kind {
     answers: true,
     build,
     redact: crate::registry::shown_as::<DirectResponseSpec>,
+    schema: Some(crate::registry::schema_of::<DirectResponseSpec>),
 };
 
 /// A fixed response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseSpec {
     /// Status code. Default: `200`.

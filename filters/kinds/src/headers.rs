@@ -20,6 +20,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<sluice_config::model::HeaderRules>,
+    schema: Some(crate::registry::schema_of::<sluice_config::model::HeaderRules>),
 };
 
 fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {

@@ -34,10 +34,11 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<IpRestrictionSpec>,
+    schema: Some(crate::registry::schema_of::<IpRestrictionSpec>),
 };
 
 /// Allow and deny lists. At least one must be non-empty.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpRestrictionSpec {
     /// Networks allowed (`10.0.0.0/8`, `::1/128`, or a bare address for one host). When

@@ -29,7 +29,7 @@ pub mod rate_limit;
 pub mod redirect;
 pub mod registry;
 
-pub use registry::{BuildCtx, Shared};
+pub use registry::{config_schema, BuildCtx, Shared};
 
 /// The reuse key of a route's own `headers` rules.
 const ROUTE_HEADERS_KEY: &str = "route.headers";

@@ -36,10 +36,11 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<LimitConnSpec>,
+    schema: Some(crate::registry::schema_of::<LimitConnSpec>),
 };
 
 /// The filter's spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConnSpec {
     /// Requests in flight allowed per key. Required.
@@ -58,6 +59,7 @@ pub struct LimitConnSpec {
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
     /// How long a key with nothing in flight is kept. Default: `60s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_idle", with = "humantime_serde")]
     pub idle: Duration,
     /// The answer when refused. Default: `429` with the JSON error and `Retry-After: 1`.

@@ -66,6 +66,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<MirrorSpec>,
+    schema: Some(crate::registry::schema_of::<MirrorSpec>),
 };
 
 /// The header every copy carries, so the mirror (and its logs) can tell a copy from
@@ -80,7 +81,7 @@ pub const IN_FLIGHT: usize = 32;
 pub const MAX_BODY: u64 = sluice_config::limits::PINGORA_REPLAY_BUFFER;
 
 /// The `mirror` spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorSpec {
     /// The id of the upstream copies go to (plain HTTP/1.1). Required.
@@ -94,6 +95,7 @@ pub struct MirrorSpec {
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// The whole exchange of one copy (connect, send, read the answer). Default: `2s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Request bodies up to this size are copied; a request with a bigger body, or with

@@ -23,10 +23,12 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<PanicSpec>,
+    // A test-only kind: not in the published schema.
+    schema: None,
 };
 
 /// Where the filter panics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PanicPhase {
     /// In `on_request`, before an upstream is chosen.
@@ -37,7 +39,7 @@ pub enum PanicPhase {
 }
 
 /// The spec.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PanicSpec {
     /// The phase that panics. Default: `request`.

@@ -26,10 +26,11 @@ pub const KIND: Kind = Kind {
     answers: true,
     build,
     redact: crate::registry::shown_as::<RedirectSpec>,
+    schema: Some(crate::registry::schema_of::<RedirectSpec>),
 };
 
 /// A redirect. Unset parts keep the request's value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSpec {
     /// Status: 301, 302, 303, 307 or 308. Default: `302`.

@@ -56,6 +56,10 @@ pub struct Kind {
     /// type, so a secret field (a `sluice_config::secret::Secret`) is redacted by its
     /// type wherever it is added.
     pub redact: fn(&serde_json::Value) -> serde_json::Value,
+    /// The JSON Schema of its spec, for the config's schema ([`config_schema`]): usually
+    /// `Some(schema_of::<TheSpec>)`, the type `build` parses. `None` only for test-only
+    /// kinds, which the published schema leaves out.
+    pub schema: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
 }
 
 /// A spec shown as its spec type `T` shows it: read as a `T`, the values that come out
@@ -81,6 +85,22 @@ pub fn redact_spec(kind: &str, spec: &serde_json::Value) -> serde_json::Value {
 /// is redacted.
 pub fn install_redactor() {
     sluice_config::secret::set_spec_redactor(redact_spec);
+}
+
+/// The schema of spec type `T` (a definition in the generator, referred to).
+pub fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<T>()
+}
+
+/// The JSON Schema of a whole config file, each filter item one of the registered kinds
+/// with its spec (see [`sluice_config::schema`]): what `sluice schema` prints.
+pub fn config_schema() -> schemars::Schema {
+    sluice_config::schema::config_schema(|generator| {
+        REGISTRY
+            .iter()
+            .filter_map(|k| k.schema.map(|schema| (k.name.to_string(), schema(generator))))
+            .collect()
+    })
 }
 
 /// What a filter's build may look at besides its own spec.

@@ -31,6 +31,22 @@ pub async fn page() -> impl IntoResponse {
     )
 }
 
+/// `?top=N` of `/api/v1/history`.
+#[derive(Debug, serde::Deserialize)]
+pub struct HistoryQuery {
+    /// The busiest N routes and N backends. Default: all that are kept.
+    pub top: Option<usize>,
+}
+
+/// `GET /api/v1/history`: the last 15 minutes per route and per backend, and the
+/// markers on that time axis (see [`crate::observe::history`]).
+pub async fn history(
+    State(g): State<Arc<Gateway>>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Json<Value> {
+    Json(g.history.view(q.top.unwrap_or(usize::MAX)))
+}
+
 /// `GET /api/v1/stats`: per route, requests by status class and the latency histogram
 /// so far, with the time they were read (milliseconds since the Unix epoch).
 pub async fn stats(State(g): State<Arc<Gateway>>) -> Json<Value> {

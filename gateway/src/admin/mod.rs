@@ -58,6 +58,7 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{route}/{upstream}", post(force_breaker))
         .route("/api/v1/stats", get(crate::admin::dashboard::stats))
+        .route("/api/v1/history", get(crate::admin::dashboard::history))
         .route("/dashboard", get(crate::admin::dashboard::page))
         .route("/api/v1/events", get(events))
         .route("/api/v1/rollouts", get(crate::rollout::admin::list))

@@ -1,3 +1,4 @@
 //! Helpers of the `sluice` subcommands.
 
 pub mod echo;
+pub mod signals;

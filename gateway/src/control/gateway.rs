@@ -75,6 +75,8 @@ pub struct Gateway {
     log_metrics: LogMetrics,
     /// Progressive rollouts: their store (set at start) and metrics.
     pub rollouts: crate::rollout::Rollouts,
+    /// The dashboard's last 15 minutes (see [`crate::observe::history`]).
+    pub history: crate::observe::history::History,
     ready: AtomicBool,
     next_version: AtomicU64,
     last_rejection: Mutex<Option<Rejection>>,
@@ -113,6 +115,7 @@ impl Gateway {
             certs: crate::edge::tls::LiveCerts::new(&metrics),
             log_metrics,
             rollouts: crate::rollout::Rollouts::new(&metrics),
+            history: crate::observe::history::History::new(),
             metrics,
             ready: AtomicBool::new(ready),
             next_version: AtomicU64::new(2),

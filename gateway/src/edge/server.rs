@@ -163,6 +163,7 @@ fn admin_thread(
         tokio::spawn(crate::upstream::health::run(gateway.clone()));
         tokio::spawn(crate::upstream::discovery::dns::run(gateway.clone()));
         tokio::spawn(crate::edge::tls::poll(gateway.clone()));
+        tokio::spawn(crate::observe::history::run(gateway.clone()));
         // Ready only once a SIGTERM would drain rather than kill the process.
         if !crate::edge::shutdown::signals_installed(std::time::Duration::from_secs(10)).await {
             tracing::warn!("signal handlers not installed after 10 s; opening the admin listener anyway");

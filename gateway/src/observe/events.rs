@@ -11,9 +11,9 @@
 //! `/api/v1/events?since=<seq>`, and hands each to the events stream's sinks
 //! (`logging.events.sinks`: stdout, file, Kafka), like the access log's.
 //!
-//! Hooks for later work: rollouts emit [`Event::RolloutStep`] (with `action` `step`,
-//! `promote` or `rollback`), rate limiters emit [`Event::LimiterFallback`] when their
-//! shared store is unreachable.
+//! Rollouts emit [`Event::RolloutStep`] (see `rollout::runtime`); the `rate_limit`
+//! filters' Redis stores emit [`Event::LimiterFallback`] on entering and on leaving
+//! their fallback (through the limit filters' metrics sink, `limit_metrics`).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -116,15 +116,20 @@ pub enum Event {
         /// What decided it (the analysis).
         detail: String,
     },
-    /// A rate limiter fell back to local limits (its shared store is unreachable), or
-    /// came back (emitted by the rate-limit work).
+    /// The cluster-wide rate limits on a Redis server fell back (its breaker opened after
+    /// consecutive failures: each limit now uses its `fallback`), or came back (a probe
+    /// succeeded). Emitted once per transition of the server, by the Redis store that the
+    /// `rate_limit` filters share.
     LimiterFallback {
-        /// Route id.
-        route: String,
-        /// True when falling back, false when the store is back.
+        /// The Redis server, `host:port/db` (never its credentials).
+        store: String,
+        /// The routes whose limits use it now.
+        routes: Vec<String>,
+        /// True when falling back, false when Redis answers again.
         active: bool,
-        /// Why.
-        detail: String,
+        /// Why: the failures that opened the breaker (`3 consecutive failures, the last a
+        /// timeout`), or `redis answered the probe`.
+        reason: String,
     },
 }
 
@@ -147,9 +152,8 @@ impl Event {
     /// `key: route`.
     fn subject(&self) -> Option<&str> {
         match self {
-            Event::BreakerTransition { route, .. }
-            | Event::RolloutStep { route, .. }
-            | Event::LimiterFallback { route, .. } => Some(route),
+            Event::BreakerTransition { route, .. } | Event::RolloutStep { route, .. } => Some(route),
+            Event::LimiterFallback { store, .. } => Some(store),
             Event::EndpointEjected { upstream, .. }
             | Event::EndpointRecovered { upstream, .. }
             | Event::HealthChanged { upstream, .. } => Some(upstream),
@@ -338,15 +342,16 @@ mod tests {
     fn events_are_numbered_kept_and_listed_since_a_seq() {
         let (_, before) = since(0, usize::MAX);
         emit(Event::LimiterFallback {
-            route: "unit-test-route".into(),
+            store: "unit-test-store:6379/0".into(),
+            routes: vec!["a".into()],
             active: true,
-            detail: "redis down".into(),
+            reason: "redis down".into(),
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let got = loop {
             let (list, _) = since(before, usize::MAX);
             if let Some(e) = list.into_iter().find(
-                |e| matches!(&e.event, Event::LimiterFallback { route, .. } if route == "unit-test-route"),
+                |e| matches!(&e.event, Event::LimiterFallback { store, .. } if store == "unit-test-store:6379/0"),
             ) {
                 break e;
             }
@@ -358,10 +363,11 @@ mod tests {
         got.write_json(&[], &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["kind"], "limiter_fallback");
-        assert_eq!(v["route"], "unit-test-route");
+        assert_eq!(v["store"], "unit-test-store:6379/0");
+        assert_eq!(v["routes"], serde_json::json!(["a"]));
         assert_eq!(v["seq"], got.seq);
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(got.key(KafkaKey::Route), Some("unit-test-route"));
+        assert_eq!(got.key(KafkaKey::Route), Some("unit-test-store:6379/0"));
         let (after, _) = since(got.seq, usize::MAX);
         assert!(after.iter().all(|e| e.seq > got.seq));
     }

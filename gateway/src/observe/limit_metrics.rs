@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use sluice_config::model::RouteConfig;
-use sluice_filters::rate_limit::metrics::{Counter, Decision, Gauge, Histogram, LimitMetrics, RedisError};
+use sluice_filters::rate_limit::metrics::{
+    Counter, Decision, FallbackChange, Gauge, Histogram, LimitMetrics, RedisError,
+};
 
 use crate::observe::metrics::Metrics;
 
@@ -52,6 +54,14 @@ impl LimitMetrics for Sink {
     }
     fn fallback_active(&self) -> Arc<dyn Gauge> {
         Arc::new(G(self.0.ratelimit_fallback.clone()))
+    }
+    fn fallback_changed(&self, change: &FallbackChange) {
+        crate::observe::events::emit(crate::observe::events::Event::LimiterFallback {
+            store: change.store.clone(),
+            routes: change.routes.clone(),
+            active: change.active,
+            reason: change.reason.clone(),
+        });
     }
 }
 

@@ -426,25 +426,30 @@ pub struct RouteFigures {
 impl RouteMetrics {
     /// The figures so far (reads the counters; for the admin plane, not the request path).
     pub fn figures(&self) -> RouteFigures {
-        use prometheus::core::Metric;
-        let m = self.latency.metric();
-        let h = m.get_histogram();
-        RouteFigures {
-            by_class: self.by_class.each_ref().map(|c| c.get()),
-            buckets: h
-                .get_bucket()
-                .iter()
-                .map(|b| (b.upper_bound(), b.cumulative_count()))
-                .collect(),
-            count: h.get_sample_count(),
-            sum: h.get_sample_sum(),
-        }
+        figures_of(&self.by_class, &self.latency)
     }
 
     /// Counts one finished request.
     pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
         self.by_class[class_index(status)].inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The figures of counters by status class and a latency histogram.
+fn figures_of(by_class: &[IntCounter; 6], latency: &Histogram) -> RouteFigures {
+    use prometheus::core::Metric;
+    let m = latency.metric();
+    let h = m.get_histogram();
+    RouteFigures {
+        by_class: by_class.each_ref().map(|c| c.get()),
+        buckets: h
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect(),
+        count: h.get_sample_count(),
+        sum: h.get_sample_sum(),
     }
 }
 
@@ -534,6 +539,11 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
+    /// The figures so far, as [`RouteMetrics::figures`] (for the admin plane).
+    pub fn figures(&self) -> RouteFigures {
+        figures_of(&self.by_class, &self.latency)
+    }
+
     /// Counts one finished request this backend was chosen for.
     #[inline]
     pub fn observe(&self, status: u16, elapsed: std::time::Duration) {

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod access_metrics;
 pub mod events;
+pub mod history;
 pub mod limit_metrics;
 pub mod logging;
 pub mod metrics;

@@ -116,7 +116,7 @@ impl std::fmt::Display for BreakerState {
 }
 
 /// A state an operator can force a breaker into (`CircuitBreaker::force`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Forced {
     /// Reject every call.

@@ -10,7 +10,7 @@ use crate::registry::SpecError;
 use sluice_core::filter::Identity;
 
 /// Consumers named, and consumers in any of the groups named.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Principals {
     /// Consumer names. Default: none.
@@ -29,7 +29,7 @@ impl Principals {
 
 /// An ACL: `deny` wins over `allow`; with a non-empty `allow`, only the consumers it
 /// names (by name or group) pass.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AclSpec {
     /// Who may pass. Default: empty, everyone identified (not denied) passes.

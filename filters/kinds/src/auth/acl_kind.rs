@@ -22,6 +22,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<AclSpec>,
+    schema: Some(crate::registry::schema_of::<AclSpec>),
 };
 
 fn build(spec: &serde_json::Value, _ctx: &BuildCtx<'_>) -> BuildResult {

@@ -17,4 +17,5 @@ pub const KIND: Kind = Kind {
     answers: false,
     build: crate::auth::build_auth,
     redact: crate::auth::redact_auth,
+    schema: Some(crate::registry::schema_of::<crate::auth::AuthSpec>),
 };

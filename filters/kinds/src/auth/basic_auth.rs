@@ -48,6 +48,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build: build_kind,
     redact: |spec| super::redact_standalone("basic_auth", spec),
+    schema: Some(crate::registry::schema_of::<BasicAuthSpec>),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {
@@ -55,7 +56,7 @@ fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {
 }
 
 /// The basic-auth method's spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthSpec {
     /// The realm of the `WWW-Authenticate: Basic realm="…"` challenge. Default: `sluice`.
@@ -67,6 +68,7 @@ pub struct BasicAuthSpec {
     pub hide_credentials: bool,
     /// How long a verified user and password are remembered. `0s` turns the cache off.
     /// Default: `30s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub cache_ttl: Duration,
     /// How many verified credentials are remembered at most (slots; a new one may
@@ -92,7 +94,7 @@ fn default_cache_size() -> usize {
 }
 
 /// A consumer's basic-auth credentials.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredential {
     /// The user name, unique among consumers. Required.

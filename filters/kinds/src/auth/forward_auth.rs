@@ -60,6 +60,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<ForwardAuthSpec>,
+    schema: Some(crate::registry::schema_of::<ForwardAuthSpec>),
 };
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -70,7 +71,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What to do when the service cannot answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Refuse the request with 503 (fail closed). The default.
@@ -81,7 +82,7 @@ pub enum OnError {
 }
 
 /// The `forward_auth` spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardAuthSpec {
     /// The service's URL, `http://` or `https://host:port/path?query`; it is called
@@ -111,6 +112,7 @@ pub struct ForwardAuthSpec {
     #[serde(default)]
     pub groups_header: Option<String>,
     /// The whole exchange with the service, connecting included. Default: `2s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// What a timeout, a refused connection or a broken answer does: `deny` (503) or

@@ -43,6 +43,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build: build_kind,
     redact: |spec| super::redact_standalone("key_auth", spec),
+    schema: Some(crate::registry::schema_of::<KeyAuthSpec>),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {
@@ -50,7 +51,7 @@ fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {
 }
 
 /// Where the key is looked for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyAuthSpec {
     /// Request header carrying the key; `null` to not read a header. Default: `apikey`.
@@ -82,7 +83,7 @@ fn default_realm() -> String {
 }
 
 /// A consumer's key-auth credentials.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCredential {
     /// The consumer's keys, each in plain text or as `sha256:<64 hex digits>` (the

@@ -213,7 +213,7 @@ pub const ANY: &str = "any";
 /// Identity headers an auth filter sets on the upstream request, besides the gateway's
 /// own `x-sluice-consumer` and `x-sluice-consumer-groups` (client copies of both are
 /// always removed).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardSpec {
     /// Header carrying the consumer name, e.g. `x-consumer-username` (Kong's). Any copy
@@ -227,7 +227,7 @@ pub struct ForwardSpec {
 }
 
 /// The `auth` filter's spec.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     /// The methods, tried in order, each `{name: spec}`; the first that identifies a

@@ -62,10 +62,11 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<CanarySpec>,
+    schema: Some(crate::registry::schema_of::<CanarySpec>),
 };
 
 /// A route's canary rules, their precedence, sticky assignment and the response header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanarySpec {
     /// Rules that send a request to a named backend. Default: none.
@@ -88,7 +89,7 @@ pub struct CanarySpec {
 }
 
 /// One stage of the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Rules on a request header.
@@ -147,7 +148,7 @@ fn default_precedence() -> Vec<Stage> {
 
 /// One rule: a condition and the backend it sends to. Give exactly one condition
 /// (`consumer` and `groups` may go together: either matches).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// The upstream id of one of the route's backends. Required.
@@ -177,7 +178,7 @@ pub struct RuleSpec {
 /// A condition on a named value (header, cookie or query parameter). With none of
 /// `exact`, `regex`, `present`, the value `always` sends to the rule's backend and
 /// `never` to the base (ingress-nginx's `canary-by-header` / `canary-by-cookie`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueMatchSpec {
     /// The header, cookie or parameter name (headers case-insensitive). Required.
@@ -195,7 +196,7 @@ pub struct ValueMatchSpec {
 }
 
 /// Sticky assignment: the key a client is known by, and the cookie keyless clients get.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
     /// What identifies a client: `cookie`, `header`, `consumer` or `client_ip`. Required.
@@ -214,7 +215,7 @@ pub struct StickySpec {
 }
 
 /// What identifies a sticky client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StickyKey {
     /// A cookie's value (`name`).
@@ -228,7 +229,7 @@ pub enum StickyKey {
 }
 
 /// The attributes of the sticky cookie.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CookieSpec {
     /// The cookie's name. Default: the sticky `name` with `key: cookie`, else
@@ -236,6 +237,7 @@ pub struct CookieSpec {
     #[serde(default)]
     pub name: Option<String>,
     /// `Max-Age`. Default: none (a session cookie).
+    #[schemars(with = "Option<sluice_config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
     /// `Path`. Default: `/`.
@@ -266,7 +268,7 @@ impl Default for CookieSpec {
 }
 
 /// A cookie's `SameSite` attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SameSite {
     /// `SameSite=Lax`.

@@ -8,7 +8,7 @@ use super::SpecError;
 use sluice_core::filter::{FilterCtx, RequestView};
 
 /// One part of a limit's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPart {
     /// The client address, after `server.trusted_proxies` resolution.
@@ -117,7 +117,7 @@ impl KeySpec {
 }
 
 /// The spec's `key`: one part or a list. Default: `route`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum KeyList {
     /// One part.

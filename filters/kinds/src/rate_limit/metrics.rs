@@ -124,6 +124,23 @@ pub trait LimitMetrics: Send + Sync {
     /// `sluice_ratelimit_fallback_active`: Redis stores whose breaker is open now (their
     /// limits use their fallback).
     fn fallback_active(&self) -> Arc<dyn Gauge>;
+    /// A Redis store entered or left its fallback (the gateway emits its
+    /// `limiter_fallback` event). Called once per transition, from the request or the
+    /// probe that made it; must not block. Default: nothing.
+    fn fallback_changed(&self, _change: &FallbackChange) {}
+}
+
+/// A Redis store entering or leaving its fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackChange {
+    /// The server, `host:port[/db]` (the URL without its scheme and credentials).
+    pub store: String,
+    /// The routes whose `rate_limit` filters use it now, sorted.
+    pub routes: Vec<String>,
+    /// True on entering the fallback, false on leaving it.
+    pub active: bool,
+    /// Why: the failures that opened the breaker, or the probe that closed it.
+    pub reason: String,
 }
 
 /// One limit's decision counters, by [`Decision`].
@@ -149,6 +166,7 @@ pub(crate) struct RedisCounters {
     pub(crate) duration: Option<Arc<dyn Histogram>>,
     pub(crate) errors: Option<[Arc<dyn Counter>; 4]>,
     pub(crate) fallback: Option<Arc<dyn Gauge>>,
+    pub(crate) sink: Option<Arc<dyn LimitMetrics>>,
 }
 
 impl RedisCounters {
@@ -157,6 +175,22 @@ impl RedisCounters {
             duration: sink.map(|s| s.redis_duration()),
             errors: sink.map(|s| RedisError::ALL.map(|r| s.redis_error(r))),
             fallback: sink.map(|s| s.fallback_active()),
+            sink: sink.cloned(),
+        }
+    }
+
+    /// Reports a transition into (`active`) or out of the fallback: the gauge, the
+    /// event and a log line.
+    pub(crate) fn fallback_changed(&self, change: &FallbackChange) {
+        if let Some(g) = &self.fallback {
+            if change.active {
+                g.inc();
+            } else {
+                g.dec();
+            }
+        }
+        if let Some(s) = &self.sink {
+            s.fallback_changed(change);
         }
     }
 

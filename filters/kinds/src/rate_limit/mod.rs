@@ -52,6 +52,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<RateLimitSpec>,
+    schema: Some(crate::registry::schema_of::<RateLimitSpec>),
 };
 
 /// `RateLimit-Limit`.
@@ -62,7 +63,7 @@ pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-r
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// One limit: `requests` every `per`, with bursts of up to `burst`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// The limit's name: the `limit` label of the decision metric, the access log's
@@ -72,6 +73,7 @@ pub struct LimitSpec {
     /// Requests allowed per `per`. Required.
     pub requests: NonZeroU32,
     /// The period, e.g. `1s`, `1m`, `1h`. Default: `1s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_per", with = "humantime_serde")]
     pub per: Duration,
     /// Requests allowed at once after a quiet spell. Default: `requests`.
@@ -81,7 +83,7 @@ pub struct LimitSpec {
 
 /// What a limit answers when it refuses, instead of the standard
 /// `429 {"error": "rate_limited", ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectionSpec {
     /// The status. Default: 429 (503 for `fallback: fail_closed`).
@@ -132,7 +134,7 @@ impl RejectionSpec {
 }
 
 /// What a cluster-wide limit does while Redis cannot answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Fallback {
     /// Each replica enforces its share (`requests / replicas`, `burst / replicas`, at
@@ -156,13 +158,14 @@ impl Fallback {
 }
 
 /// A cluster-wide limit's Redis.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
     /// `redis://[user:password@]host:port[/db]` (or `rediss://`). Required. Shown with
     /// its password redacted.
     pub url: sluice_config::secret::SecretUrl,
     /// The longest a request waits for Redis's decision. Default: `50ms`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// What to do while Redis cannot answer. Default: `local`.
@@ -183,19 +186,21 @@ pub struct RedisSpec {
     pub breaker_failures: u32,
     /// How long Redis is left alone after `breaker_failures` failures; then one request
     /// probes it. Default: `1s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_cooldown", with = "humantime_serde")]
     pub breaker_cooldown: Duration,
 }
 
 /// The filter's spec: one limit written inline (`requests`, `per`, `burst`), or a list
 /// of `limits`; the key; the bounds of the key state; the answer; Redis.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// One limit's requests (the short form; not with `limits`). Default: none.
     #[serde(default)]
     pub requests: Option<NonZeroU32>,
     /// The short form's period. Default: `1s`.
+    #[schemars(with = "Option<sluice_config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub per: Option<Duration>,
     /// The short form's burst. Default: `requests`.
@@ -219,6 +224,7 @@ pub struct RateLimitSpec {
     /// How long a key may stay unused before its buckets are dropped. Default: the
     /// time the slowest limit takes to refill its whole burst (dropping it then forgets
     /// nothing), at least 1s.
+    #[schemars(with = "Option<sluice_config::schema::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub idle: Option<Duration>,
     /// Whether admitted responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
@@ -450,6 +456,38 @@ impl<C: Clock + Clone> LocalLimits<C> {
         }
     }
 
+    /// Brings `key`'s local share of limit `limit` down to the shared figure Redis just
+    /// gave (`remaining` of `burst` requests left in that limit, cluster-wide), counting
+    /// the request Redis answered: it takes one request from the local bucket, then what
+    /// is left above `remaining`'s share of the local burst. A local bucket already
+    /// emptier stays as it is. So when Redis fails, `fallback: local` starts from the
+    /// last shared figure, not from a full bucket (no extra burst per outage).
+    pub fn follow(&self, key: &[u8], limit: usize, remaining: u32, burst: u32) {
+        let follow_buckets = |b: &Buckets<C>| {
+            let (Some(bucket), Some(q)) = (b.0.get(limit), self.quotas.get(limit)) else {
+                return;
+            };
+            let local_burst = u64::from(q.burst_size().get());
+            let target = u64::from(remaining) * local_burst / u64::from(burst.max(1));
+            let target = u32::try_from(target).unwrap_or(u32::MAX);
+            if let Ok(snap) = bucket.check() {
+                let above = snap.remaining_burst_capacity().saturating_sub(target);
+                if let Some(n) = NonZeroU32::new(above) {
+                    let _ = bucket.check_n(n);
+                }
+            }
+        };
+        match &self.route {
+            Some(slot) => follow_buckets(&slot.value),
+            None => {
+                let slot = self.keyed.get(key, self.now_ns(), || {
+                    Buckets(self.quotas.iter().map(|q| bucket(*q, &self.clock)).collect())
+                });
+                follow_buckets(&slot.value);
+            }
+        }
+    }
+
     fn check_buckets(&self, b: &Buckets<C>) -> Outcome {
         let mut best: Option<(usize, u32, Duration)> = None;
         for (i, bucket) in b.0.iter().enumerate() {
@@ -514,6 +552,8 @@ where
 /// A cluster-wide limit's Redis side.
 struct Cluster {
     store: Arc<redis::RedisStore>,
+    /// Lists this filter's route among the store's users while the filter lives.
+    _user: Arc<str>,
     prefix: String,
     timeout: Duration,
     fallback: Fallback,
@@ -599,6 +639,7 @@ where
                             .get(r.url.expose(), rt, settings, ctx.shared.limit_metrics.as_ref())
                             .map_err(|e| vec![SpecError::at("redis.url", e)])?;
                         Some(Cluster {
+                            _user: store.register(ctx.route),
                             store,
                             prefix: format!("{}:{}", r.prefix, ctx.route),
                             timeout: r.timeout,
@@ -640,7 +681,14 @@ where
             .iter()
             .flat_map(|l| [l.interval_us, u64::from(l.burst)])
             .collect();
-        match c.store.decide(keys, args, c.timeout).await {
+        let answer = c.store.decide(keys, args, c.timeout).await;
+        if let (Ok(a), Fallback::Local) = (&answer, c.fallback) {
+            let limit = a.limit.min(self.limits.len().saturating_sub(1));
+            let remaining = if a.admitted { a.remaining } else { 0 };
+            self.local
+                .follow(&key, limit, remaining, self.limits[limit].burst);
+        }
+        match answer {
             Ok(a) if a.admitted => (
                 Decision::Allowed,
                 Outcome::Admit {

@@ -14,18 +14,24 @@
 //!   most `timeout`.
 //! - **The breaker**: after `breaker_failures` consecutive failures (timeouts, lost
 //!   connections, errors) the store is *open* for `breaker_cooldown`: calls are not
-//!   made and the filters use their fallback at once; then one request probes Redis,
-//!   and its success closes the breaker.
+//!   made and the filters use their fallback at once. Then a probe (`PING`, bounded by
+//!   the timeout) runs in the background, started by the first request after the
+//!   cooldown, which itself uses the fallback and does not wait for it: no request waits
+//!   on a Redis that hangs. The probe's success closes the breaker; its failure keeps it
+//!   open for another cooldown.
+//! - **Fallback events**: entering and leaving the fallback are reported once each,
+//!   with the reason, through the metrics sink ([`FallbackChange`]; the gateway emits
+//!   its `limiter_fallback` event and moves `sluice_ratelimit_fallback_active`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::metrics::{LimitMetrics, RedisCounters, RedisError};
+use super::metrics::{FallbackChange, LimitMetrics, RedisCounters, RedisError};
 
 /// The GCRA script. `KEYS[i]` is limit i's key; `ARGV[2i-1]` its emission interval and
 /// `ARGV[2i]` its burst, in microseconds and requests. Returns
@@ -127,13 +133,25 @@ pub fn check_url(url: &str) -> Result<(), String> {
     redis::Client::open(url).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// The server a Redis URL names, for logs and events: `host:port[/db]`, without the
+/// scheme, the credentials or the query.
+pub fn store_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['?', '#']).next().unwrap_or(rest).to_string()
+}
+
 /// One Redis server's connections and breaker.
 pub struct RedisStore {
+    name: String,
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     runtime: tokio::runtime::Handle,
     breaker: Breaker,
     metrics: RedisCounters,
+    probe_timeout: Duration,
+    /// The routes whose filters use this store (alive while their filter is).
+    users: Mutex<Vec<Weak<str>>>,
 }
 
 impl RedisStore {
@@ -157,12 +175,83 @@ impl RedisStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         Ok(RedisStore {
+            name: store_name(url),
             conns,
             next: AtomicUsize::new(0),
             runtime: runtime.clone(),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             metrics: RedisCounters::new(sink),
+            probe_timeout: settings.timeout,
+            users: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records that a filter of `route` uses this store, for as long as the returned
+    /// handle lives (the filter keeps it). Build time only.
+    pub fn register(&self, route: &str) -> Arc<str> {
+        let handle: Arc<str> = Arc::from(route);
+        let mut users = self.users.lock();
+        users.retain(|w| w.strong_count() > 0);
+        users.push(Arc::downgrade(&handle));
+        handle
+    }
+
+    /// The routes whose filters use this store now, sorted.
+    fn routes(&self) -> Vec<String> {
+        let mut routes: Vec<String> = self
+            .users
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|r| r.to_string())
+            .collect();
+        routes.sort();
+        routes.dedup();
+        routes
+    }
+
+    /// Reports entering (`active`) or leaving the fallback.
+    fn fallback_changed(&self, active: bool, reason: String) {
+        if active {
+            tracing::warn!(store = %self.name, %reason, "redis is failing: limits use their fallback");
+        } else {
+            tracing::info!(store = %self.name, %reason, "redis is answering again: cluster-wide limits resume");
+        }
+        self.metrics.fallback_changed(&FallbackChange {
+            store: self.name.clone(),
+            routes: self.routes(),
+            active,
+            reason,
+        });
+    }
+
+    /// Checks, in the background, whether Redis answers again (`PING` within the
+    /// timeout): a success closes the breaker, a failure keeps it open for another
+    /// cooldown.
+    fn spawn_probe(self: &Arc<Self>) {
+        let store = self.clone();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let mut conn = self.conns[i].clone();
+        self.runtime.spawn(async move {
+            let ping = redis::cmd("PING");
+            let call = ping.query_async::<String>(&mut conn);
+            let result = match tokio::time::timeout(store.probe_timeout, call).await {
+                Err(_) => Err(RedisError::Timeout),
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(_)) => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    if store.breaker.success() {
+                        store.fallback_changed(false, "redis answered the probe".into());
+                    }
+                }
+                Err(e) => {
+                    store.metrics.error(e);
+                    store.breaker.failure();
+                }
+            }
+        });
     }
 
     /// Whether the breaker is open now (calls are skipped).
@@ -173,14 +262,23 @@ impl RedisStore {
     /// Runs the script for `keys` (one per limit) with `args` (interval in
     /// microseconds and burst, per limit), waiting at most `timeout`.
     pub async fn decide(
-        &self,
+        self: &Arc<Self>,
         keys: Vec<String>,
         args: Vec<u64>,
         timeout: Duration,
     ) -> Result<RedisAnswer, RedisError> {
-        if !self.breaker.admit() {
-            self.metrics.error(RedisError::CircuitOpen);
-            return Err(RedisError::CircuitOpen);
+        match self.breaker.admit() {
+            Admit::Call => {}
+            Admit::Probe => {
+                // This request uses the fallback at once; the probe runs on its own.
+                self.spawn_probe();
+                self.metrics.error(RedisError::CircuitOpen);
+                return Err(RedisError::CircuitOpen);
+            }
+            Admit::Skip => {
+                self.metrics.error(RedisError::CircuitOpen);
+                return Err(RedisError::CircuitOpen);
+            }
         }
         let started = Instant::now();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
@@ -206,20 +304,19 @@ impl RedisStore {
         }
         match result {
             Ok(_) => {
-                if self.breaker.success() {
-                    if let Some(g) = &self.metrics.fallback {
-                        g.dec();
-                    }
-                    tracing::info!("redis is answering again: cluster-wide limits resume");
-                }
+                // Closed already (calls are made only then): this resets the count.
+                self.breaker.success();
             }
             Err(e) => {
                 self.metrics.error(e);
                 if self.breaker.failure() {
-                    if let Some(g) = &self.metrics.fallback {
-                        g.inc();
-                    }
-                    tracing::warn!(reason = e.as_str(), "redis is failing: limits use their fallback");
+                    let n = self.breaker.threshold;
+                    let reason = if n == 1 {
+                        format!("a failure: {}", e.as_str())
+                    } else {
+                        format!("{n} consecutive failures, the last a {}", e.as_str())
+                    };
+                    self.fallback_changed(true, reason);
                 }
             }
         }
@@ -255,6 +352,17 @@ fn parse(v: &[i64]) -> Option<RedisAnswer> {
     })
 }
 
+/// What the breaker lets a caller do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Call Redis.
+    Call,
+    /// Do not call; start the probe (this caller is the one).
+    Probe,
+    /// Do not call.
+    Skip,
+}
+
 /// Consecutive-failure breaker in atomics: closed → open (after `threshold` failures) →
 /// one probe after `cooldown` → closed on its success, open again on its failure.
 struct Breaker {
@@ -285,21 +393,27 @@ impl Breaker {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a call may be made now.
-    fn admit(&self) -> bool {
+    /// Whether a call may be made now, or a probe (once the cooldown is over, to one
+    /// caller at a time), or neither.
+    fn admit(&self) -> Admit {
         if !self.open.load(Ordering::Acquire) {
-            return true;
+            return Admit::Call;
         }
         let cooled = self
             .now_us()
             .saturating_sub(self.opened_at.load(Ordering::Relaxed))
             >= u64::try_from(self.cooldown.as_micros()).unwrap_or(u64::MAX);
         // One probe at a time once the cooldown is over.
-        cooled
+        if cooled
             && self
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
+        {
+            Admit::Probe
+        } else {
+            Admit::Skip
+        }
     }
 
     /// Records a success; true when it closed the breaker.
@@ -334,24 +448,34 @@ mod tests {
     #[test]
     fn breaker_opens_after_repeated_failures_and_probes_once() {
         let b = Breaker::new(3, Duration::ZERO);
-        assert!(b.admit());
+        assert_eq!(b.admit(), Admit::Call);
         assert!(!b.failure());
         assert!(!b.failure());
         assert!(b.failure(), "the third failure opens it");
         // Cooldown zero: one probe at a time.
-        assert!(b.admit());
-        assert!(!b.admit(), "a second probe waits for the first");
+        assert_eq!(b.admit(), Admit::Probe);
+        assert_eq!(b.admit(), Admit::Skip, "a second probe waits for the first");
         assert!(!b.failure(), "a failed probe keeps it open");
-        assert!(b.admit());
+        assert_eq!(b.admit(), Admit::Probe);
         assert!(b.success(), "a good probe closes it");
-        assert!(b.admit() && b.admit());
+        assert_eq!((b.admit(), b.admit()), (Admit::Call, Admit::Call));
     }
 
     #[test]
     fn an_open_breaker_waits_for_its_cooldown() {
         let b = Breaker::new(1, Duration::from_secs(3600));
         assert!(b.failure());
-        assert!(!b.admit());
+        assert_eq!(b.admit(), Admit::Skip);
+    }
+
+    #[test]
+    fn a_store_is_named_without_its_credentials() {
+        assert_eq!(store_name("redis://:s3cret@10.0.0.5:6379/2"), "10.0.0.5:6379/2");
+        assert_eq!(
+            store_name("rediss://user:pw@redis.local:6380?x=1"),
+            "redis.local:6380"
+        );
+        assert_eq!(store_name("redis://127.0.0.1:6379"), "127.0.0.1:6379");
     }
 
     #[test]

@@ -44,10 +44,28 @@ pub const KIND: Kind = Kind {
     answers: false,
     build,
     redact: crate::registry::shown_as::<JwtSpec>,
+    schema: Some(crate::registry::schema_of::<JwtSpec>),
 };
 
+/// A JWS algorithm as the config names it (`jsonwebtoken::Algorithm`'s names), for the
+/// config's JSON Schema.
+pub struct AlgorithmName;
+
+impl schemars::JsonSchema for AlgorithmName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JwtAlgorithm".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
+        })
+    }
+}
+
 /// The `jwt` filter's spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSpec {
     /// Keys given inline or by file. Default: none (then `jwks` is required).
@@ -60,8 +78,10 @@ pub struct JwtSpec {
     /// with `jwks`, every asymmetric algorithm (RS*, PS*, ES256, ES384, EdDSA). `none` is
     /// never an algorithm.
     #[serde(default)]
+    #[schemars(with = "Vec<AlgorithmName>")]
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default: `60s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Accepted issuers (`iss`, exact match, any of). Default: none (`iss` not checked).
@@ -100,10 +120,11 @@ pub struct JwtSpec {
 }
 
 /// One key: exactly one of `secret`, `secret_base64`, `pem` or `file`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// The algorithm this key verifies; fixes its family. Required.
+    #[schemars(with = "AlgorithmName")]
     pub alg: Algorithm,
     /// The key id a token's `kid` must name to use this key. Default: none (the key is
     /// tried for any token of its algorithm).
@@ -126,30 +147,34 @@ pub struct KeySpec {
 }
 
 /// A JWKS source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSpec {
     /// The `http://` or `https://` URL of the JWKS document. Required. Shown with its
     /// password (if any) redacted.
     pub url: sluice_config::secret::SecretUrl,
     /// Time between background refreshes. Default: `5m`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
     /// Least time between two fetches caused by tokens naming an unknown `kid` (and
     /// between retries after a failed fetch). Default: `10s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_min_refetch", with = "humantime_serde")]
     pub min_refetch_interval: Duration,
     /// Timeout of one fetch. Default: `5s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
     /// Longest a request waits for a refetch caused by its unknown `kid`; `0s` never
     /// waits (the request is refused and the fetch goes on). Default: `1s`.
+    #[schemars(with = "sluice_config::schema::DurationText")]
     #[serde(default = "default_wait", with = "humantime_serde")]
     pub wait: Duration,
 }
 
 /// Where to find the token: exactly one of `header`, `cookie`, `query`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSource {
     /// A request header. Default: none.
