@@ -19,6 +19,7 @@ pub const JWT: MethodKind = MethodKind {
     build: build_jwt,
     credentials: None,
     redact: crate::registry::shown_as::<crate::auth::jwt::JwtSpec>,
+    schema: crate::registry::schema_of::<crate::auth::jwt::JwtSpec>,
 };
 
 /// `methods: [{forward_auth: {...}}]`: the `forward_auth` filter's spec.
@@ -27,6 +28,7 @@ pub const FORWARD_AUTH: MethodKind = MethodKind {
     build: build_forward,
     credentials: None,
     redact: crate::registry::shown_as::<crate::auth::forward_auth::ForwardAuthSpec>,
+    schema: crate::registry::schema_of::<crate::auth::forward_auth::ForwardAuthSpec>,
 };
 
 fn build_jwt(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> Result<Arc<dyn AuthMethod>, Vec<SpecError>> {

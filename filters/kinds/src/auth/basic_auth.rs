@@ -40,6 +40,7 @@ pub const METHOD: MethodKind = MethodKind {
     build,
     credentials: Some(check_credentials),
     redact: crate::registry::shown_as::<BasicAuthSpec>,
+    schema: crate::registry::schema_of::<BasicAuthSpec>,
 };
 
 /// The standalone `basic_auth` filter kind.
@@ -48,7 +49,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build: build_kind,
     redact: |spec| super::redact_standalone("basic_auth", spec),
-    schema: Some(crate::registry::schema_of::<BasicAuthSpec>),
+    schema: Some(crate::auth::standalone_schema::<BasicAuthSpec>),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {

@@ -35,6 +35,7 @@ pub const METHOD: MethodKind = MethodKind {
     build,
     credentials: Some(check_credentials),
     redact: crate::registry::shown_as::<KeyAuthSpec>,
+    schema: crate::registry::schema_of::<KeyAuthSpec>,
 };
 
 /// The standalone `key_auth` filter kind.
@@ -43,7 +44,7 @@ pub const KIND: Kind = Kind {
     answers: false,
     build: build_kind,
     redact: |spec| super::redact_standalone("key_auth", spec),
-    schema: Some(crate::registry::schema_of::<KeyAuthSpec>),
+    schema: Some(crate::auth::standalone_schema::<KeyAuthSpec>),
 };
 
 fn build_kind(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> BuildResult {

@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
+use schemars::JsonSchema as _;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::consumers::Consumers;
@@ -126,6 +127,9 @@ pub struct MethodKind {
     pub credentials: Option<fn(&Consumers) -> Vec<sluice_config::ConfigError>>,
     /// The method's spec as views show it (see `Kind::redact`).
     pub redact: fn(&serde_json::Value) -> serde_json::Value,
+    /// The JSON Schema of its spec (`crate::registry::schema_of::<TheSpec>`), for the
+    /// config's schema.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 
 /// Every authentication method, one line each.
@@ -232,6 +236,7 @@ pub struct ForwardSpec {
 pub struct AuthSpec {
     /// The methods, tried in order, each `{name: spec}`; the first that identifies a
     /// consumer wins ("any of"). Required, at least one.
+    #[schemars(schema_with = "methods_schema")]
     pub methods: Vec<serde_json::Value>,
     /// A consumer to use when the request carries no credential for any method; the
     /// request then goes on as that consumer (ACLs and limits apply to it). Must name a
@@ -252,6 +257,51 @@ pub struct AuthSpec {
 
 /// The keys of [`AuthSpec`] a standalone method kind takes beside its method's own.
 const COMMON_KEYS: [&str; 4] = ["anonymous", "anonymous_on_invalid", "acl", "forward"];
+
+/// The schema of `methods`: a list of one-key objects, each a method of [`METHODS`] with
+/// its spec.
+fn methods_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let one_of: Vec<serde_json::Value> = METHODS
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "type": "object",
+                "properties": {m.name: (m.schema)(generator)},
+                "required": [m.name],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "items": {"oneOf": one_of},
+    })
+}
+
+/// The schema of a standalone method kind (`key_auth`, `basic_auth`): the method's own
+/// spec `T` and the common options of [`AuthSpec`] (`anonymous`, `anonymous_on_invalid`,
+/// `acl`, `forward`), as [`build_standalone`] reads them.
+pub fn standalone_schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut own = T::json_schema(generator);
+    let common = AuthSpec::json_schema(generator);
+    let common_props = common
+        .get("properties")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(props) = own
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for k in COMMON_KEYS {
+            if let Some(v) = common_props.get(k) {
+                props.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+    own
+}
 
 /// The filter: a route's authentication methods as "any of".
 pub struct AuthFilter {
