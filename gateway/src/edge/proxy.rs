@@ -24,7 +24,7 @@ use pingora::proxy::FailToProxy;
 use crate::control::gateway::Gateway;
 use crate::edge::error::ErrorKind;
 use crate::edge::pipeline::{
-    admit, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx,
+    admit, deadline, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx,
 };
 
 /// The proxy for one listener.
@@ -118,8 +118,20 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         strict::response_head(resp, ctx)?;
+        deadline::check(ctx)?;
         let r = crate::edge::unwind::catch_sync(|| outcome::upstream_response(session, resp, ctx));
         crate::edge::unwind::or_internal(r, ctx, "upstream_response_filter")
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        deadline::check(ctx)?;
+        Ok(None)
     }
 
     async fn response_filter(

@@ -1,13 +1,13 @@
 //! `timeouts.total` as a deadline for the whole exchange (Envoy's route `timeout`): from
 //! the request's arrival to the last byte of the upstream's response, retries included.
 //!
-//! The deadline is set when the route's backend is known ([`start`]); each try's connect,
-//! read and write timeouts are already capped by what is left of it
-//! (`select::endpoint`), and no try starts past it. This module checks it where pingora
-//! hands the proxy the upstream's answer: the response head ([`check`], called by
-//! `outcome::upstream_response`: 504 when nothing was sent yet) and every piece of the
-//! body ([`check`] from the upstream body filter: the response is cut). Cost: one
-//! `Option` test per body piece on routes without a total, one clock read with one.
+//! The deadline is set when the route's backend is known ([`start`], from
+//! `select::endpoint`), which also caps each try's connect, read and write timeouts by what
+//! is left of it and starts no try past it. The proxy glue checks it ([`check`]) where
+//! pingora hands over the upstream's answer: the response head (`upstream_response_filter`:
+//! 504 when nothing was sent yet) and every piece of the body
+//! (`upstream_response_body_filter`: the response is cut). Cost: one `Option` test per
+//! body piece on routes without a total, one clock read with one.
 
 use std::time::Instant;
 

@@ -34,6 +34,7 @@ use crate::upstream::resilience::BreakerBinding;
 use crate::upstream::{EndpointState, Try, Upstream};
 
 pub mod admit;
+pub mod deadline;
 pub mod forward;
 pub mod ingress;
 pub mod normalize;
@@ -106,6 +107,9 @@ pub struct Timing {
     pub started: Instant,
     /// The upstream's response header, if one came.
     pub upstream_header: Option<Instant>,
+    /// When the exchange must be over: the arrival plus the backend's `timeouts.total`
+    /// (see [`deadline`]). Default: none (no total).
+    pub deadline: Option<Instant>,
 }
 
 /// Per-request state, in typed parts.
@@ -143,6 +147,7 @@ impl Ctx {
             timing: Timing {
                 started: Instant::now(),
                 upstream_header: None,
+                deadline: None,
             },
             error: None,
             strict: strict::Strict::default(),

@@ -96,9 +96,10 @@ pub async fn endpoint(session: &Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>>
             format!("upstream {} has no available endpoint", up.id),
         ));
     };
-    let deadline_left = match backend.timeouts.total {
-        Some(total) => {
-            let left = total.saturating_sub(ctx.timing.started.elapsed());
+    super::deadline::start(ctx, backend.timeouts.total);
+    let deadline_left = match ctx.timing.deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 ctx.error = Some(ErrorKind::UpstreamTimeout);
                 return Err(Error::explain(ReadTimedout, "total timeout elapsed"));
