@@ -229,7 +229,11 @@ async fn redis_paused_killed_and_back_gives_each_fallback_then_the_shared_limit_
     let (enter, leave) = (&events[0], &events[1]);
     assert_eq!(enter["active"], true, "{enter}");
     assert_eq!(enter["store"], format!("127.0.0.1:{}", redis.port), "{enter}");
-    assert_eq!(enter["routes"], serde_json::json!(["closed", "local", "open"]), "{enter}");
+    assert_eq!(
+        enter["routes"],
+        serde_json::json!(["closed", "local", "open"]),
+        "{enter}"
+    );
     let reason = enter["reason"].as_str().unwrap();
     assert_eq!(reason, "3 consecutive failures, the last a timeout", "{enter}");
     assert_eq!(leave["active"], false, "{leave}");
@@ -282,7 +286,10 @@ routes:
     for _ in 0..2 {
         let (status, took) = timed(&client, &gw, "/").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(took >= timeout, "a call to a hung Redis waits its timeout: {took:?}");
+        assert!(
+            took >= timeout,
+            "a call to a hung Redis waits its timeout: {took:?}"
+        );
     }
     let entered = fallback_events(&gw).await;
     assert!(
@@ -312,9 +319,11 @@ routes:
         m.text
     );
     redis.resume();
-    eventually(Duration::from_secs(10), "the probe closes the breaker", || async {
-        fallback_events(&gw).await.iter().any(|e| e["active"] == false)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the probe closes the breaker",
+        || async { fallback_events(&gw).await.iter().any(|e| e["active"] == false) },
+    )
     .await;
 }
 
@@ -322,10 +331,9 @@ routes:
 async fn the_local_fallback_starts_from_the_shared_figure_not_a_full_bucket() {
     let mut redis = Redis::start().await;
     let svc = TestUpstream::start("svc").await;
-    // 20 per hour shared by 2 replicas: a local share of 10.
-    let gw = Gateway::start(
-        &format!(
-            r#"
+    // 20 per hour shared by 2 replicas: a local share of 10 each.
+    let yaml = format!(
+        r#"
 listeners: [{{name: web, listen: "{{{{http}}}}"}}]
 upstreams:
 - {{id: svc, endpoints: [{{address: "{{{{svc}}}}"}}]}}
@@ -337,14 +345,21 @@ routes:
       limits: [{{name: api, requests: 20, per: 1h}}]
       redis: {{url: "{}", timeout: 200ms, fallback: local, replicas: 2, breaker_failures: 1, breaker_cooldown: 1h}}
 "#,
-            redis.url()
-        ),
-        &[&svc],
-    )
-    .await;
+        redis.url()
+    );
+    let other = Gateway::start(&yaml, &[&svc]).await;
+    let gw = Gateway::start(&yaml, &[&svc]).await;
     let client = http_client();
-    // 16 of the 20 used cluster-wide: 4 left, so this replica's share is 2.
-    for i in 0..16 {
+    // The other replica uses 14 of the shared 20, this one 2: 4 left cluster-wide, so
+    // this replica's share is 2, while its own local bucket has used only 2 of its 10.
+    for i in 0..14 {
+        assert_eq!(
+            timed(&client, &other, "/").await.0,
+            StatusCode::OK,
+            "other, request {i}"
+        );
+    }
+    for i in 0..2 {
         assert_eq!(timed(&client, &gw, "/").await.0, StatusCode::OK, "request {i}");
     }
     redis.kill();
@@ -353,8 +368,10 @@ routes:
         statuses.push(timed(&client, &gw, "/").await.0.as_u16());
     }
     // The first call fails (refused) and opens the breaker; that request is decided by
-    // the fallback too. Two admitted, then refused: not the 10 of a fresh bucket.
-    assert_eq!(statuses, [200, 200, 429, 429, 429, 429], "{statuses:?}");
+    // the fallback too. The local bucket followed the shared figure down to the share of
+    // what was left (2 after the first request, the second then counted in it): one
+    // admitted, then refused. A bucket that had not followed would admit 8 more.
+    assert_eq!(statuses, [200, 429, 429, 429, 429, 429], "{statuses:?}");
 }
 
 #[tokio::test]

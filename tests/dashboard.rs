@@ -288,7 +288,14 @@ async fn the_dashboard_plots_the_last_minutes_with_a_marker_when_a_breaker_opens
     let send = |path: &'static str| {
         let client = client.clone();
         let url = gw.http_url(path);
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
     };
 
     // A quiet spell, 2 requests a second for 6 s, then 25 a second for 6 s.
@@ -308,15 +315,19 @@ async fn the_dashboard_plots_the_last_minutes_with_a_marker_when_a_breaker_opens
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     // The rate plot shows the rise: its last points are several times its first ones.
-    let rates = until(Duration::from_secs(15), "the rate plot showing the busy spell", || async {
-        let v = plot_values(&page, "route:api", "plot-rate", "s-rate").await?;
-        // Points before the first request (the gateway idle while Chromium starts) are
-        // left out: the quiet spell starts with its first request.
-        let known: Vec<f64> = v.iter().flatten().copied().skip_while(|r| *r == 0.0).collect();
-        let quiet = known.iter().take(4).copied().fold(f64::MAX, f64::min);
-        let peak = known.iter().copied().fold(0.0, f64::max);
-        (known.len() >= 10 && quiet > 0.5 && peak > 5.0 * quiet).then_some(v)
-    })
+    let rates = until(
+        Duration::from_secs(15),
+        "the rate plot showing the busy spell",
+        || async {
+            let v = plot_values(&page, "route:api", "plot-rate", "s-rate").await?;
+            // Points before the first request (the gateway idle while Chromium starts) are
+            // left out: the quiet spell starts with its first request.
+            let known: Vec<f64> = v.iter().flatten().copied().skip_while(|r| *r == 0.0).collect();
+            let quiet = known.iter().take(4).copied().fold(f64::MAX, f64::min);
+            let peak = known.iter().copied().fold(0.0, f64::max);
+            (known.len() >= 10 && quiet > 0.5 && peak > 5.0 * quiet).then_some(v)
+        },
+    )
     .await;
     println!("api rate per second: {rates:?}");
 
@@ -356,21 +367,31 @@ async fn the_dashboard_plots_the_last_minutes_with_a_marker_when_a_breaker_opens
         .is_some(),
         "the breaker marker on backend svc"
     );
-    let errors = until(Duration::from_secs(10), "the error-rate plot showing the 5xx", || async {
-        let v = plot_values(&page, "route:api", "plot-errors", "s-err").await?;
-        let peak = v.iter().flatten().copied().fold(0.0, f64::max);
-        (peak >= 50.0).then_some(v)
-    })
+    let errors = until(
+        Duration::from_secs(10),
+        "the error-rate plot showing the 5xx",
+        || async {
+            let v = plot_values(&page, "route:api", "plot-errors", "s-err").await?;
+            let peak = v.iter().flatten().copied().fold(0.0, f64::max);
+            (peak >= 50.0).then_some(v)
+        },
+    )
     .await;
     println!("api error rate (%): {errors:?}");
     // Latency: p50 and p99 plotted where there were requests.
-    let p99 = plot_values(&page, "route:api", "plot-latency", "s-p99").await.unwrap();
+    let p99 = plot_values(&page, "route:api", "plot-latency", "s-p99")
+        .await
+        .unwrap();
     assert!(p99.iter().flatten().count() >= 10, "{p99:?}");
     // The config version the reload published is marked too.
     assert!(
-        attr_of(&page, "[data-history=\"route:api\"] line.marker[data-kind=\"config_applied\"]", "class")
-            .await
-            .is_some(),
+        attr_of(
+            &page,
+            "[data-history=\"route:api\"] line.marker[data-kind=\"config_applied\"]",
+            "class"
+        )
+        .await
+        .is_some(),
         "the config version marker"
     );
 

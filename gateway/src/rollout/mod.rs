@@ -114,6 +114,11 @@ impl RolloutMetrics {
                 .with_label_values(&[route, p.as_str()])
                 .set(i64::from(p == state.phase));
         }
+        // Every verdict's series exists from the rollout's start, at 0 until judged: a
+        // rollout that has passed nothing yet shows `verdict="pass"} 0`, not no series.
+        for v in core::Verdict::ALL {
+            let _ = self.analyses.with_label_values(&[route, v.as_str()]);
+        }
     }
 
     /// Drops `route`'s series (its rollout left the config).

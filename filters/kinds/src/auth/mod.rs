@@ -282,7 +282,9 @@ fn methods_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema
 /// The schema of a standalone method kind (`key_auth`, `basic_auth`): the method's own
 /// spec `T` and the common options of [`AuthSpec`] (`anonymous`, `anonymous_on_invalid`,
 /// `acl`, `forward`), as [`build_standalone`] reads them.
-pub fn standalone_schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn standalone_schema<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     let mut own = T::json_schema(generator);
     let common = AuthSpec::json_schema(generator);
     let common_props = common
