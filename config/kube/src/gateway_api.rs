@@ -959,6 +959,10 @@ impl RuleParts {
             limits: Default::default(),
             request_buffering: None,
             rollout: None,
+            compression: None,
+            cache: None,
+            grpc_web: false,
+            error_pages: None,
         };
         if let Some(why) = &self.invalid {
             r.headers = HeaderRules::default();

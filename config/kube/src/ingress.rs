@@ -506,6 +506,10 @@ pub(crate) fn new_route(id: String, matches: RouteMatch) -> RouteConfig {
         limits: Default::default(),
         request_buffering: None,
         rollout: None,
+        compression: None,
+        cache: None,
+        grpc_web: false,
+        error_pages: None,
     }
 }
 

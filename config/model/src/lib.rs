@@ -18,6 +18,7 @@ pub mod logging;
 pub mod model;
 pub mod normalization;
 pub mod resilience;
+pub mod responses;
 pub mod rollout;
 pub mod schema;
 pub mod secret;

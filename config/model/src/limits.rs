@@ -146,6 +146,12 @@ pub struct LimitsConfig {
     /// An upstream's response head. Larger → 502 to the client. Default: `64KiB`
     /// (Envoy's 60 KiB, rounded).
     pub max_response_header_size: ByteSize,
+    /// An upstream's response body. Larger → 502 `upstream_response_too_large` when its
+    /// `Content-Length` says so before anything is sent; a body that grows past it is
+    /// cut (the client sees the response end early), logged with that code.
+    /// Overridable per route. Default: none (no limit, as nginx and Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_body: Option<ByteSize>,
 }
 
 impl Default for LimitsConfig {
@@ -157,6 +163,7 @@ impl Default for LimitsConfig {
             max_uri: ByteSize::kib(8),
             max_request_body: ByteSize::mib(1),
             max_response_header_size: ByteSize::kib(64),
+            max_response_body: None,
         }
     }
 }
@@ -169,12 +176,16 @@ pub struct RouteLimits {
     /// Default: `server.limits.max_request_body`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<ByteSize>,
+    /// The upstream response body limit on this route. Default:
+    /// `server.limits.max_response_body`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_response_body: Option<ByteSize>,
 }
 
 impl RouteLimits {
     /// Whether nothing is overridden.
     pub fn is_empty(&self) -> bool {
-        self.max_request_body.is_none()
+        self.max_request_body.is_none() && self.max_response_body.is_none()
     }
 }
 

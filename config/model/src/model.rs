@@ -59,6 +59,9 @@ pub struct Config {
     /// Gateway's frontend validation). Default: none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub client_auth: Vec<crate::l4::ClientAuthPolicy>,
+    /// The response cache's store, shared by every route with `cache`. Default: see
+    /// [`crate::responses::CacheStoreConfig`] (`256MiB` in memory).
+    pub cache: crate::responses::CacheStoreConfig,
 }
 
 /// A consumer: a named identity with its groups and its credentials, one set per
@@ -308,6 +311,14 @@ pub struct ListenerConfig {
     /// server's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<crate::normalization::Normalization>,
+    /// Response compression for every route served here that sets none of its own.
+    /// Default: none (off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::responses::CompressionConfig>,
+    /// Error pages for every route served here that sets none of its own, and for
+    /// requests no route matches. Default: none (the gateway's JSON errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_pages: Option<crate::responses::ErrorPagesConfig>,
 }
 
 impl ListenerConfig {
@@ -323,6 +334,8 @@ impl ListenerConfig {
             l4: Default::default(),
             public_port: None,
             normalization: None,
+            compression: None,
+            error_pages: None,
         }
     }
 
@@ -695,6 +708,23 @@ pub struct RouteConfig {
     /// [`crate::rollout::RolloutConfig`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutConfig>,
+    /// Response compression on this route, replacing the listener's. Default: the
+    /// listener's (none: off). See [`crate::responses::CompressionConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::responses::CompressionConfig>,
+    /// Response caching on this route. Default: none (off). See
+    /// [`crate::responses::CacheConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::responses::CacheConfig>,
+    /// Translate gRPC-Web calls (`application/grpc-web`, `application/grpc-web-text`)
+    /// into gRPC to the upstream (which must speak HTTP/2: `protocol: h2`).
+    /// Other requests pass as they are. Default: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc_web: bool,
+    /// Error pages on this route, replacing the listener's. Default: the listener's
+    /// (none: the gateway's JSON errors). See [`crate::responses::ErrorPagesConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_pages: Option<crate::responses::ErrorPagesConfig>,
 }
 
 /// One weighted backend of a route.

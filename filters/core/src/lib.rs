@@ -3,7 +3,9 @@
 //! This crate owns what the request path decides without I/O: the [`router`], path
 //! rewriting ([`rewrite`]), the weighted split between a route's backends ([`weighted`],
 //! [`split`]), the strict request-framing checks ([`framing`], [`request_line`]), trace
-//! context ([`trace`]), cookies ([`cookie`]), the resilience state machines ([`resilience`]:
+//! context ([`trace`]), cookies ([`cookie`]), what the edge does to HTTP itself ([`edge`]:
+//! content-coding negotiation, the cache key and rules, gRPC-Web framing, error-page
+//! templates), the resilience state machines ([`resilience`]:
 //! circuit breaker, outlier detection, retry budget), and the filter seam ([`filter`]: the
 //! [`Filter`] trait, [`Chain`], [`FilterCtx`]). Every decision here is a pure function or
 //! state machine with an injectable clock; the filter kinds live in `sluice-filters`, and
@@ -11,6 +13,7 @@
 
 pub mod client_cert;
 pub mod cookie;
+pub mod edge;
 pub mod filter;
 pub mod framing;
 pub mod normalize;

@@ -157,6 +157,7 @@ pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
         }
         errors.extend(missing_backend(r, &path));
     }
+    errors.extend(sluice_core::edge::compile::check(config));
     errors
 }
 
