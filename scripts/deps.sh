@@ -46,10 +46,14 @@ if [ "${1:-build}" = test ]; then
   # opentelemetry-proto: the tracing tests' OTLP receiver decodes with it.
   # kubernetes-validate (it brings jsonschema and PyYAML): the offline schema checks of
   # tests/deploy.rs (tests/fixtures/deploy/validate.py).
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, opentelemetry.proto, kubernetes_validate, jsonschema" 2>/dev/null; then
-    echo "creating $venv with confluent-kafka, opentelemetry-proto, kubernetes-validate and jsonschema" >&2
+  # grpcio and grpcio-tools: the real gRPC server behind the gRPC-Web tests (stubs made
+  # from tests/fixtures/grpc/echo.proto at test time); brotli and zstandard: the
+  # compression tests' Python client decodes every coding with them.
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, opentelemetry.proto, kubernetes_validate, jsonschema, grpc, grpc_tools, brotli, zstandard" 2>/dev/null; then
+    echo "creating $venv with confluent-kafka, opentelemetry-proto, kubernetes-validate, jsonschema, grpcio, grpcio-tools, brotli and zstandard" >&2
     mkdir -p "$(dirname "$venv")"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto kubernetes-validate jsonschema
+    "$venv/bin/pip" install -q confluent-kafka opentelemetry-proto kubernetes-validate jsonschema \
+      grpcio grpcio-tools brotli zstandard
   fi
 fi

@@ -157,6 +157,26 @@ enum Command {
         #[arg(long = "admin-token", env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
+    /// Purge a running gateway's response cache (its admin API): one key's entries, or
+    /// every entry whose key starts with a prefix. Keys read like URLs:
+    /// `example.com/path?query` (see docs/caching.md).
+    Cache {
+        /// `purge`.
+        #[arg(value_parser = ["purge"])]
+        action: String,
+        /// The key whose entries (all variants) to purge.
+        #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+        key: Option<String>,
+        /// Purge every entry whose key starts with this, e.g. `example.com/static/`.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The admin API's base URL.
+        #[arg(long, env = "SLUICE_ADMIN_URL", default_value = "http://127.0.0.1:9900")]
+        admin: String,
+        /// The admin token (`Authorization: Bearer`). Prefer the environment variable.
+        #[arg(long = "admin-token", env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
     /// Run a demo backend that answers every request with a JSON echo of it.
     Echo {
         /// Address to listen on.
@@ -334,6 +354,27 @@ fn main() -> ExitCode {
                 admin_token.as_deref(),
                 &action,
                 route.as_deref(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Cache {
+            action: _,
+            key,
+            prefix,
+            admin,
+            admin_token,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(sluice_gateway::cli::cache::purge(
+                &admin,
+                admin_token.as_deref(),
+                key.as_deref(),
+                prefix.as_deref(),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),

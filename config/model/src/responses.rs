@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::ByteSize;
 
 /// A content coding the gateway produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CodingName {
     /// `gzip`.
@@ -30,7 +30,7 @@ pub enum CodingName {
 /// already coded passes as it is when the client accepts its coding and is decoded
 /// when it does not (`decompress`). Responses get `Vary: Accept-Encoding` and a weak
 /// `ETag` when their body is changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionConfig {
     /// Whether to compress; `false` on a route turns off its listener's default.
@@ -79,7 +79,7 @@ impl Default for CompressionConfig {
 }
 
 /// Compression levels per coding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionLevels {
     /// gzip, `1` (fastest) to `9` (smallest). Default: `6` (zlib's default).
@@ -108,7 +108,7 @@ impl Default for CompressionLevels {
 /// `Vary: *` and `Set-Cookie` keep it out; a request with `Authorization` is stored
 /// only when the response says `public`, `s-maxage` or `must-revalidate`). One request
 /// per key goes to the upstream on a miss while the others wait for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Whether the route uses the cache. Default: `true`.
@@ -121,16 +121,19 @@ pub struct CacheConfig {
     /// `Expires`) stays fresh, for the statuses in `default_ttl_statuses`. Default:
     /// none (such responses are not stored).
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     pub default_ttl: Option<Duration>,
     /// The statuses `default_ttl` applies to. Default: `[200, 203, 301, 308, 404, 410]`.
     pub default_ttl_statuses: Vec<u16>,
     /// The `stale-while-revalidate` window when the response gives none: a stale entry
     /// is served while one request refreshes it. Default: `0s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub stale_while_revalidate: Duration,
     /// The `stale-if-error` window when the response gives none: a stale entry is
     /// served when the upstream fails. Default: `0s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub stale_if_error: Duration,
     /// The largest body stored; a larger one is served but not stored. Default: `8MiB`.
     pub max_object_size: ByteSize,
@@ -158,7 +161,7 @@ impl Default for CacheConfig {
 }
 
 /// The process-wide response cache store (top-level `cache`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheStoreConfig {
     /// The memory the stored bodies and heads may take, all routes together; the least
@@ -168,6 +171,7 @@ pub struct CacheStoreConfig {
     /// How long requests for a key wait for the one request filling it before going
     /// to the upstream themselves. Default: `10s`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub lock_timeout: Duration,
 }
 
@@ -183,7 +187,7 @@ impl Default for CacheStoreConfig {
 /// Error pages (`routes[].error_pages`, `listeners[].error_pages`): the body of the
 /// gateway's own error answers (404 no route, 429, 502, 503, 504, ...) and of chosen
 /// upstream statuses, replaced by a page chosen by the request's `Accept`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorPagesConfig {
     /// The gateway's own errors whose body is replaced: codes (`404`), classes (`5xx`)
@@ -204,7 +208,7 @@ fn all_errors() -> Vec<String> {
 }
 
 /// One error page: a template for one media type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorPage {
     /// The page's media type, e.g. `text/html; charset=utf-8` or `application/json`.

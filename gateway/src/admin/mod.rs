@@ -67,6 +67,8 @@ pub fn router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
             "/api/v1/rollouts/{route}/{command}",
             post(crate::rollout::admin::command),
         )
+        .route("/api/v1/cache", get(cache_stats))
+        .route("/api/v1/cache/purge", post(cache_purge))
         .with_state(gateway)
         .layer(axum::middleware::from_fn_with_state(auth, authorize))
         .layer(CompressionLayer::new())
@@ -444,6 +446,52 @@ async fn force_breaker(
         StatusCode::OK,
         Json(breaker_json(&b.route, &b.upstream, &b.breaker)),
     )
+}
+
+/// The response cache's size: entries and bytes.
+async fn cache_stats() -> Json<Value> {
+    Json(match crate::edge::cache_store::existing() {
+        Some(c) => json!({ "entries": c.len(), "bytes": c.size() }),
+        None => json!({ "entries": 0, "bytes": 0 }),
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// One key's entries (all its variants), by the key text the route builds.
+    #[serde(default)]
+    key: Option<String>,
+    /// Every entry whose key text starts with this.
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+/// Purges the response cache by key or by key prefix (`{"key": "example.com/a?x=1"}`,
+/// `{"prefix": "example.com/static/"}`); answers how many entries went.
+async fn cache_purge(body: axum::body::Bytes) -> (StatusCode, Json<Value>) {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": msg })));
+    let req: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(format!(
+                "body: {e}; expected {{\"key\": \"...\"}} or {{\"prefix\": \"...\"}}"
+            ))
+        }
+    };
+    let purged = match (req.key, req.prefix, crate::edge::cache_store::existing()) {
+        (Some(_), Some(_), _) | (None, None, _) => {
+            return bad("give one of `key` and `prefix`".into());
+        }
+        (Some(p), None, _) | (None, Some(p), _) if p.is_empty() => {
+            return bad("`key` or `prefix` is empty (an empty prefix would purge everything: use \"/\"-free host prefixes)".into());
+        }
+        (_, _, None) => 0,
+        (Some(key), None, Some(c)) => c.purge_where(|t| t == key),
+        (None, Some(prefix), Some(c)) => c.purge_where(|t| t.starts_with(prefix.as_str())),
+    };
+    tracing::info!(purged, "response cache purged");
+    (StatusCode::OK, Json(json!({ "purged": purged })))
 }
 
 /// Binds the admin listener with `SO_REUSEPORT`, so that during a graceful upgrade the

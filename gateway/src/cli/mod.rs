@@ -1,4 +1,5 @@
 //! Helpers of the `sluice` subcommands.
 
+pub mod cache;
 pub mod echo;
 pub mod signals;

@@ -16,6 +16,7 @@ use sluice_config::model::{RouteConfig, Timeouts};
 use sluice_config::normalization::Normalization;
 use sluice_config::validate::Digest;
 use sluice_config::{Config, ConfigError, ConfigErrors};
+use sluice_core::edge::compile::{ListenerResponses, RouteResponses};
 use sluice_core::resilience::RetryPolicy;
 use sluice_core::rewrite::PathRewrite;
 use sluice_core::router::Router;
@@ -23,7 +24,7 @@ use sluice_core::split::LiveSplit;
 use sluice_core::Chain;
 
 use crate::control::state::{Commits, SharedState};
-use crate::observe::metrics::{AuthMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
+use crate::observe::metrics::{AuthMetrics, CacheMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
 use crate::upstream::resilience::{route_retry_policy, BreakerBinding};
 use crate::upstream::Upstream;
 
@@ -74,6 +75,11 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// `sluice_auth_total` handles, when the route's filters authenticate.
     pub auth_metrics: Option<Arc<AuthMetrics>>,
+    /// What the route asks of responses (compression, cache, gRPC-Web, error pages,
+    /// the response body limit); `None` when nothing.
+    pub responses: Option<Arc<RouteResponses>>,
+    /// `sluice_cache_requests_total` handles, when the route caches.
+    pub cache_metrics: Option<CacheMetrics>,
 }
 
 impl Route {
@@ -130,6 +136,9 @@ pub struct Snapshot {
     /// `server.server_header`: `None` passes the upstream's; `Some(None)` removes it;
     /// `Some(Some(v))` replaces it with `v`.
     pub server_header: Option<Option<http::HeaderValue>>,
+    /// Each listener's response defaults (compression, error pages), in config order;
+    /// `None` for a listener without any.
+    pub listeners: Vec<Option<Arc<ListenerResponses>>>,
 }
 
 impl Snapshot {
@@ -298,6 +307,22 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (i, l) in config.listeners.iter().enumerate() {
+            match sluice_core::edge::compile::listener(l, &format!("listeners[{i}]")) {
+                Ok(d) if d == ListenerResponses::default() => listeners.push(None),
+                Ok(d) => listeners.push(Some(Arc::new(d))),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        if config.routes.iter().any(|r| r.cache.is_some()) {
+            // The store's size follows the config on publish (an LRU limit; nothing is
+            // dropped until it is next filled past it).
+            plan.cache_size(config.cache.max_size.bytes());
+        }
         let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
             .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
         let snapshot = Snapshot {
@@ -308,6 +333,7 @@ impl Snapshot {
             trusted_proxies: config.server.trusted_proxies.clone(),
             request_id_header,
             tracer: state.tracing.tracer_for(&config.tracing),
+            listeners,
             router,
             routes_hash,
             identity_headers: identity_headers_of(&routes),
@@ -349,6 +375,7 @@ impl Snapshot {
             trusted_proxies: self.trusted_proxies.clone(),
             request_id_header: self.request_id_header.clone(),
             tracer: self.tracer.clone(),
+            listeners: self.listeners.clone(),
             router: self.router.clone(),
             routes_hash: self.routes_hash.clone(),
             routes: self.routes.clone(),
@@ -489,9 +516,13 @@ fn compile_route(
         _ if auth_methods.is_empty() => None,
         _ => Some(Arc::new(metrics.auth_for(&r.id, &auth_methods))),
     };
+    let responses = sluice_core::edge::compile::route(r, ctx.config, path)?;
+    let cache_metrics = responses.cache.as_ref().map(|_| state.metrics.cache_for(&r.id));
     Ok(Route {
         id: r.id.clone(),
         hash,
+        responses: (!responses.is_empty()).then(|| Arc::new(responses)),
+        cache_metrics,
         auth_metrics,
         chain,
         backends,

@@ -72,6 +72,9 @@ enum Commit {
     },
     /// A kept upstream's new endpoint list, swapped in.
     Endpoints(Arc<crate::upstream::Upstream>, Arc<[EndpointConfig]>),
+    /// The response cache's size bound (`cache.max_size`): the store is made with it
+    /// if it was never made, else its LRU takes the new limit.
+    CacheSize(u64),
 }
 
 /// What publishing a compiled config changes in [`SharedState`], planned while it
@@ -89,6 +92,11 @@ impl Commits {
     /// Plans swapping `endpoints` into the kept upstream `up` on publish.
     pub fn endpoints(&mut self, up: Arc<crate::upstream::Upstream>, endpoints: Arc<[EndpointConfig]>) {
         self.0.push(Commit::Endpoints(up, endpoints));
+    }
+
+    /// Plans making the response cache's store, or setting its size bound, on publish.
+    pub fn cache_size(&mut self, max_size: u64) {
+        self.0.push(Commit::CacheSize(max_size));
     }
 
     /// Whether nothing is planned.
@@ -134,6 +142,9 @@ impl Commits {
                 }
                 Commit::Endpoints(up, endpoints) => {
                     up.replace(endpoints, None, state, now);
+                }
+                Commit::CacheSize(max_size) => {
+                    crate::edge::cache_store::cache(max_size);
                 }
             }
         }

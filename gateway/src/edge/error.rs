@@ -10,6 +10,8 @@ use pingora::{Error, ErrorSource, ErrorType};
 use sluice_core::framing::Refusal;
 use sluice_core::normalize::TargetRefusal;
 use sluice_core::{RejectKind, Response};
+use sluice_core::edge::compile::ErrorPages;
+use sluice_core::edge::error_page::Vars;
 
 /// Why the gateway answered with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,12 @@ pub enum ErrorKind {
     /// The request's target or header names could not be normalised, or a
     /// normalisation option refuses them ([`sluice_filters::normalize`]): 400.
     Target(TargetRefusal),
+    /// The upstream's response body is over the route's `max_response_body` (a 502
+    /// when known from its `Content-Length`; otherwise the response is cut).
+    UpstreamResponseTooLarge,
+    /// The upstream stopped sending its response body for longer than the read
+    /// timeout (the response is cut; a 504 if nothing was sent yet).
+    UpstreamBodyTimeout,
 }
 
 impl ErrorKind {
@@ -54,7 +62,8 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
-            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::UpstreamTimeout | ErrorKind::UpstreamBodyTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::UpstreamResponseTooLarge => StatusCode::BAD_GATEWAY,
             ErrorKind::NoHealthyEndpoint | ErrorKind::NotReady | ErrorKind::CircuitOpen => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -78,6 +87,8 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::UpstreamConnect => "upstream_connect",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamBodyTimeout => "upstream_body_timeout",
+            ErrorKind::UpstreamResponseTooLarge => "upstream_response_too_large",
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
@@ -111,6 +122,8 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::UpstreamConnect => "could not connect to the upstream",
             ErrorKind::UpstreamTimeout => "the upstream did not answer in time",
+            ErrorKind::UpstreamBodyTimeout => "the upstream stopped sending its response",
+            ErrorKind::UpstreamResponseTooLarge => "the upstream response is too large",
             ErrorKind::UpstreamReset => "the upstream closed the connection",
             ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
             ErrorKind::NoHealthyEndpoint => "no healthy upstream endpoint is available",
@@ -137,6 +150,8 @@ impl ErrorKind {
             self,
             ErrorKind::UpstreamConnect
                 | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamBodyTimeout
+                | ErrorKind::UpstreamResponseTooLarge
                 | ErrorKind::UpstreamReset
                 | ErrorKind::UpstreamProtocol
                 | ErrorKind::NoHealthyEndpoint
@@ -200,6 +215,36 @@ pub fn error_response(kind: ErrorKind, message: &str, request_id: &str, id_heade
         headers,
         body: Bytes::from(body.to_string()),
     }
+}
+
+/// `resp` (a gateway-made error answer) with its body replaced by the page `pages`
+/// choose for `accept`, when `pages` cover its status. The status, headers and the
+/// error code in logs and metrics stay as the one mapping made them.
+pub fn apply_page(
+    resp: &mut Response,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    pages: &ErrorPages,
+    accept: Option<&str>,
+) {
+    if !pages.statuses.contains(resp.status.as_u16()) {
+        return;
+    }
+    let Some((content_type, template)) = pages.page(accept) else {
+        return;
+    };
+    let body = template.render(&Vars {
+        status: resp.status.as_u16(),
+        reason: resp.status.canonical_reason().unwrap_or(""),
+        code,
+        message,
+        request_id,
+    });
+    resp.headers.retain(|(k, _)| k != http::header::CONTENT_TYPE);
+    resp.headers
+        .push((http::header::CONTENT_TYPE, content_type.clone()));
+    resp.body = Bytes::from(body);
 }
 
 /// The response for a filter's refusal: the JSON error of its kind with the filter's

@@ -1,7 +1,9 @@
 //! The edge: the pingora glue ([`proxy`]) and the phases it calls ([`pipeline`]), the
-//! connection wrapper, TLS, the server wiring, panics and shutdown, and the one
-//! error-to-status mapping ([`error`]).
+//! connection wrapper, TLS, the server wiring, panics and shutdown, the one
+//! error-to-status mapping ([`error`]), and the response cache's store
+//! ([`cache_store`]).
 
+pub mod cache_store;
 pub mod conn;
 pub mod error;
 pub mod pipeline;

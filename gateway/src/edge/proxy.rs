@@ -11,12 +11,17 @@
 //! | `response_filter`          | drain (`Connection: close` once draining); respond (request id, breaker header, response filters) |
 //! | `fail_to_connect`          | outcome (outlier record, retry policy and budget)                |
 //! | `error_while_proxy`        | outcome (outlier record, retry policy and budget)                |
-//! | `fail_to_proxy`            | respond (the JSON error, through the one mapping)                |
+//! | `request_cache_filter` ... `should_serve_stale` | cache (bypass, key, storability, vary, stale) |
+//! | `upstream_response_body_filter` | responses (the response body limit)                         |
+//! | `response_body_filter`, `response_trailer_filter` | responses (compression, gRPC-Web, error pages) |
+//! | `fail_to_proxy`            | respond (the error, through the one mapping, as the error page if any) |
 //! | `logging`                  | observe (breaker verdict, metrics, completion filters, access log) |
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
@@ -24,7 +29,8 @@ use pingora::proxy::FailToProxy;
 use crate::control::gateway::Gateway;
 use crate::edge::error::ErrorKind;
 use crate::edge::pipeline::{
-    admit, deadline, forward, ingress, normalize, observe, outcome, respond, route, select, strict, Ctx,
+    admit, cache, deadline, forward, ingress, normalize, observe, outcome, respond, responses, route, select,
+    strict, Ctx,
 };
 
 /// The proxy for one listener.
@@ -33,15 +39,20 @@ pub struct SluiceProxy {
     scheme: &'static str,
     /// The listener's name (its normalisation options).
     listener: String,
+    /// The listener's position in the config (its compression and error-page defaults
+    /// in the snapshot).
+    listener_index: usize,
 }
 
 impl SluiceProxy {
-    /// A proxy serving `gateway`'s snapshots on listener `listener`, TLS or not.
-    pub fn new(gateway: Arc<Gateway>, listener: &str, tls: bool) -> Self {
+    /// A proxy serving `gateway`'s snapshots on listener `listener`, the
+    /// `listener_index`th of the config, TLS or not.
+    pub fn new(gateway: Arc<Gateway>, listener: &str, tls: bool, listener_index: usize) -> Self {
         Self {
             gateway,
             scheme: if tls { "https" } else { "http" },
             listener: listener.to_string(),
+            listener_index,
         }
     }
 }
@@ -51,7 +62,9 @@ impl ProxyHttp for SluiceProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+        let mut ctx = Ctx::new();
+        ctx.listener = self.listener_index;
+        ctx
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -70,7 +83,11 @@ impl ProxyHttp for SluiceProxy {
                             Some(a) => Some(a),
                             None => {
                                 route::body_ready(session, ctx);
-                                select::backend(ctx).or_else(|| admit::breaker(ctx))
+                                let stop = select::backend(ctx).or_else(|| admit::breaker(ctx));
+                                if stop.is_none() {
+                                    responses::begin(session, ctx);
+                                }
+                                stop
                             }
                         },
                     },
@@ -89,10 +106,37 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        strict::body_chunk(session, ctx, body)
+        strict::body_chunk(session, ctx, body)?;
+        responses::request_body(body, end_of_stream, ctx)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        cache::request(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        cache::key(session, ctx)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::response(session, resp, ctx))
+    }
+
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
+        cache::vary(meta, req)
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        cache::serve_stale(error)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -105,10 +149,9 @@ impl ProxyHttp for SluiceProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let r = crate::edge::unwind::catch_sync(|| {
-            forward::upstream_request(session, upstream, ctx, self.scheme)
-        });
-        crate::edge::unwind::or_internal(r, ctx, "upstream_request_filter")
+        let r = crate::edge::unwind::catch_sync(|| forward::upstream_request(session, upstream, ctx, self.scheme));
+        crate::edge::unwind::or_internal(r, ctx, "upstream_request_filter")?;
+        responses::upstream_request(upstream, ctx)
     }
 
     async fn upstream_response_filter(
@@ -119,19 +162,9 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<()> {
         strict::response_head(resp, ctx)?;
         deadline::check(ctx)?;
+        responses::upstream_response(resp, ctx)?;
         let r = crate::edge::unwind::catch_sync(|| outcome::upstream_response(session, resp, ctx));
         crate::edge::unwind::or_internal(r, ctx, "upstream_response_filter")
-    }
-
-    fn upstream_response_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<std::time::Duration>> {
-        deadline::check(ctx)?;
-        Ok(None)
     }
 
     async fn response_filter(
@@ -142,7 +175,44 @@ impl ProxyHttp for SluiceProxy {
     ) -> Result<()> {
         crate::edge::shutdown::close_if_draining(session);
         let r = crate::edge::unwind::catch_sync(|| respond::headers(resp, ctx));
-        crate::edge::unwind::or_internal(r, ctx, "response_filter")
+        crate::edge::unwind::or_internal(r, ctx, "response_filter")?;
+        if ctx.http.is_some() {
+            cache::response_head(session, resp, ctx)?;
+            responses::response_head(session, resp, ctx)?;
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        deadline::check(ctx)?;
+        responses::upstream_body(body, ctx)?;
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        responses::response_body(body, end_of_stream, ctx)?;
+        Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<bytes::Bytes>> {
+        Ok(responses::response_trailers(trailers, ctx))
     }
 
     fn fail_to_connect(

@@ -72,14 +72,15 @@ pub fn run(
     let conn_metrics = crate::edge::conn::ConnMetrics::register(&gateway.metrics);
     let l4_metrics = crate::l4::session::L4Metrics::register(&gateway.metrics);
     crate::l4::add_services(&mut server, &gateway, &config, &l4_metrics)?;
-    for l in config
+    for (index, l) in config
         .listeners
         .iter()
-        .filter(|l| l.protocol == sluice_config::l4::ListenerProtocol::Http)
+        .enumerate()
+        .filter(|(_, l)| l.protocol == sluice_config::l4::ListenerProtocol::Http)
     {
         let limits = l.connections.or(&config.server.connections).resolve();
         let metrics = conn_metrics.listener(&l.name);
-        let proxy = SluiceProxy::new(gateway.clone(), &l.name, l.tls.is_some());
+        let proxy = SluiceProxy::new(gateway.clone(), &l.name, l.tls.is_some(), index);
         let mut options = HttpServerOptions::default();
         options.h2c = l.http2 && l.tls.is_none();
         crate::edge::conn::apply_server_options(&mut options, &limits);

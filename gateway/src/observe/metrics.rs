@@ -5,6 +5,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use sluice_core::edge::cache::Outcome;
 use sluice_core::resilience::{EjectionReason, UpstreamOutcome};
 
 use crate::edge::error::ErrorKind;
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// `sluice_upstream_errors_total{upstream, kind}`.
     pub upstream_errors: IntCounterVec,
+    /// `sluice_cache_requests_total{route, outcome}`: what the response cache did.
+    pub cache_requests: IntCounterVec,
     /// `sluice_config_reloads_total{outcome}`: `applied`, `rejected`, `unchanged`.
     pub reloads: IntCounterVec,
     /// `sluice_config_apply_seconds`: validating, compiling and publishing an applied
@@ -121,6 +124,13 @@ impl Metrics {
                 "Upstream failures, by upstream and kind.",
             ),
             &["upstream", "kind"],
+        ));
+        let cache_requests = must(IntCounterVec::new(
+            Opts::new(
+                "sluice_cache_requests_total",
+                "Requests on caching routes, by route and what the cache did (hit, stale, miss, expired, bypass).",
+            ),
+            &["route", "outcome"],
         ));
         let reloads = must(IntCounterVec::new(
             Opts::new("sluice_config_reloads_total", "Config updates, by outcome."),
@@ -277,6 +287,7 @@ impl Metrics {
             Box::new(upstream_endpoints.clone()),
             Box::new(latency.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(cache_requests.clone()),
             Box::new(reloads.clone()),
             Box::new(apply_latency.clone()),
             Box::new(config_version.clone()),
@@ -289,6 +300,7 @@ impl Metrics {
             requests,
             latency,
             upstream_errors,
+            cache_requests,
             reloads,
             apply_latency,
             config_version,
@@ -320,6 +332,12 @@ impl Metrics {
     /// Handles for route `id` (resolved once per snapshot compile).
     pub fn route(&self, id: &str) -> RouteMetrics {
         route_handles(&self.requests, &self.latency, id)
+    }
+
+    /// Handles for route `id`'s cache outcomes (resolved once per snapshot compile, for
+    /// caching routes only).
+    pub fn cache_for(&self, id: &str) -> CacheMetrics {
+        CacheMetrics(Outcome::ALL.map(|o| self.cache_requests.with_label_values(&[id, o.as_str()])))
     }
 
     /// Handles for upstream `id`'s error and ejection counters (resolved once per
@@ -453,11 +471,27 @@ fn figures_of(by_class: &[IntCounter; 6], latency: &Histogram) -> RouteFigures {
     }
 }
 
+/// Pre-resolved handles of `sluice_cache_requests_total` for one route.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics([IntCounter; 5]);
+
+impl CacheMetrics {
+    /// Counts one answer of the route's cache.
+    #[inline]
+    pub fn observe(&self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.0[i].inc();
+        }
+    }
+}
+
 /// The error kinds counted per upstream, in [`UpstreamMetrics::errors`] order: those for
 /// which [`ErrorKind::is_upstream`] holds.
-const UPSTREAM_ERROR_KINDS: [ErrorKind; 5] = [
+const UPSTREAM_ERROR_KINDS: [ErrorKind; 7] = [
     ErrorKind::UpstreamConnect,
     ErrorKind::UpstreamTimeout,
+    ErrorKind::UpstreamBodyTimeout,
+    ErrorKind::UpstreamResponseTooLarge,
     ErrorKind::UpstreamReset,
     ErrorKind::UpstreamProtocol,
     ErrorKind::NoHealthyEndpoint,
@@ -467,7 +501,7 @@ const UPSTREAM_ERROR_KINDS: [ErrorKind; 5] = [
 /// `sluice_outlier_ejections_total` series, so the request path does no label lookup.
 #[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
-    errors: [IntCounter; 5],
+    errors: [IntCounter; 7],
     ejections: [IntCounter; 3],
 }
 

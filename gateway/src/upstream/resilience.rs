@@ -173,6 +173,13 @@ impl BreakerBinding {
     }
 }
 
+/// Whether `resp` is a breaker's default short-circuit answer (no `response`
+/// configured): the gateway's own error, which error pages may replace.
+pub fn is_default_short_circuit(resp: &Response) -> bool {
+    let default = sluice_config::resilience::ShortCircuitResponse::default();
+    resp.status.as_u16() == default.status && resp.body == default.body.as_bytes()
+}
+
 /// The retry policy of a route: its own `retries`, else its upstream's.
 pub fn route_retry_policy(
     route: &sluice_config::model::RouteConfig,

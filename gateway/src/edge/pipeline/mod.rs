@@ -13,6 +13,8 @@
 //! | [`respond`]  | gateway-made answers and errors, through the one error mapping          |
 //! | [`observe`]  | the completion phase: breaker verdict, metrics, completion filters, access log |
 //! | [`strict`]   | strict request framing, limits, request buffering (before any upstream) |
+//! | [`cache`]    | response caching: bypass, key, storability, `Cache-Status`             |
+//! | [`responses`]| compression, gRPC-Web, error pages for upstream statuses, the response body limit |
 //!
 //! The per-request context ([`Ctx`]) is grouped into typed parts: the routing decision,
 //! the filters' shared state (request id, client, identity, backend hint), the
@@ -34,6 +36,7 @@ use crate::upstream::resilience::BreakerBinding;
 use crate::upstream::{EndpointState, Try, Upstream};
 
 pub mod admit;
+pub mod cache;
 pub mod deadline;
 pub mod forward;
 pub mod ingress;
@@ -41,6 +44,7 @@ pub mod normalize;
 pub mod observe;
 pub mod outcome;
 pub mod respond;
+pub mod responses;
 pub mod route;
 pub mod select;
 pub mod strict;
@@ -132,6 +136,11 @@ pub struct Ctx {
     pub strict: strict::Strict,
     /// The request's trace when tracing is on ([`crate::observe::trace`]); `None` when off.
     pub trace: Option<Box<crate::observe::trace::RequestTrace>>,
+    /// The listener's position in the config (its defaults in the snapshot).
+    pub listener: usize,
+    /// What the response needs on its way ([`responses`], [`cache`]); `None` on a
+    /// route that asks for none of it.
+    pub http: Option<Box<responses::State>>,
     _request: crate::edge::shutdown::RequestGuard,
 }
 
@@ -152,6 +161,8 @@ impl Ctx {
             error: None,
             strict: strict::Strict::default(),
             trace: None,
+            listener: 0,
+            http: None,
             _request: crate::edge::shutdown::RequestGuard::new(),
         }
     }

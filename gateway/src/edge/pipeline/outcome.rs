@@ -53,6 +53,11 @@ pub fn proxy_failed(
     client_reused: bool,
 ) -> Box<Error> {
     let mut e = e.more_context(format!("Peer: {peer}"));
+    if ctx.error == Some(crate::edge::error::ErrorKind::UpstreamResponseTooLarge) {
+        // The route refused the answer's size: another endpoint would send the same.
+        e.set_retry(false);
+        return e;
+    }
     if matches!(e.etype(), HTTPStatus(_)) && e.retry() {
         // A retryable status: `upstream_response` decided and counted it.
         return e;

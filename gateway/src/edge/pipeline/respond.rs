@@ -10,13 +10,26 @@ use sluice_core::{Chain, Response};
 
 use super::forward::{case_name, RespEdit};
 use super::{Answer, Ctx};
-use crate::edge::error::{error_response, reject_response, ErrorKind};
+use crate::edge::error::{apply_page, error_response, reject_response, ErrorKind};
 use crate::upstream::resilience::BREAKER_HEADER;
 
 /// Sends `answer`; the request phase then ends (`Ok(true)`: pingora proxies nothing).
 pub async fn answer(session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Result<bool> {
     let resp = match answer {
-        Answer::Respond(resp) => resp,
+        Answer::Respond(mut resp) => {
+            // The breaker's default short-circuit answer is the gateway's own error.
+            if ctx.error == Some(ErrorKind::CircuitOpen) && crate::upstream::resilience::is_default_short_circuit(&resp)
+            {
+                page(
+                    session,
+                    ctx,
+                    &mut resp,
+                    ErrorKind::CircuitOpen,
+                    ErrorKind::CircuitOpen.describe(),
+                );
+            }
+            resp
+        }
         Answer::Error(kind, message) => {
             send_error(session, ctx, kind, &message).await?;
             return Ok(true);
@@ -24,7 +37,13 @@ pub async fn answer(session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Res
         Answer::Reject(reject) => {
             let kind = ErrorKind::Rejected(reject.kind);
             ctx.error = Some(kind);
-            reject_response(reject, &ctx.filter.request_id, &id_header(ctx))
+            let own_body = reject.custom.as_ref().is_some_and(|c| c.body.is_some());
+            let message = reject.message.clone();
+            let mut resp = reject_response(reject, &ctx.filter.request_id, &id_header(ctx));
+            if !own_body {
+                page(session, ctx, &mut resp, kind, &message);
+            }
+            resp
         }
     };
     // A filter's answer or refusal passes through the route's response filters.
@@ -68,10 +87,26 @@ pub async fn send(session: &mut Session, resp: Response, ctx: &Ctx, chain: Optio
     Ok(())
 }
 
-/// Sends the JSON error response for `kind`.
+/// Replaces `resp`'s body with the route's (else the listener's) error page for
+/// `kind`, when one covers its status.
+fn page(session: &Session, ctx: &Ctx, resp: &mut Response, kind: ErrorKind, message: &str) {
+    let Some(pages) = super::responses::error_pages(ctx) else {
+        return;
+    };
+    let accept = session
+        .req_header()
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    apply_page(resp, kind.code(), message, &ctx.filter.request_id, pages, accept);
+}
+
+/// Sends the error response for `kind`: the JSON error, or the error page that
+/// covers its status.
 pub async fn send_error(session: &mut Session, ctx: &mut Ctx, kind: ErrorKind, message: &str) -> Result<()> {
     ctx.error = Some(kind);
-    let resp = error_response(kind, message, &ctx.filter.request_id, &id_header(ctx));
+    let mut resp = error_response(kind, message, &ctx.filter.request_id, &id_header(ctx));
+    page(session, ctx, &mut resp, kind, message);
     // `send` sets the request id header again (replacing, not adding a second one).
     send(session, resp, ctx, None).await
 }
@@ -103,7 +138,11 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 
 /// After a failed proxy attempt: the error response, and the error counted.
 pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-    let kind = ctx.error.unwrap_or_else(|| ErrorKind::of(e));
+    let kind = match ctx.error.unwrap_or_else(|| ErrorKind::of(e)) {
+        // A read timeout once the answer's head came: the body stalled.
+        ErrorKind::UpstreamTimeout if ctx.timing.upstream_header.is_some() => ErrorKind::UpstreamBodyTimeout,
+        kind => kind,
+    };
     ctx.error = Some(kind);
     if let Some(up) = ctx.upstream() {
         up.metrics.error(kind);
