@@ -34,6 +34,10 @@ async fn origin() -> Origin {
                 "short-lived",
                 &[("cache-control", "max-age=1, stale-if-error=600")],
             ),
+            "/swr" => Reply::ok(
+                format!("version {}", seen.count),
+                &[("cache-control", "max-age=1, stale-while-revalidate=600")],
+            ),
             p => Reply::ok(format!("body of {p}"), &[("cache-control", "max-age=60")]),
         }
     })
@@ -305,4 +309,33 @@ async fn stale_if_error_serves_the_stored_answer_while_the_upstream_is_down() {
     assert!(last.contains("ttl=-"), "{last}");
     // Without a stored answer the upstream's failure shows.
     assert_eq!(get(&gw, "/never-stored", &[]).await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let o = origin().await;
+    let gw = gateway(&o, "").await;
+    assert_eq!(get(&gw, "/swr", &[]).await.body, "version 1");
+    // Once stale, the stored answer is served as it is while one request refreshes it...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = get(&gw, "/swr", &[]).await;
+        if a.cache_status.contains("detail=stale-while-revalidate") {
+            assert_eq!(a.body, "version 1");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served stale: {}", a.cache_status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the refreshed answer is then served from the cache.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = get(&gw, "/swr", &[]).await;
+        if a.body == "version 2" && a.cache_status.contains("hit") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed: {} {}", a.body, a.cache_status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(o.hits("/swr"), 2);
 }

@@ -69,6 +69,8 @@ pub struct Seen {
     pub path: String,
     /// The headers.
     pub headers: http::HeaderMap,
+    /// Requests for this path so far, this one included.
+    pub count: usize,
 }
 
 type Script = dyn Fn(&Seen) -> Reply + Send + Sync;
@@ -145,11 +147,18 @@ async fn handle(
 ) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
-    let seen = Seen {
-        path: parts.uri.path().to_string(),
-        headers: parts.headers,
+    let path = parts.uri.path().to_string();
+    let count = {
+        let mut hits = hits.lock().unwrap();
+        let n = hits.entry(path.clone()).or_default();
+        *n += 1;
+        *n
     };
-    *hits.lock().unwrap().entry(seen.path.clone()).or_default() += 1;
+    let seen = Seen {
+        path,
+        headers: parts.headers,
+        count,
+    };
     let reply = script(&seen);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
