@@ -324,7 +324,11 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
             assert_eq!(a.body, "version 1");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never served stale: {}", a.cache_status);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served stale: {}",
+            a.cache_status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // ...and the refreshed answer is then served from the cache.
@@ -334,8 +338,34 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
         if a.body == "version 2" && a.cache_status.contains("hit") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never refreshed: {} {}", a.body, a.cache_status);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refreshed: {} {}",
+            a.body,
+            a.cache_status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(o.hits("/swr"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_the_normalised_path_so_other_spellings_share_one_entry() {
+    let o = origin().await;
+    let gw = gateway(&o, "").await;
+    let first = get(&gw, "/norm/key", &[]).await;
+    assert_eq!(first.body, "body of /norm/key");
+    assert!(first.cache_status.contains("stored"), "{}", first.cache_status);
+    // Merged slashes and a percent-encoded unreserved letter are the same resource:
+    // served from the one stored entry, never a second fill (or a poisoned one).
+    for spelling in ["/norm//key", "/%6Eorm/key"] {
+        let a = get(&gw, spelling, &[]).await;
+        assert_eq!(a.body, "body of /norm/key", "{spelling}");
+        assert!(
+            a.cache_status.starts_with("sluice; hit"),
+            "{spelling}: {}",
+            a.cache_status
+        );
+    }
+    assert_eq!(o.hits("/norm/key"), 1);
 }

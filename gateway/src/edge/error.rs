@@ -7,11 +7,11 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::{Error, ErrorSource, ErrorType};
+use sluice_core::edge::compile::ErrorPages;
+use sluice_core::edge::error_page::Vars;
 use sluice_core::framing::Refusal;
 use sluice_core::normalize::TargetRefusal;
 use sluice_core::{RejectKind, Response};
-use sluice_core::edge::compile::ErrorPages;
-use sluice_core::edge::error_page::Vars;
 
 /// Why the gateway answered with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -149,7 +149,9 @@ impl ProxyHttp for SluiceProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let r = crate::edge::unwind::catch_sync(|| forward::upstream_request(session, upstream, ctx, self.scheme));
+        let r = crate::edge::unwind::catch_sync(|| {
+            forward::upstream_request(session, upstream, ctx, self.scheme)
+        });
         crate::edge::unwind::or_internal(r, ctx, "upstream_request_filter")?;
         responses::upstream_request(upstream, ctx)
     }

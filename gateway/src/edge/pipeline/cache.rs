@@ -57,11 +57,7 @@ pub fn request(session: &mut Session, ctx: &mut Ctx) {
             ctx.filter.identity.is_some(),
             rules.cache_authenticated,
         );
-        (
-            bypass,
-            snap.config.cache.lock_timeout,
-            rules.max_object_size,
-        )
+        (bypass, snap.config.cache.lock_timeout, rules.max_object_size)
     };
     let state = ctx.http.get_or_insert_with(Default::default);
     let cache = state.cache.get_or_insert_with(State::default);

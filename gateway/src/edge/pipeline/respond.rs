@@ -18,7 +18,8 @@ pub async fn answer(session: &mut Session, ctx: &mut Ctx, answer: Answer) -> Res
     let resp = match answer {
         Answer::Respond(mut resp) => {
             // The breaker's default short-circuit answer is the gateway's own error.
-            if ctx.error == Some(ErrorKind::CircuitOpen) && crate::upstream::resilience::is_default_short_circuit(&resp)
+            if ctx.error == Some(ErrorKind::CircuitOpen)
+                && crate::upstream::resilience::is_default_short_circuit(&resp)
             {
                 page(
                     session,
