@@ -362,6 +362,29 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_store_is_sized_on_publish_and_a_refused_config_leaves_it_as_it_was() {
+        let cached = |max_size: u64| {
+            Config::from_text(&format!(
+                "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\n\
+                 cache: {{max_size: {max_size}}}\n\
+                 upstreams: [{{id: u, endpoints: [{{address: '127.0.0.1:9001'}}]}}]\n\
+                 routes: [{{id: c, upstream: u, cache: {{}}}}]\n"
+            ))
+        };
+        let limit = || crate::edge::cache_store::existing().map(|c| c.lru.weight_limit());
+        let g = Gateway::new(cached(3001).unwrap(), source(), true).unwrap();
+        assert_eq!(limit(), Some(3001), "made with the published size");
+        // Refused (an invalid request id header, past the parser): the serving store
+        // keeps its size.
+        let mut refused = cached(5003).unwrap();
+        refused.server.request_id_header = "bad header".into();
+        assert!(g.apply(Ok(refused), source()).is_err());
+        assert_eq!(limit(), Some(3001), "a refused config resized the store");
+        assert_eq!(g.apply(cached(5003), source()).unwrap(), ApplyOutcome::Applied);
+        assert_eq!(limit(), Some(5003), "resized when the new config is published");
+    }
+
+    #[test]
     fn a_feed_swaps_endpoints_without_a_new_snapshot() {
         use crate::upstream::discovery::EndpointSpec;
         let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();
