@@ -445,6 +445,8 @@ impl Config {
             &self.certificates,
             &self.l4_routes,
             &self.client_auth,
+            // The response cache store's size and lock wait.
+            &self.cache,
         ))
     }
 
