@@ -15,9 +15,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${SLUICE_BIN:-$root/target/release/sluice}
 [ -n "${SLUICE_BIN:-}" ] || cargo build --release --bin sluice --manifest-path "$root/Cargo.toml"
 RUN=$(mktemp -d /tmp/compress.XXXXXX)
+chmod 755 "$RUN"   # nginx workers run as nobody and must read doc.json
 PIDS=()
-stop() { kill -INT "$1" 2>/dev/null; for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-         kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null || true; }
+stop() { kill -INT "$1" 2>/dev/null || true; for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+         kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cleanup() { for p in "${PIDS[@]}"; do stop "$p"; done; rm -rf "$RUN"; }
 trap cleanup EXIT
 

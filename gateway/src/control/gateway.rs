@@ -363,6 +363,9 @@ mod tests {
 
     #[test]
     fn the_cache_store_is_sized_on_publish_and_a_refused_config_leaves_it_as_it_was() {
+        let _store = crate::edge::cache_store::TEST_STORE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let cached = |max_size: u64| {
             Config::from_text(&format!(
                 "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\n\

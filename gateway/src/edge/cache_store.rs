@@ -86,6 +86,11 @@ pub struct Cache {
 
 static CACHE: OnceLock<Cache> = OnceLock::new();
 
+/// Serialises the unit tests that size the process-wide store, so one cannot resize it
+/// under another's assertions.
+#[cfg(test)]
+pub(crate) static TEST_STORE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The process's cache, made with `max_size` on first use; later calls set the size
 /// limit (a reload).
 pub fn cache(max_size: u64) -> &'static Cache {
@@ -352,7 +357,10 @@ mod tests {
     }
 
     #[tokio::test]
+    // The guard only keeps the other store tests out; nothing else takes it.
+    #[allow(clippy::await_holding_lock)]
     async fn a_fill_is_found_and_purged_by_text() {
+        let _store = TEST_STORE.lock().unwrap_or_else(|e| e.into_inner());
         let c = cache(1 << 20);
         let span = Span::inactive().handle();
         let key = CacheKey::new("example.com/store-test?a=1", "");

@@ -139,11 +139,13 @@ pub fn headers(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
 
 /// After a failed proxy attempt: the error response, and the error counted.
 pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-    let kind = match ctx.error.unwrap_or_else(|| ErrorKind::of(e)) {
+    // A kind set by a phase stands (the total deadline is an `UpstreamTimeout` wherever
+    // it falls); else pingora's error decides.
+    let kind = ctx.error.unwrap_or_else(|| match ErrorKind::of(e) {
         // A read timeout once the answer's head came: the body stalled.
         ErrorKind::UpstreamTimeout if ctx.timing.upstream_header.is_some() => ErrorKind::UpstreamBodyTimeout,
         kind => kind,
-    };
+    });
     ctx.error = Some(kind);
     if let Some(up) = ctx.upstream() {
         up.metrics.error(kind);
