@@ -494,16 +494,20 @@ async fn two_replicas_only_the_lease_holder_writes_status_and_the_other_takes_ov
         late.iter().all(|w| w.field_manager == format!("sluice/{name}")),
         "{late:?}"
     );
-    // The survivor serves the new hostname.
-    let r = send(
-        &client,
-        reqwest::Method::GET,
-        &survivor.http_url("/"),
-        "www.shop.example",
-        &[],
-    )
+    // The survivor serves the new hostname (its config applies beside the status write,
+    // not before it).
+    eventually(WAIT, "the survivor serving www.shop.example", || async {
+        let r = send(
+            &client,
+            reqwest::Method::GET,
+            &survivor.http_url("/"),
+            "www.shop.example",
+            &[],
+        )
+        .await;
+        upstream_of(&r) == "a"
+    })
     .await;
-    assert_eq!(upstream_of(&r), "a");
     eprintln!("gateway_api: Lease taken over {takeover:?} after the holder was killed (lease_duration 2s)");
 }
 
