@@ -54,7 +54,7 @@ cleanup() { for p in "${PIDS[@]}"; do stop "$p"; done; rm -rf "$RUN"; }
 trap cleanup EXIT
 taskset -c 0 nginx -c "$RUN/nginx.conf" & PIDS+=($!)
 
-# Microseconds from wrk's "50.000%  1.23ms" style lines (--latency prints 50/75/90/99).
+# Microseconds from wrk's "    50%  1.23ms" lines (--latency prints 50/75/90/99).
 us() { awk -v q="$1" '$1==q"%" {v=$2; u=1; if (v ~ /us$/) {sub(/us$/,"",v)} else if (v ~ /ms$/) {sub(/ms$/,"",v); u=1000} else if (v ~ /s$/) {sub(/s$/,"",v); u=1000000}; printf "%d", v*u}'; }
 measure() { taskset -c 0 wrk -t1 -c"$C" -d"${D}s" --latency -s "$RUN/delay.lua" http://127.0.0.1:8080/; }
 
@@ -76,7 +76,7 @@ for run in $(seq "$RUNS"); do
   down=$(measure)
   dropped=$(curl -fs http://127.0.0.1:9990/metrics | awk '/^sluice_log_dropped_total\{.*sink="kafka"/{s+=$2} END{print s+0}')
   stop "$px"
-  u50=$(us 50.000 <<<"$up"); u99=$(us 99.000 <<<"$up"); d50=$(us 50.000 <<<"$down"); d99=$(us 99.000 <<<"$down")
+  u50=$(us 50 <<<"$up"); u99=$(us 99 <<<"$up"); d50=$(us 50 <<<"$down"); d99=$(us 99 <<<"$down")
   urps=$(awk '/Requests\/sec/{print $2}' <<<"$up"); drps=$(awk '/Requests\/sec/{print $2}' <<<"$down")
   ratio=$(awk -v a="$d99" -v b="$u99" 'BEGIN{printf "%.2f", (b>0)?a/b:0}')
   ratios+=("$ratio")
