@@ -218,3 +218,39 @@ fn every_bundled_example_is_valid() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn kafka_acks_all_is_valid_and_one_or_zero_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("sluice-acks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |acks: &str| {
+        let path = dir.join(format!("acks-{acks}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listeners: [{{name: web, listen: '127.0.0.1:18999'}}]\n\
+                 logging:\n  access_log:\n    sinks:\n      - kafka: {{brokers: ['127.0.0.1:19092'], topic: access, acks: {acks}}}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    for ok in ["all", "'-1'"] {
+        let out = sluice(&["validate"], &write(ok));
+        assert!(out.status.success(), "acks {ok}: {}", text(&out.stderr));
+    }
+    for (acks, why) in [
+        ("'1'", "`1` (leader only) is not supported"),
+        ("'0'", "`0` (no acknowledgement) is not supported"),
+    ] {
+        let out = sluice(&["validate"], &write(acks));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "acks {acks}: {stderr}");
+        assert!(
+            stderr.contains(&format!("logging.access_log.sinks[0].kafka.acks: {why}")),
+            "acks {acks}: {stderr}"
+        );
+        assert!(stderr.contains("use `all`"), "acks {acks}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
