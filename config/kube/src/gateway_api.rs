@@ -1388,8 +1388,8 @@ fn enum_str<T: Serialize>(t: &T) -> String {
 }
 
 /// `id` as a Sluice id: 1-128 of `[A-Za-z0-9._-]`; a longer one keeps its start and a
-/// hash of the whole.
-fn clean_id(id: &str) -> String {
+/// hash of the whole. The L4 translation names its routes and listeners the same way.
+pub(crate) fn clean_id(id: &str) -> String {
     let clean: String = id
         .chars()
         .map(|c| {

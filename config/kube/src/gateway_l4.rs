@@ -35,7 +35,9 @@ use sluice_config::l4::{
 use sluice_config::model::{BackendConfig, ListenerConfig, UpstreamConfig, UpstreamTls};
 
 use crate::endpoints::{service_upstream, upstream_id, PortRef, Unresolved};
-use crate::gateway_api::{intersect, Condition, ListenerCertificate, ParentRef, ParentStatus, RouteStatus};
+use crate::gateway_api::{
+    clean_id, intersect, Condition, ListenerCertificate, ParentRef, ParentStatus, RouteStatus,
+};
 use crate::l4_types::{BackendRef, ParentReference};
 use crate::{ClusterObjects, ObjectRef, Report};
 
@@ -1008,29 +1010,6 @@ pub fn backend_tls(
         }
     }
     out
-}
-
-/// `id` as a Sluice id (see the HTTP translation's rule).
-fn clean_id(id: &str) -> String {
-    let clean: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.len() <= 128 {
-        return clean;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in clean.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}.{h:016x}", &clean[..110])
 }
 
 /// For each upstream id, the Gateways (namespace, name) whose routes (HTTPRoutes and L4
