@@ -32,8 +32,8 @@ const FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forward
 
 /// Normalises the request in `session`. `Some` when it is refused (400) or redirected
 /// (`escaped_slashes: unescape_and_redirect`).
-pub fn request(session: &mut Session, ctx: &mut Ctx, listener: &str) -> Option<Answer> {
-    let snap = ctx.snapshot.clone()?;
+pub fn request(session: &mut Session, ctx: &Ctx, listener: &str) -> Option<Answer> {
+    let snap = ctx.snapshot.as_deref()?;
     let opts = snap.normalization(listener);
     if let Err(r) = headers(session, opts, &snap.identity_headers) {
         return Some(refuse(ctx, r));
