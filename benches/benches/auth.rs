@@ -10,10 +10,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use sluice_config::Config;
+use sluice_core::Services;
 use sluice_core::{FilterCtx, RequestView};
 use sluice_filters::auth::consumers::Consumers;
 use sluice_filters::auth::key_auth::KeyIndex;
-use sluice_filters::{BuildCtx, Shared};
+use sluice_filters::BuildCtx;
 
 fn consumers_yaml(n: usize, hashed: bool) -> String {
     let mut y = String::from("consumers:\n");
@@ -55,7 +56,7 @@ fn lookup(c: &mut Criterion) {
 
 fn filter(c: &mut Criterion) {
     let config: Config = serde_yaml::from_str(&consumers_yaml(10_000, false)).expect("consumers");
-    let shared = Shared::default();
+    let shared = Services::default();
     let ctx = BuildCtx::new(&config, &shared);
     let kind = sluice_filters::registry::find("key_auth").expect("key_auth kind");
     let f = (kind.build)(&serde_json::json!({}), &ctx).unwrap_or_else(|_| panic!("key_auth builds"));

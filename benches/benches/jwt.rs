@@ -12,10 +12,11 @@ use std::task::{Context, Poll, Waker};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sluice_core::Services;
 use sluice_core::{FilterCtx, RequestView};
 use sluice_filters::auth::jwt::verify::{self, AlgSet, ClaimRules, Key, KeySet};
 use sluice_filters::auth::jwt::{Jwt, JwtOutcome, JwtSpec};
-use sluice_filters::{BuildCtx, Shared};
+use sluice_filters::BuildCtx;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -120,7 +121,7 @@ fn jwt_benches(c: &mut Criterion) {
             continue;
         }
         let config = sluice_config::Config::default();
-        let shared = Shared::default();
+        let shared = Services::default();
         let spec: JwtSpec = serde_json::from_value(case.spec.clone()).expect("spec");
         let jwt = Jwt::new(&spec, &BuildCtx::new(&config, &shared))
             .expect("build")

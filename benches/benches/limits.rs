@@ -9,9 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice_config::Config;
+use sluice_core::Services;
 use sluice_core::{Filter, FilterCtx, Flow, RequestView};
 use sluice_filters::rate_limit::{RateLimit, RateLimitSpec};
-use sluice_filters::{BuildCtx, Shared};
+use sluice_filters::BuildCtx;
 
 /// Polls a future that never waits (a local limit answers at once).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -27,7 +28,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn limiter(yaml: &str) -> RateLimit {
     let spec: RateLimitSpec = serde_json::from_value(serde_yaml_like(yaml)).expect("spec");
     let config = Config::default();
-    let shared = Shared::default();
+    let shared = Services::default();
     RateLimit::new(&spec, &BuildCtx::new(&config, &shared), Default::default()).expect("builds")
 }
 

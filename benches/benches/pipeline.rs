@@ -63,13 +63,13 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
-fn build_ctx<'a>(config: &'a Config, shared: &'a sluice_filters::Shared) -> sluice_filters::BuildCtx<'a> {
+fn build_ctx<'a>(config: &'a Config, shared: &'a sluice_core::Services) -> sluice_filters::BuildCtx<'a> {
     sluice_filters::BuildCtx::new(config, shared)
 }
 
 fn chain(c: &mut Criterion) {
     let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
-    let shared = sluice_filters::Shared::default();
+    let shared = sluice_core::Services::default();
     let chain = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None, &build_ctx(&cfg, &shared))
         .expect("builds");
     let ctx = FilterCtx::default();
@@ -95,7 +95,7 @@ fn split(c: &mut Criterion) {
 
 fn chain_reuse(c: &mut Criterion) {
     let cfg = Config::from_text(&config_with_routes(10)).expect("valid");
-    let shared = sluice_filters::Shared::default();
+    let shared = sluice_core::Services::default();
     let first = sluice_filters::build_chain(&cfg.routes[0], "routes[0]", None, &build_ctx(&cfg, &shared))
         .expect("builds");
     c.bench_function("chain/rebuild_reusing_unchanged_filters", |b| {

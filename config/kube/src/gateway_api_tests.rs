@@ -100,7 +100,7 @@ fn assert_valid(t: &GatewayTranslation) {
     v["upstreams"] = upstreams;
     let cfg = sluice_config::Config::from_json_value(v.clone())
         .unwrap_or_else(|e| panic!("{e:?}\n{}", serde_json::to_string_pretty(&v).unwrap()));
-    let shared = sluice_filters::registry::Shared::default();
+    let shared = sluice_filters::registry::Services::default();
     let ctx = sluice_filters::registry::BuildCtx::new(&cfg, &shared);
     for r in &cfg.routes {
         for f in &r.filters {

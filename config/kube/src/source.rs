@@ -358,7 +358,7 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
 /// model's validation, and its filter specs built as `sluice validate` does. Empty when
 /// it is good.
 pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<String> {
-    let shared = sluice_filters::registry::Shared::default();
+    let shared = sluice_filters::registry::Services::default();
     let config = sluice_config::Config {
         listeners: vec![sluice_config::model::ListenerConfig::new(
             "check",

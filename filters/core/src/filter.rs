@@ -7,6 +7,7 @@
 //! | filter phase                      | pingora phase              | typical use                        |
 //! |-----------------------------------|----------------------------|------------------------------------|
 //! | [`Filter::on_request`]            | `request_filter`           | auth, rate limit, redirect, answer, pick a backend |
+//! | [`Filter::on_body_ready`]         | `request_filter`, once the body is buffered (or known to stream) | act on the request body (mirror copies) |
 //! | [`Filter::on_upstream_request`]   | `upstream_request_filter`  | request header changes             |
 //! | [`Filter::on_upstream_response`]  | `upstream_response_filter` | look at or change what the upstream said |
 //! | [`Filter::on_response`]           | `response_filter`          | response header changes            |
@@ -28,6 +29,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub struct Phases {
     /// Runs [`Filter::on_request`].
     pub request: bool,
+    /// Runs [`Filter::on_body_ready`].
+    pub body_ready: bool,
     /// Runs [`Filter::on_upstream_request`].
     pub upstream_request: bool,
     /// Runs [`Filter::on_upstream_response`].
@@ -126,6 +129,18 @@ impl Reject {
         self.headers.push((name, value));
         self
     }
+}
+
+/// What the gateway knows of the request body once request buffering is done, for
+/// [`Filter::on_body_ready`].
+#[derive(Debug, Clone)]
+pub enum RequestBody {
+    /// The request has no body.
+    Empty,
+    /// The body, read whole (request buffering).
+    Buffered(Bytes),
+    /// The body is streamed to the upstream, so it is not at hand.
+    Streamed,
 }
 
 /// A response produced by the gateway itself (a filter's answer, or an error).
@@ -258,20 +273,14 @@ pub struct FilterCtx {
     /// by the gateway (`weight`) when the split decided. Default: none (no backend
     /// chosen yet, or the request was answered before).
     pub backend_reason: Option<BackendReason>,
-    /// What the last authentication filter decided (method and outcome), for
-    /// `sluice_auth_total` and for later auth filters (a consumer already identified
-    /// satisfies them). Default: none.
-    pub auth: Option<AuthNote>,
-    /// Query parameters to remove from the request sent upstream (a key-auth credential
-    /// taken from the query). Default: none.
-    pub strip_query_params: Vec<Arc<str>>,
-    /// Typed per-request values a filter keeps between its own phases (what forward
-    /// auth copies upstream, the origin CORS echoes), one value per type. Empty (and
+    /// Typed per-request notes, one value per type, that a filter keeps between its
+    /// own phases or leaves for later filters of its family (what an authentication
+    /// filter decided, what forward auth copies upstream, the origin CORS echoes, the
+    /// mirror copies waiting for the body). Each kind's note is its own type. Empty (and
     /// unallocated) by default.
     pub ext: http::Extensions,
-    /// The rate or concurrency limit that answered last (for the access log): its
-    /// configured name and decision. Default: none.
-    pub limit: Option<LimitNote>,
+    /// Fields for the access log (e.g. the limit that answered). Default: empty.
+    pub log: LogNotes,
     /// Things a filter holds for the request's lifetime (a concurrency permit, what its
     /// response phase needs). Dropped with the request context, whatever the outcome
     /// (answered, error, client gone, panic), which is what releases a permit.
@@ -279,67 +288,62 @@ pub struct FilterCtx {
     pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
-/// Which limit answered a request, and how: set by the `rate_limit` and `limit_conn`
-/// filters, read by the access log.
+/// A value filters leave for the access log: static text or shared text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitNote {
-    /// The limit's configured name.
-    pub name: Arc<str>,
-    /// The decision, from a closed set (`allowed`, `rejected`, `fail_open`,
-    /// `fail_closed`, `fallback_allowed`, `fallback_rejected`).
-    pub decision: &'static str,
+pub enum LogValue {
+    /// Text known at compile time (a decision from a closed set).
+    Static(&'static str),
+    /// Shared text (a configured name).
+    Shared(Arc<str>),
 }
 
-/// The outcome label of `sluice_auth_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthResult {
-    /// A consumer was identified and allowed.
-    Ok,
-    /// No credential, no anonymous consumer: 401.
-    Missing,
-    /// A credential that is not valid: 401 (or the method's own answer).
-    Invalid,
-    /// An identified (or anonymous) consumer the ACL refuses: 403.
-    Forbidden,
-    /// No credential; the anonymous consumer was used.
-    Anonymous,
-}
-
-impl AuthResult {
-    /// Every outcome, in [`AuthResult::index`] order.
-    pub const ALL: [AuthResult; 5] = [
-        AuthResult::Ok,
-        AuthResult::Missing,
-        AuthResult::Invalid,
-        AuthResult::Forbidden,
-        AuthResult::Anonymous,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
+impl LogValue {
+    /// The text.
+    pub fn as_str(&self) -> &str {
         match self {
-            AuthResult::Ok => "ok",
-            AuthResult::Missing => "missing",
-            AuthResult::Invalid => "invalid",
-            AuthResult::Forbidden => "forbidden",
-            AuthResult::Anonymous => "anonymous",
+            LogValue::Static(s) => s,
+            LogValue::Shared(s) => s,
+        }
+    }
+}
+
+/// What filters leave for the access log, by field name (e.g. `limit` and
+/// `limit_decision`, which the rate and concurrency limits set): a kind-neutral seam,
+/// so the gateway logs what a filter says without knowing the filter. Holds up to
+/// [`LogNotes::MAX`] fields inline (no allocation); a later value of a field replaces
+/// the earlier one. Default: empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogNotes {
+    items: [Option<(&'static str, LogValue)>; LogNotes::MAX],
+}
+
+impl LogNotes {
+    /// The most fields held; a new field beyond them is dropped.
+    pub const MAX: usize = 4;
+
+    /// Sets field `name` to `value`.
+    pub fn set(&mut self, name: &'static str, value: LogValue) {
+        let slot = match self
+            .items
+            .iter()
+            .position(|i| i.as_ref().is_some_and(|(n, _)| *n == name))
+        {
+            Some(at) => Some(at),
+            None => self.items.iter().position(Option::is_none),
+        };
+        if let Some(at) = slot {
+            self.items[at] = Some((name, value));
         }
     }
 
-    /// Position in [`AuthResult::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
+    /// The value of field `name`, if a filter set it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .flatten()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
-}
-
-/// What an authentication filter decided, left in [`FilterCtx::auth`]. (Defined here
-/// because [`FilterCtx`] names it.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuthNote {
-    /// The method that decided, or `any` (`ANY` in the auth kinds) when several were tried and none applied.
-    pub method: &'static str,
-    /// The outcome.
-    pub outcome: AuthResult,
 }
 
 /// The finished request, as the completion phase sees it.
@@ -420,6 +424,11 @@ pub trait Filter: Send + Sync {
         Flow::Continue
     }
 
+    /// Runs once the request body is known (buffered, empty, or streamed), after every
+    /// request-phase filter has let the request through and before the backend is
+    /// chosen. It must not wait. Default: nothing.
+    fn on_body_ready(&self, _body: &RequestBody, _ctx: &mut FilterCtx) {}
+
     /// Runs on the request about to be sent upstream. Default: no change.
     fn on_upstream_request(&self, _headers: &mut dyn HeaderEdit, _ctx: &FilterCtx) {}
 
@@ -476,6 +485,7 @@ pub struct Built {
 #[derive(Clone, Default)]
 pub struct Chain {
     request: Vec<Arc<dyn Filter>>,
+    body_ready: Vec<Arc<dyn Filter>>,
     upstream_request: Vec<Arc<dyn Filter>>,
     upstream_response: Vec<Arc<dyn Filter>>,
     response: Vec<Arc<dyn Filter>>,
@@ -514,6 +524,7 @@ impl Chain {
             let f = &b.filter;
             for (on, list) in [
                 (p.request, &mut chain.request),
+                (p.body_ready, &mut chain.body_ready),
                 (p.upstream_request, &mut chain.upstream_request),
                 (p.upstream_response, &mut chain.upstream_response),
                 (p.response, &mut chain.response),
@@ -547,6 +558,13 @@ impl Chain {
             }
         }
         Flow::Continue
+    }
+
+    /// Runs the body-ready phase.
+    pub fn on_body_ready(&self, body: &RequestBody, ctx: &mut FilterCtx) {
+        for f in &self.body_ready {
+            f.on_body_ready(body, ctx);
+        }
     }
 
     /// Runs the upstream-request phase.
@@ -612,6 +630,11 @@ impl Chain {
     /// Whether any filter takes part in the request phase.
     pub fn has_request_phase(&self) -> bool {
         !self.request.is_empty()
+    }
+
+    /// Whether any filter takes part in the body-ready phase.
+    pub fn has_body_ready_phase(&self) -> bool {
+        !self.body_ready.is_empty()
     }
 
     /// Whether any filter takes part in the upstream-response phase.

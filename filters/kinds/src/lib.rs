@@ -5,31 +5,29 @@
 //! The filter seam itself (the `Filter` trait, `Chain`, `FilterCtx`) and the pure cores
 //! (router, split, resilience machines) are in `sluice-core`. A filter that must call out
 //! (a key set to fetch, a shared limit store, an auth service) keeps that I/O in a thin
-//! shell beside its core, run on the runtime in [`Shared`]. Nothing here touches pingora;
+//! shell beside its core, run on the runtime service it finds in the build's
+//! [`Services`] map. Nothing here touches pingora;
 //! the `sluice-gateway` crate wraps these filters in pingora phases.
 
 use sluice_config::model::{Config, RouteConfig};
 use sluice_config::ConfigError;
-use sluice_core::{Built, Chain};
+use sluice_core::{Built, Chain, Services};
 
 use auth::consumers;
 
 pub mod auth;
 pub mod canary;
-pub mod client_cert;
 pub mod cors;
 pub mod direct_response;
 pub mod headers;
 pub mod ip_restriction;
 pub mod limit_conn;
 pub mod mirror;
-#[cfg(feature = "test-kinds")]
-pub mod panic;
 pub mod rate_limit;
 pub mod redirect;
 pub mod registry;
 
-pub use registry::{config_schema, BuildCtx, Shared};
+pub use registry::{config_schema, BuildCtx};
 
 /// The reuse key of a route's own `headers` rules.
 const ROUTE_HEADERS_KEY: &str = "route.headers";
@@ -147,8 +145,8 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
 /// credentials (by each method's own check), every route's filter specs, and that a
 /// route without backends has a filter that answers. Returns every error, with its path.
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
-    let shared = Shared::default();
-    let ctx = BuildCtx::new(config, &shared);
+    let services = Services::default();
+    let ctx = BuildCtx::new(config, &services);
     let mut errors = consumers::validate(config, &ctx);
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -200,8 +198,8 @@ mod tests {
         previous: Option<&Chain>,
     ) -> Result<Chain, Vec<ConfigError>> {
         let config = Config::default();
-        let shared = Shared::default();
-        super::build_chain(route, path, previous, &BuildCtx::new(&config, &shared))
+        let services = Services::default();
+        super::build_chain(route, path, previous, &BuildCtx::new(&config, &services))
     }
 
     #[test]
@@ -222,10 +220,10 @@ mod tests {
     #[test]
     fn a_filter_reading_consumers_is_rebuilt_when_they_change() {
         let r = route("{id: r, upstream: u, filters: [{key_auth: {}}, {rate_limit: {requests: 5}}]}");
-        let shared = Shared::default();
+        let services = Services::default();
         let build = |consumers: &str, previous: Option<&Chain>| {
             let config: Config = serde_yaml::from_str(consumers).unwrap();
-            let ctx = BuildCtx::new(&config, &shared);
+            let ctx = BuildCtx::new(&config, &services);
             let digest = consumers::Consumers::of(&ctx).digest().to_string();
             let chain = super::build_chain(&r, "routes[0]", previous, &ctx).unwrap();
             assert!(chain.consumers_fresh(&digest));

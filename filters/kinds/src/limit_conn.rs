@@ -22,13 +22,11 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::rate_limit::key::{KeyList, KeySpec};
-use crate::rate_limit::metrics::{Decision, DecisionCounters};
+use crate::rate_limit::metrics::{note, Decision, DecisionCounters};
 use crate::rate_limit::store::{KeyedStore, Slot};
 use crate::rate_limit::RejectionSpec;
 use crate::registry::{parse, BuildCtx, Kind, SpecError};
-use sluice_core::filter::{
-    CustomReject, Filter, FilterCtx, Flow, LimitNote, Phases, Reject, RejectKind, RequestView,
-};
+use sluice_core::filter::{CustomReject, Filter, FilterCtx, Flow, Phases, Reject, RejectKind, RequestView};
 
 /// The registry entry.
 pub const KIND: Kind = Kind {
@@ -150,7 +148,7 @@ impl LimitConn {
             start: Instant::now(),
             idle_ns: u64::try_from(spec.idle.as_nanos()).unwrap_or(u64::MAX),
         });
-        if let (Some(rt), false) = (&ctx.shared.runtime, key.is_route()) {
+        if let (Some(rt), false) = (&ctx.runtime(), key.is_route()) {
             let weak: Weak<Counts> = Arc::downgrade(&counts);
             let every = (spec.idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
             rt.spawn(async move {
@@ -165,7 +163,11 @@ impl LimitConn {
         }
         Ok(LimitConn {
             max: spec.max.get(),
-            counters: DecisionCounters::new(ctx.shared.limit_metrics.as_ref(), ctx.route, &spec.name),
+            counters: DecisionCounters::new(
+                crate::rate_limit::metrics::LimitSink::of(ctx).0.as_ref(),
+                ctx.route,
+                &spec.name,
+            ),
             name: spec.name.as_str().into(),
             key,
             counts,
@@ -218,18 +220,12 @@ impl Filter for LimitConn {
             Some(permit) => {
                 self.counters.count(Decision::Allowed);
                 ctx.held.push(Box::new(permit));
-                ctx.limit = Some(LimitNote {
-                    name: self.name.clone(),
-                    decision: Decision::Allowed.as_str(),
-                });
+                note(ctx, &self.name, Decision::Allowed);
                 Flow::Continue
             }
             None => {
                 self.counters.count(Decision::Rejected);
-                ctx.limit = Some(LimitNote {
-                    name: self.name.clone(),
-                    decision: Decision::Rejected.as_str(),
-                });
+                note(ctx, &self.name, Decision::Rejected);
                 Flow::Reject(
                     Reject::new(RejectKind::RateLimited, "too many requests in flight")
                         .with_custom(self.custom.clone())
@@ -262,8 +258,8 @@ mod tests {
     fn conn(yaml: &str) -> LimitConn {
         let spec: LimitConnSpec = serde_yaml::from_str(yaml).unwrap();
         let config = sluice_config::Config::default();
-        let shared = crate::Shared::default();
-        LimitConn::new(&spec, &BuildCtx::new(&config, &shared)).unwrap()
+        let services = sluice_core::Services::default();
+        LimitConn::new(&spec, &BuildCtx::new(&config, &services)).unwrap()
     }
 
     fn run(f: &LimitConn, headers: &http::HeaderMap, ctx: &mut FilterCtx) -> bool {
@@ -291,7 +287,7 @@ mod tests {
         assert!(run(&f, &h, &mut a));
         assert!(run(&f, &h, &mut b));
         assert!(!run(&f, &h, &mut c), "the third in flight is refused");
-        assert_eq!(c.limit.as_ref().unwrap().decision, "rejected");
+        assert_eq!(c.log.get("limit_decision"), Some("rejected"));
         drop(a);
         let mut d = FilterCtx::default();
         assert!(run(&f, &h, &mut d), "a finished request gave its slot back");

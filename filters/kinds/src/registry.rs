@@ -1,6 +1,9 @@
 //! The filter kinds, one module each with its spec, validation, build and tests, and the
-//! registry: one line per kind. Adding a filter means a new module here, a line in
-//! [`REGISTRY`] and its section in `docs/config.md`; the gateway's glue does not change.
+//! registry: one line per kind. Adding a filter means a new module (or folder), a line
+//! in [`REGISTRY`] (or, for a test-only kind, in [`test_kinds!`]) and its section in
+//! `docs/config.md`; the gateway's glue does not change. A kind gets what it needs
+//! (a runtime, the metrics registry, pools it makes itself) from the [`Services`] map
+//! in its [`BuildCtx`], and registers its own metrics there.
 //!
 //! A spec is parsed from the route's config with `deny_unknown_fields`, so a misspelt
 //! key is an error naming its path (`routes[0].filters[1].rate_limit.per: unknown field
@@ -11,13 +14,11 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use sluice_core::filter::Filter;
+pub use sluice_core::Services;
 
-use crate::auth::{acl_kind, auth_kind, basic_auth, forward_auth, jwt, key_auth};
-#[cfg(feature = "test-kinds")]
-use crate::panic;
+use crate::auth::{acl_kind, auth_kind, basic_auth, client_cert, forward_auth, jwt, key_auth};
 use crate::{
-    canary, client_cert, cors, direct_response, headers, ip_restriction, limit_conn, mirror, rate_limit,
-    redirect,
+    canary, cors, direct_response, headers, ip_restriction, limit_conn, mirror, rate_limit, redirect,
 };
 
 /// A spec error: the path inside the filter's spec (empty for the spec as a whole) and
@@ -96,8 +97,7 @@ pub fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenera
 /// with its spec (see [`sluice_config::schema`]): what `sluice schema` prints.
 pub fn config_schema() -> schemars::Schema {
     sluice_config::schema::config_schema(|generator| {
-        REGISTRY
-            .iter()
+        kinds()
             .filter_map(|k| k.schema.map(|schema| (k.name.to_string(), schema(generator))))
             .collect()
     })
@@ -109,76 +109,48 @@ pub struct BuildCtx<'a> {
     /// The whole config being compiled (consumers, server settings, other routes). In
     /// `sluice validate` and the CLI's checks it may hold only part of a config.
     pub config: &'a sluice_config::Config,
-    /// Process-wide services every build shares, which outlive reloads.
-    pub shared: &'a Shared,
+    /// Process-wide services every build shares, which outlive reloads: what the
+    /// gateway inserted (a runtime handle, the metrics registry, an endpoint lookup)
+    /// and what kinds made for themselves (pools, key caches, counters). Empty in
+    /// validation: a kind must then check its spec and start no background work.
+    pub services: &'a Services,
     /// The id of the route the filter is built for (a metric label, a shared store's
     /// key prefix); set by [`crate::build_chain`]. Default: empty.
     pub route: &'a str,
 }
 
 impl<'a> BuildCtx<'a> {
-    /// A context over `config` and `shared`, for no route in particular.
-    pub fn new(config: &'a sluice_config::Config, shared: &'a Shared) -> BuildCtx<'a> {
+    /// A context over `config` and `services`, for no route in particular.
+    pub fn new(config: &'a sluice_config::Config, services: &'a Services) -> BuildCtx<'a> {
         BuildCtx {
             config,
-            shared,
+            services,
             route: "",
         }
     }
-}
 
-/// Process-wide services shared by the filters of every snapshot (connection pools,
-/// key caches, the runtime background work runs on). Built once at start-up; a reload
-/// keeps it. `Shared::default()` (no runtime) is what validation uses: a build must then
-/// check its spec and start no background work.
-#[derive(Clone, Default)]
-pub struct Shared {
-    /// The runtime background tasks (key refreshes, pool maintenance) are spawned on.
-    /// Default: none (validation only).
-    pub runtime: Option<tokio::runtime::Handle>,
-    /// The JWKS key sets of the `jwt` filters, one per URL. Default: empty.
-    pub jwks: jwt::jwks::JwksRegistry,
-    /// The consumer table of the config last compiled, reused while the consumers stay
-    /// the same (see [`crate::auth::consumers::Consumers::of`]). Default: empty.
-    pub consumers: crate::auth::consumers::ConsumerCache,
-    /// The `forward_auth` filters' keep-alive HTTP client and outcome counters.
-    /// Default: a new, empty pool.
-    pub forward_auth: forward_auth::Pool,
-    /// Where the limit filters report decisions and Redis calls (the gateway's
-    /// Prometheus metrics). Default: none (nothing is counted).
-    pub limit_metrics: Option<Arc<dyn rate_limit::metrics::LimitMetrics>>,
-    /// Connection pools to Redis servers for cluster-wide limits, one per URL, kept
-    /// across reloads. Default: empty.
-    pub redis: Arc<rate_limit::redis::RedisPools>,
-    /// Every route's live split between its backends, by route id, kept across reloads
-    /// (canary rules read it, rollouts set its override). Default: empty.
-    pub splits: Arc<sluice_core::split::Splits>,
-    /// The `mirror` filters' pooled HTTP client and outcome counters. Default: a new,
-    /// empty pool.
-    pub mirrors: mirror::Mirrors,
-    /// The gateway's view of each upstream's current endpoints, where `mirror` copies
-    /// go. Default: none (nothing is mirrored: validation, unit tests).
-    pub endpoints: Option<Arc<dyn mirror::EndpointLookup>>,
-}
+    /// The runtime background work (key refreshes, pool upkeep, outbound calls) is
+    /// spawned on, if the gateway gave one; `None` in validation.
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.services
+            .get::<tokio::runtime::Handle>()
+            .map(|h| (*h).clone())
+    }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("runtime", &self.runtime.is_some())
-            .field("jwks", &self.jwks)
-            .field("limit_metrics", &self.limit_metrics.is_some())
-            .finish()
+    /// The metrics registry kinds register their metrics in, if the gateway gave one;
+    /// `None` in validation and unit tests (nothing is counted).
+    pub fn metrics(&self) -> Option<Arc<prometheus::Registry>> {
+        self.services.get::<prometheus::Registry>()
     }
 }
 
-/// Every filter kind, one line each.
+/// Every filter kind of a release build, one line each (the test-only ones are in
+/// [`test_kinds!`]).
 pub static REGISTRY: &[Kind] = &[
     headers::KIND,
     redirect::KIND,
     direct_response::KIND,
     rate_limit::KIND,
-    #[cfg(feature = "test-kinds")]
-    panic::KIND,
     jwt::KIND,
     auth_kind::KIND,
     key_auth::KIND,
@@ -193,14 +165,58 @@ pub static REGISTRY: &[Kind] = &[
     mirror::KIND,
 ];
 
+/// Declares the test-only kinds, one line each (`name = "its file"`, relative to
+/// `src/`): the line both declares the kind's module and lists its `KIND` in the
+/// registry, so such a kind is added by its folder and that one line. They exist only
+/// with the `test-kinds` feature (`sluice-gateway/test-kinds`, which `scripts/test.sh`
+/// enables); a release build does not know them.
+macro_rules! test_kinds {
+    ($($name:ident = $file:literal),* $(,)?) => {
+        $(
+            #[cfg(feature = "test-kinds")]
+            #[path = $file]
+            pub mod $name;
+        )*
+        /// The test-only kinds (empty without the `test-kinds` feature).
+        #[cfg(feature = "test-kinds")]
+        pub static TEST_KINDS: &[Kind] = &[$($name::KIND),*];
+        /// The test-only kinds (empty without the `test-kinds` feature).
+        #[cfg(not(feature = "test-kinds"))]
+        pub static TEST_KINDS: &[Kind] = &[];
+    };
+}
+
+test_kinds! {
+    panic = "panic.rs",
+}
+
+/// Every kind this build knows: [`REGISTRY`], then [`TEST_KINDS`].
+pub fn kinds() -> impl Iterator<Item = &'static Kind> {
+    REGISTRY.iter().chain(TEST_KINDS)
+}
+
 /// The kind called `name`.
 pub fn find(name: &str) -> Option<&'static Kind> {
-    REGISTRY.iter().find(|k| k.name == name)
+    kinds().find(|k| k.name == name)
 }
 
 /// The names of every kind, for error messages.
 pub fn names() -> String {
-    REGISTRY.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+    kinds().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The route's configured rate and concurrency limits, for `/api/v1/routes` (names,
+/// quotas, keys, store; never a Redis URL).
+pub fn describe_limits(route: &sluice_config::model::RouteConfig) -> Vec<serde_json::Value> {
+    route
+        .filters
+        .iter()
+        .filter_map(|f| match f.kind.as_str() {
+            "rate_limit" => rate_limit::describe(&f.spec),
+            "limit_conn" => limit_conn::describe(&f.spec),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Deserializes a spec with the path of the first error.
@@ -219,8 +235,8 @@ pub(crate) fn build_for_test(
     spec: &serde_json::Value,
 ) -> BuildResult {
     let config = sluice_config::Config::default();
-    let shared = Shared::default();
-    build(spec, &BuildCtx::new(&config, &shared))
+    let services = Services::default();
+    build(spec, &BuildCtx::new(&config, &services))
 }
 
 #[cfg(all(test, not(feature = "test-kinds")))]

@@ -302,7 +302,7 @@ async fn routes(State(g): State<Arc<Gateway>>) -> Json<Value> {
                 })).collect::<Vec<_>>(),
                 "filters": r.chain.kinds(),
                 "auth": r.chain.auth_methods(),
-                "limits": crate::observe::limit_metrics::describe_limits(cfg),
+                "limits": sluice_filters::registry::describe_limits(cfg),
             })
         })
         .collect();

@@ -24,7 +24,7 @@ use sluice_core::split::LiveSplit;
 use sluice_core::Chain;
 
 use crate::control::state::{Commits, SharedState};
-use crate::observe::metrics::{AuthMetrics, CacheMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
+use crate::observe::metrics::{CacheMetrics, RetryMetrics, RouteMetrics, VersionMetrics};
 use crate::upstream::resilience::{route_retry_policy, BreakerBinding};
 use crate::upstream::Upstream;
 
@@ -73,8 +73,6 @@ pub struct Route {
     pub rewrite: Option<Arc<PathRewrite>>,
     /// The route's metric handles.
     pub metrics: Arc<RouteMetrics>,
-    /// `sluice_auth_total` handles, when the route's filters authenticate.
-    pub auth_metrics: Option<Arc<AuthMetrics>>,
     /// What the route asks of responses (compression, cache, gRPC-Web, error pages,
     /// the response body limit); `None` when nothing.
     pub responses: Option<Arc<RouteResponses>>,
@@ -274,7 +272,7 @@ impl Snapshot {
                     .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
             ),
         };
-        let ctx = sluice_filters::BuildCtx::new(&config, &state.filters);
+        let ctx = sluice_filters::BuildCtx::new(&config, &state.services);
         // Consumers' credentials are checked by their methods (the model checks names).
         errors.extend(sluice_filters::auth::consumers::validate(&config, &ctx));
         let old_routes: HashMap<&str, &Route> = previous
@@ -510,12 +508,6 @@ fn compile_route(
         .map(|b| Arc::from(b.upstream.id.as_str()))
         .collect();
     let split = state.split(&r.id, &ids, &weights, plan);
-    let auth_methods = chain.auth_methods();
-    let auth_metrics = match old {
-        Some(o) if Arc::ptr_eq(&o.chain, &chain) => o.auth_metrics.clone(),
-        _ if auth_methods.is_empty() => None,
-        _ => Some(Arc::new(metrics.auth_for(&r.id, &auth_methods))),
-    };
     let responses = sluice_core::edge::compile::route(r, ctx.config, path)?;
     let cache_metrics = responses.cache.as_ref().map(|_| state.metrics.cache_for(&r.id));
     Ok(Route {
@@ -523,7 +515,6 @@ fn compile_route(
         hash,
         responses: (!responses.is_empty()).then(|| Arc::new(responses)),
         cache_metrics,
-        auth_metrics,
         chain,
         backends,
         split,

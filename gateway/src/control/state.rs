@@ -19,9 +19,11 @@ use prometheus::IntGauge;
 use sluice_config::model::EndpointConfig;
 use sluice_config::resilience::{BreakerConfig, OutlierDetectionConfig, RetryBudgetConfig};
 use sluice_core::resilience::{OutlierDetector, RetryBudget};
-use sluice_core::split::LiveSplit;
+use sluice_core::split::{LiveSplit, Splits};
+use sluice_core::{EndpointLookup, Services};
 
 use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::upstream::directory::UpstreamDirectory;
 use crate::upstream::resilience::RouteBreaker;
 use crate::upstream::EndpointState;
 
@@ -33,12 +35,18 @@ pub struct SharedState {
     pub metrics: Arc<Metrics>,
     /// The discovery plane's DNS cache of endpoint host names.
     pub discovery: crate::upstream::discovery::Discovery,
-    /// The services every filter build shares (runtime, pools, key caches).
-    pub filters: sluice_filters::Shared,
+    /// The services every filter build shares: the ones the gateway owns (the
+    /// background runtime, the metrics registry, the upstream directory, the live
+    /// splits), inserted here, and the ones filter kinds make for themselves.
+    pub services: Arc<Services>,
+    /// Every route's live split between its backends, by route id, kept across reloads
+    /// (canary rules read it, rollouts set its override); also in `services`.
+    pub splits: Arc<Splits>,
     /// The tracer in effect (`tracing:`), kept by snapshots whose tracing is unchanged.
     pub tracing: crate::observe::trace::Tracing,
-    /// The serving snapshot's upstreams, where the `mirror` filters send copies.
-    pub upstreams: Arc<crate::upstream::mirror::UpstreamDirectory>,
+    /// The serving snapshot's upstreams, where filters send requests of their own
+    /// (mirror copies); also in `services`, as the [`EndpointLookup`].
+    pub upstreams: Arc<UpstreamDirectory>,
     endpoints: Mutex<HashMap<(String, String), Arc<EndpointState>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     /// Each breaker with the config it was last given.
@@ -135,7 +143,7 @@ impl Commits {
                     new,
                 } => {
                     if new {
-                        state.filters.splits.insert(&route, split);
+                        state.splits.insert(&route, split);
                     } else {
                         split.set_base(&backends, &weights);
                     }
@@ -154,23 +162,20 @@ impl Commits {
 impl SharedState {
     /// Empty state reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> SharedState {
-        let upstreams = Arc::new(crate::upstream::mirror::UpstreamDirectory::default());
-        let filters = sluice_filters::Shared {
-            runtime: crate::control::background::handle(),
-            limit_metrics: Some(crate::observe::limit_metrics::sink(&metrics)),
-            endpoints: Some(upstreams.clone()),
-            ..Default::default()
-        };
-        metrics.register(Box::new(crate::upstream::mirror::MirrorCollector::new(
-            filters.mirrors.clone(),
-        )));
-        metrics.register(Box::new(
-            crate::observe::access_metrics::ForwardAuthCollector::new(filters.forward_auth.stats.clone()),
-        ));
+        let upstreams = Arc::new(UpstreamDirectory::default());
+        let services = Arc::new(Services::default());
+        if let Some(rt) = crate::control::background::handle() {
+            services.insert(rt);
+        }
+        services.insert(metrics.registry().clone());
+        services.insert(upstreams.clone() as Arc<dyn EndpointLookup>);
+        services.insert(Arc::new(crate::observe::events::KindSink) as Arc<dyn sluice_core::EventSink>);
+        let splits = services.get_or_insert_with(Splits::default);
         SharedState {
             metrics: metrics.clone(),
             discovery: crate::upstream::discovery::Discovery::default(),
-            filters,
+            services,
+            splits,
             tracing: crate::observe::trace::Tracing::new(&metrics),
             upstreams,
             endpoints: Mutex::default(),
@@ -288,7 +293,7 @@ impl SharedState {
         weights: &[u32],
         plan: &mut Commits,
     ) -> Arc<LiveSplit> {
-        let (split, new) = match self.filters.splits.get(id) {
+        let (split, new) = match self.splits.get(id) {
             Some(s) => (s, false),
             None => (Arc::new(LiveSplit::new(backends, weights)), true),
         };
@@ -309,7 +314,7 @@ impl SharedState {
         self.routes.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.outliers.lock().retain(|_, v| Arc::strong_count(v) > 1);
         self.budgets.lock().retain(|_, (v, _)| Arc::strong_count(v) > 1);
-        self.filters.splits.prune();
+        self.splits.prune();
         self.breakers.lock().retain(|(route, upstream), (v, _)| {
             let keep = Arc::strong_count(v) > 1;
             if !keep {

@@ -303,7 +303,7 @@ impl Record {
             user_agent: None,
             error: (end != End::Closed).then_some(end.as_str()),
             consumer: None,
-            limit: None,
+            notes: Default::default(),
             trace: None,
         });
     }

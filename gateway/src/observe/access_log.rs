@@ -77,9 +77,10 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
     /// The consumer an authentication filter identified (never a credential).
     pub consumer: Option<std::sync::Arc<str>>,
-    /// The rate or concurrency limit that answered, and its decision; the line's
-    /// `limit` and `limit_decision` are left out when none did.
-    pub limit: Option<sluice_core::LimitNote>,
+    /// What the route's filters left for the log: the line's `limit` and
+    /// `limit_decision` (set by the rate and concurrency limits) are left out when no
+    /// filter set them.
+    pub notes: sluice_core::LogNotes,
     /// The request's trace id and server span id when tracing is on; the line's
     /// `trace_id` and `span_id` are left out when it is off.
     pub trace: Option<(sluice_core::trace::TraceId, sluice_core::trace::SpanId)>,
@@ -146,14 +147,9 @@ impl AccessRecord {
                 AccessField::UserAgent => field(o, &mut first, k, &self.user_agent),
                 AccessField::Error => field(o, &mut first, k, &self.error),
                 AccessField::Consumer => field(o, &mut first, k, &self.consumer.as_deref()),
-                AccessField::Limit => {
-                    if let Some(l) = &self.limit {
-                        field(o, &mut first, k, &*l.name);
-                    }
-                }
-                AccessField::LimitDecision => {
-                    if let Some(l) = &self.limit {
-                        field(o, &mut first, k, l.decision);
+                AccessField::Limit | AccessField::LimitDecision => {
+                    if let Some(v) = self.notes.get(k) {
+                        field(o, &mut first, k, v);
                     }
                 }
                 AccessField::TraceId => {
@@ -254,7 +250,7 @@ mod tests {
             user_agent: Some("curl/8.5.0".into()),
             error: None,
             consumer: Some("alice".into()),
-            limit: None,
+            notes: Default::default(),
             trace: None,
         }
     }
@@ -286,13 +282,10 @@ mod tests {
         assert_eq!(v["breaker"], serde_json::Value::Null);
         assert_eq!(v["error"], "no_route");
         assert_eq!(v["path"], "/a\"b");
-        let limited = AccessRecord {
-            limit: Some(sluice_core::LimitNote {
-                name: "hourly".into(),
-                decision: "rejected",
-            }),
-            ..record("y")
-        };
+        let mut notes = sluice_core::LogNotes::default();
+        notes.set("limit", sluice_core::LogValue::Shared("hourly".into()));
+        notes.set("limit_decision", sluice_core::LogValue::Static("rejected"));
+        let limited = AccessRecord { notes, ..record("y") };
         let mut out = Vec::new();
         limited.write_line(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

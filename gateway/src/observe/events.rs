@@ -11,9 +11,9 @@
 //! `/api/v1/events?since=<seq>`, and hands each to the events stream's sinks
 //! (`logging.events.sinks`: stdout, file, Kafka), like the access log's.
 //!
-//! Rollouts emit [`Event::RolloutStep`] (see `rollout::runtime`); the `rate_limit`
-//! filters' Redis stores emit [`Event::LimiterFallback`] on entering and on leaving
-//! their fallback (through the limit filters' metrics sink, `limit_metrics`).
+//! Rollouts emit [`Event::RolloutStep`] (see `rollout::runtime`); filter kinds emit
+//! [`Event::Kind`] through the [`KindSink`] service in their build context (the
+//! `rate_limit` kind's Redis stores on entering and on leaving their fallback).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -26,6 +26,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 use sluice_config::logging::{AccessField, KafkaKey};
 use sluice_core::resilience::{BreakerState, EjectionReason};
+use sluice_core::{EventSink, KindEvent};
 
 use crate::observe::sinks::{LogRecord, Sinks};
 
@@ -116,21 +117,11 @@ pub enum Event {
         /// What decided it (the analysis).
         detail: String,
     },
-    /// The cluster-wide rate limits on a Redis server fell back (its breaker opened after
-    /// consecutive failures: each limit now uses its `fallback`), or came back (a probe
-    /// succeeded). Emitted once per transition of the server, by the Redis store that the
-    /// `rate_limit` filters share.
-    LimiterFallback {
-        /// The Redis server, `host:port/db` (never its credentials).
-        store: String,
-        /// The routes whose limits use it now.
-        routes: Vec<String>,
-        /// True when falling back, false when Redis answers again.
-        active: bool,
-        /// Why: the failures that opened the breaker (`3 consecutive failures, the last a
-        /// timeout`), or `redis answered the probe`.
-        reason: String,
-    },
+    /// An event a filter kind reported through the [`sluice_core::EventSink`] service
+    /// (e.g. the `rate_limit` kind's `limiter_fallback`: a Redis server's limits fell
+    /// back, or came back); serialized as its own `kind` beside its fields.
+    #[serde(untagged)]
+    Kind(KindEvent),
 }
 
 impl Event {
@@ -144,7 +135,7 @@ impl Event {
             Event::EndpointRecovered { .. } => "endpoint_recovered",
             Event::HealthChanged { .. } => "health_changed",
             Event::RolloutStep { .. } => "rollout_step",
-            Event::LimiterFallback { .. } => "limiter_fallback",
+            Event::Kind(e) => e.kind,
         }
     }
 
@@ -153,7 +144,7 @@ impl Event {
     fn subject(&self) -> Option<&str> {
         match self {
             Event::BreakerTransition { route, .. } | Event::RolloutStep { route, .. } => Some(route),
-            Event::LimiterFallback { store, .. } => Some(store),
+            Event::Kind(e) => e.subject.as_deref(),
             Event::EndpointEjected { upstream, .. }
             | Event::EndpointRecovered { upstream, .. }
             | Event::HealthChanged { upstream, .. } => Some(upstream),
@@ -237,6 +228,17 @@ fn bus() -> Option<&'static Bus> {
         })
     })
     .as_ref()
+}
+
+/// The [`EventSink`] service the gateway hands filter kinds: their events join the
+/// gateway's own, as [`Event::Kind`].
+#[derive(Debug, Default)]
+pub struct KindSink;
+
+impl EventSink for KindSink {
+    fn emit(&self, event: KindEvent) {
+        emit(Event::Kind(event));
+    }
 }
 
 /// Records `event`: never blocks, never locks (see the module docs).
@@ -341,17 +343,22 @@ mod tests {
     #[test]
     fn events_are_numbered_kept_and_listed_since_a_seq() {
         let (_, before) = since(0, usize::MAX);
-        emit(Event::LimiterFallback {
-            store: "unit-test-store:6379/0".into(),
+        let mut fields = serde_json::Map::new();
+        fields.insert("store".into(), "unit-test-store:6379/0".into());
+        fields.insert("routes".into(), serde_json::json!(["a"]));
+        KindSink.emit(KindEvent {
+            kind: "limiter_fallback",
+            subject: Some("unit-test-store:6379/0".into()),
             routes: vec!["a".into()],
-            active: true,
-            reason: "redis down".into(),
+            state: Some("on"),
+            summary: "redis down".into(),
+            fields,
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let got = loop {
             let (list, _) = since(before, usize::MAX);
             if let Some(e) = list.into_iter().find(
-                |e| matches!(&e.event, Event::LimiterFallback { store, .. } if store == "unit-test-store:6379/0"),
+                |e| matches!(&e.event, Event::Kind(k) if k.subject.as_deref() == Some("unit-test-store:6379/0")),
             ) {
                 break e;
             }

@@ -193,20 +193,12 @@ impl Marker {
                     None => format!("rollout {route}: {action}"),
                 },
             ),
-            Event::LimiterFallback {
-                store,
-                routes,
-                active,
-                reason,
-            } => (
-                "limiter_fallback",
-                routes.clone(),
+            Event::Kind(k) => (
+                k.kind,
+                k.routes.clone(),
                 vec![],
-                Some(if *active { "on" } else { "off" }.to_string()),
-                format!(
-                    "rate limits on {store}: {} ({reason})",
-                    if *active { "fallback" } else { "shared again" }
-                ),
+                k.state.map(str::to_string),
+                k.summary.clone(),
             ),
             _ => return None,
         };

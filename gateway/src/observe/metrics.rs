@@ -60,19 +60,6 @@ pub struct Metrics {
     /// `sluice_access_log_dropped_total`: access-log records dropped because the writer
     /// fell behind (its queue was full).
     pub access_log_dropped: IntCounter,
-    /// `sluice_auth_total{route, method, outcome}`: authentication decisions; `method`
-    /// is an authentication method's name (or `any`), `outcome` one of `ok`, `missing`,
-    /// `invalid`, `forbidden`, `anonymous`.
-    pub auth: IntCounterVec,
-    /// `sluice_ratelimit_decisions_total{route, limit, decision}`.
-    pub ratelimit_decisions: IntCounterVec,
-    /// `sluice_redis_request_duration_seconds`: one limit decision's Redis round trip.
-    pub redis_duration: Histogram,
-    /// `sluice_redis_errors_total{reason}`.
-    pub redis_errors: IntCounterVec,
-    /// `sluice_ratelimit_fallback_active`: Redis stores unreachable now (their limits use
-    /// their fallback).
-    pub ratelimit_fallback: IntGauge,
     /// `sluice_backend_responses_total{route, backend, class}`: per version (backend) of
     /// a route with several backends, requests by status class.
     pub backend_responses: IntCounterVec,
@@ -214,34 +201,6 @@ impl Metrics {
             "sluice_access_log_dropped_total",
             "Access-log records dropped because the log writer fell behind.",
         ));
-        let auth = counter(
-            "sluice_auth_total",
-            "Authentication decisions, by route, method and outcome.",
-            &["route", "method", "outcome"],
-        );
-        let ratelimit_decisions = counter(
-            "sluice_ratelimit_decisions_total",
-            "Rate and concurrency limit decisions, by route, limit name and decision.",
-            &["route", "limit", "decision"],
-        );
-        let redis_duration = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "sluice_redis_request_duration_seconds",
-                "Round trip of one cluster-wide limit decision in Redis.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-            ]),
-        ));
-        let redis_errors = counter(
-            "sluice_redis_errors_total",
-            "Failed or skipped Redis calls of cluster-wide limits, by reason.",
-            &["reason"],
-        );
-        let ratelimit_fallback = must(IntGauge::new(
-            "sluice_ratelimit_fallback_active",
-            "Redis stores unreachable now, whose limits use their fallback.",
-        ));
         let backend_responses = counter(
             "sluice_backend_responses_total",
             "Requests served by each backend (version) of a route with several backends, by status class.",
@@ -267,11 +226,6 @@ impl Metrics {
             Box::new(backend_latency.clone()),
             Box::new(backend_decisions.clone()),
             Box::new(requests.clone()),
-            Box::new(auth.clone()),
-            Box::new(ratelimit_decisions.clone()),
-            Box::new(redis_duration.clone()),
-            Box::new(redis_errors.clone()),
-            Box::new(ratelimit_fallback.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(source_connected.clone()),
             Box::new(source_revision.clone()),
@@ -317,11 +271,6 @@ impl Metrics {
             source_connected,
             source_revision,
             access_log_dropped,
-            auth,
-            ratelimit_decisions,
-            redis_duration,
-            redis_errors,
-            ratelimit_fallback,
             backend_responses,
             backend_latency,
             backend_decisions,
@@ -357,17 +306,6 @@ impl Metrics {
         }
     }
 
-    /// The `sluice_auth_total` handles of route `route` for `methods` (and `any`).
-    pub fn auth_for(&self, route: &str, methods: &[&'static str]) -> AuthMetrics {
-        let mut handles = Vec::with_capacity(methods.len() + 1);
-        for m in methods.iter().copied().chain([sluice_filters::auth::ANY]) {
-            let outcomes = sluice_filters::auth::AuthResult::ALL
-                .map(|o| self.auth.with_label_values(&[route, m, o.as_str()]));
-            handles.push((m, outcomes));
-        }
-        AuthMetrics { handles }
-    }
-
     /// The per-version handles of backend `backend` of route `route` (resolved once per
     /// route compile).
     pub fn version(&self, route: &str, backend: &str) -> VersionMetrics {
@@ -386,6 +324,12 @@ impl Metrics {
         &self.unrouted
     }
 
+    /// The registry every metric is in; filter kinds register their own metrics there
+    /// (it is a service in the filters' build context).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Registers another collector (used by subsystems that own their metrics).
     pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
         must(self.registry.register(c));
@@ -402,23 +346,6 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Pre-resolved `sluice_auth_total` handles of one route: per method, one per outcome.
-#[derive(Debug, Clone)]
-pub struct AuthMetrics {
-    handles: Vec<(&'static str, [IntCounter; 5])>,
-}
-
-impl AuthMetrics {
-    /// Counts one authentication decision (a method the route does not run is not
-    /// counted).
-    #[inline]
-    pub fn observe(&self, note: sluice_filters::auth::AuthNote) {
-        if let Some((_, h)) = self.handles.iter().find(|(m, _)| *m == note.method) {
-            h[note.outcome.index()].inc();
-        }
     }
 }
 

@@ -2,10 +2,8 @@
 //! [`metrics`], [`events`] and their [`sinks`], tracing ([`trace`]), and process logging.
 
 pub mod access_log;
-pub mod access_metrics;
 pub mod events;
 pub mod history;
-pub mod limit_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod sinks;

@@ -57,7 +57,7 @@ async fn current(
     route: &RouteConfig,
     spec: &RolloutConfig,
 ) -> Result<Option<(RolloutState, u64)>, String> {
-    let Some(split) = g.state.filters.splits.get(&route.id) else {
+    let Some(split) = g.state.splits.get(&route.id) else {
         return Ok(None);
     };
     let hash = spec_hash(spec, &split.backends());

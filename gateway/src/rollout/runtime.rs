@@ -122,7 +122,7 @@ pub async fn run(gateway: Arc<Gateway>, store: Arc<dyn RolloutStore>) {
         let gone: Vec<String> = seen.keys().filter(|k| !live.contains_key(*k)).cloned().collect();
         for id in gone {
             seen.remove(&id);
-            if let Some(split) = gateway.state.filters.splits.get(&id) {
+            if let Some(split) = gateway.state.splits.get(&id) {
                 split.set_override(None);
             }
             gateway.rollouts.metrics.forget(&id);

@@ -5,9 +5,9 @@
 //! for one endpoint.
 
 pub mod balancer;
+pub mod directory;
 pub mod discovery;
 pub mod health;
-pub mod mirror;
 pub mod resilience;
 
 use std::net::SocketAddr;

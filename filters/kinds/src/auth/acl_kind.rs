@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::auth::{Acl, AclSpec, AuthNote, AuthResult, FORBIDDEN, MISSING};
+use crate::auth::{decided, Acl, AclSpec, AuthNote, AuthResult, FORBIDDEN, MISSING};
 use crate::registry::{parse, BuildCtx, BuildResult, Kind};
 use sluice_core::filter::{Filter, FilterCtx, Flow, Phases, Reject, RejectKind, RequestView};
 
@@ -55,10 +55,16 @@ impl Filter for AclFilter {
             None => Flow::Reject(Reject::new(RejectKind::Unauthenticated, MISSING)),
             Some(id) if self.acl.allows(id) => Flow::Continue,
             Some(_) => {
-                ctx.auth = Some(AuthNote {
-                    method: ctx.auth.map_or(crate::auth::ANY, |a| a.method),
-                    outcome: AuthResult::Forbidden,
-                });
+                let counters = crate::auth::decision::decided_counters(ctx);
+                let method = decided(ctx).map_or(crate::auth::ANY, |a| a.method);
+                crate::auth::decision::decide(
+                    ctx,
+                    AuthNote {
+                        method,
+                        outcome: AuthResult::Forbidden,
+                    },
+                    counters.as_ref(),
+                );
                 Flow::Reject(Reject::new(RejectKind::Forbidden, FORBIDDEN))
             }
         }

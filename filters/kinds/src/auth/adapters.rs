@@ -43,8 +43,8 @@ fn build_forward(
     let spec: ForwardAuthSpec = parse(spec)?;
     Ok(Arc::new(ForwardMethod(ForwardAuth::new(
         &spec,
-        ctx.shared.forward_auth.clone(),
-        ctx.shared.runtime.clone(),
+        crate::auth::forward_auth::Pool::of(ctx),
+        ctx.runtime(),
     )?)))
 }
 

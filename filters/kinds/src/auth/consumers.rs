@@ -3,7 +3,7 @@
 //! from it (once per consumer set, shared by every filter of a snapshot).
 //!
 //! A method's build gets the table with [`Consumers::of`], which returns the table of
-//! the config being compiled, built once and cached in [`crate::Shared`] while the
+//! the config being compiled, built once and cached a service in the build context while the
 //! consumers stay the same. Then:
 //!
 //! - [`Consumers::get`]: a consumer by name (`Arc<Consumer>`, with
@@ -69,7 +69,7 @@ impl std::fmt::Debug for Consumers {
     }
 }
 
-/// The cache of the last consumer table built, in [`crate::Shared`].
+/// The cache of the last consumer table built, a service in the build context.
 #[derive(Clone, Default)]
 pub struct ConsumerCache(Arc<Mutex<Option<Arc<Consumers>>>>);
 
@@ -103,7 +103,8 @@ impl Consumers {
     /// The table of `ctx.config`'s consumers: the cached one while they are unchanged,
     /// else a new one (then cached).
     pub fn of(ctx: &BuildCtx<'_>) -> Arc<Consumers> {
-        let mut cached = ctx.shared.consumers.0.lock();
+        let cache = ctx.services.get_or_insert_with(ConsumerCache::default);
+        let mut cached = cache.0.lock();
         if let Some(c) = cached.as_ref().filter(|c| c.source == ctx.config.consumers) {
             return c.clone();
         }
@@ -255,20 +256,20 @@ pub fn validate(config: &Config, ctx: &BuildCtx<'_>) -> Vec<ConfigError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::registry::Shared;
+    use sluice_core::Services;
 
     #[test]
     fn the_table_is_cached_while_consumers_are_unchanged() {
-        let shared = Shared::default();
+        let services = Services::default();
         let a: Config = serde_yaml::from_str("consumers: [{name: a, groups: [g]}, {name: b}]").unwrap();
-        let ctx = BuildCtx::new(&a, &shared);
+        let ctx = BuildCtx::new(&a, &services);
         let t1 = Consumers::of(&ctx);
         let t2 = Consumers::of(&ctx);
         assert!(Arc::ptr_eq(&t1, &t2));
         assert_eq!(&*t1.get("a").unwrap().groups[0], "g");
         assert!(t1.get("c").is_none());
         let b: Config = serde_yaml::from_str("consumers: [{name: a, groups: [h]}, {name: b}]").unwrap();
-        let t3 = Consumers::of(&BuildCtx::new(&b, &shared));
+        let t3 = Consumers::of(&BuildCtx::new(&b, &services));
         assert!(!Arc::ptr_eq(&t1, &t3));
         assert_ne!(t1.digest(), t3.digest());
         let i1 = t3.index("x", |c| c.len());
@@ -282,8 +283,8 @@ mod tests {
             "consumers: [{name: a, credentials: {nope: {x: 1}, key_auth: {keys: [secret1]}}}]",
         )
         .unwrap();
-        let shared = Shared::default();
-        let errs = validate(&c, &BuildCtx::new(&c, &shared));
+        let services = Services::default();
+        let errs = validate(&c, &BuildCtx::new(&c, &services));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "consumers[0].credentials.nope");
         // A consumer serialises with every credential value redacted, by itself.

@@ -278,6 +278,11 @@ impl KeyAuth {
     }
 }
 
+/// The request's key came from this query parameter, which is removed from the
+/// request sent upstream (`hide_credentials`).
+#[derive(Debug, Clone)]
+struct FromQuery(Arc<str>);
+
 /// The value of query parameter `name` in `query`, percent-decoded when it needs to be.
 fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, [u8]>> {
     query.split('&').find_map(|pair| {
@@ -352,7 +357,7 @@ impl AuthMethod for KeyAuth {
                 if self.hide {
                     if let Some(name) = &self.query {
                         if from_query || req.query.is_some_and(|q| query_param(q, name).is_some()) {
-                            ctx.strip_query_params.push(Arc::from(name.as_str()));
+                            ctx.ext.insert(FromQuery(Arc::from(name.as_str())));
                         }
                     }
                 }
@@ -367,14 +372,17 @@ impl AuthMethod for KeyAuth {
     }
 
     fn strips(&self) -> bool {
-        self.hide && self.header.is_some()
+        self.hide && (self.header.is_some() || self.query.is_some())
     }
 
-    fn strip(&self, headers: &mut dyn HeaderEdit, _ctx: &FilterCtx) {
+    fn strip(&self, headers: &mut dyn HeaderEdit, ctx: &FilterCtx) {
         if let Some(h) = &self.header {
             if headers.headers().contains_key(h) {
                 headers.remove(h);
             }
+        }
+        if let Some(FromQuery(name)) = ctx.ext.get::<FromQuery>() {
+            headers.remove_query_param(name);
         }
     }
 }
@@ -440,14 +448,14 @@ mod tests {
         let f = build("key_auth", serde_json::json!({}), &c).unwrap();
         let (flow, ctx) = run(&*f, &[("apikey", "a b&c")], None);
         assert!(matches!(flow, Flow::Continue));
-        assert!(ctx.strip_query_params.is_empty());
+        assert!(ctx.ext.get::<FromQuery>().is_none());
         // Sent both ways: read from the header, stripped from the query too.
         let (flow, ctx) = run(&*f, &[("apikey", "a b&c")], Some("apikey=a+b%26c&x=1"));
         assert!(matches!(flow, Flow::Continue));
-        assert_eq!(&*ctx.strip_query_params[0], "apikey");
+        assert_eq!(&*ctx.ext.get::<FromQuery>().unwrap().0, "apikey");
         let (flow, ctx) = run(&*f, &[], Some("x=1&apikey=a+b%26c"));
         assert!(matches!(flow, Flow::Continue), "{flow:?}");
-        assert_eq!(&*ctx.strip_query_params[0], "apikey");
+        assert_eq!(&*ctx.ext.get::<FromQuery>().unwrap().0, "apikey");
         let (flow, _) = run(&*f, &[("apikey", "wrong")], Some("apikey=a+b%26c"));
         let Flow::Reject(r) = flow else { panic!() };
         assert_eq!(r.kind, RejectKind::Unauthenticated);

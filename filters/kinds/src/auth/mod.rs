@@ -29,6 +29,12 @@
 //! (`Consumers::of(ctx)`, then `get(name)` or `index(..)` for its own credential index),
 //! returns an [`AuthOutcome`], and never decides the response: the filter maps outcomes
 //! to 401/403 with every method's challenge, counts them, and applies the ACL.
+//!
+//! Every way a request proves who it is lives in this folder: the methods above
+//! (`key_auth`, `basic_auth`, `jwt`, `forward_auth`), the consumer table
+//! ([`consumers`]), the ACLs ([`acl`], the `acl` kind) and the `client_cert` kind (an
+//! ACL on the connection's verified client certificate). What the request's decision
+//! was is a typed note ([`decision`]), counted in `sluice_auth_total`.
 
 use std::sync::Arc;
 
@@ -48,12 +54,16 @@ pub mod acl_kind;
 pub mod adapters;
 pub mod auth_kind;
 pub mod basic_auth;
+pub mod client_cert;
 pub mod consumers;
+pub mod decision;
 pub mod forward_auth;
 pub mod jwt;
 pub mod key_auth;
 
 pub use acl::{Acl, AclSpec, Principals};
+use decision::decide;
+pub use decision::{decided, AuthCounters, AuthNote, AuthResult};
 
 /// What one method made of a request.
 #[derive(Debug)]
@@ -82,8 +92,8 @@ pub trait AuthMethod: Send + Sync {
     /// `sluice_auth_total`, e.g. `key_auth`.
     fn name(&self) -> &'static str;
 
-    /// Looks for this method's credential in the request and checks it. May record
-    /// query parameters to strip in `ctx.strip_query_params`.
+    /// Looks for this method's credential in the request and checks it. May leave
+    /// a note of its own in `ctx.ext` for its [`AuthMethod::strip`].
     async fn authenticate(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> AuthOutcome;
 
     /// The `WWW-Authenticate` challenge for a 401, e.g. `Basic realm="api"`.
@@ -209,8 +219,6 @@ pub fn method_names() -> String {
     METHODS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
 }
 
-pub use sluice_core::filter::{AuthNote, AuthResult};
-
 /// The `method` label when a filter with several methods found no credential.
 pub const ANY: &str = "any";
 
@@ -317,6 +325,8 @@ pub struct AuthFilter {
     groups_header: Option<HeaderName>,
     strips: bool,
     digest: Option<String>,
+    /// `sluice_auth_total` handles for this filter's methods; none without a registry.
+    counters: Option<Arc<AuthCounters>>,
 }
 
 /// Builds the `auth` kind.
@@ -480,7 +490,9 @@ impl AuthFilter {
             return Err(errors);
         }
         let uses_consumers = spec.anonymous.is_some() || methods.iter().any(|m| m.uses_consumers());
+        let names: Vec<&'static str> = methods.iter().map(|m| m.name()).collect();
         Ok(AuthFilter {
+            counters: AuthCounters::new(ctx, &names),
             kind,
             challenges: methods.iter().filter_map(|m| m.challenge()).collect(),
             strips: methods.iter().any(|m| m.strips()),
@@ -520,13 +532,17 @@ impl AuthFilter {
         let allowed = self.acl.as_ref().is_none_or(|a| a.allows(&identity));
         ctx.identity = Some(identity);
         if allowed {
-            ctx.auth = Some(AuthNote { method, outcome });
+            decide(ctx, AuthNote { method, outcome }, self.counters.as_ref());
             Flow::Continue
         } else {
-            ctx.auth = Some(AuthNote {
-                method,
-                outcome: AuthResult::Forbidden,
-            });
+            decide(
+                ctx,
+                AuthNote {
+                    method,
+                    outcome: AuthResult::Forbidden,
+                },
+                self.counters.as_ref(),
+            );
             Flow::Reject(Reject::new(RejectKind::Forbidden, FORBIDDEN))
         }
     }
@@ -556,7 +572,7 @@ impl Filter for AuthFilter {
     async fn on_request(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> Flow {
         // An earlier auth filter identified a consumer: satisfied (an anonymous one is
         // not, so a later method can still identify the request).
-        if ctx.auth.is_some_and(|a| a.outcome == AuthResult::Ok) {
+        if decided(ctx).is_some_and(|a| a.outcome == AuthResult::Ok) {
             return Flow::Continue;
         }
         let mut invalid: Option<&'static str> = None;
@@ -568,17 +584,25 @@ impl Filter for AuthFilter {
                     invalid.get_or_insert(m.name());
                 }
                 AuthOutcome::Respond(resp) => {
-                    ctx.auth = Some(AuthNote {
-                        method: m.name(),
-                        outcome: AuthResult::Invalid,
-                    });
+                    decide(
+                        ctx,
+                        AuthNote {
+                            method: m.name(),
+                            outcome: AuthResult::Invalid,
+                        },
+                        self.counters.as_ref(),
+                    );
                     return Flow::Respond(resp);
                 }
                 AuthOutcome::Unavailable => {
-                    ctx.auth = Some(AuthNote {
-                        method: m.name(),
-                        outcome: AuthResult::Invalid,
-                    });
+                    decide(
+                        ctx,
+                        AuthNote {
+                            method: m.name(),
+                            outcome: AuthResult::Invalid,
+                        },
+                        self.counters.as_ref(),
+                    );
                     return Flow::Reject(Reject::new(
                         RejectKind::Unavailable,
                         "authentication is unavailable",
@@ -588,24 +612,32 @@ impl Filter for AuthFilter {
         }
         if let Some(method) = invalid {
             if !(self.anonymous_on_invalid && self.anonymous.is_some()) {
-                ctx.auth = Some(AuthNote {
-                    method,
-                    outcome: AuthResult::Invalid,
-                });
+                decide(
+                    ctx,
+                    AuthNote {
+                        method,
+                        outcome: AuthResult::Invalid,
+                    },
+                    self.counters.as_ref(),
+                );
                 return self.unauthenticated(INVALID);
             }
         }
-        if ctx.identity.is_some() && ctx.auth.is_some_and(|a| a.outcome == AuthResult::Anonymous) {
+        if ctx.identity.is_some() && decided(ctx).is_some_and(|a| a.outcome == AuthResult::Anonymous) {
             // An earlier filter already let the request in as its anonymous consumer.
             return Flow::Continue;
         }
         match &self.anonymous {
             Some(anon) => self.admit(self.label(), AuthResult::Anonymous, anon.clone(), ctx),
             None => {
-                ctx.auth = Some(AuthNote {
-                    method: self.label(),
-                    outcome: AuthResult::Missing,
-                });
+                decide(
+                    ctx,
+                    AuthNote {
+                        method: self.label(),
+                        outcome: AuthResult::Missing,
+                    },
+                    self.counters.as_ref(),
+                );
                 self.unauthenticated(MISSING)
             }
         }
@@ -613,7 +645,7 @@ impl Filter for AuthFilter {
 
     fn on_upstream_request(&self, headers: &mut dyn HeaderEdit, ctx: &FilterCtx) {
         if self.strips {
-            if let Some(note) = ctx.auth.filter(|a| a.outcome == AuthResult::Ok) {
+            if let Some(note) = decided(ctx).filter(|a| a.outcome == AuthResult::Ok) {
                 if let Some(m) = self.methods.iter().find(|m| m.name() == note.method) {
                     m.strip(headers, ctx);
                 }
@@ -660,10 +692,10 @@ impl Filter for AuthFilter {
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
-    use crate::registry::Shared;
     use crate::test_support::block_on;
     use http::{HeaderMap, Method};
     use sluice_config::Config;
+    use sluice_core::Services;
 
     pub fn config(yaml: &str) -> Config {
         serde_yaml::from_str(yaml).unwrap()
@@ -674,8 +706,8 @@ pub(crate) mod tests {
         spec: serde_json::Value,
         config: &Config,
     ) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
-        let shared = Shared::default();
-        let ctx = BuildCtx::new(config, &shared);
+        let services = Services::default();
+        let ctx = BuildCtx::new(config, &services);
         (crate::registry::find(kind).unwrap().build)(&spec, &ctx)
     }
 
@@ -722,13 +754,13 @@ consumers:
         .unwrap();
         let (flow, ctx) = run(&*f, &[("apikey", "alice-key")], None);
         assert!(matches!(flow, Flow::Continue));
-        assert_eq!(&*ctx.identity.unwrap().consumer, "alice");
-        assert_eq!(ctx.auth.unwrap().outcome, AuthResult::Ok);
+        assert_eq!(&*ctx.identity.as_ref().unwrap().consumer, "alice");
+        assert_eq!(decided(&ctx).unwrap().outcome, AuthResult::Ok);
         let (flow, ctx) = run(&*f, &[], None);
         assert!(matches!(flow, Flow::Continue));
-        assert_eq!(&*ctx.identity.unwrap().consumer, "guest");
+        assert_eq!(&*ctx.identity.as_ref().unwrap().consumer, "guest");
         assert_eq!(
-            ctx.auth.unwrap(),
+            decided(&ctx).unwrap(),
             AuthNote {
                 method: ANY,
                 outcome: AuthResult::Anonymous
@@ -737,7 +769,7 @@ consumers:
         let (flow, ctx) = run(&*f, &[("apikey", "bob-key")], None);
         let Flow::Reject(r) = flow else { panic!() };
         assert_eq!(r.kind, RejectKind::Forbidden);
-        assert_eq!(ctx.auth.unwrap().outcome, AuthResult::Forbidden);
+        assert_eq!(decided(&ctx).unwrap().outcome, AuthResult::Forbidden);
         // An invalid key is a 401 with both challenges, not a guest.
         let (flow, ctx) = run(&*f, &[("apikey", "nope")], None);
         let Flow::Reject(r) = flow else { panic!() };
@@ -745,7 +777,7 @@ consumers:
         assert_eq!(r.message, INVALID);
         assert_eq!(r.headers.len(), 2);
         assert_eq!(
-            ctx.auth.unwrap(),
+            decided(&ctx).unwrap(),
             AuthNote {
                 method: "key_auth",
                 outcome: AuthResult::Invalid
@@ -783,13 +815,15 @@ consumers:
     fn a_consumer_identified_earlier_satisfies_a_later_auth_filter() {
         let c = config(CONSUMERS);
         let f = build("basic_auth", serde_json::json!({}), &c).unwrap();
-        let mut ctx = FilterCtx {
-            auth: Some(AuthNote {
+        let mut ctx = FilterCtx::default();
+        decide(
+            &mut ctx,
+            AuthNote {
                 method: "key_auth",
                 outcome: AuthResult::Ok,
-            }),
-            ..FilterCtx::default()
-        };
+            },
+            None,
+        );
         let (h, m) = (HeaderMap::new(), Method::GET);
         let view = RequestView {
             method: &m,

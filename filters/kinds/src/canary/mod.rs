@@ -304,7 +304,9 @@ fn build(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>
         Some(b) if !b.is_empty() => {
             let ids: Vec<Arc<str>> = b.iter().map(|b| Arc::from(b.upstream.as_str())).collect();
             let weights: Vec<u32> = b.iter().map(|b| b.weight).collect();
-            ctx.shared.splits.for_route(ctx.route, &ids, &weights)
+            ctx.services
+                .get_or_insert_with(sluice_core::split::Splits::default)
+                .for_route(ctx.route, &ids, &weights)
         }
         _ => Arc::new(LiveSplit::new(&[], &[])),
     };

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::{parse, BuildCtx, Kind, SpecError};
 use sluice_core::filter::{
-    CustomReject, Filter, FilterCtx, Flow, HeaderEdit, LimitNote, Phases, Reject, RejectKind, RequestView,
+    CustomReject, Filter, FilterCtx, Flow, HeaderEdit, Phases, Reject, RejectKind, RequestView,
 };
 
 pub mod key;
@@ -43,7 +43,7 @@ pub mod redis;
 pub mod store;
 
 use key::{KeyList, KeySpec};
-use metrics::{Decision, DecisionCounters};
+use metrics::{note, Decision, DecisionCounters};
 use store::{KeyedStore, Slot};
 
 /// The registry entry.
@@ -347,7 +347,11 @@ impl RateLimitSpec {
                     let share =
                         quota(l.per, l.requests, l.burst.unwrap_or(l.requests), replicas).unwrap_or(q);
                     out.push(Limit {
-                        counters: DecisionCounters::new(ctx.shared.limit_metrics.as_ref(), ctx.route, &name),
+                        counters: DecisionCounters::new(
+                            metrics::LimitSink::of(ctx).0.as_ref(),
+                            ctx.route,
+                            &name,
+                        ),
                         name: name.into(),
                         interval_us: u64::try_from(q.replenish_interval().as_micros())
                             .unwrap_or(u64::MAX)
@@ -609,7 +613,7 @@ where
             spec.max_keys,
             idle,
         ));
-        if let (Some(rt), false) = (&ctx.shared.runtime, key.is_route()) {
+        if let (Some(rt), false) = (&ctx.runtime(), key.is_route()) {
             let every = (idle / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
             spawn_sweeper(rt, Arc::downgrade(&local), every);
         }
@@ -623,7 +627,7 @@ where
                     return Err(vec![SpecError::at("redis.pool", "must be from 1 to 64")]);
                 }
                 redis::check_url(r.url.expose()).map_err(|e| vec![SpecError::at("redis.url", e)])?;
-                match &ctx.shared.runtime {
+                match &ctx.runtime() {
                     // Validation: the spec is checked, nothing is started.
                     None => None,
                     Some(rt) => {
@@ -634,9 +638,14 @@ where
                             timeout: r.timeout,
                         };
                         let store = ctx
-                            .shared
-                            .redis
-                            .get(r.url.expose(), rt, settings, ctx.shared.limit_metrics.as_ref())
+                            .services
+                            .get_or_insert_with(redis::RedisPools::default)
+                            .get(
+                                r.url.expose(),
+                                rt,
+                                settings,
+                                metrics::LimitSink::of(ctx).0.as_ref(),
+                            )
                             .map_err(|e| vec![SpecError::at("redis.url", e)])?;
                         Some(Cluster {
                             _user: store.register(ctx.route),
@@ -813,10 +822,7 @@ where
                     l.counters.count(d);
                 }
                 let l = &self.limits[limit.min(self.limits.len() - 1)];
-                ctx.limit = Some(LimitNote {
-                    name: l.name.clone(),
-                    decision: d.as_str(),
-                });
+                note(ctx, &l.name, d);
                 if self.headers && d != Decision::FailOpen {
                     ctx.held.push(Box::new(Admitted {
                         owner: self.id(),
@@ -836,10 +842,7 @@ where
                 } else {
                     l.counters.count(d);
                 }
-                ctx.limit = Some(LimitNote {
-                    name: l.name.clone(),
-                    decision: d.as_str(),
-                });
+                note(ctx, &l.name, d);
                 Flow::Reject(self.refusal(d, limit, wait))
             }
         }

@@ -7,7 +7,7 @@
 //!   matter), and stores the new theoretical arrival times only if *every* limit admits:
 //!   a request refused by one limit consumes nothing from the others. Keys share a hash
 //!   tag (`{prefix:route:key}:limit`), so they live in one slot on a Redis Cluster.
-//! - **The pool** ([`RedisPools`], in [`crate::Shared`]) holds one [`RedisStore`] per URL,
+//! - **The pool** ([`RedisPools`], a service in the build context) holds one [`RedisStore`] per URL,
 //!   made on the background runtime and kept across reloads: `pool` multiplexed
 //!   connections ([`redis::aio::ConnectionManager`], which reconnects by itself), used
 //!   in turn. Every call runs on the background runtime; the request waits for it at
@@ -95,7 +95,7 @@ pub struct StoreSettings {
     pub timeout: Duration,
 }
 
-/// The Redis stores, one per URL, kept across reloads (in [`crate::Shared`]).
+/// The Redis stores, one per URL, kept across reloads (a service in the build context).
 #[derive(Default)]
 pub struct RedisPools {
     stores: Mutex<HashMap<String, Arc<RedisStore>>>,

@@ -6,8 +6,8 @@ use sluice_core::filter::Identity;
 fn limit(yaml: &str, clock: &FakeRelativeClock) -> RateLimit<FakeRelativeClock> {
     let spec: RateLimitSpec = serde_yaml::from_str(yaml).unwrap();
     let config = sluice_config::Config::default();
-    let shared = crate::Shared::default();
-    RateLimit::new(&spec, &BuildCtx::new(&config, &shared), clock.clone()).unwrap()
+    let services = sluice_core::Services::default();
+    RateLimit::new(&spec, &BuildCtx::new(&config, &services), clock.clone()).unwrap()
 }
 
 fn run(l: &RateLimit<FakeRelativeClock>, headers: &http::HeaderMap, ctx: &mut FilterCtx) -> Flow {
@@ -74,7 +74,7 @@ fn rejects_with_retry_after_and_ratelimit_headers() {
         run(&l, &http::HeaderMap::new(), &mut ctx),
         Flow::Continue
     ));
-    assert_eq!(ctx.limit.as_ref().unwrap().decision, "allowed");
+    assert_eq!(ctx.log.get("limit_decision"), Some("allowed"));
     // The admitted response gets the RateLimit-* headers.
     let mut resp = http::HeaderMap::new();
     l.on_response(StatusCode::OK, &mut resp, &ctx);
@@ -90,13 +90,8 @@ fn rejects_with_retry_after_and_ratelimit_headers() {
     assert_eq!(h["retry-after"], "60");
     assert_eq!(h["ratelimit-remaining"], "0");
     assert_eq!(h["ratelimit-reset"], "60");
-    assert_eq!(
-        ctx.limit,
-        Some(LimitNote {
-            name: "default".into(),
-            decision: "rejected"
-        })
-    );
+    assert_eq!(ctx.log.get("limit"), Some("default"));
+    assert_eq!(ctx.log.get("limit_decision"), Some("rejected"));
 }
 
 #[test]
@@ -114,7 +109,7 @@ fn several_limits_must_all_admit_and_the_refusing_one_is_named() {
         run(&l, &http::HeaderMap::new(), &mut ctx),
         Flow::Reject(_)
     ));
-    assert_eq!(&*ctx.limit.unwrap().name, "burst");
+    assert_eq!(ctx.log.get("limit"), Some("burst"));
     clock.advance(Duration::from_secs(1));
     assert!(admitted(&l), "the 4th of the hour");
     let mut ctx = FilterCtx::default();
@@ -122,7 +117,7 @@ fn several_limits_must_all_admit_and_the_refusing_one_is_named() {
         run(&l, &http::HeaderMap::new(), &mut ctx),
         Flow::Reject(_)
     ));
-    assert_eq!(&*ctx.limit.unwrap().name, "hourly");
+    assert_eq!(ctx.log.get("limit"), Some("hourly"));
     // The hourly refusals consumed nothing from the burst limit after the first: the
     // burst limit alone would admit now.
 }
@@ -259,10 +254,10 @@ fn the_local_fallback_enforces_this_replicas_share() {
         serde_yaml::from_str("{requests: 9, per: 1h, redis: {url: 'redis://127.0.0.1:1', replicas: 3}}")
             .unwrap();
     let config = sluice_config::Config::default();
-    let shared = crate::Shared::default();
+    let services = sluice_core::Services::default();
     let l = RateLimit::new(
         &spec,
-        &BuildCtx::new(&config, &shared),
+        &BuildCtx::new(&config, &services),
         FakeRelativeClock::default(),
     )
     .unwrap();

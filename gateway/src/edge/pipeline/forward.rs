@@ -77,9 +77,6 @@ pub fn upstream_request(
             .map_err(|e| Error::because(InternalError, "rewritten path is not a valid URI", e))?;
         upstream.set_uri(uri);
     }
-    if !ctx.filter.strip_query_params.is_empty() {
-        strip_query(upstream, &ctx.filter.strip_query_params)?;
-    }
     // Each insert below names its header by a `&'static str` spelled as pingora's case
     // map would store the `HeaderName` (lower case, as the upstream has always seen
     // it): pingora keeps a static name without copying it, where it copies a
@@ -133,18 +130,20 @@ pub fn upstream_request(
 }
 
 /// Removes every `name` parameter from the request's query (a credential a filter
-/// took from it); the URI is untouched when there is none.
+/// took from it, see [`sluice_core::query::without_param`]); the URI is untouched when
+/// there is none.
 fn remove_query_param(req: &mut RequestHeader, name: &str) {
-    let Some(q) = req.uri.query() else { return };
-    let is = |kv: &&str| kv.split_once('=').map_or(*kv, |(k, _)| k) == name;
-    if !q.split('&').any(|kv| is(&kv)) {
+    let Some(kept) = req
+        .uri
+        .query()
+        .and_then(|q| sluice_core::query::without_param(q, name))
+    else {
         return;
-    }
-    let kept: Vec<&str> = q.split('&').filter(|kv| !is(kv) && !kv.is_empty()).collect();
+    };
     let pq = if kept.is_empty() {
         req.uri.path().to_string()
     } else {
-        format!("{}?{}", req.uri.path(), kept.join("&"))
+        format!("{}?{kept}", req.uri.path())
     };
     if let Ok(uri) = http::Uri::builder().path_and_query(pq).build() {
         req.set_uri(uri);
@@ -220,33 +219,6 @@ fn write_v4(buf: &mut [u8; 15], octets: [u8; 4]) -> usize {
         n += 1;
     }
     n
-}
-
-/// Removes the query parameters `names` (a credential a filter took from the query)
-/// from the upstream request's URI.
-fn strip_query(upstream: &mut RequestHeader, names: &[std::sync::Arc<str>]) -> Result<()> {
-    let Some(query) = upstream.uri.query() else {
-        return Ok(());
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !names.iter().any(|n| **n == *name)
-        })
-        .collect();
-    let path = upstream.uri.path();
-    let pq = if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let uri = http::Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| Error::because(InternalError, "URI without the credential", e))?;
-    upstream.set_uri(uri);
-    Ok(())
 }
 
 /// Passes the identified consumer upstream, and never a client's claim to be one.

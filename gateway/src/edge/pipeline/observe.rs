@@ -41,9 +41,6 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
             backend.version.observe(status, elapsed);
         }
     }
-    if let (Some(note), Some(auth)) = (ctx.filter.auth, route.and_then(|r| r.auth_metrics.as_deref())) {
-        auth.observe(note);
-    }
     let wants_record = route.is_some_and(|r| r.chain.has_complete_phase());
     let sinks = gateway.access_log.current();
     let access_log = !sinks.is_empty();
@@ -94,7 +91,7 @@ pub fn complete(gateway: &Gateway, session: &Session, ctx: &mut Ctx) {
                     .map(str::to_string),
                 error: done.error,
                 consumer: ctx.filter.identity.as_ref().map(|i| i.consumer.clone()),
-                limit: ctx.filter.limit.clone(),
+                notes: ctx.filter.log.clone(),
                 trace: ctx.trace.as_ref().map(|t| (t.trace_id, t.span_id)),
             });
         }

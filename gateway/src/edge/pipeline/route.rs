@@ -1,12 +1,11 @@
 //! Route: match the request to a route, then run the route's request-phase filters
 //! (authentication, rate limits, redirects, direct responses, backend hints, mirror
-//! copies, which [`body_ready`] sends once the body is known).
+//! copies), and their body-ready phase once the body is known ([`body_ready`]).
 
 use pingora::proxy::Session;
 use sluice_core::framing::BodyFraming;
 use sluice_core::router::MatchInput;
-use sluice_core::{Flow, RequestView};
-use sluice_filters::mirror::{self, RequestBody};
+use sluice_core::{Flow, RequestBody, RequestView};
 
 use super::ingress::request_host;
 use super::{Answer, Ctx};
@@ -62,10 +61,14 @@ pub async fn filters(session: &Session, ctx: &mut Ctx, scheme: &'static str) -> 
     }
 }
 
-/// Once request buffering is done: hands the copies the route's `mirror` filters took
-/// to their queues, with the body when it was buffered (never waits).
+/// Once request buffering is done: runs the route's body-ready phase with the body
+/// when it was buffered (e.g. `mirror` hands its copies to their queues; never waits).
 pub fn body_ready(session: &Session, ctx: &mut Ctx) {
-    if !mirror::pending(&ctx.filter) {
+    let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.routing.route) else {
+        return;
+    };
+    let route = &snap.routes[i];
+    if !route.chain.has_body_ready_phase() {
         return;
     }
     let body = match ctx.strict.body {
@@ -75,5 +78,5 @@ pub fn body_ready(session: &Session, ctx: &mut Ctx) {
         }
         Some(_) => RequestBody::Streamed,
     };
-    mirror::release(&mut ctx.filter, body);
+    route.chain.on_body_ready(&body, &mut ctx.filter);
 }

@@ -1,4 +1,4 @@
-//! JWKS key sources: one per URL, process-wide in [`Shared`](crate::registry::Shared), so
+//! JWKS key sources: one per URL, process-wide (a service in the build context), so
 //! every route naming a URL shares its key set and a reload keeps it.
 //!
 //! - The key set is an `ArcSwap<KeySet>`: the request path loads it, never locks.

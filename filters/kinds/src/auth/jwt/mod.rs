@@ -441,15 +441,15 @@ impl Jwt {
                 }
             }
             if errors.is_empty() {
-                if let Some(rt) = &ctx.shared.runtime {
+                if let Some(rt) = &ctx.runtime() {
                     let settings = JwksSettings {
                         refresh: j.refresh,
                         min_refetch_interval: j.min_refetch_interval,
                         fetch_timeout: j.fetch_timeout,
                     };
                     match ctx
-                        .shared
-                        .jwks
+                        .services
+                        .get_or_insert_with(jwks::JwksRegistry::default)
                         .source(j.url.expose(), settings, allowed.and(asymmetric), rt)
                     {
                         Ok(src) => jwks = Some((src, j.wait)),

@@ -7,7 +7,8 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
 use super::*;
-use crate::registry::{build_for_test, Shared};
+use crate::registry::build_for_test;
+use sluice_core::Services;
 
 const NOW: u64 = 1_800_000_000;
 fn clock() -> u64 {
@@ -23,9 +24,9 @@ fn jwt(spec: serde_json::Value) -> Jwt {
 }
 
 fn jwt_with(spec: serde_json::Value, config: &sluice_config::Config) -> Jwt {
-    let shared = Shared::default();
+    let services = Services::default();
     let spec: JwtSpec = serde_json::from_value(spec).unwrap();
-    Jwt::new(&spec, &BuildCtx::new(config, &shared))
+    Jwt::new(&spec, &BuildCtx::new(config, &services))
         .unwrap()
         .with_clock(clock)
 }
@@ -419,19 +420,18 @@ async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kids_refetch_at_most_once_per_interval() {
     let (url, hits) = jwks_server(r#"{"keys": []}"#.into()).await;
-    let shared = Shared {
-        runtime: Some(tokio::runtime::Handle::current()),
-        ..Shared::default()
-    };
+    let services = Services::default();
+    services.insert(tokio::runtime::Handle::current());
     let config = sluice_config::Config::default();
     let spec: JwtSpec = serde_json::from_value(json!({"jwks": {
         "url": url, "refresh": "1h", "min_refetch_interval": "1h", "wait": "2s"}}))
     .unwrap();
-    let j = Jwt::new(&spec, &BuildCtx::new(&config, &shared)).unwrap();
+    let j = Jwt::new(&spec, &BuildCtx::new(&config, &services)).unwrap();
     // A second filter naming the URL shares the source.
-    let j2 = Jwt::new(&spec, &BuildCtx::new(&config, &shared)).unwrap();
+    let j2 = Jwt::new(&spec, &BuildCtx::new(&config, &services)).unwrap();
     assert!(Arc::ptr_eq(j.jwks_source().unwrap(), j2.jwks_source().unwrap()));
-    assert_eq!(shared.jwks.live(), 1);
+    let jwks = services.get::<super::jwks::JwksRegistry>().unwrap();
+    assert_eq!(jwks.live(), 1);
     let private = std::fs::read(fixture("rsa-private.pem")).unwrap();
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("nope".into());
@@ -455,5 +455,5 @@ async fn unknown_kids_refetch_at_most_once_per_interval() {
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     drop((j, j2));
-    assert_eq!(shared.jwks.live(), 0);
+    assert_eq!(jwks.live(), 0);
 }

@@ -1,9 +1,6 @@
-//! Metrics of the access-control filters that keep their own counters in
-//! `sluice-filters` (which has no Prometheus): read at scrape time, so the request path
-//! only bumps an atomic.
-//!
-//! - `sluice_forward_auth_total{result}`: forward-auth calls by result, `allowed`,
-//!   `denied`, `timeout`, `unreachable` or `invalid` (all routes together).
+//! `sluice_forward_auth_total{result}`: forward-auth calls by result, `allowed`,
+//! `denied`, `timeout`, `unreachable` or `invalid` (all routes together), read from the
+//! pool's atomics at scrape time, so the request path only bumps an atomic.
 
 use std::sync::Arc;
 
@@ -11,7 +8,8 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
-use sluice_filters::auth::forward_auth::Stats;
+
+use super::Stats;
 
 /// Exposes the forward-auth outcome counters.
 pub struct ForwardAuthCollector {
@@ -23,23 +21,22 @@ pub struct ForwardAuthCollector {
 
 impl ForwardAuthCollector {
     /// A collector over `stats`.
-    pub fn new(stats: Arc<Stats>) -> ForwardAuthCollector {
+    pub fn new(stats: Arc<Stats>) -> prometheus::Result<ForwardAuthCollector> {
         let counter = IntCounterVec::new(
             Opts::new(
                 "sluice_forward_auth_total",
                 "Forward-auth calls, by result (allowed, denied, timeout, unreachable, invalid).",
             ),
             &["result"],
-        )
-        .expect("the metric definition is static and valid");
+        )?;
         for r in Stats::RESULTS {
             counter.with_label_values(&[r]);
         }
-        ForwardAuthCollector {
+        Ok(ForwardAuthCollector {
             stats,
             counter,
             scrape: Mutex::new(()),
-        }
+        })
     }
 }
 

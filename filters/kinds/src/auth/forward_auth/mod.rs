@@ -27,9 +27,11 @@
 //!   `max_body_bytes`) takes `on_error`: `deny` (the default, fail closed) answers 503;
 //!   `allow` lets the request through without identity.
 //!
-//! The client is one pooled keep-alive HTTP/1.1 client per process ([`Pool`], in
-//! [`Shared`](crate::Shared)); each call runs on the shared background runtime, so
+//! The client is one pooled keep-alive HTTP/1.1 client per process ([`Pool`], a
+//! service in the build context); each call runs on the shared background runtime, so
 //! connections and their I/O live there, and the request path takes no lock.
+
+pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,7 +162,8 @@ pub enum Outcome {
     Failed(Failure),
 }
 
-/// Outcome counters, by [`Outcome`] and [`Failure`]; read by the gateway's metrics.
+/// Outcome counters, by [`Outcome`] and [`Failure`]; read by the kind's own metrics
+/// collector ([`metrics`]).
 #[derive(Debug, Default)]
 pub struct Stats {
     counts: [AtomicU64; 5],
@@ -253,6 +256,25 @@ impl Default for Pool {
     }
 }
 
+impl Pool {
+    /// The process's pool, a service in the build context: made on first use, its
+    /// counters then registered in the metrics registry if the build has one.
+    pub fn of(ctx: &BuildCtx<'_>) -> Pool {
+        let pool = ctx.services.get_or_insert_with(|| {
+            let pool = Pool::default();
+            if let Some(registry) = ctx.metrics() {
+                let registered = metrics::ForwardAuthCollector::new(pool.stats.clone())
+                    .and_then(|c| registry.register(Box::new(c)));
+                if let Err(e) = registered {
+                    tracing::error!("forward_auth metrics: {e}");
+                }
+            }
+            pool
+        });
+        (*pool).clone()
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("stats", &self.stats).finish()
@@ -261,11 +283,7 @@ impl std::fmt::Debug for Pool {
 
 fn build(spec: &serde_json::Value, ctx: &BuildCtx<'_>) -> Result<Arc<dyn Filter>, Vec<SpecError>> {
     let spec: ForwardAuthSpec = parse(spec)?;
-    Ok(Arc::new(ForwardAuth::new(
-        &spec,
-        ctx.shared.forward_auth.clone(),
-        ctx.shared.runtime.clone(),
-    )?))
+    Ok(Arc::new(ForwardAuth::new(&spec, Pool::of(ctx), ctx.runtime())?))
 }
 
 /// Headers of 2xx answers, to be copied onto the upstream request.

@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn spec_errors_name_their_paths() {
         let ctx_config = sluice_config::Config::default();
-        let shared = super::super::Shared::default();
+        let shared = sluice_core::Services::default();
         let ctx = BuildCtx::new(&ctx_config, &shared);
         let Err(errs) = build(&serde_json::json!({"allow": {"dns": [""]}}), &ctx) else {
             panic!("refused")

@@ -21,8 +21,9 @@
 //!    identity headers removed, `X-Forwarded-For/-Proto/-Host` the gateway's own: the
 //!    resolved client address, never the client's header) and the marker
 //!    `x-sluice-mirror: 1`.
-//! 2. Once the request body is known (the gateway calls [`release`] after request
-//!    buffering, before the backend is chosen), the record takes the body: none, the
+//! 2. Once the request body is known (the body-ready phase,
+//!    [`Filter::on_body_ready`], after request buffering and before the backend is
+//!    chosen), the record takes the body: none, the
 //!    buffered body when it is at most `max_body`, or, for a body that was streamed
 //!    rather than buffered or is bigger, no copy at all (`skipped_body`). The record
 //!    then goes into the filter's bounded queue with `try_send`: a full queue drops the
@@ -30,13 +31,15 @@
 //! 3. A dispatcher task on the background runtime takes copies from the queue and
 //!    sends each (at most [`IN_FLIGHT`] at once per filter) with one pooled keep-alive
 //!    HTTP/1.1 client to one of the upstream's current endpoints (round robin over the
-//!    healthy, not ejected ones, as the gateway's [`EndpointLookup`] reports them, so
-//!    endpoints from DNS or Kubernetes discovery count). The answer is read and
+//!    healthy, not ejected ones, as the gateway's [`EndpointLookup`] service reports
+//!    them, so endpoints from DNS or Kubernetes discovery count). The answer is read and
 //!    dropped. Each copy has `timeout` for the whole exchange.
 //!
 //! Several `mirror` filters on a route are several mirrors, each with its own queue.
 //! A reload that keeps a filter's spec keeps the filter, its queue and its tasks; a
 //! changed spec builds a new one, and the old one's tasks end once its queue is empty.
+
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +61,8 @@ use sluice_config::model::UpstreamProtocol;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::registry::{parse, BuildCtx, Kind, SpecError};
-use sluice_core::filter::{Filter, FilterCtx, Flow, Phases, RequestView};
+use sluice_core::filter::{Filter, FilterCtx, Flow, Phases, RequestBody, RequestView};
+use sluice_core::EndpointLookup;
 
 /// The registry entry.
 pub const KIND: Kind = Kind {
@@ -181,8 +185,9 @@ impl Counters {
 type CounterList = Vec<((String, String), Arc<Counters>)>;
 
 /// The mirrors' pooled HTTP/1.1 client and their counters by (route, upstream), kept
-/// across reloads (in [`Shared`](crate::Shared)). The map is touched when a filter is
-/// built and when metrics are scraped, never per request. Cloning shares both.
+/// across reloads (a service in the build context, see [`Mirrors::of`]). The map is
+/// touched when a filter is built and when metrics are scraped, never per request.
+/// Cloning shares both.
 #[derive(Clone)]
 pub struct Mirrors {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -212,6 +217,22 @@ impl std::fmt::Debug for Mirrors {
 }
 
 impl Mirrors {
+    /// The process's mirrors, made on first use, their counters then registered in the
+    /// metrics registry if the build has one.
+    pub fn of(ctx: &BuildCtx<'_>) -> Arc<Mirrors> {
+        ctx.services.get_or_insert_with(|| {
+            let mirrors = Mirrors::default();
+            if let Some(registry) = ctx.metrics() {
+                let registered = metrics::MirrorCollector::new(mirrors.clone())
+                    .and_then(|c| registry.register(Box::new(c)));
+                if let Err(e) = registered {
+                    tracing::error!("mirror metrics: {e}");
+                }
+            }
+            mirrors
+        })
+    }
+
     /// The counters of `route` × `upstream`, created on first use.
     pub fn counters(&self, route: &str, upstream: &str) -> Arc<Counters> {
         let mut list = self.counters.lock();
@@ -227,14 +248,6 @@ impl Mirrors {
     pub fn all(&self) -> CounterList {
         self.counters.lock().clone()
     }
-}
-
-/// Where copies go: the gateway's view of an upstream's current endpoints (its
-/// configured, DNS- or Kubernetes-discovered set, without unhealthy or ejected ones).
-pub trait EndpointLookup: Send + Sync {
-    /// The `n`-th usable endpoint of upstream `id`, counting round the usable ones
-    /// (`n` modulo their number); `None` when it has none or does not exist.
-    fn endpoint(&self, id: &str, n: u64) -> Option<SocketAddr>;
 }
 
 /// One request's copy, as it waits in a queue.
@@ -258,32 +271,22 @@ struct Queue {
 #[derive(Clone, Default)]
 struct Pending(Vec<(Arc<Queue>, Record)>);
 
-/// What the gateway knows of the request body once buffering is done.
-#[derive(Debug, Clone)]
-pub enum RequestBody {
-    /// The request has no body.
-    Empty,
-    /// The body, read whole (request buffering).
-    Buffered(Bytes),
-    /// The body is streamed to the upstream, so the copy cannot have it.
-    Streamed,
-}
-
-/// Whether the request phase left copies waiting for [`release`] (a cheap check for
-/// the gateway: an empty `ext` is a null pointer).
-pub fn pending(ctx: &FilterCtx) -> bool {
+/// Whether the request phase left copies waiting for [`release`].
+#[cfg(test)]
+fn pending(ctx: &FilterCtx) -> bool {
     ctx.ext.get::<Pending>().is_some()
 }
 
 /// Hands the request's copies to their queues with `body`, or counts them as
 /// `skipped_body` when the body cannot go with them. Never waits: a full queue drops
-/// the copy and counts it. Called by the gateway once request buffering is done.
-pub fn release(ctx: &mut FilterCtx, body: RequestBody) {
+/// the copy and counts it. The body-ready phase of the first `mirror` filter of the
+/// route releases every filter's copies.
+fn release(ctx: &mut FilterCtx, body: &RequestBody) {
     let Some(Pending(copies)) = ctx.ext.remove::<Pending>() else {
         return;
     };
     for (queue, mut copy) in copies {
-        match &body {
+        match body {
             RequestBody::Empty => {}
             RequestBody::Buffered(b) if b.len() <= queue.max_body => copy.body = b.clone(),
             RequestBody::Buffered(_) | RequestBody::Streamed => {
@@ -382,27 +385,27 @@ fn check(spec: &MirrorSpec, ctx: &BuildCtx<'_>) -> Vec<SpecError> {
 
 impl Mirror {
     /// Validates `spec` (errors name their field) and builds the filter. With a runtime
-    /// (`ctx.shared.runtime`, else the current one) its dispatcher starts there; without
-    /// one (validation) the filter copies nothing.
+    /// (the build context's, else the current one) and an [`EndpointLookup`] service,
+    /// its dispatcher starts there; without them (validation) the filter copies nothing.
     pub fn new(spec: &MirrorSpec, ctx: &BuildCtx<'_>) -> Result<Mirror, Vec<SpecError>> {
         let errors = check(spec, ctx);
         if !errors.is_empty() {
             return Err(errors);
         }
-        let counters = ctx.shared.mirrors.counters(ctx.route, &spec.upstream);
+        let mirrors = Mirrors::of(ctx);
+        let counters = mirrors.counters(ctx.route, &spec.upstream);
         let runtime = ctx
-            .shared
-            .runtime
-            .clone()
+            .runtime()
             .or_else(|| tokio::runtime::Handle::try_current().ok());
-        let queue = match (runtime, &ctx.shared.endpoints) {
+        let lookup = ctx.services.get::<Arc<dyn EndpointLookup>>();
+        let queue = match (runtime, lookup) {
             (Some(rt), Some(lookup)) => {
                 let (tx, rx) = mpsc::channel(spec.queue);
                 rt.spawn(dispatch(
                     rx,
                     Sender {
-                        client: ctx.shared.mirrors.client.clone(),
-                        lookup: lookup.clone(),
+                        client: mirrors.client.clone(),
+                        lookup: (*lookup).clone(),
                         upstream: spec.upstream.clone(),
                         timeout: spec.timeout,
                         counters: counters.clone(),
@@ -496,8 +499,13 @@ impl Filter for Mirror {
     fn phases(&self) -> Phases {
         Phases {
             request: true,
+            body_ready: true,
             ..Phases::default()
         }
+    }
+
+    fn on_body_ready(&self, body: &RequestBody, ctx: &mut FilterCtx) {
+        release(ctx, body);
     }
 
     async fn on_request(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> Flow {
@@ -578,7 +586,7 @@ fn request(copy: Record, addr: SocketAddr) -> Option<Request<Full<Bytes>>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::registry::Shared;
+    use sluice_core::Services;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -599,8 +607,8 @@ mod tests {
 
     fn errors(spec: serde_json::Value) -> Vec<String> {
         let config = config();
-        let shared = Shared::default();
-        match build(&spec, &BuildCtx::new(&config, &shared)) {
+        let services = Services::default();
+        match build(&spec, &BuildCtx::new(&config, &services)) {
             Ok(_) => Vec::new(),
             Err(es) => es
                 .into_iter()
@@ -632,11 +640,11 @@ mod tests {
 
     fn mirror(spec: serde_json::Value, lookup: Option<Arc<dyn EndpointLookup>>) -> Mirror {
         let config = config();
-        let shared = Shared {
-            endpoints: lookup,
-            ..Shared::default()
-        };
-        Mirror::new(&parse(&spec).unwrap(), &BuildCtx::new(&config, &shared)).unwrap()
+        let services = Services::default();
+        if let Some(lookup) = lookup {
+            services.insert(lookup);
+        }
+        Mirror::new(&parse(&spec).unwrap(), &BuildCtx::new(&config, &services)).unwrap()
     }
 
     #[test]
@@ -750,7 +758,7 @@ mod tests {
             Flow::Continue
         ));
         assert!(pending(&ctx));
-        release(&mut ctx, RequestBody::Buffered(Bytes::from_static(b"abcd")));
+        release(&mut ctx, &RequestBody::Buffered(Bytes::from_static(b"abcd")));
         assert!(!pending(&ctx));
         let got = tokio::time::timeout(Duration::from_secs(5), seen.recv())
             .await
@@ -787,7 +795,7 @@ mod tests {
         ] {
             let mut ctx = FilterCtx::default();
             m.on_request(&req().view(), &mut ctx).await;
-            release(&mut ctx, body);
+            release(&mut ctx, &body);
         }
         assert_eq!(m.counters.snapshot()[Outcome::SkippedBody as usize], 2);
         assert_eq!(m.counters.snapshot()[Outcome::Sent as usize], 0);
@@ -812,7 +820,7 @@ mod tests {
         for _ in 0..total {
             let mut ctx = FilterCtx::default();
             m.on_request(&req().view(), &mut ctx).await;
-            release(&mut ctx, RequestBody::Empty);
+            release(&mut ctx, &RequestBody::Empty);
         }
         let dropped = m.counters.snapshot()[Outcome::DroppedQueueFull as usize];
         assert!(dropped > 0, "{:?}", m.counters.snapshot());
@@ -834,7 +842,7 @@ mod tests {
         );
         let mut ctx = FilterCtx::default();
         m.on_request(&req().view(), &mut ctx).await;
-        release(&mut ctx, RequestBody::Empty);
+        release(&mut ctx, &RequestBody::Empty);
         wait_for(&m.counters, Outcome::NoEndpoint, 1).await;
     }
 }
