@@ -3,7 +3,7 @@
 //!
 //! | pingora hook               | phases                                                           |
 //! |----------------------------|------------------------------------------------------------------|
-//! | `request_filter`           | ingress → strict (head) → normalize (the one view of path, host, headers) → route (match, filters) → strict (body) → route (mirror copies) → select (backend) → admit (breaker) |
+//! | `request_filter`           | ingress → strict (head) → normalize (the one view of path, host, headers) → route (match, request filters) → strict (body) → route (body-ready filters) → select (backend) → admit (breaker) |
 //! | `request_body_filter`      | strict (a streamed body's limit)                                 |
 //! | `upstream_peer`            | select (endpoint for this try, timeouts)                         |
 //! | `upstream_request_filter`  | forward (rewrite, `X-Forwarded-*`, request id, identity, filters) |
@@ -17,6 +17,7 @@
 //! | `fail_to_proxy`            | respond (the error, through the one mapping, as the error page if any) |
 //! | `logging`                  | observe (breaker verdict, metrics, completion filters, access log) |
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,7 +31,7 @@ use crate::control::gateway::Gateway;
 use crate::edge::error::ErrorKind;
 use crate::edge::pipeline::{
     admit, cache, deadline, forward, ingress, normalize, observe, outcome, respond, responses, route, select,
-    strict, Ctx,
+    stop, strict, Answer, Ctx,
 };
 
 /// The proxy for one listener.
@@ -57,6 +58,24 @@ impl SluiceProxy {
     }
 }
 
+impl SluiceProxy {
+    /// The request phases in order; the first that answers the request ends them
+    /// (`Break` with the answer), else the request goes upstream (`Continue`).
+    async fn request_phases(&self, session: &mut Session, ctx: &mut Ctx) -> ControlFlow<Answer> {
+        stop(ingress::begin(&self.gateway, session, ctx))?;
+        stop(strict::head(session, ctx))?;
+        stop(normalize::request(session, ctx, &self.listener))?;
+        stop(route::find(session, ctx))?;
+        stop(route::filters(session, ctx, self.scheme).await)?;
+        stop(strict::body(session, ctx).await)?;
+        route::body_ready(session, ctx);
+        stop(select::backend(ctx))?;
+        stop(admit::breaker(ctx))?;
+        responses::begin(session, ctx);
+        ControlFlow::Continue(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for SluiceProxy {
     type CTX = Ctx;
@@ -70,32 +89,9 @@ impl ProxyHttp for SluiceProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         crate::edge::conn::head_received();
         let r = crate::edge::unwind::catch(async {
-            let stop = match ingress::begin(&self.gateway, session, ctx) {
-                Some(a) => Some(a),
-                None => match strict::head(session, ctx)
-                    .or_else(|| normalize::request(session, ctx, &self.listener))
-                    .or_else(|| route::find(session, ctx))
-                {
-                    Some(a) => Some(a),
-                    None => match route::filters(session, ctx, self.scheme).await {
-                        Some(a) => Some(a),
-                        None => match strict::body(session, ctx).await {
-                            Some(a) => Some(a),
-                            None => {
-                                route::body_ready(session, ctx);
-                                let stop = select::backend(ctx).or_else(|| admit::breaker(ctx));
-                                if stop.is_none() {
-                                    responses::begin(session, ctx);
-                                }
-                                stop
-                            }
-                        },
-                    },
-                },
-            };
-            match stop {
-                Some(answer) => respond::answer(session, ctx, answer).await,
-                None => Ok(false),
+            match self.request_phases(session, ctx).await {
+                ControlFlow::Break(answer) => respond::answer(session, ctx, answer).await,
+                ControlFlow::Continue(()) => Ok(false),
             }
         })
         .await;

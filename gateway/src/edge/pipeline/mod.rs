@@ -217,6 +217,17 @@ impl Default for Ctx {
     }
 }
 
+/// A phase's answer as control flow: `Break` with the answer that ends the request
+/// phases, `Continue` when there is none (so the request phases read as a list of
+/// `stop(phase)?`).
+#[inline]
+pub fn stop(answer: Option<Answer>) -> std::ops::ControlFlow<Answer> {
+    match answer {
+        Some(a) => std::ops::ControlFlow::Break(a),
+        None => std::ops::ControlFlow::Continue(()),
+    }
+}
+
 /// Why the request phase stopped before proxying: what to answer.
 pub enum Answer {
     /// A filter's own response.
