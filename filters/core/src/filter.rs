@@ -453,7 +453,7 @@ pub trait Filter: Send + Sync {
     }
 
     /// The authentication methods this filter runs, e.g. `["key_auth", "basic_auth"]`,
-    /// for `/api/v1/routes` and the `sluice_auth_total` handles. Default: none.
+    /// for `/api/v1/routes`. Default: none.
     fn auth_methods(&self) -> Vec<&'static str> {
         Vec::new()
     }
