@@ -188,6 +188,7 @@ macro_rules! test_kinds {
 
 test_kinds! {
     panic = "panic.rs",
+    ticker = "ticker/mod.rs",
 }
 
 /// Every kind this build knows: [`REGISTRY`], then [`TEST_KINDS`].
