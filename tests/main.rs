@@ -54,6 +54,7 @@ mod rollout;
 mod rollout_replicas;
 mod routing;
 mod schema;
+mod seam;
 mod timeouts;
 mod tracing;
 mod transforms;
