@@ -278,7 +278,7 @@ pub struct FilterCtx {
     /// filter decided, what forward auth copies upstream, the origin CORS echoes, the
     /// mirror copies waiting for the body). Each kind's note is its own type. Empty (and
     /// unallocated) by default.
-    pub ext: http::Extensions,
+    pub ext: crate::notes::Notes,
     /// Fields for the access log (e.g. the limit that answered). Default: empty.
     pub log: LogNotes,
     /// Things a filter holds for the request's lifetime (a concurrency permit, what its

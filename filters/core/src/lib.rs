@@ -18,6 +18,7 @@ pub mod edge;
 pub mod filter;
 pub mod framing;
 pub mod normalize;
+pub mod notes;
 pub mod query;
 pub mod request_line;
 pub mod resilience;
@@ -33,6 +34,7 @@ pub use filter::{
     BackendHint, Built, Chain, Completion, CustomReject, Filter, FilterCtx, Flow, HeaderEdit, Identity,
     LogNotes, LogValue, Phases, Reject, RejectKind, RequestBody, RequestView, Response,
 };
+pub use notes::Notes;
 pub use services::{EndpointLookup, EventSink, KindEvent, Services};
 
 /// A filter or router could not be built from a config that passed validation.

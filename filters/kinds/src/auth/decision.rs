@@ -73,16 +73,6 @@ struct Decided {
     counters: Option<Arc<AuthCounters>>,
 }
 
-impl Clone for Decided {
-    /// A copy never counts: only the note in the request's context does.
-    fn clone(&self) -> Decided {
-        Decided {
-            note: self.note,
-            counters: None,
-        }
-    }
-}
-
 impl Drop for Decided {
     fn drop(&mut self) {
         if let Some(c) = &self.counters {

@@ -450,7 +450,7 @@ impl RequestTrace {
 }
 
 /// The filters' child spans, taken from their `ext`.
-pub fn take_children(ext: &mut http::Extensions) -> Vec<ChildSpan> {
+pub fn take_children(ext: &mut sluice_core::Notes) -> Vec<ChildSpan> {
     ext.remove::<ChildSpans>().map(|c| c.0).unwrap_or_default()
 }
 
