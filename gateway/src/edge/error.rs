@@ -43,7 +43,7 @@ pub enum ErrorKind {
     /// ([`sluice_core::framing`], `pipeline/strict.rs`): 400, 413, 414, 431 or 501.
     Framing(Refusal),
     /// The request's target or header names could not be normalised, or a
-    /// normalisation option refuses them ([`sluice_filters::normalize`]): 400.
+    /// normalisation option refuses them ([`sluice_core::normalize`]): 400.
     Target(TargetRefusal),
     /// The upstream's response body is over the route's `max_response_body` (a 502
     /// when known from its `Content-Length`; otherwise the response is cut).
