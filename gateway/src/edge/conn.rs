@@ -25,15 +25,22 @@
 //!   pipelining, which Sluice does not enable) reads nothing of a next request before it
 //!   starts serving it, and drops a connection on which it read past a request's end.
 //! - [`Guarded`], the HTTP application, one call per HTTP/1.x request: it sets the body
-//!   read timeout, and closes the connection when the keep-alive idle timeout passes
-//!   with no byte of a next request, or when the head is not complete `head_timeout`
-//!   after accept (first request) or after its first byte (later ones). The proxy marks
-//!   the head complete with [`head_received`] at its first hook.
+//!   read timeout and notes that a request has begun (the wait for its first byte
+//!   starts), then hands the session on; it adds no future of its own.
 //!
-//! Both keep their per-connection state in one [`ConnState`] shared by the stream
-//! wrapper and a task-local, so the request path takes no lock: a few relaxed atomics
-//! per request and one timer.
+//! One watchdog per connection, in [`Edge`], keeps every time limit: nothing on the
+//! connection within `head_timeout` of its accept; no byte of a next request within the
+//! keep-alive idle timeout; a head not complete `head_timeout` after accept (first
+//! request) or after its first byte (later ones). The proxy marks the head complete with
+//! [`head_received`] at its first hook. The watchdog holds one timer, armed for the
+//! earliest deadline the connection could reach and re-armed only when it fires: the
+//! request path writes a few relaxed atomics (and reads the clock twice) and never
+//! touches a timer, a waker or an allocation of the wrapper's. See [`ConnState::check`].
+//!
+//! The per-connection state is one [`ConnState`] shared by the stream wrapper, the
+//! watchdog and a task-local, so the request path takes no lock.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -86,8 +93,9 @@ pub struct ConnState {
     head_done: AtomicBool,
     /// HTTP/1.x requests started on the connection.
     requests: AtomicU32,
-    /// Woken when the first byte of a request arrives.
-    first_byte_arrived: tokio::sync::Notify,
+    /// Nanoseconds from `accepted` to when the current request began (pingora asked for
+    /// it: the previous one was done), the start of its keep-alive idle wait.
+    waiting_since: AtomicU64,
 }
 
 impl ConnState {
@@ -99,21 +107,61 @@ impl ConnState {
             any_byte: AtomicBool::new(false),
             head_done: AtomicBool::new(false),
             requests: AtomicU32::new(0),
-            first_byte_arrived: tokio::sync::Notify::new(),
+            waiting_since: AtomicU64::new(0),
         }
     }
 
-    /// Starts a request: its first byte and head are still to come.
-    fn begin_request(&self) {
-        self.head_done.store(false, Ordering::Relaxed);
-        self.first_byte.store(NONE, Ordering::Relaxed);
-        self.armed.store(true, Ordering::Relaxed);
+    fn since_accepted(&self) -> u64 {
+        u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(NONE - 1)
     }
 
-    fn first_byte(&self) -> Option<Instant> {
-        match self.first_byte.load(Ordering::Relaxed) {
-            NONE => None,
-            ns => Some(self.accepted + Duration::from_nanos(ns)),
+    fn at(&self, ns: u64) -> Instant {
+        self.accepted + Duration::from_nanos(ns)
+    }
+
+    /// Starts an HTTP/1.x request: its first byte and head are still to come (the first
+    /// request's state is the new connection's).
+    fn begin_request(&self) {
+        if self.requests.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.head_done.store(false, Ordering::Relaxed);
+            self.first_byte.store(NONE, Ordering::Relaxed);
+            self.armed.store(true, Ordering::Relaxed);
+            self.waiting_since.store(self.since_accepted(), Ordering::Relaxed);
+        }
+    }
+
+    /// What the watchdog does at `now`: close the connection for a reason, or look
+    /// again at the returned instant: the current request's deadline or
+    /// `min(head_timeout, idle_timeout)` from now, whichever is earlier (only the latter
+    /// while nothing can expire: a head is complete, or an HTTP/2 connection). A request
+    /// that begins in between has a deadline at least that far away, so every deadline
+    /// is kept exactly although the request path never re-arms the timer.
+    fn check(&self, now: Instant, l: &ResolvedLimits) -> Result<Instant, CloseReason> {
+        let later = now + l.head_timeout.min(l.idle_timeout);
+        let (deadline, reason) = match self.requests.load(Ordering::Relaxed) {
+            // No HTTP/1.x request yet: nothing may arrive for `head_timeout`; once
+            // something did, it is HTTP/2 (streams have their own idle timeout) or an
+            // HTTP/1.x request about to begin.
+            0 if self.any_byte.load(Ordering::Relaxed) => return Ok(later),
+            0 => (self.accepted + l.head_timeout, CloseReason::HeadTimeout),
+            _ if self.head_done.load(Ordering::Relaxed) => return Ok(later),
+            // The first request's head is due `head_timeout` after the accept.
+            1 => (self.accepted + l.head_timeout, CloseReason::HeadTimeout),
+            _ => match self.first_byte.load(Ordering::Relaxed) {
+                NONE => (
+                    self.at(self.waiting_since.load(Ordering::Relaxed)) + l.idle_timeout,
+                    CloseReason::IdleTimeout,
+                ),
+                ns => (self.at(ns) + l.head_timeout, CloseReason::HeadTimeout),
+            },
+        };
+        if now >= deadline {
+            Err(reason)
+        } else {
+            // Never sleep past `later`: a request that begins meanwhile may have an
+            // earlier deadline than this one (an idle timeout shorter than the head
+            // timeout).
+            Ok(deadline.min(later))
         }
     }
 
@@ -123,10 +171,8 @@ impl ConnState {
     fn on_data(&self) -> bool {
         if self.armed.load(Ordering::Relaxed) {
             self.armed.store(false, Ordering::Relaxed);
-            let ns = u64::try_from(self.accepted.elapsed().as_nanos()).unwrap_or(NONE - 1);
-            self.first_byte.store(ns, Ordering::Relaxed);
+            self.first_byte.store(self.since_accepted(), Ordering::Relaxed);
             self.any_byte.store(true, Ordering::Relaxed);
-            self.first_byte_arrived.notify_one();
             true
         } else {
             false
@@ -296,15 +342,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         };
         let state = Arc::new(ConnState::new());
         let watched = Watched::new(stream, state.clone(), &self.limits, self.metrics.clone());
-        let head_timeout = self.limits.head_timeout;
         let inner = self.inner.clone();
         CONN.scope(state.clone(), async move {
             tokio::select! {
                 biased;
                 _ = inner.process_new(Box::new(watched), shutdown) => {}
-                _ = nothing_within(&state, head_timeout) => {
-                    self.metrics.closed(CloseReason::HeadTimeout).inc();
-                    tracing::debug!("connection closed: nothing received in {head_timeout:?}");
+                reason = watchdog(&state, &self.limits) => {
+                    self.metrics.closed(reason).inc();
+                    tracing::debug!(reason = reason.as_str(), "client connection closed");
                 }
             }
         })
@@ -317,12 +362,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
     }
 }
 
-/// Ends when nothing has arrived on the connection `limit` after its accept (which
-/// covers pingora's h2c preface peek, before any request starts); never otherwise.
-async fn nothing_within(state: &ConnState, limit: Duration) {
-    tokio::time::sleep_until((state.accepted + limit).into()).await;
-    if state.any_byte.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
+/// Ends, with the reason, when the connection must be closed ([`ConnState::check`]).
+/// One timer for the connection's life, re-armed only when it fires.
+async fn watchdog(conn: &ConnState, l: &ResolvedLimits) -> CloseReason {
+    let first = conn.accepted + l.head_timeout.min(l.idle_timeout);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(first.into()));
+    loop {
+        timer.as_mut().await;
+        match conn.check(Instant::now(), l) {
+            Ok(next) => timer.as_mut().reset(next.into()),
+            Err(reason) => return reason,
+        }
     }
 }
 
@@ -330,53 +380,37 @@ async fn nothing_within(state: &ConnState, limit: Duration) {
 pub struct Guarded<A> {
     inner: Arc<A>,
     limits: ResolvedLimits,
-    metrics: ListenerMetrics,
 }
 
 impl<A> Guarded<A> {
     /// Wraps the listener's proxy.
-    pub fn new(inner: A, limits: ResolvedLimits, metrics: ListenerMetrics) -> Guarded<A> {
+    pub fn new(inner: A, limits: ResolvedLimits) -> Guarded<A> {
         Guarded {
             inner: Arc::new(inner),
             limits,
-            metrics,
         }
     }
 }
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Not an `async fn`: the request's future is the inner app's, returned as it is, so
+    // this wrapper adds no allocation, copy or poll to a request.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         session.set_read_timeout(Some(self.limits.body_timeout));
-        let conn = if session.is_http2() {
-            None
-        } else {
-            CONN.try_with(Arc::clone).ok()
-        };
-        // One call site, not inlined: the inner app's future (pingora's proxy state,
-        // several KiB) is then built once in its own boxed shim instead of being built
-        // here and copied along (three copies a request, 15k instructions, measured).
-        let inner = start_inner(&self.inner, session, shutdown);
-        let Some(conn) = conn else {
-            return inner.await;
-        };
-        let first = conn.requests.fetch_add(1, Ordering::Relaxed) == 0;
-        if !first {
-            conn.begin_request();
+        if !session.is_http2() {
+            let _ = CONN.try_with(|c| c.begin_request());
         }
-        tokio::select! {
-            biased;
-            r = inner => r,
-            reason = watchdog(&conn, first, &self.limits) => {
-                self.metrics.closed(reason).inc();
-                tracing::debug!(reason = reason.as_str(), "client connection closed");
-                None
-            }
-        }
+        self.inner.process_new_http(session, shutdown)
     }
 
     fn h2_options(&self) -> Option<H2Options> {
@@ -390,47 +424,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Guarded<A> {
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await;
     }
-}
-
-/// The inner app's request future, boxed by its own `async_trait` shim.
-#[inline(never)]
-fn start_inner<'a, A: HttpServerApp + Send + Sync + 'static>(
-    inner: &'a Arc<A>,
-    session: ServerSession,
-    shutdown: &'a ShutdownWatch,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
-    inner.process_new_http(session, shutdown)
-}
-
-/// Ends, with the reason, when the current request's connection must be closed: no byte
-/// of it within the idle timeout (a reused connection), or its head incomplete at the
-/// head timeout. Never ends once the head has arrived.
-async fn watchdog(conn: &ConnState, first: bool, l: &ResolvedLimits) -> CloseReason {
-    let start = if first {
-        conn.accepted
-    } else {
-        let idle_until = tokio::time::Instant::now() + l.idle_timeout;
-        loop {
-            tokio::select! {
-                biased;
-                () = conn.first_byte_arrived.notified() => {
-                    // A permit left by an earlier request's first byte wakes this too.
-                    if let Some(at) = conn.first_byte() {
-                        break at;
-                    }
-                }
-                () = tokio::time::sleep_until(idle_until) => match conn.first_byte() {
-                    Some(at) => break at,
-                    None => return CloseReason::IdleTimeout,
-                },
-            }
-        }
-    };
-    tokio::time::sleep_until((start + l.head_timeout).into()).await;
-    if conn.head_done.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
-    }
-    CloseReason::HeadTimeout
 }
 
 /// A budget of client stream resets: `capacity` at most, refilled continuously at
@@ -909,6 +902,86 @@ mod tests {
         assert!(b.take(t0 + Duration::from_secs(100)));
         assert!(b.take(t0 + Duration::from_secs(100)));
         assert!(!b.take(t0 + Duration::from_secs(100)), "never above the capacity");
+    }
+
+    fn limits() -> ResolvedLimits {
+        sluice_config::connections::ConnectionLimits {
+            head_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        }
+        .resolve()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_watchdog_keeps_every_deadline_without_being_rearmed_per_request() {
+        let l = limits();
+        let c = ConnState::new();
+        let t0 = c.accepted;
+        // Nothing arrives: cut at the head timeout from the accept.
+        assert_eq!(c.check(t0 + ms(1), &l), Ok(t0 + ms(10_000)));
+        assert_eq!(c.check(t0 + ms(10_000), &l), Err(CloseReason::HeadTimeout));
+        // The first request began; its head is due 10 s after the accept, bytes or not.
+        c.begin_request();
+        c.any_byte.store(true, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(5), &l), Ok(t0 + ms(10_000)));
+        assert_eq!(c.check(t0 + ms(10_001), &l), Err(CloseReason::HeadTimeout));
+        // Its head arrived: nothing can expire; look again in min(head, idle).
+        c.head_done.store(true, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(20), &l), Ok(t0 + ms(10_020)));
+        // The second request began at 30 ms (the first was done): idle until 60.03 s.
+        c.begin_request();
+        c.waiting_since.store(30_000_000, Ordering::Relaxed);
+        assert_eq!(
+            c.check(t0 + ms(10_020), &l),
+            Ok(t0 + ms(20_020)),
+            "at most min(head, idle) on"
+        );
+        assert_eq!(c.check(t0 + ms(55_000), &l), Ok(t0 + ms(60_030)));
+        assert_eq!(c.check(t0 + ms(60_030), &l), Err(CloseReason::IdleTimeout));
+        // Its first byte at 50 s: the head is due 10 s later, whatever the idle time.
+        c.first_byte.store(50_000_000_000, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(50_001), &l), Ok(t0 + ms(60_000)));
+        assert_eq!(c.check(t0 + ms(60_000), &l), Err(CloseReason::HeadTimeout));
+        c.head_done.store(true, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(60_000), &l), Ok(t0 + ms(70_000)));
+    }
+
+    #[test]
+    fn an_idle_timeout_shorter_than_the_head_timeout_is_kept() {
+        let l = sluice_config::connections::ConnectionLimits {
+            head_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_millis(700)),
+            ..Default::default()
+        }
+        .resolve();
+        let c = ConnState::new();
+        let t0 = c.accepted;
+        c.begin_request();
+        c.any_byte.store(true, Ordering::Relaxed);
+        // The head is due at 10 s, but the watchdog looks again within the idle timeout.
+        assert_eq!(c.check(t0 + ms(1), &l), Ok(t0 + ms(701)));
+        c.head_done.store(true, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(701), &l), Ok(t0 + ms(1_401)));
+        // The next request began at 1 s: idle until 1.7 s, not 10 s.
+        c.begin_request();
+        c.waiting_since.store(1_000_000_000, Ordering::Relaxed);
+        assert_eq!(c.check(t0 + ms(1_401), &l), Ok(t0 + ms(1_700)));
+        assert_eq!(c.check(t0 + ms(1_700), &l), Err(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn an_http2_connection_is_only_held_to_its_first_byte() {
+        let l = limits();
+        let c = ConnState::new();
+        let t0 = c.accepted;
+        assert!(c.on_data(), "the preface's first bytes");
+        assert_eq!(c.check(t0 + ms(10_000), &l), Ok(t0 + ms(20_000)));
+        assert_eq!(c.check(t0 + ms(900_000), &l), Ok(t0 + ms(910_000)));
     }
 
     fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

@@ -91,7 +91,7 @@ pub fn run(
         // The drain wrapper holds back pingora's cut of idle keep-alive connections until
         // the listener has drained (see `shutdown`); `conn` bounds slow and idle clients
         // and caps connections (see `conn`).
-        let app = crate::edge::conn::Guarded::new(app, limits, metrics.clone());
+        let app = crate::edge::conn::Guarded::new(app, limits);
         let edge = crate::edge::conn::Edge::new(crate::edge::shutdown::Draining::new(app), limits, metrics);
         let addr = l.listen.to_string();
         let name = format!("listener {}", l.name);

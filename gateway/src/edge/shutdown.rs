@@ -181,12 +181,19 @@ impl<A> Draining<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for Draining<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Not an `async fn`: the inner app's request future, returned as it is (no
+    // allocation or copy of a future of this wrapper's per request).
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        self.inner.process_new_http(session, shutdown).await
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.process_new_http(session, shutdown)
     }
 
     fn h2_options(&self) -> Option<H2Options> {
