@@ -19,6 +19,7 @@
 //! methods" filter can wrap the same core. Options and their defaults are in
 //! `docs/auth-jwt.md`.
 
+pub mod cache;
 pub mod jwks;
 pub mod verify;
 
@@ -117,6 +118,10 @@ pub struct JwtSpec {
     /// The `realm` of the `WWW-Authenticate` challenge. Default: `sluice`.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// Slots of the cache of verified tokens (a token seen again skips the signature
+    /// check; see [`cache`]); `0` turns it off. At most 1048576. Default: `4096`.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
 }
 
 /// One key: exactly one of `secret`, `secret_base64`, `pem` or `file`.
@@ -192,6 +197,10 @@ pub struct TokenSource {
     pub query: Option<String>,
 }
 
+fn default_cache_size() -> usize {
+    4096
+}
+
 fn default_leeway() -> Duration {
     Duration::from_secs(60)
 }
@@ -263,6 +272,7 @@ pub struct Jwt {
     challenge_missing: HeaderValue,
     challenge_invalid: HeaderValue,
     clock: fn() -> u64,
+    cache: cache::TokenCache,
 }
 
 fn system_now() -> u64 {
@@ -503,6 +513,9 @@ impl Jwt {
         if spec.consumer_claim.is_empty() {
             errors.push(SpecError::at("consumer_claim", "must not be empty"));
         }
+        if spec.cache_size > 1 << 20 {
+            errors.push(SpecError::at("cache_size", "at most 1048576"));
+        }
         let bad_realm = spec
             .realm
             .chars()
@@ -557,6 +570,7 @@ impl Jwt {
             challenge_missing,
             challenge_invalid,
             clock: system_now,
+            cache: cache::TokenCache::new(spec.cache_size),
         })
     }
 
@@ -617,14 +631,24 @@ impl Jwt {
         }
     }
 
-    /// The core: finds the token, verifies it, and on success maps it to an identity,
-    /// stored in `ctx.identity` and returned. Nothing else is touched; the token is never
-    /// logged.
+    /// The core: finds the token, verifies it (or finds it in the cache of verified
+    /// tokens), and on success maps it to an identity, stored in `ctx.identity` and
+    /// returned. Nothing else is touched; the token is never logged.
     pub async fn authenticate(&self, req: &RequestView<'_>, ctx: &mut FilterCtx) -> JwtOutcome {
         let Some(token) = self.token(req) else {
             return JwtOutcome::Missing;
         };
         let now = (self.clock)();
+        let key = self.cache.is_on().then(|| {
+            if let Some((src, _)) = &self.jwks {
+                self.cache.follow(&src.keys());
+            }
+            self.cache.key(token)
+        });
+        if let Some(identity) = key.and_then(|k| self.cache.get(k, now)) {
+            ctx.identity = Some(identity.clone());
+            return JwtOutcome::Identified(identity);
+        }
         let mut result = self.check(token, now);
         if result == Err(Invalid::UnknownKey) {
             if let Some((src, wait)) = &self.jwks {
@@ -637,16 +661,32 @@ impl Jwt {
             Ok(c) => c,
             Err(r) => return JwtOutcome::Invalid(r),
         };
+        let identity = match self.identity(&claims) {
+            Ok(identity) => identity,
+            Err(r) => return JwtOutcome::Invalid(r),
+        };
+        if let Some(k) = key {
+            // Served again only while the verifier's own time check would pass.
+            let exp = claims.get("exp").and_then(serde_json::Value::as_f64);
+            let until = exp.map_or(f64::INFINITY, |e| e + self.rules.leeway as f64);
+            self.cache.put(k, until, identity.clone());
+        }
+        ctx.identity = Some(identity.clone());
+        JwtOutcome::Identified(identity)
+    }
+
+    /// The identity a verified token's claims name.
+    fn identity(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<Identity, Invalid> {
         let Some(name) = claims
             .get(&self.consumer_claim)
             .map(verify::claim_text)
             .filter(|s| !s.is_empty())
         else {
-            return JwtOutcome::Invalid(Invalid::Consumer);
+            return Err(Invalid::Consumer);
         };
         let groups = match self.consumers.get(&name) {
             Some(g) => g.clone(),
-            None if self.require_consumer => return JwtOutcome::Invalid(Invalid::Consumer),
+            None if self.require_consumer => return Err(Invalid::Consumer),
             None => Vec::new(),
         };
         let mut kept = vec![(Arc::from(self.consumer_claim.as_str()), Arc::from(name.as_str()))];
@@ -658,13 +698,11 @@ impl Jwt {
                 kept.push((claim.clone(), Arc::from(verify::claim_text(v).as_str())));
             }
         }
-        let identity = Identity {
+        Ok(Identity {
             consumer: Arc::from(name.as_str()),
             groups,
             claims: kept,
-        };
-        ctx.identity = Some(identity.clone());
-        JwtOutcome::Identified(identity)
+        })
     }
 
     /// The 401 refusal for an outcome that is not [`JwtOutcome::Identified`].

@@ -132,6 +132,39 @@ async fn the_clock_decides_expiry() {
     assert!(matches!(run(&j, &r).await.0, JwtOutcome::Identified(_)));
 }
 
+static MOVING_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(NOW);
+fn moving_clock() -> u64 {
+    MOVING_NOW.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn a_cached_token_is_never_accepted_past_its_expiry() {
+    let j = jwt(hs_spec()).with_clock(moving_clock);
+    assert!(j.cache.is_on(), "on by default");
+    let t = hs(json!({"sub": "a", "exp": NOW + 10}));
+    let r = Req::new().header("authorization", &format!("Bearer {t}"));
+    for _ in 0..3 {
+        let (out, ctx) = run(&j, &r).await;
+        assert!(matches!(out, JwtOutcome::Identified(_)), "{out:?}");
+        assert_eq!(ctx.identity.map(|i| i.consumer), Some(Arc::from("a")));
+    }
+    // exp + the 60 s leeway, as the verifier itself decides.
+    MOVING_NOW.store(NOW + 69, Ordering::SeqCst);
+    assert!(matches!(run(&j, &r).await.0, JwtOutcome::Identified(_)));
+    MOVING_NOW.store(NOW + 70, Ordering::SeqCst);
+    assert_eq!(run(&j, &r).await.0, JwtOutcome::Invalid(Invalid::Expired));
+    // A token refused once is refused again (refusals are not cached either way).
+    assert_eq!(run(&j, &r).await.0, JwtOutcome::Invalid(Invalid::Expired));
+    let no_cache = jwt(json!({"keys": [{"alg": "HS256", "secret": "s3cret"}], "cache_size": 0}));
+    assert!(!no_cache.cache.is_on());
+    let r = Req::new().header("authorization", &format!("Bearer {}", hs(claims())));
+    assert!(matches!(run(&no_cache, &r).await.0, JwtOutcome::Identified(_)));
+    assert_eq!(
+        errors(json!({"keys": [{"alg": "HS256", "secret": "s3cret"}], "cache_size": 2_000_000})),
+        ["cache_size: at most 1048576"]
+    );
+}
+
 #[tokio::test]
 async fn cookie_query_and_custom_header_sources_in_order() {
     let j = jwt(json!({"keys": [{"alg": "HS256", "secret": "s3cret"}],
