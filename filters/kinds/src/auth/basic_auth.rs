@@ -13,7 +13,8 @@
 //! A good password is remembered for `cache_ttl` in a small lock-free cache (a fixed
 //! array of slots, each an atomic pointer, indexed by a salted SHA-256 of the user and
 //! password), so a hash is not recomputed on every request. Failures are not cached:
-//! each wrong password costs its hash.
+//! each wrong password costs its hash, which runs off the worker thread, at most one per
+//! CPU at once ([`super::hashing`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -332,13 +333,18 @@ impl BasicAuth {
         })
     }
 
-    /// Checks a user and password: the cache first, else the hash (then cached).
-    pub fn check(&self, user: &str, password: &[u8]) -> Option<Arc<Consumer>> {
+    /// Checks a user and password: the cache first, else the hash (then cached), off
+    /// the worker thread.
+    pub async fn check(&self, user: &str, password: &[u8]) -> Option<Arc<Consumer>> {
         let key = self.cache.key(user, password);
         if let Some(c) = self.cache.get(&key) {
             return Some(c);
         }
-        let c = self.users.verify(user, password)?.clone();
+        let users = self.users.clone();
+        let (user, password) = (user.to_owned(), password.to_vec());
+        let c = super::hashing::HASHING
+            .run(move || users.verify(&user, &password).cloned())
+            .await??;
         self.cache.put(key, c.clone());
         Some(c)
     }
@@ -377,7 +383,7 @@ impl AuthMethod for BasicAuth {
         match basic_credentials(value) {
             None => AuthOutcome::Missing,
             Some(Err(())) => AuthOutcome::Invalid,
-            Some(Ok((user, password))) => match self.check(&user, &password) {
+            Some(Ok((user, password))) => match self.check(&user, &password).await {
                 Some(c) => AuthOutcome::Identified(c.identity()),
                 None => AuthOutcome::Invalid,
             },
@@ -478,15 +484,16 @@ mod tests {
         let spec: BasicAuthSpec = serde_yaml::from_str("{cache_ttl: 10s, cache_size: 4}").unwrap();
         let b = BasicAuth::new(&spec, users, Arc::new(clock.clone())).unwrap();
         let key = b.cache.key("bob", b"bobpw");
+        let check = |u: &str, p: &[u8]| crate::test_support::block_on(b.check(u, p));
         assert!(b.cache.get(&key).is_none());
-        assert_eq!(&*b.check("bob", b"bobpw").unwrap().name, "bob");
+        assert_eq!(&*check("bob", b"bobpw").unwrap().name, "bob");
         assert!(b.cache.get(&key).is_some());
         // A wrong password is neither cached nor matched by the cached good one.
-        assert!(b.check("bob", b"bobpw2").is_none());
+        assert!(check("bob", b"bobpw2").is_none());
         assert!(b.cache.get(&b.cache.key("bob", b"bobpw2")).is_none());
         clock.advance(Duration::from_secs(11));
         assert!(b.cache.get(&key).is_none());
-        assert!(b.check("bob", b"bobpw").is_some());
+        assert!(check("bob", b"bobpw").is_some());
     }
 
     #[test]

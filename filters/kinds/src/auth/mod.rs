@@ -58,6 +58,7 @@ pub mod client_cert;
 pub mod consumers;
 pub mod decision;
 pub mod forward_auth;
+pub mod hashing;
 pub mod jwt;
 pub mod key_auth;
 
