@@ -76,17 +76,22 @@ impl SluiceProxy {
     }
 }
 
+/// The per-request context as pingora holds it: boxed. Pingora keeps `CTX` by value in
+/// each request's future, which its `async_trait` shim builds on the stack and then
+/// copies to the heap; a pointer there keeps that future, and so the copy, small.
+pub type Cx = Box<Ctx>;
+
 #[async_trait]
 impl ProxyHttp for SluiceProxy {
-    type CTX = Ctx;
+    type CTX = Cx;
 
-    fn new_ctx(&self) -> Ctx {
-        let mut ctx = Ctx::new();
+    fn new_ctx(&self) -> Cx {
+        let mut ctx = Box::new(Ctx::new());
         ctx.listener = self.listener_index;
         ctx
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Cx) -> Result<bool> {
         crate::edge::conn::head_received();
         let r = crate::edge::unwind::catch(async {
             match self.request_phases(session, ctx).await {
@@ -103,18 +108,18 @@ impl ProxyHttp for SluiceProxy {
         session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<()> {
         strict::body_chunk(session, ctx, body)?;
         responses::request_body(body, end_of_stream, ctx)
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Cx) -> Result<()> {
         cache::request(session, ctx);
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Cx) -> Result<CacheKey> {
         cache::key(session, ctx)
     }
 
@@ -122,20 +127,20 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<RespCacheable> {
         Ok(cache::response(session, resp, ctx))
     }
 
-    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<HashBinary> {
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Cx, req: &RequestHeader) -> Option<HashBinary> {
         cache::vary(meta, req)
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Cx, error: Option<&Error>) -> bool {
         cache::serve_stale(error)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Cx) -> Result<Box<HttpPeer>> {
         select::endpoint(session, ctx).await
     }
 
@@ -143,7 +148,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<()> {
         let r = crate::edge::unwind::catch_sync(|| {
             forward::upstream_request(session, upstream, ctx, self.scheme)
@@ -156,7 +161,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<()> {
         strict::response_head(resp, ctx)?;
         deadline::check(ctx)?;
@@ -169,7 +174,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<()> {
         crate::edge::shutdown::close_if_draining(session);
         let r = crate::edge::unwind::catch_sync(|| respond::headers(resp, ctx));
@@ -186,7 +191,7 @@ impl ProxyHttp for SluiceProxy {
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<Option<std::time::Duration>> {
         deadline::check(ctx)?;
         responses::upstream_body(body, ctx)?;
@@ -198,7 +203,7 @@ impl ProxyHttp for SluiceProxy {
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<Option<std::time::Duration>> {
         responses::response_body(body, end_of_stream, ctx)?;
         Ok(None)
@@ -208,7 +213,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         _session: &mut Session,
         trailers: &mut http::HeaderMap,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
     ) -> Result<Option<bytes::Bytes>> {
         Ok(responses::response_trailers(trailers, ctx))
     }
@@ -217,7 +222,7 @@ impl ProxyHttp for SluiceProxy {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
         e: Box<Error>,
     ) -> Box<Error> {
         outcome::connect_failed(session, ctx, e)
@@ -228,22 +233,22 @@ impl ProxyHttp for SluiceProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Cx,
         client_reused: bool,
     ) -> Box<Error> {
         outcome::proxy_failed(peer, session, e, ctx, client_reused)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Cx) -> FailToProxy {
         respond::fail_to_proxy(session, e, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Cx) {
         let r = crate::edge::unwind::catch_sync(|| observe::complete(&self.gateway, session, ctx));
         let _ = crate::edge::unwind::or_internal(r.map(Ok), ctx, "logging");
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Cx, _error: &Error) -> bool {
         matches!(ctx.error, Some(ErrorKind::NoRoute))
     }
 }
