@@ -124,21 +124,49 @@ pub struct Head {
 /// RFC 9110 `tchar`.
 #[inline]
 pub fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
-        | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+    TCHAR[usize::from(b)]
 }
 
-/// A field value byte: VCHAR, SP, HTAB or obs-text.
+/// [`is_tchar`] as a table: one load per byte.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b as u8,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+            | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+        b += 1;
+    }
+    t
+};
+
+/// A field value byte: VCHAR, SP, HTAB or obs-text (every byte but the other control
+/// characters and DEL). Branch-free, so that [`all_value_bytes`] compiles to wide
+/// compares.
 #[inline]
 fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
+    (b >= 0x20 || b == b'\t') & (b != 0x7f)
+}
+
+/// Whether every byte of a field value is a field value byte. No early exit: the
+/// compiler then checks many bytes per instruction (values are most of a head's bytes;
+/// a bearer token alone is several hundred).
+#[inline]
+fn all_value_bytes(v: &[u8]) -> bool {
+    !v.iter().fold(false, |bad, &b| bad | !is_value_byte(b))
 }
 
 /// A request-target byte: visible ASCII except `#` (a fragment is never sent).
 #[inline]
 fn is_target_byte(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b) && b != b'#'
+    (b.wrapping_sub(0x21) <= 0x7e - 0x21) & (b != b'#')
+}
+
+/// Whether every byte of a request target is a target byte (no early exit, as
+/// [`all_value_bytes`]).
+#[inline]
+fn all_target_bytes(v: &[u8]) -> bool {
+    !v.iter().fold(false, |bad, &b| bad | !is_target_byte(b))
 }
 
 /// Transfer codings we recognise (IANA registry) but do not accept on a request.
@@ -193,10 +221,8 @@ pub fn check_head(raw: &[u8], limits: &HeadLimits) -> Result<Head, Refusal> {
         if count > limits.max_headers {
             return Err(Refusal::HeaderTooLarge("too many header fields"));
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Refusal::BadRequest("a header field line has no colon"))?;
+        let colon =
+            memchr::memchr(b':', line).ok_or(Refusal::BadRequest("a header field line has no colon"))?;
         let name = &line[..colon];
         if name.is_empty() {
             return Err(Refusal::BadRequest("an empty header field name"));
@@ -207,7 +233,7 @@ pub fn check_head(raw: &[u8], limits: &HeadLimits) -> Result<Head, Refusal> {
             ));
         }
         let value = &line[colon + 1..];
-        if !value.iter().all(|&b| is_value_byte(b)) {
+        if !all_value_bytes(value) {
             return Err(Refusal::BadRequest(
                 "a header field value holds a control character",
             ));
@@ -305,7 +331,7 @@ fn request_line_parts<'a>(
     if target.is_empty() {
         return Err(Refusal::BadRequest("an empty request target"));
     }
-    if !target.iter().all(|&b| is_target_byte(b)) {
+    if !all_target_bytes(target) {
         return Err(Refusal::BadRequest(
             "the request target holds a space, a control character, a fragment or a non-ASCII byte",
         ));
@@ -483,14 +509,14 @@ struct Lines<'a> {
 impl<'a> Lines<'a> {
     fn next_line(&mut self) -> Result<&'a [u8], Refusal> {
         let rest = &self.raw[self.pos..];
-        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', rest) else {
             return Err(Refusal::BadRequest("an incomplete request head"));
         };
         if lf == 0 || rest[lf - 1] != b'\r' {
             return Err(Refusal::BadRequest("a bare LF line ending"));
         }
         let line = &rest[..lf - 1];
-        if line.contains(&b'\r') {
+        if memchr::memchr(b'\r', line).is_some() {
             return Err(Refusal::BadRequest("a bare CR in the request head"));
         }
         self.pos += lf + 1;
@@ -551,6 +577,26 @@ mod tests {
             Ok(_) => 200,
             Err(r) => r.status(),
         }
+    }
+
+    #[test]
+    fn the_byte_classes_are_the_rfc_ones_however_they_are_computed() {
+        for b in 0..=255u8 {
+            let value = b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+            let target = (0x21..=0x7e).contains(&b) && b != b'#';
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_value_byte(b), value, "{b:#04x}");
+            assert_eq!(is_target_byte(b), target, "{b:#04x}");
+            assert_eq!(is_tchar(b), tchar, "{b:#04x}");
+            // The no-early-exit scans, with the byte at every place of a long run.
+            for at in [0, 1, 31, 32, 33, 99] {
+                let mut v = vec![b'a'; 100];
+                v[at] = b;
+                assert_eq!(all_value_bytes(&v), value, "{b:#04x} at {at}");
+                assert_eq!(all_target_bytes(&v), target, "{b:#04x} at {at}");
+            }
+        }
+        assert!(all_value_bytes(b"") && all_target_bytes(b""));
     }
 
     #[test]
