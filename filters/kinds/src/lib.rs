@@ -23,6 +23,7 @@ pub mod headers;
 pub mod ip_restriction;
 pub mod limit_conn;
 pub mod mirror;
+pub mod outbound;
 pub mod rate_limit;
 pub mod redirect;
 pub mod registry;

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 /// How long one admin call may take.
@@ -37,7 +35,7 @@ pub async fn purge(
     let req = req
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| format!("{base}: {e}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = sluice_filters::outbound::plain()?;
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();

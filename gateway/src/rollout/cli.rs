@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 /// How long one admin call may take.
@@ -35,7 +33,7 @@ pub async fn run(admin: &str, token: Option<&str>, action: &str, route: Option<&
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("{base}: {e}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let client = sluice_filters::outbound::plain()?;
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();

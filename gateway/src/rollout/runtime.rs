@@ -22,15 +22,13 @@
 //!
 //! A rollout that leaves the config has its override cleared and its state deleted.
 
+use sluice_filters::outbound;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use sluice_config::rollout::{RolloutConfig, WebhookConfig, WebhookEvent};
 use sluice_core::split::{LiveSplit, StatsSample};
@@ -45,7 +43,7 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 /// The shortest tick.
 const MIN_TICK: Duration = Duration::from_millis(50);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = outbound::HttpClient<Full<Bytes>>;
 
 /// What this replica remembers of a rollout it serves.
 struct Seen {
@@ -79,7 +77,14 @@ pub fn start(gateway: Arc<Gateway>, store: Arc<dyn RolloutStore>) -> bool {
 
 /// Runs the loop until the process ends.
 pub async fn run(gateway: Arc<Gateway>, store: Arc<dyn RolloutStore>) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    // Webhooks may be `https://` services, trusted by the public roots.
+    let client: HttpClient = match outbound::client(outbound::public_roots(), outbound::Pool::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("rollouts off: cannot build the webhooks' HTTP client: {e}");
+            return;
+        }
+    };
     let mut seen: HashMap<String, Seen> = HashMap::new();
     loop {
         if !gateway.is_ready() {

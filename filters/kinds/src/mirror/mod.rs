@@ -51,9 +51,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_config::limits::ByteSize;
@@ -190,19 +187,19 @@ type CounterList = Vec<((String, String), Arc<Counters>)>;
 /// Cloning shares both.
 #[derive(Clone)]
 pub struct Mirrors {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::outbound::HttpClient<Full<Bytes>>,
     counters: Arc<Mutex<CounterList>>,
 }
 
 impl Default for Mirrors {
     fn default() -> Mirrors {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(IN_FLIGHT)
-            .build(http);
+        // Copies go to upstream endpoints over plain HTTP: no certificate is trusted.
+        let pool = crate::outbound::Pool {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_host: IN_FLIGHT,
+        };
+        let client = crate::outbound::client(rustls::RootCertStore::empty(), pool)
+            .unwrap_or_else(|e| panic!("the mirrors' HTTP client: {e}"));
         Mirrors {
             client,
             counters: Arc::default(),
@@ -528,7 +525,7 @@ impl Filter for Mirror {
 
 /// What the dispatcher needs to send copies.
 struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::outbound::HttpClient<Full<Bytes>>,
     lookup: Arc<dyn EndpointLookup>,
     upstream: String,
     timeout: Duration,

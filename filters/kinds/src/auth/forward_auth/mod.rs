@@ -42,10 +42,6 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{parse, BuildCtx, Kind, SpecError};
@@ -191,7 +187,7 @@ impl Stats {
 }
 
 /// The forward-auth HTTP client type: HTTP/1.1 over plain TCP or TLS, pooled.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpClient = crate::outbound::HttpClient<Empty<Bytes>>;
 
 /// The process's forward-auth HTTP client (one keep-alive pool, trusting the public
 /// roots, for every `forward_auth` filter of every snapshot; a filter with its own
@@ -203,33 +199,15 @@ pub struct Pool {
     pub stats: Arc<Stats>,
 }
 
-/// A pooled client trusting `roots`.
+/// A pooled client trusting `roots` (the gateway's one outbound stack).
 fn client(roots: rustls::RootCertStore) -> Result<HttpClient, String> {
-    let tls =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector))
-}
-
-fn public_roots() -> rustls::RootCertStore {
-    rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
+    crate::outbound::client(
+        roots,
+        crate::outbound::Pool {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_host: 256,
+        },
+    )
 }
 
 /// The CA certificates of PEM file `path`.
@@ -250,7 +228,8 @@ impl Default for Pool {
     fn default() -> Pool {
         Pool {
             // The provider's default protocol versions always exist.
-            client: client(public_roots()).unwrap_or_else(|e| panic!("forward-auth TLS client: {e}")),
+            client: client(crate::outbound::public_roots())
+                .unwrap_or_else(|e| panic!("forward-auth TLS client: {e}")),
             stats: Arc::default(),
         }
     }

@@ -44,7 +44,7 @@ pub struct JwksSettings {
 #[derive(Clone, Default)]
 pub struct JwksRegistry {
     inner: Arc<Mutex<HashMap<String, Weak<JwksSource>>>>,
-    client: Arc<OnceLock<reqwest::Client>>,
+    client: Arc<OnceLock<JwksClient>>,
 }
 
 impl std::fmt::Debug for JwksRegistry {
@@ -75,10 +75,11 @@ impl JwksRegistry {
         let client = match self.client.get() {
             Some(c) => c.clone(),
             None => {
-                let c = reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::limited(3))
-                    .build()
-                    .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+                let c = crate::outbound::client(
+                    crate::outbound::public_roots(),
+                    crate::outbound::Pool::default(),
+                )
+                .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
                 let _ = self.client.set(c.clone());
                 c
             }
@@ -131,7 +132,7 @@ pub struct JwksSource {
     in_flight: AtomicBool,
     /// Bumped after each fetch ends, whatever its outcome.
     generation: watch::Sender<u64>,
-    client: reqwest::Client,
+    client: JwksClient,
     runtime: tokio::runtime::Handle,
 }
 
@@ -258,28 +259,18 @@ async fn refresh_loop(src: Weak<JwksSource>) {
     }
 }
 
-async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut resp = client
-        .get(url)
-        .header(http::header::ACCEPT, "application/json, application/jwk-set+json")
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
-    }
-    if resp.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
-        return Err(format!("document over {MAX_DOCUMENT} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(format!("document over {MAX_DOCUMENT} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+/// The client JWKS documents are fetched with (the gateway's one outbound stack).
+type JwksClient = crate::outbound::HttpClient<http_body_util::Empty<bytes::Bytes>>;
+
+async fn fetch(client: &JwksClient, url: &str, timeout: Duration) -> Result<bytes::Bytes, String> {
+    let get = crate::outbound::Get {
+        url,
+        accept: Some("application/json, application/jwk-set+json"),
+        timeout,
+        max_bytes: MAX_DOCUMENT,
+        redirects: 3,
+    };
+    crate::outbound::get(client, &get).await
 }
 
 /// Parses a JWKS document. Keys for encryption (`use: enc`), symmetric keys (`kty:

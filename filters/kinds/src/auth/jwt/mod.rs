@@ -436,8 +436,10 @@ impl Jwt {
         };
         let mut jwks = None;
         if let Some(j) = &spec.jwks {
-            match reqwest::Url::parse(j.url.expose()) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            match j.url.expose().parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty()) => {}
                 Ok(_) => errors.push(SpecError::at("jwks.url", "must be an http:// or https:// URL")),
                 Err(e) => errors.push(SpecError::at("jwks.url", format!("not a URL: {e}"))),
             }
