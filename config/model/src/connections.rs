@@ -159,9 +159,9 @@ impl ConnectionLimits {
         }
     }
 
-    /// Range errors, as `(field under path, message)`: every duration above 0 and every
-    /// count at least 1.
-    pub fn check(&self, path: &str) -> Vec<(String, &'static str)> {
+    /// Range errors, with paths under `path`: every duration above 0 and every count at
+    /// least 1.
+    pub fn check(&self, path: &str) -> Vec<crate::ConfigError> {
         let mut errs = Vec::new();
         let durations = [
             ("head_timeout", self.head_timeout),
@@ -171,7 +171,10 @@ impl ConnectionLimits {
         ];
         for (name, d) in durations {
             if d == Some(Duration::ZERO) {
-                errs.push((format!("{path}.{name}"), "must be above 0"));
+                errs.push(crate::ConfigError::at(
+                    format!("{path}.{name}"),
+                    "must be above 0",
+                ));
             }
         }
         let counts = [
@@ -183,7 +186,10 @@ impl ConnectionLimits {
         ];
         for (name, n) in counts {
             if n == Some(0) {
-                errs.push((format!("{path}.{name}"), "must be at least 1"));
+                errs.push(crate::ConfigError::at(
+                    format!("{path}.{name}"),
+                    "must be at least 1",
+                ));
             }
         }
         errs
@@ -213,7 +219,11 @@ mod tests {
         let l: ConnectionLimits =
             serde_json::from_value(serde_json::json!({"idle_timeout": "0s", "http2": {"max_resets": 0}}))
                 .unwrap();
-        let errs: Vec<String> = l.check("server.connections").into_iter().map(|e| e.0).collect();
+        let errs: Vec<String> = l
+            .check("server.connections")
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         assert_eq!(
             errs,
             [

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ConfigError;
+
 // ---------------------------------------------------------------------------------------
 // Status ranges
 // ---------------------------------------------------------------------------------------
@@ -267,11 +269,11 @@ impl BreakerConfig {
     /// Longest time window: outcomes are kept in one-second buckets.
     pub const MAX_TIME_WINDOW: Duration = Duration::from_secs(3600);
 
-    /// Pushes `(field path, message)` for every semantic error, with paths under `path`
+    /// Pushes a [`ConfigError`] for every semantic error, with paths under `path`
     /// (e.g. `routes[0].circuit_breaker`). Does not check that `fallback_upstream` names
     /// an existing upstream: the caller knows the upstreams.
-    pub fn validate(&self, path: &str, errors: &mut Vec<(String, String)>) {
-        let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |field: &str, msg: String| errors.push(ConfigError::at(format!("{path}.{field}"), msg));
         match self.window {
             WindowConfig::Count(n) => {
                 if n == 0 || n > Self::MAX_COUNT_WINDOW {
@@ -442,17 +444,20 @@ impl Default for ShortCircuitResponse {
 }
 
 impl ShortCircuitResponse {
-    /// Pushes `(field path, message)` for every semantic error, with paths under `path`.
-    pub fn validate(&self, path: &str, errors: &mut Vec<(String, String)>) {
+    /// Pushes a [`ConfigError`] for every semantic error, with paths under `path`.
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if !(200..=599).contains(&self.status) {
-            errors.push((format!("{path}.status"), "must be in 200..=599".into()));
+            errors.push(ConfigError::at(format!("{path}.status"), "must be in 200..=599"));
         }
         for (name, value) in &self.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                errors.push((format!("{path}.headers"), format!("invalid header name {name:?}")));
+                errors.push(ConfigError::at(
+                    format!("{path}.headers"),
+                    format!("invalid header name {name:?}"),
+                ));
             }
             if http::HeaderValue::from_str(value).is_err() {
-                errors.push((
+                errors.push(ConfigError::at(
                     format!("{path}.headers.{name}"),
                     format!("invalid header value {value:?}"),
                 ));
@@ -527,10 +532,10 @@ impl Default for OutlierDetectionConfig {
 }
 
 impl OutlierDetectionConfig {
-    /// Pushes `(field path, message)` for every semantic error, with paths under `path`
+    /// Pushes a [`ConfigError`] for every semantic error, with paths under `path`
     /// (e.g. `upstreams[1].outlier_detection`).
-    pub fn validate(&self, path: &str, errors: &mut Vec<(String, String)>) {
-        let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |field: &str, msg: String| errors.push(ConfigError::at(format!("{path}.{field}"), msg));
         for (field, value) in [
             ("consecutive_5xx", self.consecutive_5xx),
             ("consecutive_gateway_failure", self.consecutive_gateway_failure),
@@ -664,10 +669,10 @@ impl RetryConfig {
         self.backoff.saturating_mul(10)
     }
 
-    /// Pushes `(field path, message)` for every semantic error, with paths under `path`
+    /// Pushes a [`ConfigError`] for every semantic error, with paths under `path`
     /// (e.g. `upstreams[1].retries`).
-    pub fn validate(&self, path: &str, errors: &mut Vec<(String, String)>) {
-        let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |field: &str, msg: String| errors.push(ConfigError::at(format!("{path}.{field}"), msg));
         if self.attempts > Self::MAX_ATTEMPTS {
             err("attempts", format!("must be at most {}", Self::MAX_ATTEMPTS));
         }
@@ -771,10 +776,10 @@ impl Default for HealthCheckConfig {
 }
 
 impl HealthCheckConfig {
-    /// Pushes `(field path, message)` for every semantic error, with paths under `path`
+    /// Pushes a [`ConfigError`] for every semantic error, with paths under `path`
     /// (e.g. `upstreams[1].health_check`).
-    pub fn validate(&self, path: &str, errors: &mut Vec<(String, String)>) {
-        let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let mut err = |field: &str, msg: String| errors.push(ConfigError::at(format!("{path}.{field}"), msg));
         if self.interval < Duration::from_millis(100) {
             err("interval", "must be at least 100ms".into());
         }
@@ -938,7 +943,7 @@ mod tests {
         serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
     }
 
-    fn errors_of(validate: impl FnOnce(&mut Vec<(String, String)>)) -> Vec<(String, String)> {
+    fn errors_of(validate: impl FnOnce(&mut Vec<ConfigError>)) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         validate(&mut errors);
         errors
@@ -1107,7 +1112,7 @@ response: {status: 42, headers: {"bad header": x}}
         )
         .unwrap();
         let errors = errors_of(|e| b.validate("routes[0].circuit_breaker", e));
-        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         for field in [
             "minimum_calls",
             "failure_rate_threshold",
@@ -1123,7 +1128,7 @@ response: {status: 42, headers: {"bad header": x}}
             let want = format!("routes[0].circuit_breaker.{field}");
             assert!(paths.contains(&want.as_str()), "missing {want} in {errors:?}");
         }
-        assert!(errors.iter().any(|(_, m)| m == "must be in (0, 100]"));
+        assert!(errors.iter().any(|e| e.message == "must be in (0, 100]"));
     }
 
     #[test]
@@ -1134,7 +1139,7 @@ response: {status: 42, headers: {"bad header": x}}
         };
         let errors = errors_of(|e| b.validate("b", e));
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].0, "b.window.time");
+        assert_eq!(errors[0].path, "b.window.time");
     }
 
     #[test]
@@ -1163,7 +1168,7 @@ response: {status: 42, headers: {"bad header": x}}
         )
         .unwrap();
         let errors = errors_of(|e| o.validate("u", e));
-        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
             [
@@ -1198,7 +1203,7 @@ response: {status: 42, headers: {"bad header": x}}
         let bad: RetryConfig = yaml("attempts: 11\nbudget: {percent: -1}\nper_try_timeout: 0s").unwrap();
         let paths: Vec<String> = errors_of(|e| bad.validate("r", e))
             .into_iter()
-            .map(|(p, _)| p)
+            .map(|e| e.path)
             .collect();
         assert_eq!(paths, ["r.attempts", "r.per_try_timeout", "r.budget.percent"]);
     }
@@ -1280,7 +1285,7 @@ response: {status: 42, headers: {"bad header": x}}
         .unwrap();
         let paths: Vec<String> = errors_of(|e| h.validate("h", e))
             .into_iter()
-            .map(|(p, _)| p)
+            .map(|e| e.path)
             .collect();
         assert_eq!(
             paths,

@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::BackendConfig;
+use crate::ConfigError;
 
 /// A route's progressive rollout. See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -193,15 +194,10 @@ fn default_webhook_timeout() -> Duration {
 /// The shortest `interval`.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Pushes `(field path, message)` for every problem of `r` (at `path`, e.g.
+/// Pushes a [`ConfigError`] for every problem of `r` (at `path`, e.g.
 /// `routes[0].rollout`) on a route with `backends`.
-pub fn validate(
-    path: &str,
-    r: &RolloutConfig,
-    backends: &[BackendConfig],
-    errors: &mut Vec<(String, String)>,
-) {
-    let mut err = |field: &str, msg: String| errors.push((format!("{path}.{field}"), msg));
+pub fn validate(path: &str, r: &RolloutConfig, backends: &[BackendConfig], errors: &mut Vec<ConfigError>) {
+    let mut err = |field: &str, msg: String| errors.push(ConfigError::at(format!("{path}.{field}"), msg));
     match backends.iter().position(|b| b.upstream == r.canary) {
         None => err(
             "canary",
@@ -317,7 +313,7 @@ mod tests {
         let r: RolloutConfig = serde_yaml::from_str(yaml).unwrap();
         let mut errors = Vec::new();
         validate("routes[0].rollout", &r, &backends(), &mut errors);
-        errors.into_iter().map(|(p, m)| format!("{p}: {m}")).collect()
+        errors.iter().map(ToString::to_string).collect()
     }
 
     #[test]

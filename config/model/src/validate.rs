@@ -26,6 +26,33 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error at field path `path` (empty for the whole document).
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `prefix` put in front of its path: `rate_limit` and `per`
+    /// give `rate_limit.per`, `headers` and `[2]` give `headers[2]`, and an empty path
+    /// gives `prefix` itself.
+    #[must_use]
+    pub fn within(self, prefix: &str) -> ConfigError {
+        let path = if self.path.is_empty() {
+            prefix.to_string()
+        } else if prefix.is_empty() {
+            self.path
+        } else if self.path.starts_with('[') {
+            format!("{prefix}{}", self.path)
+        } else {
+            format!("{prefix}.{}", self.path)
+        };
+        ConfigError { path, ..self }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -54,6 +81,29 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl From<Vec<ConfigError>> for ConfigErrors {
+    fn from(errors: Vec<ConfigError>) -> ConfigErrors {
+        ConfigErrors(errors)
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 impl ConfigErrors {
     /// A single error.
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
@@ -64,22 +114,19 @@ impl ConfigErrors {
     }
 
     /// The same errors with `prefix` put in front of every path (for example the etcd key
-    /// or file a resource came from).
+    /// or file a resource came from), as [`ConfigError::within`] does.
     #[must_use]
     pub fn prefixed(self, prefix: &str) -> Self {
-        Self(
-            self.0
-                .into_iter()
-                .map(|e| ConfigError {
-                    path: if e.path.is_empty() {
-                        prefix.to_string()
-                    } else {
-                        format!("{prefix}.{}", e.path)
-                    },
-                    message: e.message,
-                })
-                .collect(),
-        )
+        Self(self.0.into_iter().map(|e| e.within(prefix)).collect())
+    }
+
+    /// `Ok(())` when there is no error, else every error.
+    pub fn result(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 }
 
@@ -717,7 +764,7 @@ impl Validator<'_> {
     }
 
     /// A consumer's name and groups; its credentials are checked by each method's filter
-    /// kind (`sluice_filters::validate_filters`).
+    /// kind, in the route check ([`crate::check::RouteCheck`]).
     fn consumer(&mut self, p: &str, c: &crate::model::ConsumerConfig, names: &mut HashSet<String>) {
         if !is_valid_consumer_name(&c.name) {
             self.err(
@@ -746,9 +793,7 @@ impl Validator<'_> {
         for (i, l) in c.listeners.iter().enumerate() {
             errs.extend(l.connections.check(&format!("listeners[{i}].connections")));
         }
-        for (path, message) in errs {
-            self.err(path, message);
-        }
+        self.errors.extend(errs);
         if c.admin.token.is_some() && c.admin.token_file.is_some() {
             self.err(
                 "admin.token_file",
@@ -830,17 +875,14 @@ impl Validator<'_> {
         if let Some(hc) = &u.health_check {
             hc.validate(&format!("{p}.health_check"), &mut raw);
             if u.tls.is_some() && matches!(hc.kind, crate::resilience::HealthCheckKind::Http(_)) {
-                raw.push((
+                raw.push(ConfigError::at(
                     format!("{p}.health_check.kind"),
                     "HTTP checks speak plain HTTP and this upstream uses TLS: every check would \
-                     fail; use `kind: tcp` (HTTPS checks are not supported yet)"
-                        .into(),
+                     fail; use `kind: tcp` (HTTPS checks are not supported yet)",
                 ));
             }
         }
-        for (path, message) in raw {
-            self.err(path, message);
-        }
+        self.errors.extend(raw);
     }
 
     fn route(&mut self, p: &str, r: &RouteConfig, ids: &mut HashSet<String>, upstreams: &HashSet<String>) {
@@ -971,16 +1013,16 @@ impl Validator<'_> {
                 let fp = format!("{p}.circuit_breaker.fallback_upstream");
                 let unknown = self.unknown_upstream(fp.clone(), fb, upstreams);
                 if !unknown && r.backend_list().iter().any(|b| &b.upstream == fb) {
-                    raw.push((
+                    raw.push(ConfigError::at(
                         fp,
                         format!("is the route's own upstream {fb:?}; name another upstream or leave it out"),
                     ));
                 }
             }
             if !r.forwards() {
-                raw.push((
+                raw.push(ConfigError::at(
                     format!("{p}.circuit_breaker"),
-                    "needs an `upstream` or `backends` on the route".into(),
+                    "needs an `upstream` or `backends` on the route",
                 ));
             }
         }
@@ -990,9 +1032,7 @@ impl Validator<'_> {
         if let Some(ro) = &r.rollout {
             crate::rollout::validate(&format!("{p}.rollout"), ro, &r.backend_list(), &mut raw);
         }
-        for (path, message) in raw {
-            self.err(path, message);
-        }
+        self.errors.extend(raw);
     }
 
     fn value_match(&mut self, p: &str, v: &ValueMatch) {

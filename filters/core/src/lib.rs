@@ -36,15 +36,3 @@ pub use filter::{
 };
 pub use notes::Notes;
 pub use services::{EndpointLookup, EventSink, KindEvent, Services};
-
-/// A filter or router could not be built from a config that passed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError(pub String);
-
-impl std::fmt::Display for BuildError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BuildError {}

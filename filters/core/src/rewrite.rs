@@ -3,7 +3,7 @@
 use regex::Regex;
 use sluice_config::model::Rewrite;
 
-use crate::BuildError;
+use sluice_config::ConfigError;
 
 /// A compiled path rewrite.
 #[derive(Debug, Clone)]
@@ -17,13 +17,15 @@ pub enum PathRewrite {
 }
 
 impl PathRewrite {
-    /// Compiles a rewrite; `None` when it changes nothing.
-    pub fn new(rw: &Rewrite) -> Result<Option<PathRewrite>, BuildError> {
+    /// Compiles a rewrite; `None` when it changes nothing. An error's path is inside the
+    /// rewrite (`regex.pattern`).
+    pub fn new(rw: &Rewrite) -> Result<Option<PathRewrite>, ConfigError> {
         if let Some(p) = &rw.path {
             return Ok(Some(PathRewrite::Path(p.clone())));
         }
         if let Some(re) = &rw.regex {
-            let r = Regex::new(&re.pattern).map_err(|e| BuildError(format!("rewrite regex: {e}")))?;
+            let r = Regex::new(&re.pattern)
+                .map_err(|e| ConfigError::at("regex.pattern", format!("invalid regex: {e}")))?;
             return Ok(Some(PathRewrite::Regex(r, re.replacement.clone())));
         }
         if rw.strip_prefix || rw.prefix.is_some() {

@@ -16,6 +16,7 @@ use std::cmp::Reverse;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use sluice_config::model::{PathMatch, RouteConfig, ValueMatch};
+use sluice_config::ConfigError;
 
 /// What the router looks at in a request.
 #[derive(Debug, Clone, Copy)]
@@ -145,12 +146,12 @@ impl RegexCache {
     }
 
     /// `^(?:re)$`, compiled or reused.
-    fn anchored(&self, re: &str) -> Result<Regex, RouterError> {
+    fn anchored(&self, re: &str) -> Result<Regex, String> {
         let full = format!("^(?:{re})$");
         if let Some(r) = self.regexes.get(&full) {
             return Ok(r.clone());
         }
-        Regex::new(&full).map_err(|e| RouterError(format!("invalid regex {re:?}: {e}")))
+        Regex::new(&full).map_err(|e| format!("invalid regex {re:?}: {e}"))
     }
 }
 
@@ -218,19 +219,7 @@ impl Bucket {
     }
 }
 
-/// Errors the router can meet compiling a route the validator let through.
-#[derive(Debug)]
-pub struct RouterError(pub String);
-
-impl std::fmt::Display for RouterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RouterError {}
-
-fn value_cond(v: &ValueMatch, cache: &RegexCache) -> Result<ValueCond, RouterError> {
+fn value_cond(v: &ValueMatch, cache: &RegexCache) -> Result<ValueCond, String> {
     if let Some(e) = &v.exact {
         Ok(ValueCond::Exact(e.clone()))
     } else if let Some(r) = &v.regex {
@@ -284,19 +273,20 @@ fn precedence(
 
 impl Router {
     /// Compiles the routes. The config must have been validated; a regex that does not
-    /// compile is still reported rather than panicking.
-    pub fn new(routes: &[RouteConfig]) -> Result<Router, RouterError> {
+    /// compile is still reported rather than panicking, at its field path
+    /// (`routes[2].match.path.regex`).
+    pub fn new(routes: &[RouteConfig]) -> Result<Router, ConfigError> {
         Self::build(routes, &RegexCache::default())
     }
 
     /// [`Router::new`], reusing the compiled regexes and regex sets of `previous` for
     /// patterns that did not change, so that a reload that changes a few routes of many
     /// does not compile every regex again.
-    pub fn rebuild(routes: &[RouteConfig], previous: &Router) -> Result<Router, RouterError> {
+    pub fn rebuild(routes: &[RouteConfig], previous: &Router) -> Result<Router, ConfigError> {
         Self::build(routes, &RegexCache::of(previous))
     }
 
-    fn build(routes: &[RouteConfig], cache: &RegexCache) -> Result<Router, RouterError> {
+    fn build(routes: &[RouteConfig], cache: &RegexCache) -> Result<Router, ConfigError> {
         let mut order: Vec<usize> = (0..routes.len()).collect();
         order.sort_by_key(|&i| precedence(&routes[i], i));
         let mut router = Router::default();
@@ -306,33 +296,38 @@ impl Router {
         for &i in &order {
             let r = &routes[i];
             let m = &r.matches;
+            let at = |field: String| {
+                move |message: String| ConfigError::at(format!("routes[{i}].match.{field}"), message)
+            };
             let path = match &m.path {
                 None => PathCond::Any,
                 Some(PathMatch::Exact(p)) => PathCond::Exact(p.clone()),
                 Some(PathMatch::Prefix(p)) => PathCond::Prefix(p.trim_end_matches('/').to_string()),
-                Some(PathMatch::Regex(re)) => PathCond::Regex(cache.anchored(re)?),
+                Some(PathMatch::Regex(re)) => {
+                    PathCond::Regex(cache.anchored(re).map_err(at("path.regex".into()))?)
+                }
             };
             let mut methods = Vec::new();
-            for meth in &m.methods {
+            for (j, meth) in m.methods.iter().enumerate() {
                 methods.push(
                     Method::from_bytes(meth.as_bytes())
-                        .map_err(|e| RouterError(format!("method {meth:?}: {e}")))?,
+                        .map_err(|e| at(format!("methods[{j}]"))(format!("method {meth:?}: {e}")))?,
                 );
             }
             let mut headers = Vec::new();
-            for h in &m.headers {
+            for (j, h) in m.headers.iter().enumerate() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|e| RouterError(format!("header {:?}: {e}", h.name)))?;
+                    .map_err(|e| at(format!("headers[{j}].name"))(format!("header {:?}: {e}", h.name)))?;
                 headers.push(HeaderCond {
                     name,
-                    cond: value_cond(h, cache)?,
+                    cond: value_cond(h, cache).map_err(at(format!("headers[{j}].regex")))?,
                 });
             }
             let mut query = Vec::new();
-            for q in &m.query {
+            for (j, q) in m.query.iter().enumerate() {
                 query.push(QueryCond {
                     name: q.name.clone(),
-                    cond: value_cond(q, cache)?,
+                    cond: value_cond(q, cache).map_err(at(format!("query[{j}].regex")))?,
                 });
             }
             let slot = router.matchers.len();

@@ -21,25 +21,10 @@ use crate::{
     canary, cors, direct_response, headers, ip_restriction, limit_conn, mirror, rate_limit, redirect,
 };
 
-/// A spec error: the path inside the filter's spec (empty for the spec as a whole) and
-/// what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError {
-    /// Path below the filter's kind, e.g. `per` or `headers.x-a`; empty for the spec.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl SpecError {
-    /// An error at `path` inside the spec.
-    pub fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+/// A spec error: the control plane's one error type, its path taken inside the
+/// filter's spec (`per`, `headers.x-a`; empty for the spec as a whole).
+/// [`crate::build_chain`] puts the route and filter in front (`routes[3].filters[1].rate_limit.per`).
+pub type SpecError = sluice_config::ConfigError;
 
 /// What a kind's build returns: the filter, or every error in its spec.
 pub type BuildResult = Result<Arc<dyn Filter>, Vec<SpecError>>;

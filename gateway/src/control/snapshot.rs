@@ -269,7 +269,7 @@ impl Snapshot {
                         || Router::new(&config.routes),
                         |p| Router::rebuild(&config.routes, &p.router),
                     )
-                    .map_err(|e| ConfigErrors::one("routes", e.to_string()))?,
+                    .map_err(ConfigErrors::from)?,
             ),
         };
         let ctx = sluice_filters::BuildCtx::new(&config, &state.services);
@@ -430,7 +430,7 @@ fn compile_route(
     plan: &mut Commits,
 ) -> Result<Route, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
-    // Reported after the chain's own errors, as `sluice_filters::validate_filters` does.
+    // Reported after the chain's own errors, as the route check (`sluice_filters::FilterKinds`) does.
     let missing_backend = sluice_filters::missing_backend(r, path);
     // An unchanged route keeps its chain, unless a filter of it reads consumers and the
     // consumers changed (then `build_chain` rebuilds just those filters).
@@ -448,7 +448,7 @@ fn compile_route(
             ),
             match &r.rewrite {
                 Some(rw) => PathRewrite::new(rw)
-                    .map_err(|e| one(format!("{path}.rewrite"), e.to_string()))?
+                    .map_err(|e| vec![e.within(&format!("{path}.rewrite"))])?
                     .map(Arc::new),
                 None => None,
             },
