@@ -21,6 +21,7 @@ use sluice_sources::{compose, file};
 use sluice_gateway::cli::echo;
 use sluice_gateway::control::sources;
 use sluice_gateway::control::sources::Sources;
+use sluice_gateway::control::validate;
 use sluice_gateway::edge::server;
 
 #[global_allocator]
@@ -258,7 +259,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("echo: {e}")),
         },
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config } => validate_file(&config),
         Command::Schema => match serde_json::to_string_pretty(&sluice_filters::config_schema()) {
             Ok(text) => {
                 println!("{text}");
@@ -320,8 +321,7 @@ fn main() -> ExitCode {
                     opts.prefix
                 ));
             }
-            refuse_bad_filters(&opts, &file, &text, prune).await?;
-            let s = etcd::apply(&opts, &text, prune)
+            let s = etcd::apply(&opts, &text, prune, &*validate::route_check())
                 .await
                 .map_err(|e| e.to_string())?;
             for k in &s.created {
@@ -414,8 +414,9 @@ fn main() -> ExitCode {
             change: ChangeArgs { file, prune },
         } => etcd_command(&etcd, |opts| async move {
             let text = read(&file)?;
-            refuse_bad_filters(&opts, &file, &text, prune).await?;
-            let changes = etcd::diff(&opts, &text, prune).await.map_err(|e| e.to_string())?;
+            let changes = etcd::diff(&opts, &text, prune, &*validate::route_check())
+                .await
+                .map_err(|e| e.to_string())?;
             for c in &changes {
                 let verb = match c.kind {
                     ChangeKind::Create => "create",
@@ -445,64 +446,6 @@ fn declares_nothing(text: &str) -> bool {
     empty("routes") && empty("upstreams") && empty("consumers")
 }
 
-/// The filter kinds' own checks on a document's routes, which the etcd plan's
-/// validation (the config model only) leaves out. A document that does not parse is left
-/// to `apply` to report.
-fn filter_errors(text: &str) -> Vec<sluice_config::ConfigError> {
-    let Ok(doc) = sluice_config::validate::parse_value(text) else {
-        return Vec::new();
-    };
-    let routes = match doc.get("routes").cloned() {
-        None => Vec::new(),
-        Some(r) => match serde_json::from_value::<Vec<sluice_config::model::RouteConfig>>(r) {
-            Ok(r) => r,
-            Err(_) => return Vec::new(),
-        },
-    };
-    let consumers = match doc.get("consumers").cloned() {
-        None => None,
-        Some(c) => match serde_json::from_value::<Vec<sluice_config::model::ConsumerConfig>>(c) {
-            Ok(c) => Some(c),
-            Err(_) => return Vec::new(),
-        },
-    };
-    let has_consumers = consumers.is_some();
-    let errors = sluice_filters::validate_filters(&sluice_config::Config {
-        routes,
-        consumers: consumers.unwrap_or_default(),
-        ..Default::default()
-    });
-    // A document without consumers may name ones kept in etcd (checked with them when
-    // the gateway composes its config).
-    errors
-        .into_iter()
-        .filter(|e| has_consumers || !e.path.ends_with(".anonymous"))
-        .collect()
-}
-
-/// Refuses a document whose filters do not validate, listing those errors after the
-/// model's own (found by a dry run that writes nothing).
-async fn refuse_bad_filters(
-    opts: &EtcdOptions,
-    path: &std::path::Path,
-    text: &str,
-    prune: bool,
-) -> Result<(), String> {
-    let errors = filter_errors(text);
-    if errors.is_empty() {
-        return Ok(());
-    }
-    let mut out = String::new();
-    if let Err(e) = etcd::diff(opts, text, prune).await {
-        out.push_str(&format!("{e}\n"));
-    }
-    out.push_str(&format!("{}: {} filter error(s)", path.display(), errors.len()));
-    for e in &errors {
-        out.push_str(&format!("\n  {e}"));
-    }
-    Err(out)
-}
-
 fn read(path: &std::path::Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -527,17 +470,10 @@ where
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+fn validate_file(path: &std::path::Path) -> ExitCode {
     let result = file::load(path)
         .and_then(|(base, _)| compose(base, "", None))
-        .and_then(|c| {
-            let errors = sluice_filters::validate_filters(&c);
-            if errors.is_empty() {
-                Ok(c)
-            } else {
-                Err(sluice_config::ConfigErrors(errors))
-            }
-        });
+        .and_then(|c| validate::check(&c).map(|()| c));
     match result {
         Ok(c) => {
             println!(

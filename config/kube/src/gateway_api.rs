@@ -64,6 +64,7 @@ use sluice_config::model::{
     BackendConfig, FilterConfig, HeaderRules, PathMatch, Rewrite, RouteConfig, RouteMatch, Timeouts,
     UpstreamConfig, ValueMatch,
 };
+use sluice_config::RouteCheck;
 
 use crate::endpoints::{service_upstream, PortRef, Unresolved};
 use crate::{ClusterObjects, ObjectRef, Report, Translation};
@@ -246,8 +247,9 @@ struct OurGateway<'a> {
 }
 
 /// Translates the Gateway API objects of `objects` for the controller `controller`
-/// (normally [`GATEWAY_CONTROLLER`]).
-pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslation {
+/// (normally [`GATEWAY_CONTROLLER`]). `kinds`, the route check the gateway hands over,
+/// says which filter kinds this build has (a `RequestMirror` needs `mirror`).
+pub fn translate(objects: &ClusterObjects, controller: &str, kinds: &dyn RouteCheck) -> GatewayTranslation {
     let mut out = GatewayTranslation::default();
 
     // Classes.
@@ -393,6 +395,7 @@ pub fn translate(objects: &ClusterObjects, controller: &str) -> GatewayTranslati
         translate_route(
             objects,
             controller,
+            kinds,
             route,
             &mut gateways,
             &mut upstreams,
@@ -594,6 +597,7 @@ type Hosts = Option<BTreeSet<String>>;
 fn translate_route(
     objects: &ClusterObjects,
     controller: &str,
+    kinds: &dyn RouteCheck,
     route: &HttpRoute,
     gateways: &mut [OurGateway<'_>],
     upstreams: &mut BTreeMap<String, UpstreamConfig>,
@@ -641,6 +645,7 @@ fn translate_route(
         for (ri, rule) in route.spec.rules.clone().unwrap_or_default().iter().enumerate() {
             let parts = rule_parts(
                 objects,
+                kinds,
                 &namespace,
                 rule,
                 &me,
@@ -1015,8 +1020,12 @@ fn direct(status: u16, why: &str) -> FilterConfig {
     }
 }
 
+// What the rule is read against (the objects, the kinds this build has) and what it
+// adds to (upstreams, reports, the route's resolution).
+#[allow(clippy::too_many_arguments)]
 fn rule_parts(
     objects: &ClusterObjects,
+    kinds: &dyn RouteCheck,
     namespace: &str,
     rule: &HttpRouteRules,
     me: &ObjectRef,
@@ -1036,7 +1045,7 @@ fn rule_parts(
     let mut redirect = None;
     for f in rule.filters.clone().unwrap_or_default() {
         if let (HttpRouteRulesFiltersType::RequestMirror, Some(m)) = (&f.r#type, &f.request_mirror) {
-            match mirror(objects, namespace, m, upstreams) {
+            match mirror(objects, kinds, namespace, m, upstreams) {
                 Ok(spec) => parts.filters.push(spec),
                 Err(msg) => report(reports, "UnsupportedFilter", msg),
             }
@@ -1274,21 +1283,17 @@ fn filter(
     Ok(())
 }
 
-/// Whether this build has the `mirror` filter kind.
-pub fn mirror_supported() -> bool {
-    sluice_filters::registry::find("mirror").is_some()
-}
-
 /// A `RequestMirror` filter as Sluice's `mirror` filter:
 /// `{"mirror": {"upstream": <the Service port's upstream>, "percent": <percent, or
 /// fraction × 100, default 100>}}`; the mirror's upstream joins the translation.
 fn mirror(
     objects: &ClusterObjects,
+    kinds: &dyn RouteCheck,
     namespace: &str,
     m: &gateway_api::httproutes::HttpRouteRulesFiltersRequestMirror,
     upstreams: &mut BTreeMap<String, UpstreamConfig>,
 ) -> Result<FilterConfig, String> {
-    if !mirror_supported() {
+    if !kinds.has_kind("mirror") {
         return Err(
             "RequestMirror is not supported by this build (no mirror filter); requests are not mirrored"
                 .into(),

@@ -1030,7 +1030,7 @@ mod tests {
             &["web"],
         );
         let mut t = translate(&o, "sluice");
-        crate::source::check_routes(&mut t, &o);
+        crate::source::check_routes(&mut t, &o, &crate::test_kinds::TestKinds::ALL);
         assert!(t.reports.is_empty(), "{:?}", t.reports);
         let r = &t.routes[0];
         assert_eq!(r.timeouts.connect, Some(std::time::Duration::from_secs(3)));

@@ -34,6 +34,8 @@ pub mod objects;
 pub mod policy;
 pub mod source;
 pub mod status;
+#[cfg(test)]
+mod test_kinds;
 pub mod tls_certs;
 
 pub use objects::{ClusterObjects, ObjectRef, Report, Translation};

@@ -32,6 +32,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_config::model::{BackendConfig, FilterConfig, RouteMatch, ValueMatch};
+use sluice_config::{ConfigError, RouteCheck};
 
 use crate::{ClusterObjects, ObjectRef, Report, Translation};
 
@@ -187,8 +188,8 @@ fn policy_ref(p: &SluicePolicy) -> ObjectRef {
 }
 
 /// The checked spec of a policy, or why it is refused. `probe` checks the filters and
-/// breaker on a route of their own.
-fn check(spec: &Value) -> Result<Spec, String> {
+/// breaker on a route of their own, by the one validation path with `kinds`.
+fn check(spec: &Value, kinds: &dyn RouteCheck) -> Result<Spec, String> {
     let s: Spec = serde_json::from_value(spec.clone()).map_err(|e| format!("spec: {e}"))?;
     if s.auth.is_none() && s.rate_limit.is_none() && s.breaker.is_none() && s.rollout.is_none() {
         return Err("spec: at least one of auth, rate_limit, breaker, rollout is required".into());
@@ -236,21 +237,24 @@ fn check(spec: &Value) -> Result<Spec, String> {
             ));
         }
     }
-    let errors = crate::source::route_errors(&probe, Vec::new());
-    if errors.is_empty() {
-        Ok(s)
-    } else {
-        // The probe's paths (`routes[0].filters[0]`) name the policy's sections instead.
-        let named: Vec<String> = errors
+    match crate::source::route_errors(&probe, Vec::new(), kinds) {
+        Ok(()) => Ok(s),
+        // The probe's paths (`routes[0].filters[0].rate_limit`) name the policy's
+        // sections instead (`spec.rate_limit`).
+        Err(errors) => Err(errors
+            .0
             .iter()
             .map(|e| {
-                e.replace("routes[0].circuit_breaker", "spec.breaker")
-                    .replace("filters[0].auth", "spec.auth")
-                    .replace("filters[0].rate_limit", "spec.rate_limit")
-                    .replace("filters[1].rate_limit", "spec.rate_limit")
+                let path = e
+                    .path
+                    .replace("routes[0].circuit_breaker", "spec.breaker")
+                    .replace("routes[0].filters[0].auth", "spec.auth")
+                    .replace("routes[0].filters[0].rate_limit", "spec.rate_limit")
+                    .replace("routes[0].filters[1].rate_limit", "spec.rate_limit");
+                ConfigError::at(path, e.message.clone()).to_string()
             })
-            .collect();
-        Err(named.join("; "))
+            .collect::<Vec<_>>()
+            .join("; ")),
     }
 }
 
@@ -336,17 +340,18 @@ pub fn attach(
     objects: &ClusterObjects,
     policies: &[SluicePolicy],
     last_good: &mut LastGood,
+    kinds: &dyn RouteCheck,
 ) {
     let mut specs: Vec<Option<Spec>> = Vec::with_capacity(policies.len());
     for p in policies {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
-        let spec = match check(&p.spec) {
+        let spec = match check(&p.spec, kinds) {
             Ok(s) => {
                 last_good.insert(key, p.spec.clone());
                 Some(s)
             }
             Err(why) => {
-                let previous = last_good.get(&key).and_then(|v| check(v).ok());
+                let previous = last_good.get(&key).and_then(|v| check(v, kinds).ok());
                 let tail = if previous.is_some() {
                     "the previous version stays attached"
                 } else {
@@ -709,7 +714,13 @@ mod tests {
         ];
         let mut t = translation();
         let mut good = LastGood::new();
-        attach(&mut t, &objects(), &policies, &mut good);
+        attach(
+            &mut t,
+            &objects(),
+            &policies,
+            &mut good,
+            &crate::test_kinds::TestKinds::ALL,
+        );
         assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), limit(5));
         assert_eq!(kinds(&t, "gw.ns.echo.0.0"), limit(100));
         assert_eq!(kinds(&t, "gw.ns.echo.1.0"), limit(1));
@@ -739,7 +750,13 @@ mod tests {
                        "header": {"name": "x-canary"}, "cookie": "canary"}]}}),
         );
         let mut t = translation();
-        attach(&mut t, &o, &[p], &mut LastGood::new());
+        attach(
+            &mut t,
+            &o,
+            &[p],
+            &mut LastGood::new(),
+            &crate::test_kinds::TestKinds::ALL,
+        );
         assert!(t.reports.is_empty(), "{:?}", t.reports);
         let r = t.routes.iter().find(|r| r.id == "k8s.ns.site.r0.p0").unwrap();
         let split: Vec<(&str, u32)> = r
@@ -775,21 +792,45 @@ mod tests {
             "p",
             json!({"targetRefs": target, "rate_limit": {"requests": 5, "per": "1s"}}),
         );
-        attach(&mut t, &objects(), &[ok], &mut good);
+        attach(
+            &mut t,
+            &objects(),
+            &[ok],
+            &mut good,
+            &crate::test_kinds::TestKinds::ALL,
+        );
         let mut t = translation();
         let bad = policy(
             "p",
-            json!({"targetRefs": target, "rate_limit": {"requests": 5, "pre": "1s"}}),
+            // A spec the route check refuses (`TestKinds` wants a map; the real kind
+            // refuses more, see tests/kubernetes_tls.rs).
+            json!({"targetRefs": target, "rate_limit": "5 per second"}),
         );
-        attach(&mut t, &objects(), std::slice::from_ref(&bad), &mut good);
+        attach(
+            &mut t,
+            &objects(),
+            std::slice::from_ref(&bad),
+            &mut good,
+            &crate::test_kinds::TestKinds::ALL,
+        );
         assert_eq!(kinds(&t, "k8s.ns.site.r0.p0"), limit(5));
         assert_eq!(t.reports.len(), 1, "{:?}", t.reports);
         assert_eq!(t.reports[0].reason, "InvalidPolicy");
         assert_eq!(t.reports[0].object.kind, "SluicePolicy");
-        assert!(t.reports[0].message.contains("pre"), "{}", t.reports[0].message);
+        assert!(
+            t.reports[0].message.contains("spec.rate_limit: expected a map"),
+            "{}",
+            t.reports[0].message
+        );
         // Never good: not attached.
         let mut t = translation();
-        attach(&mut t, &objects(), &[bad], &mut LastGood::new());
+        attach(
+            &mut t,
+            &objects(),
+            &[bad],
+            &mut LastGood::new(),
+            &crate::test_kinds::TestKinds::ALL,
+        );
         assert!(kinds(&t, "k8s.ns.site.r0.p0").is_empty());
         // A target that does not exist is reported.
         let mut t = translation();
@@ -797,7 +838,13 @@ mod tests {
             "lost",
             json!({"targetRefs": [{"group": "networking.k8s.io", "kind": "Ingress", "name": "nope"}], "rate_limit": {"requests": 5, "per": "1s"}}),
         );
-        attach(&mut t, &objects(), &[lost], &mut LastGood::new());
+        attach(
+            &mut t,
+            &objects(),
+            &[lost],
+            &mut LastGood::new(),
+            &crate::test_kinds::TestKinds::ALL,
+        );
         assert_eq!(t.reports.len(), 1, "{:?}", t.reports);
         assert_eq!(t.reports[0].reason, "TargetNotFound");
     }

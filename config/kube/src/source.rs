@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 use sluice_config::certificates::InlineCertificate;
 use sluice_config::kubernetes::{ClusterConfig, KubernetesConfig};
 use sluice_config::model::{RouteConfig, UpstreamConfig};
+use sluice_config::{ConfigErrors, RouteCheck};
 use sluice_sources::{Content, Resources, Source, SourceContext, SourceState};
 use tokio::sync::Notify;
 
@@ -354,11 +355,15 @@ fn merge(clusters: &[ClusterStores]) -> (ClusterObjects, HashMap<String, usize>)
     (objects, origin)
 }
 
-/// What is wrong with one route checked alone with `upstreams` (those it names): the
-/// model's validation, and its filter specs built as `sluice validate` does. Empty when
-/// it is good.
-pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<String> {
-    let shared = sluice_filters::registry::Services::default();
+/// What is wrong with one route checked alone with `upstreams` (those it names), by the
+/// one validation path (`sluice_config::check`): the model's checks, then `kinds` (the
+/// route check the gateway hands over). Paths are those of the probe config the route
+/// sits alone in (`routes[0].filters[1].rate_limit.per`).
+pub fn route_errors(
+    r: &RouteConfig,
+    upstreams: Vec<UpstreamConfig>,
+    kinds: &dyn RouteCheck,
+) -> Result<(), ConfigErrors> {
     let config = sluice_config::Config {
         listeners: vec![sluice_config::model::ListenerConfig::new(
             "check",
@@ -368,30 +373,13 @@ pub fn route_errors(r: &RouteConfig, upstreams: Vec<UpstreamConfig>) -> Vec<Stri
         upstreams,
         ..Default::default()
     };
-    let mut errors: Vec<String> = match config.validate() {
-        Ok(()) => Vec::new(),
-        Err(e) => e.0.iter().map(ToString::to_string).collect(),
-    };
-    if errors.is_empty() {
-        let ctx = sluice_filters::registry::BuildCtx::new(&config, &shared);
-        for (i, f) in r.filters.iter().enumerate() {
-            match sluice_filters::registry::find(&f.kind) {
-                Some(kind) => {
-                    if let Err(es) = (kind.build)(&f.spec, &ctx) {
-                        errors.extend(es.iter().map(|e| format!("filters[{i}].{}: {e:?}", f.kind)));
-                    }
-                }
-                None => errors.push(format!("filters[{i}]: unknown kind {}", f.kind)),
-            }
-        }
-    }
-    errors
+    sluice_config::check::validate(&config, kinds)
 }
 
-/// Checks each route with the upstreams it names, alone: a route that does not validate
-/// (an annotation value the model refuses) is left out and reported. Filter specs are
-/// checked by building them, as `sluice validate` does.
-pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
+/// Checks each route with the upstreams it names, alone ([`route_errors`]): a route that
+/// does not validate (an annotation value the model refuses, a filter spec its kind
+/// refuses) is left out and reported.
+pub fn check_routes(t: &mut Translation, objects: &ClusterObjects, kinds: &dyn RouteCheck) {
     let upstreams: BTreeMap<&str, &UpstreamConfig> = t.upstreams.iter().map(|u| (u.id.as_str(), u)).collect();
     let mut keep: Vec<RouteConfig> = Vec::new();
     let mut reports = Vec::new();
@@ -400,10 +388,12 @@ pub fn check_routes(t: &mut Translation, objects: &ClusterObjects) {
             .iter()
             .filter_map(|id| upstreams.get(id.as_str()).map(|u| (*u).clone()))
             .collect();
-        let errors = route_errors(r, named);
-        if errors.is_empty() {
+        let Err(errors) = route_errors(r, named, kinds) else {
             keep.push(r.clone());
-        } else if let Some(obj) = owner_of(&r.id, objects) {
+            continue;
+        };
+        let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        if let Some(obj) = owner_of(&r.id, objects) {
             reports.push(Report {
                 object: obj,
                 reason: "InvalidRoute".into(),
@@ -456,8 +446,8 @@ fn owner_of(route: &str, objects: &ClusterObjects) -> Option<crate::ObjectRef> {
 
 /// Translates the merged objects: the Ingresses of `class` and the Gateway API objects
 /// of [`crate::gateway_api::GATEWAY_CONTROLLER`].
-pub fn translate_all(objects: &ClusterObjects, class: &str) -> Translation {
-    translate_with_status(objects, class).0
+pub fn translate_all(objects: &ClusterObjects, class: &str, kinds: &dyn RouteCheck) -> Translation {
+    translate_with_status(objects, class, kinds).0
 }
 
 /// [`translate_all`], with the Gateway API translation's statuses beside it (its
@@ -468,9 +458,10 @@ pub fn translate_all(objects: &ClusterObjects, class: &str) -> Translation {
 pub fn translate_with_status(
     objects: &ClusterObjects,
     class: &str,
+    kinds: &dyn RouteCheck,
 ) -> (Translation, crate::gateway_api::GatewayTranslation) {
     let mut t = crate::ingress::translate(objects, class);
-    let mut g = crate::gateway_api::translate(objects, crate::gateway_api::GATEWAY_CONTROLLER);
+    let mut g = crate::gateway_api::translate(objects, crate::gateway_api::GATEWAY_CONTROLLER, kinds);
     let gt = std::mem::take(&mut g.translation);
     t.routes.extend(gt.routes);
     let mut known: BTreeSet<String> = t.upstreams.iter().map(|u| u.id.clone()).collect();
@@ -490,7 +481,7 @@ pub fn translate_with_status(
     // BackendTLSPolicies apply to every upstream of their Services, HTTP and L4.
     let parents = crate::gateway_l4::upstream_gateways(objects, &g, &t);
     g.l4.policies = crate::gateway_l4::backend_tls(objects, &mut t.upstreams, &parents);
-    check_routes(&mut t, objects);
+    check_routes(&mut t, objects, kinds);
     (t, g)
 }
 
@@ -667,7 +658,7 @@ impl Source for KubernetesSource {
         loop {
             let (mut objects, origin) = merge(&clusters);
             objects.listeners.clone_from(&self.listeners);
-            let (mut t, desired) = translate_with_status(&objects, &self.cfg.ingress_class);
+            let (mut t, desired) = translate_with_status(&objects, &self.cfg.ingress_class, &*ctx.check);
             // TLS Secrets as listener certificates (see `tls_certs`).
             let (certs, cert_reports) = crate::tls_certs::collect(
                 &objects,
@@ -678,7 +669,13 @@ impl Source for KubernetesSource {
             t.reports.extend(cert_reports);
             // SluicePolicies onto the routes, checked (a bad one keeps its last good
             // version, see `policy`).
-            crate::policy::attach(&mut t, &objects, &objects.policies, &mut policies_good);
+            crate::policy::attach(
+                &mut t,
+                &objects,
+                &objects.policies,
+                &mut policies_good,
+                &*ctx.check,
+            );
             if let Some((snapshots, _)) = &statuses {
                 snapshots.send_replace(Arc::new(crate::status::StatusSnapshot {
                     classes: objects.gateway_classes.clone(),

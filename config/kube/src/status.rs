@@ -543,7 +543,7 @@ mod tests {
             gateways: o.gateways.clone(),
             routes: o.http_routes.clone(),
             origin: HashMap::new(),
-            desired: translate(o, GATEWAY_CONTROLLER),
+            desired: translate(o, GATEWAY_CONTROLLER, &crate::test_kinds::TestKinds::ALL),
             others: Vec::new(),
         }
     }

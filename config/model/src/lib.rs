@@ -10,6 +10,7 @@
 //! gateway's snapshot, built from a validated [`Config`].
 
 pub mod certificates;
+pub mod check;
 pub mod connections;
 pub mod kubernetes;
 pub mod l4;
@@ -25,5 +26,6 @@ pub mod secret;
 pub mod tracing;
 pub mod validate;
 
+pub use check::RouteCheck;
 pub use model::Config;
 pub use validate::{ConfigError, ConfigErrors};

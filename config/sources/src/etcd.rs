@@ -37,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::compose::{canonical, compose, Resources};
 use sluice_config::validate::{is_valid_consumer_name, is_valid_id, parse_value, ConfigError, ConfigErrors};
+use sluice_config::RouteCheck;
 
 /// How to reach etcd and where Sluice's keys live.
 #[derive(Clone)]
@@ -735,9 +736,15 @@ fn document_items(
     }
 }
 
-/// Reads etcd, validates the document merged with what stays in etcd, and works out the
-/// changes.
-async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) -> Result<Plan, EtcdError> {
+/// Reads etcd, validates the document merged with what stays in etcd (the one
+/// validation path: the model's checks, then `check`), and works out the changes.
+async fn plan(
+    client: &mut Client,
+    opts: &EtcdOptions,
+    text: &str,
+    prune: bool,
+    check: &dyn RouteCheck,
+) -> Result<Plan, EtcdError> {
     let (doc, wanted) = document_items(opts, text)?;
     let store = read_store(client, opts).await?;
     let range = opts.range();
@@ -754,12 +761,30 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
             }
         }
     }
-    if let Err(errors) = compose(doc, "", Some((opts.base(), &kept.resources(&range)))) {
-        // The document is not a whole config: it has no listeners, and that is fine.
-        let errors: Vec<_> = errors.0.into_iter().filter(|e| e.path != "listeners").collect();
-        if !errors.is_empty() {
-            return Err(EtcdError::Invalid(ConfigErrors(errors)));
+    // The document is not a whole config: listeners are never kept in etcd. It is
+    // checked as one under a placeholder listener, whose own errors are left out.
+    let mut whole = doc;
+    if let Some(map) = whole.as_object_mut() {
+        map.insert(
+            "listeners".into(),
+            serde_json::json!([{"name": "check", "listen": "127.0.0.1:1"}]),
+        );
+    }
+    let about_document = |errors: ConfigErrors| {
+        let errors: Vec<_> = errors
+            .0
+            .into_iter()
+            .filter(|e| !e.path.starts_with("listeners"))
+            .collect();
+        ConfigErrors::result(errors).map_err(EtcdError::Invalid)
+    };
+    match compose(whole, "", Some((opts.base(), &kept.resources(&range)))) {
+        Ok(config) => {
+            if let Err(errors) = check.check(&config) {
+                about_document(errors)?;
+            }
         }
+        Err(errors) => about_document(errors)?,
     }
 
     let mut plan = Plan {
@@ -823,8 +848,9 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
 /// Writes the routes and upstreams of a YAML/JSON document (`routes:` and `upstreams:`
 /// lists, nothing else) to etcd, one key per object, in one transaction.
 ///
-/// The document is first validated merged with the keys it leaves in etcd, so a route
-/// may refer to an upstream already stored there. Values are written as canonical JSON;
+/// The document is first validated merged with the keys it leaves in etcd (the one
+/// validation path, `check` its route half), so a route may refer to an upstream
+/// already stored there. Values are written as canonical JSON;
 /// keys that already hold an equal value are left alone. With `prune`, keys under the
 /// prefix that the document does not name are deleted.
 ///
@@ -832,11 +858,16 @@ async fn plan(client: &mut Client, opts: &EtcdOptions, text: &str, prune: bool) 
 /// (checked on the prefix's revisions and on each changed key), so either every change
 /// is written or none is. On such a conflict the read, validation and write are retried
 /// up to 3 times. etcd limits a transaction to `--max-txn-ops` operations (default 128).
-pub async fn apply(opts: &EtcdOptions, text: &str, prune: bool) -> Result<ApplySummary, EtcdError> {
+pub async fn apply(
+    opts: &EtcdOptions,
+    text: &str,
+    prune: bool,
+    check: &dyn RouteCheck,
+) -> Result<ApplySummary, EtcdError> {
     const ATTEMPTS: u32 = 3;
     let mut client = connect(opts).await?;
     for _ in 0..ATTEMPTS {
-        let plan = plan(&mut client, opts, text, prune).await?;
+        let plan = plan(&mut client, opts, text, prune, check).await?;
         let mut summary = ApplySummary {
             unchanged: plan.unchanged,
             ..ApplySummary::default()
@@ -890,9 +921,14 @@ pub async fn apply(opts: &EtcdOptions, text: &str, prune: bool) -> Result<ApplyS
 
 /// What [`apply`] with the same arguments would change, with a line diff per key.
 /// Writes nothing.
-pub async fn diff(opts: &EtcdOptions, text: &str, prune: bool) -> Result<Vec<Change>, EtcdError> {
+pub async fn diff(
+    opts: &EtcdOptions,
+    text: &str,
+    prune: bool,
+    check: &dyn RouteCheck,
+) -> Result<Vec<Change>, EtcdError> {
     let mut client = connect(opts).await?;
-    let plan = plan(&mut client, opts, text, prune).await?;
+    let plan = plan(&mut client, opts, text, prune, check).await?;
     Ok(plan.changes.into_iter().map(|(change, _)| change).collect())
 }
 

@@ -111,6 +111,11 @@ pub struct SourceContext {
     /// Changes when the operator asks every source to read again (SIGHUP). A source
     /// that can re-read does, and publishes even when nothing changed; others ignore it.
     pub refresh: watch::Receiver<u64>,
+    /// The route check of the one validation path (`sluice_config::check`): what the
+    /// filter kinds, which sources do not depend on, say about a config's routes. A
+    /// source that must check a route on its own (the Kubernetes source leaves out a
+    /// route its objects make invalid) asks this.
+    pub check: Arc<dyn sluice_config::RouteCheck>,
 }
 
 /// Waits for the next refresh request; never returns once the sender is gone.

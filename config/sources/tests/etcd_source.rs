@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{CompactionOptions, WatchOptions};
+use sluice_config::check::NoKinds;
 use sluice_sources::etcd::{
     apply, diff, get, load_cache, spawn_watch, ChangeKind, EtcdError, EtcdOptions, EtcdWatch,
 };
@@ -251,7 +252,7 @@ async fn apply_with_prune_writes_every_change_in_one_revision() {
     c.put("/sluice/routes/old", route("u"), None).await.unwrap();
     let before = c.get("/", None).await.unwrap().header().unwrap().revision();
 
-    let changes = diff(&opts, DOC, true).await.unwrap();
+    let changes = diff(&opts, DOC, true, &NoKinds).await.unwrap();
     let kinds: Vec<_> = changes.iter().map(|ch| (ch.key.as_str(), ch.kind)).collect();
     assert_eq!(
         kinds,
@@ -280,7 +281,7 @@ async fn apply_with_prune_writes_every_change_in_one_revision() {
         )
         .await
         .unwrap();
-    let summary = apply(&opts, DOC, true).await.unwrap();
+    let summary = apply(&opts, DOC, true, &NoKinds).await.unwrap();
     assert_eq!(summary.created, ["/sluice/routes/a", "/sluice/routes/b"]);
     assert_eq!(summary.updated, ["/sluice/upstreams/u"]);
     assert_eq!(summary.deleted, ["/sluice/routes/old"]);
@@ -304,11 +305,14 @@ async fn apply_with_prune_writes_every_change_in_one_revision() {
         .all(|e| e.kv().unwrap().mod_revision() == before + 1));
 
     // Applying again changes nothing, and `get` prints a document that applies cleanly.
-    let again = apply(&opts, DOC, true).await.unwrap();
+    let again = apply(&opts, DOC, true, &NoKinds).await.unwrap();
     assert_eq!((again.unchanged, again.revision), (3, None));
     let printed = get(&opts).await.unwrap();
     assert!(printed.contains("prefix: /a"), "{printed}");
-    assert!(diff(&opts, &printed, true).await.unwrap().is_empty(), "{printed}");
+    assert!(
+        diff(&opts, &printed, true, &NoKinds).await.unwrap().is_empty(),
+        "{printed}"
+    );
 }
 
 #[tokio::test]
@@ -320,23 +324,23 @@ async fn apply_validates_against_what_stays_in_etcd() {
 
     // A route may use an upstream that is already in etcd...
     let doc = "routes: [{id: r, upstream: stored}]";
-    let summary = apply(&opts, doc, false).await.unwrap();
+    let summary = apply(&opts, doc, false, &NoKinds).await.unwrap();
     assert_eq!(summary.created, ["/sluice/routes/r"]);
 
     // ...but not with prune, which would delete it.
-    let err = apply(&opts, doc, true).await.unwrap_err();
+    let err = apply(&opts, doc, true, &NoKinds).await.unwrap_err();
     assert!(matches!(err, EtcdError::Invalid(_)), "{err}");
     assert_eq!(err.to_string(), "routes[0].upstream: unknown upstream \"stored\"");
 
     // Errors name the document's paths, and nothing is written.
     let bad = "routes: [{id: s, upstream: stored, match: {path: {regex: '(['}}}]\nlisteners: []";
-    let err = apply(&opts, bad, false).await.unwrap_err().to_string();
+    let err = apply(&opts, bad, false, &NoKinds).await.unwrap_err().to_string();
     assert!(
         err.contains("listeners: only `routes`, `upstreams` and `consumers` are stored in etcd"),
         "{err}"
     );
     let bad = "routes: [{id: s, upstream: stored, match: {path: {regex: '(['}}}]";
-    let err = apply(&opts, bad, false).await.unwrap_err().to_string();
+    let err = apply(&opts, bad, false, &NoKinds).await.unwrap_err().to_string();
     assert!(
         err.starts_with("routes[0].match.path.regex: invalid regex"),
         "{err}"
@@ -371,7 +375,7 @@ async fn rollout_store_keys_are_not_config() {
     assert!(res.revision > published.revision);
 
     assert!(!get(&opts).await.unwrap().contains("rollouts"));
-    let summary = apply(&opts, DOC, true).await.unwrap();
+    let summary = apply(&opts, DOC, true, &NoKinds).await.unwrap();
     assert!(
         summary.deleted.iter().all(|k| !k.contains("/rollouts/")),
         "{:?}",

@@ -40,6 +40,7 @@ fn start(source: Box<dyn Source>) -> Running {
     let task = tokio::spawn(source.run(SourceContext {
         out,
         refresh: refresh_rx,
+        check: Arc::new(sluice_config::check::NoKinds),
     }));
     Running {
         rx,

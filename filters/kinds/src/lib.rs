@@ -142,9 +142,28 @@ pub fn answers_itself(route: &RouteConfig) -> bool {
     })
 }
 
+/// This build's filter kinds as the route check of the one validation path
+/// ([`sluice_config::check`]): the gateway hands it to `sluice validate`, to `apply` and
+/// `diff`, and to every config source, which so never depend on the kinds themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FilterKinds;
+
+impl sluice_config::RouteCheck for FilterKinds {
+    fn check(&self, config: &Config) -> Result<(), sluice_config::ConfigErrors> {
+        sluice_config::ConfigErrors::result(validate_filters(config))
+    }
+
+    fn has_kind(&self, kind: &str) -> bool {
+        registry::find(kind).is_some()
+    }
+}
+
 /// Checks what the config model leaves to the filter kinds: every consumer's
 /// credentials (by each method's own check), every route's filter specs, and that a
 /// route without backends has a filter that answers. Returns every error, with its path.
+/// The gateway's compile builds the same chains with the same functions
+/// ([`build_chain`], [`missing_backend`]) and keeps them; everything else reaches this
+/// through [`FilterKinds`].
 pub fn validate_filters(config: &Config) -> Vec<ConfigError> {
     let services = Services::default();
     let ctx = BuildCtx::new(config, &services);

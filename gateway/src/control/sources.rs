@@ -220,6 +220,7 @@ pub async fn follow(gateway: Arc<Gateway>, sources: Vec<Box<dyn Source>>) {
             let ctx = SourceContext {
                 out,
                 refresh: refresh_rx.clone(),
+                check: crate::control::validate::route_check(),
             };
             Followed {
                 name,
