@@ -384,3 +384,72 @@ async fn rollout_store_keys_are_not_config() {
     let kept = c.get("/sluice/rollouts/state/a", None).await.unwrap();
     assert_eq!(kept.kvs()[0].value(), br#"{"step":2}"#);
 }
+
+/// A route check that records the upstream and consumer ids of every config it is given
+/// and refuses each filter of kind `refuse`.
+#[derive(Default)]
+struct Spy {
+    seen: std::sync::Mutex<Vec<(Vec<String>, Vec<String>)>>,
+}
+
+impl sluice_config::RouteCheck for Spy {
+    fn check(&self, config: &sluice_config::Config) -> Result<(), sluice_config::ConfigErrors> {
+        self.seen.lock().unwrap().push((
+            config.upstreams.iter().map(|u| u.id.clone()).collect(),
+            config.consumers.iter().map(|c| c.name.clone()).collect(),
+        ));
+        let errors = config
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                r.filters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.kind == "refuse")
+                    .map(move |(j, _)| {
+                        sluice_config::ConfigError::at(
+                            format!("routes[{i}].filters[{j}].refuse"),
+                            "refused by the check",
+                        )
+                    })
+            })
+            .collect();
+        sluice_config::ConfigErrors::result(errors)
+    }
+
+    fn has_kind(&self, kind: &str) -> bool {
+        kind == "refuse"
+    }
+}
+
+#[tokio::test]
+async fn apply_and_diff_run_the_route_check_on_the_document_merged_with_etcd() {
+    let etcd = Etcd::start().await;
+    let opts = options(&etcd);
+    let mut c = etcd.client().await;
+    c.put("/sluice/upstreams/stored", UPSTREAM, None).await.unwrap();
+    c.put("/sluice/consumers/alice", r#"{"name":"alice"}"#, None)
+        .await
+        .unwrap();
+
+    // The check sees what stays in etcd beside the document.
+    let spy = Spy::default();
+    let doc = "routes: [{id: r, upstream: stored}]";
+    assert_eq!(diff(&opts, doc, false, &spy).await.unwrap().len(), 1);
+    let (upstreams, consumers) = spy.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(upstreams, ["stored"]);
+    assert_eq!(consumers, ["alice"]);
+
+    // What the check refuses is refused at its path by diff and apply, and nothing is written.
+    let bad = "routes: [{id: r, upstream: stored, filters: [{refuse: {}}]}]";
+    let err = diff(&opts, bad, false, &spy).await.unwrap_err();
+    assert!(matches!(err, EtcdError::Invalid(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "routes[0].filters[0].refuse: refused by the check"
+    );
+    let err = apply(&opts, bad, false, &spy).await.unwrap_err().to_string();
+    assert_eq!(err, "routes[0].filters[0].refuse: refused by the check");
+    assert!(c.get("/sluice/routes/r", None).await.unwrap().kvs().is_empty());
+}
