@@ -494,6 +494,9 @@ impl Config {
             &self.client_auth,
             // The response cache store's size and lock wait.
             &self.cache,
+            // Applied on reload too: the log sinks and the tracer.
+            &self.logging,
+            &self.tracing,
         ))
     }
 
@@ -1346,5 +1349,26 @@ mod tests {
         let b = Config::from_text(&format!("{BASE}routes: [{{id: r2, upstream: u}}]")).unwrap();
         assert_ne!(a.content_hash(), b.content_hash());
         assert_eq!(a.content_hash(), a.clone().content_hash());
+    }
+
+    #[test]
+    fn every_section_a_reload_applies_is_in_the_content_hash() {
+        let base = Config::from_text(&format!("{BASE}routes: [{{id: r, upstream: u}}]")).unwrap();
+        for (section, extra) in [
+            (
+                "tracing",
+                "tracing: {enabled: true, endpoint: 'http://127.0.0.1:4318/v1/traces'}\n",
+            ),
+            ("logging", "logging: {events: {history: 10}}\n"),
+            ("cache", "cache: {max_size: 1000}\n"),
+        ] {
+            let changed =
+                Config::from_text(&format!("{BASE}{extra}routes: [{{id: r, upstream: u}}]")).unwrap();
+            assert_ne!(
+                base.digest().content,
+                changed.digest().content,
+                "a change to {section} alone would be taken as unchanged"
+            );
+        }
     }
 }

@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_config_leaves_the_current_tracer_as_it_was() {
+        let traced = |service: &str| {
+            Config::from_text(&format!(
+                "listeners: [{{name: w, listen: '127.0.0.1:1'}}]\n\
+                 tracing: {{enabled: true, endpoint: 'http://127.0.0.1:1/v1/traces', service_name: {service}}}\n\
+                 upstreams: [{{id: u, endpoints: [{{address: '127.0.0.1:9001'}}]}}]\n\
+                 routes: [{{id: r, upstream: u}}]\n"
+            ))
+        };
+        let g = Gateway::new(traced("one").unwrap(), source(), true).unwrap();
+        let first = g.state.tracing.current().expect("the published config's tracer");
+        assert!(Arc::ptr_eq(&first, g.snapshot().tracer.as_ref().unwrap()));
+        // Refused after its tracer was planned (an invalid request id header): the
+        // current tracer stays the serving one.
+        let mut refused = traced("two").unwrap();
+        refused.server.request_id_header = "bad header".into();
+        assert!(g.apply(Ok(refused), source()).is_err());
+        let kept = g.state.tracing.current().unwrap();
+        assert!(Arc::ptr_eq(&kept, &first), "a refused config replaced the tracer");
+        // Accepted: its tracer becomes the current one.
+        assert_eq!(g.apply(traced("two"), source()).unwrap(), ApplyOutcome::Applied);
+        let now = g.state.tracing.current().unwrap();
+        assert!(!Arc::ptr_eq(&now, &first));
+        assert!(Arc::ptr_eq(&now, g.snapshot().tracer.as_ref().unwrap()));
+    }
+
+    #[test]
     fn a_feed_swaps_endpoints_without_a_new_snapshot() {
         use crate::upstream::discovery::EndpointSpec;
         let g = Gateway::new(config(9001, "/a"), source(), true).unwrap();

@@ -323,6 +323,9 @@ impl Snapshot {
         }
         let request_id_header = HeaderName::from_bytes(config.server.request_id_header.as_bytes())
             .map_err(|e| ConfigErrors::one("server.request_id_header", e.to_string()))?;
+        // The tracer is planned like the rest: the current one changes on publish.
+        let tracer = state.tracing.tracer_for(&config.tracing);
+        plan.tracer(tracer.clone());
         let snapshot = Snapshot {
             version,
             hash: digest.content,
@@ -330,7 +333,7 @@ impl Snapshot {
             provenance,
             trusted_proxies: config.server.trusted_proxies.clone(),
             request_id_header,
-            tracer: state.tracing.tracer_for(&config.tracing),
+            tracer: tracer.clone(),
             listeners,
             router,
             routes_hash,

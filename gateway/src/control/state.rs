@@ -83,6 +83,8 @@ enum Commit {
     /// The response cache's size bound (`cache.max_size`): the store is made with it
     /// if it was never made, else its LRU takes the new limit.
     CacheSize(u64),
+    /// The tracer of the new snapshot becomes the one later compiles reuse.
+    Tracer(Option<Arc<crate::observe::trace::Tracer>>),
 }
 
 /// What publishing a compiled config changes in [`SharedState`], planned while it
@@ -105,6 +107,11 @@ impl Commits {
     /// Plans making the response cache's store, or setting its size bound, on publish.
     pub fn cache_size(&mut self, max_size: u64) {
         self.0.push(Commit::CacheSize(max_size));
+    }
+
+    /// Plans keeping `tracer` as the current tracer on publish.
+    pub fn tracer(&mut self, tracer: Option<Arc<crate::observe::trace::Tracer>>) {
+        self.0.push(Commit::Tracer(tracer));
     }
 
     /// Whether nothing is planned.
@@ -154,6 +161,7 @@ impl Commits {
                 Commit::CacheSize(max_size) => {
                     crate::edge::cache_store::cache(max_size);
                 }
+                Commit::Tracer(tracer) => state.tracing.keep(tracer),
             }
         }
     }

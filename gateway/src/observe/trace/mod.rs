@@ -101,28 +101,35 @@ impl Tracing {
     }
 
     /// The tracer for a snapshot of `config`: `None` when tracing is off; the current
-    /// one when its config is the same; else a new one (its exporter thread started).
+    /// one when its config is the same; else a new one (its exporter started; it stops
+    /// when the tracer is dropped). The current tracer is not replaced here: a compile
+    /// plans [`Tracing::keep`], which runs only when its config is accepted.
     pub fn tracer_for(&self, config: &TracingConfig) -> Option<Arc<Tracer>> {
-        let mut current = self.current.lock();
         if !config.enabled {
-            *current = None;
             return None;
         }
-        if let Some(t) = current.as_ref().filter(|t| t.config == *config) {
+        if let Some(t) = self.current.lock().as_ref().filter(|t| t.config == *config) {
             return Some(t.clone());
         }
         match Tracer::start(config, self.metrics.clone()) {
-            Ok(t) => {
-                let t = Arc::new(t);
-                *current = Some(t.clone());
-                Some(t)
-            }
+            Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::error!("tracing: cannot start the exporter: {e}; requests are not traced");
-                *current = None;
                 None
             }
         }
+    }
+
+    /// Makes `tracer` the current one, reused by later compiles of the same config (run
+    /// when a config is published).
+    pub fn keep(&self, tracer: Option<Arc<Tracer>>) {
+        *self.current.lock() = tracer;
+    }
+
+    /// The current tracer (for tests).
+    #[cfg(test)]
+    pub fn current(&self) -> Option<Arc<Tracer>> {
+        self.current.lock().clone()
     }
 }
 
