@@ -6,14 +6,15 @@
 #          the end) the Kafka-protocol broker tansu and a venv with confluent-kafka
 #          (librdkafka) for the log-sink tests and opentelemetry-proto for the tracing tests;
 #          kubectl (kubernetes-client, for `kubectl kustomize`) and kubernetes-validate in
-#          the venv for tests/deploy.rs
+#          the venv for tests/deploy.rs; valgrind (callgrind) for the cost guard
+#          (scripts/cost-guard.sh)
 #   bench: test + nginx, HAProxy (../shared/bench/peers/run.sh)
 set -euo pipefail
 want=(cmake protobuf-compiler libprotobuf-dev build-essential pkg-config curl)
 case "${1:-build}" in
   build) ;;
-  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus chromium chromium-driver python3-venv) ;;
-  bench) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus nginx haproxy) ;;
+  test) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus chromium chromium-driver python3-venv valgrind) ;;
+  bench) want+=(etcd-server etcd-client redis-server wrk nghttp2-client prometheus nginx haproxy valgrind) ;;
   *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
 esac
 # tests/deploy.rs renders the Kustomize overlays with `kubectl kustomize`: Debian's
