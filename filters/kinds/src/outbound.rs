@@ -1,6 +1,7 @@
 //! The one HTTP client stack of the gateway's own outbound calls: JWKS documents, forward
-//! auth, mirror copies, the trace exporter, the rollout loop and the CLI's calls to the
-//! admin API. Hyper's pooled HTTP/1.1 client over rustls (aws-lc, the provider pingora
+//! auth, mirror copies, the rollout loop's webhooks and the CLI's calls to the admin API.
+//! (The trace exporter, in the gateway's `observe/`, which may not use this crate, builds
+//! the same hyper client itself, for `http://` collectors.) Hyper's pooled HTTP/1.1 client over rustls (aws-lc, the provider pingora
 //! uses), `http://` and `https://`, with Mozilla's roots or a CA set of the caller's.
 //!
 //! One stack means one TLS configuration to audit, one set of pool settings, and one

@@ -7,13 +7,15 @@
 //! answer within `timeout`) drops them, counted. When its tracer is gone it sends what
 //! it holds and ends.
 
-use sluice_filters::outbound;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use sluice_config::tracing::{parse_endpoint, TracingConfig};
 use sluice_core::trace::AttrValue;
@@ -82,14 +84,7 @@ struct Exporter {
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
 async fn run(mut ex: Exporter, rx: Receiver<Vec<FinishedSpan>>) {
-    // An `https://` collector is trusted by the public roots.
-    let client = match outbound::client(outbound::public_roots(), outbound::Pool::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("trace export off: cannot build its HTTP client: {e}");
-            return;
-        }
-    };
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let batch_size = ex.config.export.batch_size.max(1);
     let flush = ex.config.export.flush_interval;
     let poll = flush.min(POLL_EVERY);
@@ -128,7 +123,7 @@ async fn run(mut ex: Exporter, rx: Receiver<Vec<FinishedSpan>>) {
 }
 
 impl Exporter {
-    async fn send(&mut self, client: &outbound::HttpClient<Full<Bytes>>, spans: Vec<FinishedSpan>) {
+    async fn send(&mut self, client: &Client<HttpConnector, Full<Bytes>>, spans: Vec<FinishedSpan>) {
         let n = spans.len() as u64;
         let body = encode(&self.config.service_name, spans);
         let mut req = Request::new(Full::new(Bytes::from(body)));
